@@ -1,0 +1,72 @@
+"""Application settings, read from ``RAGVQA_*`` environment variables (or a ``.env`` file).
+
+One settings object serves the CLI, the app and the tests, so a deployment is configured in one place.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: One image/video token covers a 32×32 patch (patch 16, spatial merge 2).
+PIXELS_PER_TOKEN = 32 * 32
+
+
+class VisionBudget(BaseSettings):
+    """Pixel and frame budgets; the defaults are the official Qwen3-VL-Embedding/Reranker ones."""
+
+    model_config = SettingsConfigDict(env_prefix="RAGVQA_VISION_", extra="ignore")
+
+    min_pixels: int = 4 * PIXELS_PER_TOKEN
+    max_pixels: int = 1800 * PIXELS_PER_TOKEN
+    video_fps: float = 1.0
+    video_max_frames: int = 64
+    video_frame_max_pixels: int = 768 * PIXELS_PER_TOKEN
+    video_total_pixels: int = 10 * 768 * PIXELS_PER_TOKEN
+    #: Images larger than this are refused before decoding (decompression bombs).
+    max_image_pixels: int = 64_000_000
+    #: Files larger than this are refused before they are read whole.
+    max_file_bytes: int = 200 * 1024 * 1024
+    #: Longest video accepted, seconds.
+    max_video_seconds: float = 600.0
+
+
+class Settings(BaseSettings):
+    """Everything a deployment may want to change."""
+
+    model_config = SettingsConfigDict(env_prefix="RAGVQA_", env_file=".env", extra="ignore")
+
+    embedder_model: str = "Qwen/Qwen3-VL-Embedding-2B"
+    reranker_model: str = "Qwen/Qwen3-VL-Reranker-2B"
+    generator_model: str = "Qwen/Qwen3-VL-2B-Instruct"
+
+    device: str = "auto"
+    #: ``auto`` is bf16 on CUDA and on CPU too (three 2B models in fp32 need ≈25 GB); fp32 for parity tests.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    #: ``auto`` picks flash_attention_2 when it is installed and the device is CUDA, else sdpa.
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+
+    embed_dim: int | None = Field(default=None, description="MRL dimension; None keeps the full vector.")
+    embed_batch_size: int = 8
+    rerank_batch_size: int = 8
+
+    data_dir: Path = Path("data")
+
+    vision: VisionBudget = Field(default_factory=VisionBudget)
+
+    @field_validator("embed_dim")
+    @classmethod
+    def _check_dim(cls, v: int | None) -> int | None:
+        if v is not None and v < 64:
+            raise ValueError(f"embed_dim must be at least 64 (Matryoshka prefixes below 64 are not trained), got {v}")
+        return v
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached: read the environment once)."""
+    return Settings()

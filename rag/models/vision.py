@@ -1,0 +1,275 @@
+"""Vision inputs shared by the embedder, reranker and generator.
+
+Images and videos are loaded *safely* here (size and pixel caps before decoding, EXIF orientation, odd modes) and then
+resized exactly like the official Qwen3-VL code does through qwen-vl-utils, so real weights see what they were trained
+on. Every failure raises :class:`VisionInputError` naming the input and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
+
+from qwen_vl_utils import vision_process as qvu  # noqa: E402  (reader choice must be set before import)
+
+from rag.config import VisionBudget  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: Qwen3-VL: 16-pixel patches merged 2×2, so sizes snap to multiples of 32.
+IMAGE_PATCH_SIZE = 16
+FACTOR = IMAGE_PATCH_SIZE * 2
+
+ImageSource = Union[str, Path, bytes, Image.Image]
+VideoSource = Union[str, Path, list]
+
+
+class VisionInputError(ValueError):
+    """An image or video that cannot be used; the message names the input and what is wrong."""
+
+
+def describe(src: Any) -> str:
+    """A short human name for an input, for error messages."""
+    if isinstance(src, (str, Path)):
+        return f"'{src}'"
+    if isinstance(src, (bytes, bytearray)):
+        return f"<{len(src)} bytes>"
+    if isinstance(src, Image.Image):
+        return f"<PIL image {src.size[0]}x{src.size[1]} {src.mode}>"
+    if isinstance(src, list):
+        return f"<list of {len(src)} frames>"
+    return f"<{type(src).__name__}>"
+
+
+def _check_file(path: Path, budget: VisionBudget) -> None:
+    if not path.exists():
+        raise VisionInputError(f"file not found: '{path}'")
+    if not path.is_file():
+        raise VisionInputError(f"not a regular file: '{path}'")
+    size = path.stat().st_size
+    if size == 0:
+        raise VisionInputError(f"file is empty: '{path}'")
+    if size > budget.max_file_bytes:
+        raise VisionInputError(
+            f"file too large: '{path}' is {size / 1e6:.1f} MB, the limit is {budget.max_file_bytes / 1e6:.0f} MB"
+        )
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with transparency composited on white (as qwen-vl-utils does) and 16-bit/CMYK/palette modes handled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0
+        scale = 255.0 / hi if hi > 255 else 1.0
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("LA", "PA"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.split()[3])
+        return background
+    return img.convert("RGB")
+
+
+def load_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Image:
+    """Open an image from a path, bytes or PIL image: size/pixel caps, first frame, EXIF orientation, RGB."""
+    budget = budget or VisionBudget()
+    name = describe(src)
+    if isinstance(src, Image.Image):
+        img = src
+    else:
+        if isinstance(src, (str, Path)):
+            path = Path(str(src).removeprefix("file://"))
+            _check_file(path, budget)
+            data: Any = str(path)
+        elif isinstance(src, (bytes, bytearray)):
+            if len(src) == 0:
+                raise VisionInputError("image is empty (0 bytes)")
+            if len(src) > budget.max_file_bytes:
+                raise VisionInputError(f"image too large: {len(src) / 1e6:.1f} MB > {budget.max_file_bytes / 1e6:.0f} MB")
+            data = io.BytesIO(src)
+        else:
+            raise VisionInputError(f"unsupported image input type {type(src).__name__}: give a path, bytes or PIL image")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(data)
+                w, h = img.size
+                if w * h > budget.max_image_pixels:
+                    raise VisionInputError(
+                        f"image {name} has {w}x{h} = {w * h:,} pixels, more than the limit of "
+                        f"{budget.max_image_pixels:,} (possible decompression bomb)"
+                    )
+                img.load()
+        except VisionInputError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise VisionInputError(f"not a readable image: {name} ({e})") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise VisionInputError(f"corrupt or truncated image: {name} ({e})") from e
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise VisionInputError(f"image {name} has zero size")
+    if w * h > budget.max_image_pixels:
+        raise VisionInputError(f"image {name} has {w * h:,} pixels, more than the limit of {budget.max_image_pixels:,}")
+    if getattr(img, "is_animated", False):
+        img.seek(0)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not make the picture unusable
+        logger.debug("ignoring unreadable EXIF in %s", name)
+    ratio = max(w, h) / max(1, min(w, h))
+    if ratio > qvu.MAX_RATIO:
+        raise VisionInputError(f"image {name} is {w}x{h}: aspect ratio {ratio:.0f} exceeds the model's limit of {qvu.MAX_RATIO}")
+    return to_rgb(img)
+
+
+def resize_image(img: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    """Resize like the official code (qwen-vl-utils ``fetch_image`` with ``image_patch_size=16``)."""
+    return qvu.fetch_image({"image": img, "min_pixels": min_pixels, "max_pixels": max_pixels}, image_patch_size=IMAGE_PATCH_SIZE)
+
+
+def prepare_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Image:
+    """Load + official resize: the image exactly as the model will see it."""
+    budget = budget or VisionBudget()
+    img = load_image(src, budget)
+    try:
+        return resize_image(img, budget.min_pixels, budget.max_pixels)
+    except ValueError as e:
+        raise VisionInputError(f"image {describe(src)} cannot be resized for the model: {e}") from e
+
+
+@dataclass
+class PreparedVideo:
+    """Frames (T, C, H, W float, resized) plus the metadata the Qwen3-VL processor needs for timestamps."""
+
+    frames: torch.Tensor
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _decode_decord(path: str) -> tuple[Any, int, float]:
+    import decord
+
+    vr = decord.VideoReader(path)
+    return vr, len(vr), float(vr.get_avg_fps())
+
+
+def _decode_pyav(path: str, max_frames_decoded: int = 10_000) -> tuple[list[np.ndarray], int, float]:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 24)
+        frames = []
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) >= max_frames_decoded:
+                break
+    return frames, len(frames), fps
+
+
+def read_video_frames(path: str, fps: float, max_frames: int, budget: VisionBudget) -> tuple[torch.Tensor, dict]:
+    """Decode and sample frames like qwen-vl-utils' decord reader (decord first, PyAV as fallback).
+
+    A video shorter than two frames cannot be a Qwen3-VL video (temporal patch 2): callers treat it as an image.
+    """
+    ele = {"video": path, "fps": fps, "max_frames": max_frames}
+    try:
+        reader, total, video_fps = _decode_decord(path)
+        backend = "decord"
+    except Exception as e_decord:  # decord cannot read some containers; PyAV reads nearly everything
+        try:
+            reader, total, video_fps = _decode_pyav(path)
+            backend = "pyav"
+        except Exception as e_av:
+            raise VisionInputError(f"cannot decode video '{path}': {e_av} (decord: {e_decord})") from e_av
+    if total < 1 or video_fps <= 0:
+        raise VisionInputError(f"video '{path}' has no decodable frames")
+    duration = total / video_fps
+    if duration > budget.max_video_seconds:
+        raise VisionInputError(f"video '{path}' lasts {duration:.0f} s, longer than the limit of {budget.max_video_seconds:.0f} s")
+    if total < 2:
+        idx = [0]
+    else:
+        start, end, total_sel = qvu.calculate_video_frame_range(ele, total, video_fps)
+        try:
+            nframes = qvu.smart_nframes(ele, total_frames=total_sel, video_fps=video_fps)
+        except ValueError as e:
+            raise VisionInputError(f"video '{path}': {e}") from e
+        idx = torch.linspace(start, end, nframes).round().long().tolist()
+    if backend == "decord":
+        arr = reader.get_batch(idx).asnumpy()
+    else:
+        arr = np.stack([reader[i] for i in idx])
+    video = torch.tensor(arr).permute(0, 3, 1, 2)
+    meta = dict(fps=video_fps, frames_indices=idx, total_num_frames=total, video_backend=backend)
+    return video, meta
+
+
+def _resize_video(video: torch.Tensor, budget: VisionBudget) -> torch.Tensor:
+    """qwen-vl-utils' per-frame budget: min 128 tokens, max min(frame cap, total/n·2)."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    nframes, _, height, width = video.shape
+    min_pixels = qvu.VIDEO_MIN_TOKEN_NUM * FACTOR * FACTOR
+    max_pixels = max(min(budget.video_frame_max_pixels, budget.video_total_pixels / nframes * qvu.FRAME_FACTOR), int(min_pixels * 1.05))
+    h, w = qvu.smart_resize(height, width, factor=FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    return transforms.functional.resize(video, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+
+
+def prepare_video(src: VideoSource, budget: VisionBudget | None = None) -> PreparedVideo | Image.Image:
+    """A video as the model will see it; a single-frame video comes back as an image (the model needs ≥2 frames)."""
+    budget = budget or VisionBudget()
+    if isinstance(src, (list, tuple)):
+        if not src:
+            raise VisionInputError("video frame list is empty")
+        frames = list(src)
+        if len(frames) > budget.video_max_frames:  # official: evenly spaced subsample
+            ids = np.linspace(0, len(frames) - 1, budget.video_max_frames, dtype=int).tolist()
+            frames = [frames[i] for i in ids]
+        try:
+            pil = [load_image(f, budget) for f in frames]
+        except VisionInputError as e:
+            raise VisionInputError(f"video frame list: {e}") from e
+        if len(pil) == 1:
+            return resize_image(pil[0], budget.min_pixels, budget.max_pixels)
+        # qwen-vl-utils first snaps each frame with factor 2·32 (it passes the merged factor as the patch size);
+        # repeat that so frame lists give the official pixels.
+        pil = [qvu.fetch_image({"image": im}, image_patch_size=FACTOR) for im in pil]
+        if len({im.size for im in pil}) > 1:
+            pil = [im.resize(pil[0].size) for im in pil]
+        if len(pil) % qvu.FRAME_FACTOR:
+            pil.append(pil[-1])
+        video = torch.stack([torch.from_numpy(np.array(im).transpose(2, 0, 1)) for im in pil])
+        sample_fps = 2.0
+        meta = dict(fps=sample_fps, frames_indices=list(range(len(pil))), total_num_frames=len(pil))
+    elif isinstance(src, (str, Path)):
+        path = Path(str(src).removeprefix("file://"))
+        _check_file(path, budget)
+        video, meta = read_video_frames(str(path), budget.video_fps, budget.video_max_frames, budget)
+        if video.shape[0] < 2:
+            logger.info("video '%s' has a single frame: using it as an image", path)
+            img = Image.fromarray(video[0].permute(1, 2, 0).numpy())
+            return resize_image(img, budget.min_pixels, budget.max_pixels)
+    else:
+        raise VisionInputError(f"unsupported video input {describe(src)}: give a file path or a list of frames")
+    return PreparedVideo(frames=_resize_video(video, budget), metadata=meta)

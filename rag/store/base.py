@@ -1,0 +1,484 @@
+"""Backend-neutral vector-store interface: data models, validation and per-case grouping.
+
+The app talks only to :class:`VectorStore`; the two backends (in-process Qdrant Edge and a Qdrant server through
+qdrant-client) run the same Qdrant engine, so tests exercise the real thing on both and deployment is a setting.
+Everything that must behave identically on both backends (input checks, filter validation, grouping per case)
+lives here, once.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+log = logging.getLogger(__name__)
+
+#: Bump when the payload layout or index set changes in a way that needs ``ragvqa kb reindex``.
+SCHEMA_VERSION = 1
+
+#: Name of the dense vector in both backends.
+VECTOR_NAME = "dense"
+
+#: Payload fields with a keyword index; also the only keys accepted in search/scroll/count filters.
+FILTER_KEYS: tuple[str, ...] = ("product_line", "equipment_model", "tags", "case_id", "kind")
+
+#: Allowed values of ``payload["kind"]``.
+KINDS: tuple[str, ...] = ("text", "image", "video", "pdf_page")
+
+#: Namespace for deterministic point ids, so re-ingesting a case overwrites its points instead of duplicating them.
+POINT_NAMESPACE = uuid.UUID("6f1c7e2a-3b5d-5e8f-9a41-52d0c3b7e9a1")
+
+#: Filters: key -> one value or "any of" a list of values. ``None`` or ``[]`` means "no constraint" (empty UI pickers).
+Filters = Mapping[str, "str | Sequence[str] | None"]
+
+
+class StoreError(RuntimeError):
+    """A store operation failed in the engine (I/O, lock held by another process, closed store...)."""
+
+
+class StoreMismatchError(ValueError):
+    """The store on disk/server was built with another embedder, dimension or schema: vectors are not comparable."""
+
+
+def point_id(case_id: str, media_id: str | None = None) -> str:
+    """Deterministic point id (uuid5) for a case's text vector (``media_id=None``) or one of its media.
+
+    Deterministic ids make ingestion idempotent: re-running it upserts the same points.
+    """
+    if not isinstance(case_id, str) or not case_id:
+        raise ValueError(f"case_id must be a non-empty string, got {case_id!r}")
+    if media_id is not None and (not isinstance(media_id, str) or not media_id):
+        raise ValueError(f"media_id must be a non-empty string or None, got {media_id!r}")
+    # "\x1f" (unit separator) cannot be confused with characters of either id.
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{case_id}\x1f{media_id or ''}"))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class StoreMeta(BaseModel):
+    """What the vectors in a store are comparable with; persisted with the store and checked on every open."""
+
+    model_config = ConfigDict(frozen=True)
+
+    embedder_id: str = Field(min_length=1)
+    dim: int = Field(gt=0, le=65536)
+    schema_version: int = SCHEMA_VERSION
+    quantization: bool = False
+    created_at: datetime = Field(default_factory=_utcnow)
+
+    def check_compatible(self, stored: StoreMeta, where: str) -> None:
+        """Raise :class:`StoreMismatchError` if vectors made under ``self`` cannot be searched in ``stored``.
+
+        ``quantization`` is not checked: it is a property of the existing index, not of the vectors.
+        """
+        problems = []
+        if stored.embedder_id != self.embedder_id:
+            problems.append(f"embedder_id: store has {stored.embedder_id!r}, configured {self.embedder_id!r}")
+        if stored.dim != self.dim:
+            problems.append(f"dim: store has {stored.dim}, configured {self.dim}")
+        if stored.schema_version != self.schema_version:
+            problems.append(
+                f"schema_version: store has {stored.schema_version}, code expects {self.schema_version}"
+            )
+        if problems:
+            raise StoreMismatchError(
+                f"Vector store at {where} does not match the configuration ({'; '.join(problems)}). "
+                "Run `ragvqa kb reindex` to rebuild it with the current embedder."
+            )
+
+
+class VectorPoint(BaseModel):
+    """One vector to store: a case text, an image, a video or a PDF page of a case."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    id: str
+    vector: np.ndarray
+    payload: dict[str, Any]
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _check_id(cls, v: Any) -> str:
+        try:
+            return str(uuid.UUID(str(v)))
+        except ValueError:
+            raise ValueError(f"point id must be a UUID string (see point_id()), got {v!r}") from None
+
+    @field_validator("vector", mode="before")
+    @classmethod
+    def _check_vector(cls, v: Any) -> np.ndarray:
+        arr = np.asarray(v, dtype=np.float32)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"vector must be a non-empty 1-D sequence of floats, got shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError("vector contains NaN or infinite values")
+        if not np.any(arr):
+            raise ValueError("vector is all zeros (cosine similarity is undefined)")
+        return arr
+
+    @field_validator("payload")
+    @classmethod
+    def _check_payload(cls, p: dict[str, Any]) -> dict[str, Any]:
+        case_id = p.get("case_id")
+        if not isinstance(case_id, str) or not case_id:
+            raise ValueError(f"payload['case_id'] must be a non-empty string, got {case_id!r}")
+        if p.get("kind") not in KINDS:
+            raise ValueError(f"payload['kind'] must be one of {list(KINDS)}, got {p.get('kind')!r}")
+        media_id = p.get("media_id")
+        if media_id is not None and not isinstance(media_id, str):
+            raise ValueError(f"payload['media_id'] must be a string or None, got {media_id!r}")
+        for key in ("product_line", "equipment_model"):
+            if p.get(key) is not None and not isinstance(p[key], str):
+                raise ValueError(f"payload[{key!r}] must be a string or None, got {p[key]!r}")
+        tags = p.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError(f"payload['tags'] must be a list of strings, got {tags!r}")
+        return p
+
+
+class StoredPoint(BaseModel):
+    """A point read back from the store (``vector`` only when asked for)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    id: str
+    payload: dict[str, Any]
+    vector: np.ndarray | None = None
+
+    def to_vector_point(self) -> VectorPoint:
+        """For copying points between stores (needs ``with_vectors=True``)."""
+        if self.vector is None:
+            raise ValueError(f"point {self.id} was read without its vector (use with_vectors=True)")
+        return VectorPoint(id=self.id, vector=self.vector, payload=self.payload)
+
+
+class Hit(BaseModel):
+    """One search result: a point and its cosine similarity."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class CaseHit(BaseModel):
+    """Search results grouped by case: best score first, the case's matching points sorted by score."""
+
+    case_id: str
+    score: float
+    hits: list[Hit]
+
+    @property
+    def payloads(self) -> list[dict[str, Any]]:
+        return [h.payload for h in self.hits]
+
+
+def validate_filters(filters: Filters | None) -> dict[str, list[str]]:
+    """Normalise filters to ``{key: [values...]}`` (dropping empty constraints) and reject unknown keys/values."""
+    if not filters:
+        return {}
+    if not isinstance(filters, Mapping):
+        raise ValueError(f"filters must be a mapping of field -> value(s), got {type(filters).__name__}")
+    out: dict[str, list[str]] = {}
+    for key, value in filters.items():
+        if key not in FILTER_KEYS:
+            raise ValueError(f"unknown filter key {key!r}; allowed keys: {', '.join(FILTER_KEYS)}")
+        if value is None:
+            continue
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, (list, tuple, set, frozenset)):
+            raise ValueError(f"filter {key!r} must be a string or a list of strings, got {value!r}")
+        values = list(values)
+        if not all(isinstance(v, str) and v for v in values):
+            raise ValueError(f"filter {key!r} values must be non-empty strings, got {value!r}")
+        if values:
+            out[key] = values
+    return out
+
+
+def check_query_vector(vector: Any, dim: int) -> list[float]:
+    """Validate a query vector against the store dimension; returns a plain list for the engine."""
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.ndim != 1:
+        raise ValueError(f"query vector must be 1-D, got shape {arr.shape}")
+    if arr.shape[0] != dim:
+        raise ValueError(f"query vector has length {arr.shape[0]}, store expects dim={dim}")
+    if not np.isfinite(arr).all():
+        raise ValueError("query vector contains NaN or infinite values")
+    return arr.tolist()
+
+
+def check_points(points: Iterable[VectorPoint | Mapping[str, Any]], dim: int) -> list[VectorPoint]:
+    """Validate a whole batch before anything is written, so a bad point cannot leave the batch half-written."""
+    out: list[VectorPoint] = []
+    seen: set[str] = set()
+    for i, p in enumerate(points):
+        vp = p if isinstance(p, VectorPoint) else VectorPoint.model_validate(p)
+        if vp.vector.shape[0] != dim:
+            raise ValueError(
+                f"point #{i} ({vp.id}) has vector length {vp.vector.shape[0]}, store expects dim={dim}"
+            )
+        if vp.id in seen:
+            raise ValueError(f"point id {vp.id} appears twice in the same upsert batch")
+        seen.add(vp.id)
+        out.append(vp)
+    return out
+
+
+def normalize_ids(ids: Iterable[str]) -> list[str]:
+    """Canonical UUID strings; raises on anything else so a typo does not silently delete nothing."""
+    out = []
+    for i in ids:
+        try:
+            out.append(str(uuid.UUID(str(i))))
+        except ValueError:
+            raise ValueError(f"point id must be a UUID string, got {i!r}") from None
+    return out
+
+
+class VectorStore(abc.ABC):
+    """A Qdrant-backed store of case vectors. Implementations: ``EdgeStore`` (in-process), ``ServerStore``."""
+
+    #: Candidates fetched per requested case in :meth:`search_cases` before widening.
+    GROUP_OVERFETCH = 4
+    #: Upper bound on points fetched by :meth:`search_cases` (keeps a pathological query bounded).
+    GROUP_MAX_FETCH = 4096
+
+    def __init__(self, meta: StoreMeta, *, hnsw_ef: int | None = None, oversampling: float = 2.0) -> None:
+        self._meta = meta
+        self.hnsw_ef = hnsw_ef
+        self.oversampling = oversampling
+        self._closed = False
+
+    # -- properties -------------------------------------------------------------------------------------------
+    @property
+    def meta(self) -> StoreMeta:
+        return self._meta
+
+    @property
+    def dim(self) -> int:
+        return self._meta.dim
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{type(self).__name__} is closed")
+
+    # -- abstract engine operations -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _upsert(self, points: list[VectorPoint]) -> None: ...
+
+    @abc.abstractmethod
+    def _search(
+        self, vector: list[float], limit: int, filters: dict[str, list[str]], exact: bool, hnsw_ef: int | None
+    ) -> list[Hit]: ...
+
+    @abc.abstractmethod
+    def _delete_ids(self, ids: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    def _delete_by_filter(self, filters: dict[str, list[str]]) -> None: ...
+
+    @abc.abstractmethod
+    def _retrieve(self, ids: list[str], with_vectors: bool) -> list[StoredPoint]: ...
+
+    @abc.abstractmethod
+    def _scroll_page(
+        self,
+        filters: dict[str, list[str]],
+        offset: Any,
+        limit: int,
+        with_vectors: bool,
+        payload_keys: list[str] | None,
+    ) -> tuple[list[StoredPoint], Any]: ...
+
+    @abc.abstractmethod
+    def _count(self, filters: dict[str, list[str]]) -> int: ...
+
+    @abc.abstractmethod
+    def begin_reindex(self, new_meta: StoreMeta) -> VectorStore:
+        """An empty, inactive store to rebuild into; this one keeps serving until :meth:`commit_reindex`."""
+
+    @abc.abstractmethod
+    def commit_reindex(self, new_store: VectorStore) -> None:
+        """Atomically make ``new_store`` the live store, then close and drop this one."""
+
+    @abc.abstractmethod
+    def abort_reindex(self, new_store: VectorStore) -> None:
+        """Drop an unfinished rebuild; the live store is untouched."""
+
+    @abc.abstractmethod
+    def optimize(self) -> None:
+        """Build/merge indexes now (Edge: blocking HNSW build; server: it optimises by itself)."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Make written data durable."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and release the engine (file locks, connections). Idempotent."""
+
+    # -- public API ---------------------------------------------------------------------------------------------
+    def upsert(self, points: Iterable[VectorPoint | Mapping[str, Any]], batch_size: int = 256) -> int:
+        """Insert or overwrite points; returns how many. The whole input is validated before the first write.
+
+        Batches are written in order; if the engine fails mid-way, earlier batches stay written. Ids are
+        deterministic, so re-running the same upsert is the recovery.
+        """
+        self._check_open()
+        checked = check_points(points, self.dim)
+        for start in range(0, len(checked), batch_size):
+            self._upsert(checked[start : start + batch_size])
+        return len(checked)
+
+    def search(
+        self,
+        vector: Sequence[float] | np.ndarray,
+        limit: int = 10,
+        filters: Filters | None = None,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[Hit]:
+        """Nearest points by cosine similarity, best first. ``exact=True`` bypasses HNSW and quantization."""
+        self._check_open()
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        q = check_query_vector(vector, self.dim)
+        return self._search(q, limit, validate_filters(filters), exact, hnsw_ef or self.hnsw_ef)
+
+    def search_cases(
+        self,
+        vector: Sequence[float] | np.ndarray,
+        limit_cases: int = 20,
+        filters: Filters | None = None,
+        per_case_points: int = 3,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[CaseHit]:
+        """Top cases: hits grouped by ``case_id``, ranked by their best point, up to ``per_case_points`` each.
+
+        A case may own many points (text + media), so ``limit_cases * GROUP_OVERFETCH`` points are fetched and
+        the window is doubled until ``limit_cases`` distinct cases are found or the store runs out.
+        """
+        self._check_open()
+        if not isinstance(limit_cases, int) or limit_cases < 1:
+            raise ValueError(f"limit_cases must be a positive integer, got {limit_cases!r}")
+        if not isinstance(per_case_points, int) or per_case_points < 1:
+            raise ValueError(f"per_case_points must be a positive integer, got {per_case_points!r}")
+        q = check_query_vector(vector, self.dim)
+        flt = validate_filters(filters)
+        ef = hnsw_ef or self.hnsw_ef
+        fetch = min(self.GROUP_MAX_FETCH, limit_cases * self.GROUP_OVERFETCH)
+        while True:
+            hits = self._search(q, fetch, flt, exact, ef)  # Qdrant uses ef >= limit by itself
+            groups: dict[str, CaseHit] = {}
+            for h in hits:  # hits are sorted best first, so the first hit of a case is its best
+                cid = h.payload.get("case_id")
+                if not isinstance(cid, str):
+                    log.warning("point %s has no case_id; skipped in search_cases", h.id)
+                    continue
+                g = groups.get(cid)
+                if g is None:
+                    groups[cid] = CaseHit(case_id=cid, score=h.score, hits=[h])
+                elif len(g.hits) < per_case_points:
+                    g.hits.append(h)
+            exhausted = len(hits) < fetch
+            if len(groups) >= limit_cases or exhausted or fetch >= self.GROUP_MAX_FETCH:
+                if len(groups) < limit_cases and not exhausted:
+                    log.warning("search_cases stopped at %d points with %d/%d cases", fetch, len(groups), limit_cases)
+                return sorted(groups.values(), key=lambda g: -g.score)[:limit_cases]
+            fetch = min(self.GROUP_MAX_FETCH, fetch * 2)
+
+    def delete_points(self, ids: Iterable[str]) -> None:
+        """Delete points by id (missing ids are ignored)."""
+        self._check_open()
+        norm = normalize_ids(ids)
+        if norm:
+            self._delete_ids(norm)
+
+    def delete_case(self, case_id: str) -> None:
+        """Delete every point of a case (text and media) by payload filter, so no stray media vector survives."""
+        self._check_open()
+        if not isinstance(case_id, str) or not case_id:
+            raise ValueError(f"case_id must be a non-empty string, got {case_id!r}")
+        self._delete_by_filter({"case_id": [case_id]})
+
+    def retrieve(self, ids: Iterable[str], with_vectors: bool = False) -> list[StoredPoint]:
+        """Points by id, in the order asked; missing ids are left out."""
+        self._check_open()
+        norm = normalize_ids(ids)
+        if not norm:
+            return []
+        found = {p.id: p for p in self._retrieve(norm, with_vectors)}
+        return [found[i] for i in norm if i in found]
+
+    def scroll(
+        self,
+        filters: Filters | None = None,
+        with_vectors: bool = False,
+        batch_size: int = 256,
+        payload_keys: list[str] | None = None,
+    ) -> Iterator[StoredPoint]:
+        """Iterate over all (matching) points, in id order, page by page (bounded memory)."""
+        self._check_open()
+        flt = validate_filters(filters)
+        offset: Any = None
+        while True:
+            page, offset = self._scroll_page(flt, offset, batch_size, with_vectors, payload_keys)
+            yield from page
+            if offset is None:
+                return
+
+    def count(self, filters: Filters | None = None) -> int:
+        """Exact number of (matching) points."""
+        self._check_open()
+        return self._count(validate_filters(filters))
+
+    def case_ids(self) -> set[str]:
+        """Distinct case ids in the store (reads only the ``case_id`` payload field)."""
+        out: set[str] = set()
+        for p in self.scroll(batch_size=1024, payload_keys=["case_id"]):
+            cid = p.payload.get("case_id")
+            if isinstance(cid, str):
+                out.add(cid)
+        return out
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.count()
+
+
+__all__ = [
+    "FILTER_KEYS",
+    "KINDS",
+    "SCHEMA_VERSION",
+    "VECTOR_NAME",
+    "CaseHit",
+    "Filters",
+    "Hit",
+    "StoreError",
+    "StoreMeta",
+    "StoreMismatchError",
+    "StoredPoint",
+    "VectorPoint",
+    "VectorStore",
+    "point_id",
+    "validate_filters",
+]
