@@ -111,6 +111,11 @@ class Embedder:
             {"role": "user", "content": content},
         ]
 
+    def prompt(self, item: Item, instruction: str | None = None) -> str:
+        """The rendered prompt text for ``item`` (before vision placeholders are expanded)."""
+        conv = self.conversation(item, Vision([], []), instruction)
+        return self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+
     def encode_item(self, item: Item, instruction: str | None = None, index: int | None = None) -> Encoded:
         name = item_name(item, index)
         if not isinstance(item, dict):

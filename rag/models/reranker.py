@@ -119,8 +119,13 @@ class Reranker:
         vision = Vision(query.vision.images + doc.vision.images, query.vision.videos + doc.vision.videos)
         return conv, vision
 
+    def prompt(self, query: Item, document: Item, instruction: str | None = None) -> str:
+        """The rendered pair prompt (before vision placeholders are expanded)."""
+        conv, _ = self.conversation(self._side(query, "query"), self._side(document, "document"), instruction)
+        return self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+
     def encode_pairs(self, query: Item, documents: Sequence[Item], instruction: str | None = None) -> tuple[_Side, list[Encoded]]:
-        q = self._side(query, item_name(query) .replace("item", "query", 1))
+        q = self._side(query, item_name(query).replace("item", "query", 1))
         encoded = []
         for i, d in enumerate(documents):
             name = item_name(d, i).replace("item", "document", 1)

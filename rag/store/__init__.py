@@ -44,6 +44,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "store_hnsw_m": 16,
     "store_hnsw_ef_construct": 100,
     "store_oversampling": 2.0,
+    "store_acorn": True,
 }
 
 
@@ -66,6 +67,7 @@ def open_store(
     store_hnsw_m: int = 16,
     store_hnsw_ef_construct: int = 100,
     store_oversampling: float = 2.0,
+    store_acorn: bool = True,
 ) -> VectorStore:
     """Open (or create) the app's vector store.
 
@@ -95,6 +97,7 @@ def open_store(
             hnsw_ef_construct=store_hnsw_ef_construct,
             hnsw_ef=store_hnsw_ef,
             oversampling=store_oversampling,
+            acorn=store_acorn,
             timeout=qdrant_timeout,
         )
     return EdgeStore.open(
@@ -102,6 +105,7 @@ def open_store(
         meta,
         hnsw_ef=store_hnsw_ef,
         oversampling=store_oversampling,
+        acorn=store_acorn,
         hnsw_m=store_hnsw_m,
         hnsw_ef_construct=store_hnsw_ef_construct,
     )

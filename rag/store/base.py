@@ -252,10 +252,16 @@ class VectorStore(abc.ABC):
     #: Upper bound on points fetched by :meth:`search_cases` (keeps a pathological query bounded).
     GROUP_MAX_FETCH = 4096
 
-    def __init__(self, meta: StoreMeta, *, hnsw_ef: int | None = None, oversampling: float = 2.0) -> None:
+    def __init__(
+        self, meta: StoreMeta, *, hnsw_ef: int | None = None, oversampling: float = 2.0, acorn: bool = True
+    ) -> None:
+        """``hnsw_ef``: default search breadth; ``oversampling``: int8 candidates rescored per result;
+        ``acorn``: ACORN traversal for filtered HNSW searches (a product-line filter keeping ~25 % of points
+        lost ~2 % recall@10 without it on clustered data, none with it, at the same latency)."""
         self._meta = meta
         self.hnsw_ef = hnsw_ef
         self.oversampling = oversampling
+        self.acorn = acorn
         self._closed = False
 
     # -- properties -------------------------------------------------------------------------------------------

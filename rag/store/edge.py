@@ -112,10 +112,11 @@ class EdgeStore(VectorStore):
         *,
         hnsw_ef: int | None = None,
         oversampling: float = 2.0,
+        acorn: bool = True,
         engine_opts: dict[str, Any] | None = None,
     ) -> None:
         """Use :meth:`open`; this only wraps an already opened shard."""
-        super().__init__(meta, hnsw_ef=hnsw_ef, oversampling=oversampling)
+        super().__init__(meta, hnsw_ef=hnsw_ef, oversampling=oversampling, acorn=acorn)
         self.root = root
         self.version = version
         self._shard = shard
@@ -130,6 +131,7 @@ class EdgeStore(VectorStore):
         *,
         hnsw_ef: int | None = None,
         oversampling: float = 2.0,
+        acorn: bool = True,
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 100,
         full_scan_threshold_kb: int = 10_000,
@@ -146,6 +148,7 @@ class EdgeStore(VectorStore):
         opts = dict(
             hnsw_ef=hnsw_ef,
             oversampling=oversampling,
+            acorn=acorn,
             engine_opts=dict(
                 hnsw_m=hnsw_m,
                 hnsw_ef_construct=hnsw_ef_construct,
@@ -262,7 +265,12 @@ class EdgeStore(VectorStore):
         """A fresh, empty, inactive store next to this one; this one keeps serving until :meth:`commit_reindex`."""
         self._check_open()
         return self._create_version(
-            self.root, new_meta, hnsw_ef=self.hnsw_ef, oversampling=self.oversampling, engine_opts=self._engine_opts
+            self.root,
+            new_meta,
+            hnsw_ef=self.hnsw_ef,
+            oversampling=self.oversampling,
+            acorn=self.acorn,
+            engine_opts=self._engine_opts,
         )
 
     def commit_reindex(self, new_store: VectorStore) -> None:
@@ -301,14 +309,15 @@ class EdgeStore(VectorStore):
         with _engine("upsert"):
             self._shard.update(qe.UpdateOperation.upsert_points(pts))
 
-    def _search_params(self, exact: bool, hnsw_ef: int | None) -> qe.SearchParams:
+    def _search_params(self, exact: bool, hnsw_ef: int | None, filtered: bool) -> qe.SearchParams:
         if exact:
             quant = qe.QuantizationSearchParams(ignore=True)
         elif self.meta.quantization:
             quant = qe.QuantizationSearchParams(rescore=True, oversampling=self.oversampling)
         else:
             quant = None
-        return qe.SearchParams(hnsw_ef=hnsw_ef, exact=exact, quantization=quant)
+        acorn = qe.AcornSearchParams(enable=True) if filtered and self.acorn and not exact else None
+        return qe.SearchParams(hnsw_ef=hnsw_ef, exact=exact, quantization=quant, acorn=acorn)
 
     def _search(
         self, vector: list[float], limit: int, filters: dict[str, list[str]], exact: bool, hnsw_ef: int | None
@@ -318,7 +327,7 @@ class EdgeStore(VectorStore):
             query=qe.Query.Nearest(vector, using=VECTOR_NAME),
             filter=_to_filter(filters),
             with_payload=True,
-            params=self._search_params(exact, hnsw_ef),
+            params=self._search_params(exact, hnsw_ef, bool(filters)),
         )
         with _engine("search"):
             res = self._shard.query(req)

@@ -89,10 +89,11 @@ class ServerStore(VectorStore):
         owns_client: bool,
         hnsw_ef: int | None = None,
         oversampling: float = 2.0,
+        acorn: bool = True,
         create_opts: dict[str, Any] | None = None,
     ) -> None:
         """Use :meth:`open`; this wraps an existing, verified collection."""
-        super().__init__(meta, hnsw_ef=hnsw_ef, oversampling=oversampling)
+        super().__init__(meta, hnsw_ef=hnsw_ef, oversampling=oversampling, acorn=acorn)
         self.client = client
         self.alias = alias
         self.collection = collection
@@ -122,6 +123,7 @@ class ServerStore(VectorStore):
         hnsw_ef_construct: int = 100,
         hnsw_ef: int | None = None,
         oversampling: float = 2.0,
+        acorn: bool = True,
         timeout: int | None = None,
     ) -> ServerStore:
         """Connect (``url``/``api_key``, or ``location=":memory:"``/``path=`` local mode, or a given ``client``)
@@ -135,7 +137,7 @@ class ServerStore(VectorStore):
                 raise ValueError("give exactly one of url=, location= or path= (or an existing client=)")
             with _engine(f"connection to {url or location or path}"):
                 client = QdrantClient(url=url, api_key=api_key, location=location, path=path, timeout=timeout)
-        opts = dict(hnsw_ef=hnsw_ef, oversampling=oversampling)
+        opts = dict(hnsw_ef=hnsw_ef, oversampling=oversampling, acorn=acorn)
         create_opts = dict(
             shard_number=shard_number,
             replication_factor=replication_factor,
@@ -266,7 +268,7 @@ class ServerStore(VectorStore):
         self._check_open()
         store = self._create_version(
             self.client, self.alias, new_meta, False, self._create_opts,
-            hnsw_ef=self.hnsw_ef, oversampling=self.oversampling,
+            hnsw_ef=self.hnsw_ef, oversampling=self.oversampling, acorn=self.acorn,
         )
         # The new store writes to its collection by name (the alias still serves the old data).
         store._target = store.collection
@@ -333,7 +335,7 @@ class ServerStore(VectorStore):
         with _engine("upsert"):
             self.client.upsert(self._name, points=structs, wait=True)
 
-    def _search_params(self, exact: bool, hnsw_ef: int | None) -> qm.SearchParams | None:
+    def _search_params(self, exact: bool, hnsw_ef: int | None, filtered: bool) -> qm.SearchParams | None:
         if self.local:
             return None  # local mode is always exact and warns on any search params
         quant = None
@@ -341,7 +343,9 @@ class ServerStore(VectorStore):
             quant = qm.QuantizationSearchParams(ignore=True)
         elif self.meta.quantization:
             quant = qm.QuantizationSearchParams(rescore=True, oversampling=self.oversampling)
-        return qm.SearchParams(hnsw_ef=hnsw_ef, exact=exact, quantization=quant)
+        # ACORN needs server >= 1.16; only sent with filters, and switchable (store_acorn) for older servers.
+        acorn = qm.AcornSearchParams(enable=True) if filtered and self.acorn and not exact else None
+        return qm.SearchParams(hnsw_ef=hnsw_ef, exact=exact, quantization=quant, acorn=acorn)
 
     def _search(
         self, vector: list[float], limit: int, filters: dict[str, list[str]], exact: bool, hnsw_ef: int | None
@@ -353,7 +357,7 @@ class ServerStore(VectorStore):
                 using=VECTOR_NAME,
                 limit=limit,
                 query_filter=_to_filter(filters),
-                search_params=self._search_params(exact, hnsw_ef),
+                search_params=self._search_params(exact, hnsw_ef, bool(filters)),
                 with_payload=True,
             )
         return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in res.points]

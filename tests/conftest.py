@@ -1,0 +1,78 @@
+"""Shared fixtures: one tiny random Qwen3-VL checkpoint per test session, real transformers code paths on it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rag.models.tiny import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("tiny-qwen3-vl"), size="tiny")
+
+
+@pytest.fixture(scope="session")
+def embedder(tiny_model_dir: Path):
+    from rag.models.embedder import Embedder
+
+    return Embedder.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reranker(tiny_model_dir: Path):
+    from rag.models.reranker import Reranker
+
+    return Reranker.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def generator(tiny_model_dir: Path):
+    from rag.models.generator import Generator
+
+    return Generator.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+
+
+def noise_image(seed: int, w: int = 160, h: int = 120):
+    from PIL import Image
+
+    return Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8"))
+
+
+def write_video(path: Path, n_frames: int, fps: int = 4, size: int = 64) -> Path:
+    """A real H.264/MPEG-4 clip written with PyAV."""
+    import av
+
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(n_frames):
+            arr = np.zeros((size, size, 3), dtype=np.uint8)
+            arr[:, :, i % 3] = (40 + 20 * i) % 256
+            arr[i * 4 % size:, : size // 2] = 255
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("media")
+    noise_image(1).save(d / "a.png")
+    noise_image(2, 640, 480).save(d / "b.jpg", quality=90)
+    write_video(d / "clip.mp4", n_frames=12)
+    write_video(d / "one_frame.mp4", n_frames=1)
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
+    return d

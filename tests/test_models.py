@@ -1,0 +1,286 @@
+"""Model layer on the tiny checkpoint: official prompt layout, batching parity, MRL, streaming, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import noise_image
+from eval.bench_models import official_embed, official_rerank
+from rag.config import VisionBudget
+from rag.models.embedder import Embedder, EmbeddingError, normalise_instruction
+from rag.models.reranker import Reranker, RerankError
+
+SYS_EMB = "<|im_start|>system\nRepresent the user's input.<|im_end|>\n"
+TAIL = "<|im_end|>\n<|im_start|>assistant\n"
+IMG = "<|vision_start|><|image_pad|><|vision_end|>"
+VID = "<|vision_start|><|video_pad|><|vision_end|>"
+JUDGE = ('<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the '
+         'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n')
+INSTRUCT = "<Instruct>: Given a search query, retrieve relevant candidates that answer the query."
+
+
+# -- prompt layout (STACK.md §4) ------------------------------------------------------------------------------------
+def test_embedder_prompt_layout_matches_official(embedder: Embedder, media_dir: Path) -> None:
+    a, clip = str(media_dir / "a.png"), str(media_dir / "clip.mp4")
+    assert embedder.prompt({"text": "E13 on display"}) == f"{SYS_EMB}<|im_start|>user\nE13 on display{TAIL}"
+    assert embedder.prompt({"image": a}) == f"{SYS_EMB}<|im_start|>user\n{IMG}{TAIL}"
+    # content order is videos, images, texts whatever order the keys come in
+    assert embedder.prompt({"text": "what is this", "image": a}) == f"{SYS_EMB}<|im_start|>user\n{IMG}what is this{TAIL}"
+    assert embedder.prompt({"text": "t", "image": a, "video": clip}) == f"{SYS_EMB}<|im_start|>user\n{VID}{IMG}t{TAIL}"
+    assert embedder.prompt({}) == f"{SYS_EMB}<|im_start|>user\nNULL{TAIL}"
+    custom = embedder.prompt({"text": "x"}, instruction="  Retrieve the matching fault case ")
+    assert custom.startswith("<|im_start|>system\nRetrieve the matching fault case.<|im_end|>")
+
+
+def test_instruction_punctuation_rule() -> None:
+    assert normalise_instruction("Find cases") == "Find cases."
+    assert normalise_instruction("Find cases?") == "Find cases?"
+    assert normalise_instruction("查找故障。") == "查找故障。"
+    assert normalise_instruction(None) == "Represent the user's input."
+    assert normalise_instruction("   ") == "Represent the user's input."
+
+
+def test_reranker_prompt_layout_matches_official(reranker: Reranker, media_dir: Path) -> None:
+    a, clip = str(media_dir / "a.png"), str(media_dir / "clip.mp4")
+    p = reranker.prompt({"text": "E13", "image": a}, {"text": "Fuser fault"})
+    assert p == f"{JUDGE}<|im_start|>user\n{INSTRUCT}<Query>:{IMG}E13\n<Document>:Fuser fault{TAIL}"
+    p = reranker.prompt({"video": clip}, {"image": a, "text": "d"}, instruction="Find the case")
+    assert p == f"{JUDGE}<|im_start|>user\n<Instruct>: Find the case<Query>:{VID}\n<Document>:{IMG}d{TAIL}"
+    p = reranker.prompt({}, {})
+    assert p == f"{JUDGE}<|im_start|>user\n{INSTRUCT}<Query>:NULL\n<Document>:NULL{TAIL}"
+
+
+def test_image_tokens_follow_official_pixel_budget(embedder: Embedder, media_dir: Path) -> None:
+    enc = embedder.encode_item({"image": str(media_dir / "b.jpg")})  # 640×480 → 640×480 (multiples of 32)
+    n_img = int((enc.input_ids == embedder.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+    assert n_img == (640 // 32) * (480 // 32)
+    assert enc.image_grid_thw.tolist() == [[1, 480 // 16, 640 // 16]]
+    small = embedder.encode_item({"image": noise_image(0, 20, 20)})  # below min_pixels → upscaled to 4 tokens
+    assert int((small.mm_token_type_ids == 1).sum()) == 4
+
+
+# -- embedder behaviour ----------------------------------------------------------------------------------------------
+def _items(media_dir: Path) -> list[dict]:
+    return [
+        {"text": "printer shows E13 and the amber LED blinks"},
+        {"image": str(media_dir / "a.png")},
+        {"image": noise_image(3), "text": "what is wrong"},
+        {"text": "pump pressure gauge reads 0 bar " * 5},
+        {"video": str(media_dir / "clip.mp4"), "text": "blinking"},
+        {"image": str(media_dir / "b.jpg")},
+        {},
+    ]
+
+
+def test_embed_shapes_and_normalisation(embedder: Embedder, media_dir: Path) -> None:
+    v = embedder.embed(_items(media_dir))
+    assert v.shape == (7, embedder.dim) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert np.abs(v[1] - v[5]).max() > 1e-3, "different images must give different vectors"
+
+
+def test_embed_batch_equals_single_and_official(embedder: Embedder, media_dir: Path) -> None:
+    items = _items(media_dir)
+    batched = embedder.embed(items, batch_size=4)
+    single = np.stack([embedder.embed([it])[0] for it in items])
+    assert np.abs(batched - single).max() <= 1e-5
+    official = official_embed(embedder, items)
+    assert np.abs(batched - official).max() <= 1e-5
+
+
+def test_embed_pools_last_token_of_generation_prompt(embedder: Embedder) -> None:
+    enc = embedder.encode_item({"text": "abc"})
+    tok = embedder.processor.tokenizer
+    assert tok.decode(enc.input_ids[-5:]).endswith("<|im_start|>assistant\n")
+    with torch.inference_mode():
+        hidden = embedder.model(input_ids=enc.input_ids[None], attention_mask=torch.ones_like(enc.input_ids[None])).last_hidden_state
+    ref = torch.nn.functional.normalize(hidden[0, -1], dim=-1).numpy()
+    assert np.abs(embedder.embed([{"text": "abc"}])[0] - ref).max() <= 1e-5
+
+
+def test_mrl_prefix_renormalised(embedder: Embedder, media_dir: Path) -> None:
+    items = _items(media_dir)[:3]
+    full = embedder.embed(items)
+    short = embedder.embed(items, dim=64)
+    assert short.shape == (3, 64)
+    np.testing.assert_allclose(np.linalg.norm(short, axis=1), 1.0, atol=1e-5)
+    expected = full[:, :64] / np.linalg.norm(full[:, :64], axis=1, keepdims=True)
+    assert np.abs(short - expected).max() <= 1e-6
+    for bad in (32, embedder.dim + 1):
+        with pytest.raises(ValueError, match="dim must be between 64"):
+            embedder.embed(items, dim=bad)
+
+
+def test_instruction_changes_embedding(embedder: Embedder) -> None:
+    a = embedder.embed([{"text": "E13"}])
+    b = embedder.embed([{"text": "E13"}], instruction="Retrieve fault cases that match the symptom")
+    c = embedder.embed([{"text": "E13", "instruction": "Retrieve fault cases that match the symptom"}])
+    assert np.abs(a - b).max() > 1e-4
+    assert np.abs(b - c).max() <= 1e-6
+
+
+def test_truncation_keeps_vision_and_suffix(tiny_model_dir: Path, media_dir: Path) -> None:
+    emb = Embedder.from_pretrained(tiny_model_dir, dtype="float32", device="cpu", max_length=60)
+    item = {"image": noise_image(5, 64, 64), "text": "word " * 200}
+    enc = emb.encode_item(item)
+    assert enc.length == 60
+    assert int((enc.mm_token_type_ids == 1).sum()) == 4  # all image tokens survive
+    assert emb.processor.tokenizer.decode(enc.input_ids[-5:]).endswith("<|im_start|>assistant\n")
+    assert emb.embed([item]).shape == (1, emb.dim)
+    tiny_budget = Embedder.from_pretrained(tiny_model_dir, dtype="float32", device="cpu", max_length=20)
+    with pytest.raises(EmbeddingError, match="vision and template tokens alone exceed"):
+        tiny_budget.embed([{"image": str(media_dir / "b.jpg")}])
+
+
+# -- errors ----------------------------------------------------------------------------------------------------------
+def test_missing_file_error_names_item(embedder: Embedder, media_dir: Path) -> None:
+    items = [{"text": "ok"}, {"text": "fine"}, {"image": str(media_dir / "nope.png")}]
+    with pytest.raises(EmbeddingError, match=r"item 2 .*file not found: '.*nope.png'"):
+        embedder.embed(items)
+
+
+def test_corrupt_image_error(embedder: Embedder, media_dir: Path) -> None:
+    with pytest.raises(EmbeddingError, match=r"item 0 .*(corrupt|not a readable image).*corrupt.png"):
+        embedder.embed([{"image": str(media_dir / "corrupt.png")}])
+
+
+def test_over_budget_image_refused(tiny_model_dir: Path, media_dir: Path) -> None:
+    emb = Embedder.from_pretrained(tiny_model_dir, dtype="float32", device="cpu",
+                                   budget=VisionBudget(max_image_pixels=100_000))
+    with pytest.raises(EmbeddingError, match=r"640x480 = 307,200 pixels, more than the limit of 100,000"):
+        emb.embed([{"image": str(media_dir / "b.jpg")}])
+
+
+def test_unknown_keys_and_bad_types(embedder: Embedder) -> None:
+    with pytest.raises(EmbeddingError, match="unknown keys \\['img'\\]"):
+        embedder.embed([{"img": "x.png"}])
+    with pytest.raises(EmbeddingError, match="unsupported image input type int"):
+        embedder.embed([{"image": 42}])
+
+
+def test_single_frame_video_is_embedded_as_its_frame(embedder: Embedder, media_dir: Path) -> None:
+    """Qwen3-VL needs ≥2 frames per video; a 1-frame clip is sent as an image instead of failing."""
+    import av
+
+    with av.open(str(media_dir / "one_frame.mp4")) as c:
+        frame = next(c.decode(video=0)).to_image()
+    v_video = embedder.embed([{"video": str(media_dir / "one_frame.mp4")}])
+    v_image = embedder.embed([{"image": frame}])
+    assert np.abs(v_video - v_image).max() <= 1e-5
+    assert embedder.prompt({"video": [frame]}) == embedder.prompt({"image": frame})
+
+
+def test_video_from_path_and_frames(embedder: Embedder, media_dir: Path) -> None:
+    enc = embedder.encode_item({"video": str(media_dir / "clip.mp4")})
+    assert enc.video_grid_thw is not None and int(enc.video_grid_thw[0, 0]) >= 1
+    frames = [noise_image(i, 64, 64) for i in range(5)]  # odd count: padded to a multiple of 2 like the official code
+    enc2 = embedder.encode_item({"video": frames})
+    assert int(enc2.video_grid_thw[0, 0]) == 3
+
+
+# -- reranker ---------------------------------------------------------------------------------------------------------
+def _pair_docs(media_dir: Path) -> tuple[dict, list[dict]]:
+    query = {"image": noise_image(10), "text": "printer shows E13"}
+    docs = [
+        {"text": "Paper jam in tray 2: open the rear door"},
+        {"image": noise_image(11), "text": "Fuser error E13: replace the fuser unit"},
+        {"image": str(media_dir / "a.png")},
+        {"video": str(media_dir / "clip.mp4"), "text": "LED blinking pattern"},
+        {},
+        {"image": [noise_image(12, 64, 96), noise_image(13, 96, 64)], "text": "two photos"},
+    ]
+    return query, docs
+
+
+def test_rerank_score_is_sigmoid_of_yes_minus_no_logit(tiny_model_dir: Path, reranker: Reranker) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    lm = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    _, encoded = reranker.encode_pairs({"text": "E13"}, [{"text": "fuser error"}])
+    e = encoded[0]
+    with torch.inference_mode():
+        logits = lm(input_ids=e.input_ids[None], mm_token_type_ids=e.mm_token_type_ids[None]).logits[0, -1]
+    vocab = reranker.processor.tokenizer.get_vocab()
+    expected = torch.sigmoid(logits[vocab["yes"]] - logits[vocab["no"]]).item()
+    assert reranker.score({"text": "E13"}, [{"text": "fuser error"}])[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_rerank_batched_and_shared_prefix_equal_official(reranker: Reranker, media_dir: Path) -> None:
+    query, docs = _pair_docs(media_dir)
+    official = np.array(official_rerank(reranker, query, docs))
+    assert ((official > 0) & (official < 1)).all()
+    batched = np.array(reranker.score(query, docs, batch_size=4, share_prefix=False))
+    shared = np.array(reranker.score(query, docs, batch_size=4, share_prefix=True))
+    shared1 = np.array(reranker.score(query, docs, batch_size=1, share_prefix=True))
+    assert np.abs(batched - official).max() <= 1e-5
+    assert np.abs(shared - official).max() <= 1e-4
+    assert np.abs(shared1 - official).max() <= 1e-4
+    assert np.ptp(official) > 1e-3, "scores must depend on the document"
+
+
+@pytest.mark.parametrize("query", [{"text": "only text"}, {"video": "CLIP"}, {}])
+def test_rerank_shared_prefix_other_query_kinds(reranker: Reranker, media_dir: Path, query: dict) -> None:
+    if query.get("video") == "CLIP":
+        query = {"video": str(media_dir / "clip.mp4"), "text": "what now"}
+    _, docs = _pair_docs(media_dir)
+    official = np.array(official_rerank(reranker, query, docs))
+    shared = np.array(reranker.score(query, docs, batch_size=3))
+    assert np.abs(shared - official).max() <= 1e-4
+
+
+def test_rerank_errors_name_document(reranker: Reranker, media_dir: Path) -> None:
+    assert reranker.score({"text": "q"}, []) == []
+    with pytest.raises(RerankError, match=r"document 1 .*file not found"):
+        reranker.score({"text": "q"}, [{"text": "ok"}, {"image": str(media_dir / "missing.jpg")}])
+    with pytest.raises(RerankError, match=r"query .*corrupt"):
+        reranker.score({"image": str(media_dir / "corrupt.png")}, [{"text": "ok"}])
+
+
+# -- generator ---------------------------------------------------------------------------------------------------------
+def _messages() -> list[dict]:
+    return [
+        {"role": "system", "content": "You are a support assistant."},
+        {"role": "user", "content": [{"type": "image", "image": noise_image(20)}, {"type": "text", "text": "What is wrong?"}]},
+    ]
+
+
+def test_stream_equals_generate(generator) -> None:
+    full = generator.generate(_messages(), max_new_tokens=24)
+    chunks = list(generator.stream(_messages(), max_new_tokens=24))
+    assert len(full) > 0 and len(chunks) > 1
+    assert "".join(chunks) == full
+
+
+def test_stop_strings_cut_both_paths(generator) -> None:
+    full = generator.generate(_messages(), max_new_tokens=24)
+    stop = full[4:7]
+    assert len(stop) == 3
+    cut = generator.generate(_messages(), max_new_tokens=24, stop=[stop])
+    assert stop not in cut and full.startswith(cut) and len(cut) < len(full)
+    assert "".join(generator.stream(_messages(), max_new_tokens=24, stop=[stop])) == cut
+
+
+def test_generator_video_and_errors(generator, media_dir: Path) -> None:
+    from rag.models.generator import GenerationError
+
+    msgs = [{"role": "user", "content": [{"type": "video", "video": str(media_dir / "clip.mp4")}, {"type": "text", "text": "?"}]}]
+    assert isinstance(generator.generate(msgs, max_new_tokens=4), str)
+    with pytest.raises(GenerationError, match=r"message 0 item 0: .*file not found"):
+        generator.generate([{"role": "user", "content": [{"type": "image", "image": "/nope.png"}]}])
+    with pytest.raises(GenerationError, match="role must be"):
+        generator.generate([{"role": "robot", "content": "hi"}])
+
+
+def test_missing_model_message_is_actionable(tmp_path: Path) -> None:
+    from rag.models.loading import ModelNotAvailableError
+
+    with pytest.raises(ModelNotAvailableError, match="make-tiny|--models tiny") as err:
+        Embedder.from_pretrained("Qwen/Qwen3-VL-Embedding-2B")
+    assert "RAGVQA_EMBEDDER_MODEL" in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotAvailableError, match="no config.json"):
+        Reranker.from_pretrained(tmp_path / "empty")
