@@ -152,6 +152,7 @@ def bench_one(
     hnsw_m: int = 16,
     hnsw_ef_construct: int = 100,
     oversampling: float = 2.0,
+    acorn: bool = True,
     include_local: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
@@ -179,7 +180,7 @@ def bench_one(
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="bench_store_") as tmp:
         meta = StoreMeta(embedder_id="bench", dim=dim, quantization=True)
         store = EdgeStore.open(
-            Path(tmp) / "edge", meta, hnsw_ef=hnsw_ef, oversampling=oversampling,
+            Path(tmp) / "edge", meta, hnsw_ef=hnsw_ef, oversampling=oversampling, acorn=acorn,
             hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct,
         )
         try:
@@ -198,6 +199,8 @@ def bench_one(
                 "edge_hnsw_f32": lambda q, f: [h.id for h in _edge_float_search(store, q, k, f, hnsw_ef)],
                 "edge_hnsw_int8_rescore": lambda q, f: [h.id for h in store.search(q, k, f)],
             }
+            if acorn:
+                variants["edge_hnsw_int8_rescore_no_acorn"] = lambda q, f: _without_acorn(store, q, k, f)
             for name, fn in variants.items():
                 nq = n_queries if name != "edge_exact" else min(n_queries, 50)
                 out["engines"][name] = {
@@ -228,6 +231,15 @@ def bench_one(
     return out
 
 
+def _without_acorn(store: EdgeStore, q: np.ndarray, k: int, f: dict[str, str] | None) -> list[str]:
+    """The int8 row again with ACORN off, to show what it buys on filtered queries."""
+    store.acorn = False
+    try:
+        return [h.id for h in store.search(q, k, f)]
+    finally:
+        store.acorn = True
+
+
 def _edge_float_search(store: EdgeStore, q: np.ndarray, k: int, f: dict[str, str] | None, ef: int) -> list[Hit]:
     """HNSW search on the same shard with int8 ignored (the float32 baseline), through the engine directly."""
     req = qe.QueryRequest(
@@ -235,7 +247,11 @@ def _edge_float_search(store: EdgeStore, q: np.ndarray, k: int, f: dict[str, str
         query=qe.Query.Nearest(check_query_vector(q, store.dim), using="dense"),
         filter=_to_filter(validate_filters(f)),
         with_payload=True,
-        params=qe.SearchParams(hnsw_ef=ef, quantization=qe.QuantizationSearchParams(ignore=True)),
+        params=qe.SearchParams(
+            hnsw_ef=ef,
+            quantization=qe.QuantizationSearchParams(ignore=True),
+            acorn=qe.AcornSearchParams(enable=True) if f and store.acorn else None,
+        ),
     )
     return [Hit(id=str(r.id), score=float(r.score), payload=r.payload or {}) for r in store._shard.query(req)]
 
@@ -258,6 +274,7 @@ def run_store_bench(
     hnsw_m: int = 16,
     hnsw_ef_construct: int = 100,
     oversampling: float = 2.0,
+    acorn: bool = True,
     include_local: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
@@ -271,7 +288,7 @@ def run_store_bench(
                 bench_one(
                     n, dim, n_queries=min(n_queries, n), n_queries_local=n_queries_local, hnsw_ef=hnsw_ef,
                     hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct, oversampling=oversampling,
-                    include_local=include_local, work_dir=work_dir, seed=seed,
+                    acorn=acorn, include_local=include_local, work_dir=work_dir, seed=seed,
                 )
             )
     result = {
@@ -286,7 +303,7 @@ def run_store_bench(
         },
         "params": {
             "k": 10, "hnsw_ef": hnsw_ef, "hnsw_m": hnsw_m, "hnsw_ef_construct": hnsw_ef_construct,
-            "oversampling": oversampling, "n_queries": n_queries, "n_queries_local": n_queries_local,
+            "oversampling": oversampling, "acorn": acorn, "n_queries": n_queries, "n_queries_local": n_queries_local,
             "data": "200 gaussian clusters (spread 0.5), queries = member + noise 0.3; "
                     "product_line: 4 values (~25 %), equipment_model: 40 values (~2.5 %)",
         },
@@ -327,7 +344,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"qdrant-edge-py {env['qdrant_edge_py']} · qdrant-client {env['qdrant_client']}",
         "",
         f"top-{params['k']}, hnsw_ef={params['hnsw_ef']}, m={params['hnsw_m']}, "
-        f"ef_construct={params['hnsw_ef_construct']}, int8 oversampling={params['oversampling']}. "
+        f"ef_construct={params['hnsw_ef_construct']}, int8 oversampling={params['oversampling']}, "
+        f"ACORN for filtered queries={params.get('acorn')}. "
         f"Data: {params['data']}. Latency is measured through `VectorStore.search` (includes validation and "
         "result conversion). Recall@10 is against exact numpy search with the same filter.",
         "",
@@ -383,12 +401,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--queries-local", type=int, default=20)
     p.add_argument("--hnsw-ef", type=int, default=128)
     p.add_argument("--no-local", action="store_true", help="skip qdrant-client local mode")
+    p.add_argument("--no-acorn", action="store_true", help="plain filtered HNSW (no ACORN)")
     p.add_argument("--out", default="bench-results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run_store_bench(
         args.sizes, args.dims, n_queries=args.queries, n_queries_local=args.queries_local,
-        hnsw_ef=args.hnsw_ef, include_local=not args.no_local,
+        hnsw_ef=args.hnsw_ef, acorn=not args.no_acorn, include_local=not args.no_local,
     )
     for path in write_report(result, args.out):
         log.info("wrote %s", path)
