@@ -56,6 +56,38 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
 
+    # -- vector store (rag/store): Qdrant Edge under data_dir unless a server URL is given ----------------------
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_collection: str = "ragvqa"
+    #: Cluster layout used when the collection is created on a server (distributed mode).
+    qdrant_shard_number: int = 1
+    qdrant_replication_factor: int = 1
+    qdrant_write_consistency_factor: int = 1
+    qdrant_on_disk_payload: bool = True
+    qdrant_timeout: int | None = None
+    store_quantization: bool = False
+    store_hnsw_ef: int | None = 128
+    store_hnsw_m: int = 16
+    store_hnsw_ef_construct: int = 100
+    store_oversampling: float = 2.0
+    store_acorn: bool = True
+
+    # -- pipeline (rag/pipeline) ----------------------------------------------------------------------------------
+    retrieve_top_k: int = 20
+    rerank_top_n: int = 5
+    rerank_enabled: bool = True
+    #: Below this best reranker score the app abstains (no diagnosis, only "possibly related" cases).
+    abstain_rerank_threshold: float = 0.5
+    #: Used instead when reranking is off: best cosine similarity of the query to a case.
+    abstain_retrieval_threshold: float = 0.35
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    #: Token budget for earlier turns of a conversation (oldest turns are dropped first).
+    history_token_budget: int = 2048
+    #: How many case images go into the generator prompt (each costs hundreds of tokens).
+    context_case_images: int = 3
+
     vision: VisionBudget = Field(default_factory=VisionBudget)
 
     @field_validator("embed_dim")

@@ -76,3 +76,49 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_video(d / "one_frame.mp4", n_frames=1)
     (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
     return d
+
+
+MINI_CASES = [
+    ("prn-e13", "Fuser error E13 on laser printer", "printers", "LP-500", ["fuser", "error-code"], (200, 40, 40)),
+    ("prn-jam2", "Paper jam in tray 2", "printers", "LP-500", ["paper-jam"], (40, 200, 40)),
+    ("hvac-f3", "Rooftop unit fault F3: high pressure", "hvac", "RTU-20", ["pressure"], (40, 40, 200)),
+    ("pump-seal", "Pump seal leak, pressure drops to 0 bar", "pumps", "CP-7", ["leak", "seal"], (200, 200, 40)),
+]
+
+
+def case_picture(seed: int, colour: tuple[int, int, int], w: int = 192, h: int = 144):
+    """A distinct 'equipment screen' per case: coloured panel, bars at seed-dependent places."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (w, h), colour)
+    d = ImageDraw.Draw(img)
+    rng = np.random.RandomState(seed)
+    for _ in range(5):
+        x, y = int(rng.randint(0, w - 40)), int(rng.randint(0, h - 30))
+        d.rectangle([x, y, x + 40, y + 30], fill=tuple(int(c) for c in rng.randint(0, 255, 3)))
+    return img
+
+
+def populate_store(store, embedder, media_root: Path, cases=MINI_CASES) -> dict[str, Path]:
+    """Write cases with the store payload contract of knowledge_base ingestion (text point + one image point)."""
+    from rag.store.base import VectorPoint, point_id
+
+    media_root.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    points = []
+    for i, (cid, title, line, model, tags, colour) in enumerate(cases):
+        rel = f"img/{cid}.png"
+        (media_root / "img").mkdir(exist_ok=True)
+        case_picture(i, colour).save(media_root / rel)
+        paths[cid] = media_root / rel
+        doc = f"{title}\nProduct line: {line}; model {model}\nSymptom: {title}.\nSolution: 1. check 2. replace"
+        case = {"id": cid, "title": title, "product_line": line, "equipment_model": model, "tags": tags,
+                "media": [{"id": f"m-{i:016x}", "kind": "image", "path": rel, "thumbnail": rel}]}
+        common = {"case_id": cid, "product_line": line, "equipment_model": model, "tags": tags, "title": title}
+        tv, mv = embedder.embed([{"text": doc}, {"image": str(media_root / rel)}])
+        points.append(VectorPoint(id=point_id(cid, None), vector=tv, payload={**common, "media_id": None, "kind": "text",
+                                                                             "case": case, "document": doc}))
+        points.append(VectorPoint(id=point_id(cid, f"m-{i:016x}"), vector=mv, payload={
+            **common, "media_id": f"m-{i:016x}", "kind": "image", "media_path": rel, "thumbnail": rel}))
+    store.upsert(points)
+    return paths

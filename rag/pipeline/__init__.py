@@ -1,0 +1,8 @@
+"""retrieve → rerank → abstain? → generate, each stage a small typed class; see :class:`RagPipeline`."""
+
+from rag.pipeline.pipeline import QueryError, RagPipeline
+from rag.pipeline.stages import Abstain, Generate, Rerank, Retrieve
+from rag.pipeline.types import Answer, CaseCandidate, Decision, Event, Query, Trace, Turn
+
+__all__ = ["Abstain", "Answer", "CaseCandidate", "Decision", "Event", "Generate", "Query", "QueryError", "RagPipeline",
+           "Rerank", "Retrieve", "Trace", "Turn"]

@@ -1,0 +1,132 @@
+"""Typed inputs and outputs of the pipeline stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Payload keys every store point carries (written by knowledge_base ingestion).
+#: Text point (media_id None): ``case`` (full case JSON) and ``document`` (compact text for rerank/generation).
+#: Media points: ``media_path`` (relative to the media root), ``thumbnail``, ``caption``, ``page``.
+MAX_QUESTION_CHARS = 4000
+
+
+class Turn(BaseModel):
+    """One earlier exchange of a conversation."""
+
+    question: str
+    answer: str
+    case_ids: list[str] = Field(default_factory=list)
+
+
+class Query(BaseModel):
+    """What the user asked: text and/or media, optional filters and the conversation so far."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    text: str = ""
+    images: list[Any] = Field(default_factory=list, description="paths or PIL images")
+    video: Any | None = None
+    filters: dict[str, str | list[str]] = Field(default_factory=dict)
+    history: list[Turn] = Field(default_factory=list)
+    rerank: bool | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        v = v.strip()
+        if len(v) > MAX_QUESTION_CHARS:
+            raise ValueError(f"question is {len(v)} characters long; the limit is {MAX_QUESTION_CHARS}")
+        return v
+
+    @property
+    def has_media(self) -> bool:
+        return bool(self.images) or self.video is not None
+
+    def is_empty(self) -> bool:
+        return not self.text and not self.has_media
+
+    def embed_item(self) -> dict[str, Any]:
+        item: dict[str, Any] = {}
+        if self.text:
+            item["text"] = self.text
+        if self.images:
+            item["image"] = list(self.images)
+        if self.video is not None:
+            item["video"] = str(self.video) if isinstance(self.video, Path) else self.video
+        return item
+
+
+class CaseCandidate(BaseModel):
+    """A case found for a query, with everything later stages and the UI need."""
+
+    case_id: str
+    title: str = ""
+    retrieval_score: float
+    rerank_score: float | None = None
+    document: str = ""
+    case: dict[str, Any] = Field(default_factory=dict)
+    #: Best-matching media point of this case (absolute path), if any.
+    media_path: str | None = None
+    thumbnail: str | None = None
+    media_kind: str | None = None
+    matched: list[str] = Field(default_factory=list, description="ids of the points that matched")
+
+    @property
+    def score(self) -> float:
+        return self.rerank_score if self.rerank_score is not None else self.retrieval_score
+
+
+class StageTiming(BaseModel):
+    stage: str
+    ms: float
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Trace(BaseModel):
+    """Per-stage timings, scores and ids of one answer."""
+
+    stages: list[StageTiming] = Field(default_factory=list)
+
+    def add(self, stage: str, ms: float, **detail: Any) -> None:
+        self.stages.append(StageTiming(stage=stage, ms=round(ms, 3), detail=detail))
+
+    def ms(self, stage: str) -> float:
+        return sum(s.ms for s in self.stages if s.stage == stage)
+
+    @property
+    def total_ms(self) -> float:
+        return sum(s.ms for s in self.stages)
+
+
+class Decision(BaseModel):
+    abstain: bool
+    best_score: float | None
+    threshold: float
+    score_kind: Literal["rerank", "retrieval"]
+    reason: str
+
+
+class Answer(BaseModel):
+    """The pipeline's result: the text, the cases it rests on and how it got there."""
+
+    text: str
+    cases: list[CaseCandidate]
+    cited: list[str] = Field(default_factory=list)
+    abstained: bool = False
+    decision: Decision | None = None
+    trace: Trace = Field(default_factory=Trace)
+
+
+class Event(BaseModel):
+    """A streamed pipeline event: ``sources`` first, then ``token`` chunks, then ``done`` with the answer."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    type: Literal["sources", "token", "done"]
+    text: str = ""
+    cases: list[CaseCandidate] = Field(default_factory=list)
+    abstained: bool = False
+    answer: Answer | None = None
