@@ -142,25 +142,31 @@ class Embedder:
         return F.normalize(pooled.float(), p=2, dim=-1)
 
     def embed(self, items: Iterable[Item | str], instruction: str | None = None, dim: int | None = None,
-              batch_size: int = 8, progress: bool = False) -> np.ndarray:
+              batch_size: int = 8, progress: bool = False, window: int = 64) -> np.ndarray:
         """Embed items (dicts with text/image/video, or plain strings) into an (n, dim) float32 array.
 
-        Items are sorted by their exact token count and batched, so rows of a batch need almost no padding; the
-        result is returned in input order.
+        Items are encoded ``window`` at a time (pixel tensors of a 1024×768 image take ≈19 MB, so a large import
+        must not hold them all), sorted by exact token count within the window and batched, so rows of a batch
+        need almost no padding; the result is in input order.
         """
         items = [{"text": it} if isinstance(it, str) else it for it in items]
         if not items:
             return np.zeros((0, dim or self.dim), dtype=np.float32)
-        encoded = [self.encode_item(it, instruction, i) for i, it in enumerate(items)]
-        order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
-        out = np.zeros((len(encoded), self.dim), dtype=np.float32)
-        batches = [order[i:i + max(1, batch_size)] for i in range(0, len(order), max(1, batch_size))]
-        iterator: Iterable = batches
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        bs, window = max(1, batch_size), max(1, window, batch_size)
+        bar = None
         if progress:
             from tqdm import tqdm
 
-            iterator = tqdm(batches, desc="embedding", unit="batch")
-        for idx in iterator:
-            vecs = self.forward_batch([encoded[i] for i in idx])
-            out[idx] = vecs.cpu().numpy()
+            bar = tqdm(total=len(items), desc="embedding", unit="item")
+        for w0 in range(0, len(items), window):
+            encoded = {i: self.encode_item(items[i], instruction, i) for i in range(w0, min(w0 + window, len(items)))}
+            order = sorted(encoded, key=lambda i: encoded[i].length)
+            for b0 in range(0, len(order), bs):
+                idx = order[b0:b0 + bs]
+                out[idx] = self.forward_batch([encoded[i] for i in idx]).cpu().numpy()
+                if bar is not None:
+                    bar.update(len(idx))
+        if bar is not None:
+            bar.close()
         return mrl_truncate(out, dim)

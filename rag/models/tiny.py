@@ -116,11 +116,11 @@ def _shape(size: CheckpointSize) -> tuple[dict, dict]:
     elif size == "bench":
         # Same family, a few hundred MB: wide enough that matrix work dominates like in the real model.
         text = dict(
-            hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+            hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
             num_key_value_heads=4, head_dim=64, mrope=[12, 10, 10],
         )
-        vision = dict(depth=6, hidden_size=256, intermediate_size=1024, num_heads=4, out_hidden_size=512,
-                      num_position_embeddings=2304, deepstack_visual_indexes=[1, 3, 5])
+        vision = dict(depth=8, hidden_size=384, intermediate_size=1536, num_heads=6, out_hidden_size=768,
+                      num_position_embeddings=2304, deepstack_visual_indexes=[1, 4, 7])
     elif size == "full-2b":
         text = dict(
             hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
