@@ -24,6 +24,7 @@ os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
 from qwen_vl_utils import vision_process as qvu  # noqa: E402  (reader choice must be set before import)
 
 from rag.config import VisionBudget  # noqa: E402
+from rag.validation import InputRejected, Limits, check_file  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ VideoSource = Union[str, Path, list]
 
 class VisionInputError(ValueError):
     """An image or video that cannot be used; the message names the input and what is wrong."""
+
+    code = "bad_media"
 
 
 def describe(src: Any) -> str:
@@ -52,18 +55,13 @@ def describe(src: Any) -> str:
     return f"<{type(src).__name__}>"
 
 
-def _check_file(path: Path, budget: VisionBudget) -> None:
-    if not path.exists():
-        raise VisionInputError(f"file not found: '{path}'")
-    if not path.is_file():
-        raise VisionInputError(f"not a regular file: '{path}'")
-    size = path.stat().st_size
-    if size == 0:
-        raise VisionInputError(f"file is empty: '{path}'")
-    if size > budget.max_file_bytes:
-        raise VisionInputError(
-            f"file too large: '{path}' is {size / 1e6:.1f} MB, the limit is {budget.max_file_bytes / 1e6:.0f} MB"
-        )
+def _check_file(path: Path, budget: VisionBudget, kind: str) -> None:
+    """Exists, regular, within the size cap, and really an image/video by content (the shared validation layer)."""
+    allowed = ("image",) if kind == "image" else ("video",)
+    try:
+        check_file(path, allowed, Limits(max_file_bytes=budget.max_file_bytes), where=f"'{path}'")
+    except InputRejected as e:
+        raise VisionInputError(f"{e.problem}: '{path}'") from e
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -98,7 +96,7 @@ def load_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Im
     else:
         if isinstance(src, (str, Path)):
             path = Path(str(src).removeprefix("file://"))
-            _check_file(path, budget)
+            _check_file(path, budget, "image")
             data: Any = str(path)
         elif isinstance(src, (bytes, bytearray)):
             if len(src) == 0:
@@ -264,7 +262,7 @@ def prepare_video(src: VideoSource, budget: VisionBudget | None = None) -> Prepa
         meta = dict(fps=sample_fps, frames_indices=list(range(len(pil))), total_num_frames=len(pil))
     elif isinstance(src, (str, Path)):
         path = Path(str(src).removeprefix("file://"))
-        _check_file(path, budget)
+        _check_file(path, budget, "video")
         video, meta = read_video_frames(str(path), budget.video_fps, budget.video_max_frames, budget)
         if video.shape[0] < 2:
             logger.info("video '%s' has a single frame: using it as an image", path)
