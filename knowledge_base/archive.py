@@ -1,0 +1,543 @@
+"""Import sources → :class:`SourceCase` records: JSONL, CSV (+ media folder), a folder per case, a zip of any of
+these, and the zip backups written by :meth:`KnowledgeBase.export`.
+
+Readers only parse and locate files; they never write to the knowledge base. Row-level problems become a
+rejected record naming the file and row (the rest of the import goes on); structural problems (unknown CSV
+columns, an unsafe zip, an unknown layout) raise :class:`IngestInputError` before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from knowledge_base.schema import CASE_ID_PATTERN, Case, CaseInput, MediaItem, MediaKind, slugify
+
+__all__ = [
+    "BACKUP_FORMAT",
+    "CASE_FILE",
+    "MEDIA_EXTENSIONS",
+    "IngestInputError",
+    "MediaSource",
+    "SourceBundle",
+    "SourceCase",
+    "format_validation_error",
+    "load_source",
+    "read_backup",
+    "read_csv",
+    "read_folder",
+    "read_jsonl",
+    "safe_extract_zip",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``format`` value in the manifest of an export zip.
+BACKUP_FORMAT = "ragvqa-kb-backup"
+#: Name of the case description inside a per-case folder.
+CASE_FILE = "case.json"
+#: Files picked up from a case folder when its case.json lists no media.
+MEDIA_EXTENSIONS = {
+    ".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+    ".mp4", ".mov", ".mkv", ".webm", ".avi", ".ts", ".pdf",
+}
+_CASE_ID_RE = re.compile(CASE_ID_PATTERN)
+
+SourceKind = Literal["jsonl", "csv", "folder", "backup"]
+
+
+class IngestInputError(ValueError):
+    """The import source itself is unusable (layout, columns, unsafe archive); nothing was written."""
+
+
+@dataclass
+class MediaSource:
+    """One media file to attach: a path or bytes, with what the submitter said about it.
+
+    ``item`` is set for backup restores (the stored ``MediaItem`` to recreate; its sha256 is verified).
+    """
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+    kind: MediaKind | None = None
+    caption: str = ""
+    page: int | None = None
+    item: MediaItem | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ValueError(f"media {self.name!r}: give exactly one of path or data")
+
+    def head(self, n: int = 1024) -> bytes:
+        if self.data is not None:
+            return self.data[:n]
+        assert self.path is not None
+        with open(self.path, "rb") as f:
+            return f.read(n)
+
+    def sha256(self) -> str:
+        """Content hash of the source (streamed for files)."""
+        if self.data is not None:
+            return hashlib.sha256(self.data).hexdigest()
+        assert self.path is not None
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+
+@dataclass
+class SourceCase:
+    """One case to import, or the reason it cannot be (``error``), with where it came from (file:row)."""
+
+    where: str
+    case: CaseInput | None = None
+    stored: Case | None = None
+    media: list[MediaSource] = field(default_factory=list)
+    #: Backups carry the content hash the case had when exported, so restoring into the same KB is a no-op.
+    content_hash: str | None = None
+    error: str | None = None
+    #: Compare this record's media with other cases' (off for backup restores, which reproduce a KB as it was).
+    dedup: bool = True
+
+    @property
+    def case_id(self) -> str | None:
+        if self.stored is not None:
+            return self.stored.id
+        if self.case is not None:
+            return self.case.resolved_id()
+        return None
+
+
+@dataclass
+class SourceBundle:
+    """The parsed records of one import source."""
+
+    kind: SourceKind
+    path: Path
+    records: list[SourceCase]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """``field.sub: message; ...`` — short enough for a report line, precise enough to fix the row."""
+    parts = []
+    for err in e.errors(include_url=False):
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _resolve_media(base: Path, rel: str, confine: bool) -> Path:
+    """Media path of a record. ``confine`` (untrusted trees, e.g. unpacked zips) keeps it under ``base``."""
+    if not rel or "\x00" in rel:
+        raise ValueError(f"media path {rel!r} is empty or invalid")
+    p = Path(rel).expanduser()
+    if confine:
+        if p.is_absolute() or ".." in PurePosixPath(rel.replace("\\", "/")).parts:
+            raise ValueError(f"media path {rel!r} must be relative and stay inside the import")
+        full = (base / p).resolve()
+        if not full.is_relative_to(base.resolve()):
+            raise ValueError(f"media path {rel!r} points outside the import")
+    else:
+        full = p if p.is_absolute() else base / p
+    if full.is_symlink():
+        raise ValueError(f"media file {rel!r} is a symbolic link; refusing it")
+    if not full.is_file():
+        raise ValueError(f"media file {rel!r} not found (looked for {full})")
+    return full
+
+
+def _sources_for(case: CaseInput, base: Path, confine: bool) -> list[MediaSource]:
+    out = []
+    for m in case.media:
+        path = _resolve_media(base, m.path, confine)
+        out.append(MediaSource(name=path.name, path=path, kind=m.kind, caption=m.caption, page=m.page))
+    return out
+
+
+def _normalise_media_field(data: dict[str, Any]) -> None:
+    """Accept ``"media": ["a.jpg", {"path": ...}]``: bare strings are paths."""
+    media = data.get("media")
+    if isinstance(media, list):
+        data["media"] = [{"path": m} if isinstance(m, str) else m for m in media]
+
+
+def _record(where: str, data: Any, base: Path, confine: bool, default_id: str | None = None) -> SourceCase:
+    if not isinstance(data, dict):
+        return SourceCase(where=where, error=f"expected a JSON object, got {type(data).__name__}")
+    data = dict(data)
+    _normalise_media_field(data)
+    if default_id and not data.get("id"):
+        data["id"] = default_id
+    try:
+        case = CaseInput.model_validate(data)
+    except ValidationError as e:
+        return SourceCase(where=where, error=format_validation_error(e))
+    try:
+        media = _sources_for(case, base, confine)
+    except ValueError as e:
+        return SourceCase(where=where, case=case, error=str(e))
+    return SourceCase(where=where, case=case, media=media)
+
+
+# ------------------------------------------------------------------------------------------------ JSONL
+
+
+def _join(label: str, name: str) -> str:
+    return f"{label}{name}" if label.endswith("!") else f"{label}/{name}"
+
+
+
+
+def read_jsonl(path: Path, *, base_dir: Path | None = None, confine: bool = False, label: str | None = None) -> list[SourceCase]:
+    """One ``CaseInput`` JSON object per line; media paths relative to ``base_dir`` (default: the file's folder)."""
+    base = base_dir or path.parent
+    label = label or path.name
+    out: list[SourceCase] = []
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise IngestInputError(f"{label}: not UTF-8 text ({e})") from None
+    except OSError as e:
+        raise IngestInputError(f"{label}: cannot be read ({e.strerror})") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{label}:{lineno}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            out.append(SourceCase(where=where, error=f"invalid JSON ({e.msg} at column {e.colno})"))
+            continue
+        out.append(_record(where, data, base, confine))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CSV
+
+#: Column name (lower-cased, spaces/dashes → underscores) → CaseInput field.
+CSV_ALIASES: dict[str, str] = {
+    "case_id": "id",
+    "model": "equipment_model",
+    "equipment": "equipment_model",
+    "product": "product_line",
+    "steps": "solution",
+    "solution_steps": "solution",
+    "fix": "solution",
+    "error_code": "error_codes",
+    "codes": "error_codes",
+    "tag": "tags",
+    "images": "media",
+    "files": "media",
+    "media_files": "media",
+    "caption": "captions",
+    "media_captions": "captions",
+    "related": "links",
+    "related_cases": "links",
+}
+CSV_FIELDS = {
+    "id", "title", "product_line", "equipment_model", "symptom", "cause", "solution", "error_codes", "tags",
+    "severity", "source", "created_at", "media", "captions", "links",
+}
+CSV_LIST_FIELDS = {"solution", "error_codes", "tags", "media", "captions", "links"}
+CSV_REQUIRED = {"title", "product_line", "symptom"}
+
+
+def _split_list(value: str, delimiter: str) -> list[str]:
+    """``a | b`` or ``a; b`` (``|`` wins when present, so steps may contain ``;``)."""
+    sep = "|" if "|" in value or delimiter == ";" else ";"
+    return [v.strip() for v in value.split(sep) if v.strip()]
+
+
+def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False, label: str | None = None) -> list[SourceCase]:
+    """A header row with CaseInput field names (aliases allowed); list cells split on ``|`` or ``;``.
+
+    Media cells name files in ``media_dir`` (default: the CSV's folder); an optional ``captions`` column gives
+    one caption per media file, in the same order.
+    """
+    base = media_dir or path.parent
+    label = label or path.name
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise IngestInputError(f"{label}: not UTF-8 text ({e}); save the sheet as 'CSV UTF-8'") from None
+    except OSError as e:
+        raise IngestInputError(f"{label}: cannot be read ({e.strerror})") from None
+    first = text.split("\n", 1)[0]
+    delimiter = max([",", ";", "\t"], key=first.count)
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise IngestInputError(f"{label}: the file is empty (a header row is needed)") from None
+    columns = []
+    for raw in header:
+        key = re.sub(r"[\s-]+", "_", raw.strip().lower())
+        columns.append(CSV_ALIASES.get(key, key))
+    unknown = [h for h, c in zip(header, columns) if c not in CSV_FIELDS]
+    if unknown:
+        raise IngestInputError(
+            f"{label}: unknown column(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(CSV_FIELDS))}"
+        )
+    missing = CSV_REQUIRED - set(columns)
+    if missing:
+        raise IngestInputError(f"{label}: missing required column(s) {', '.join(sorted(missing))}")
+    dup = sorted({c for c in columns if columns.count(c) > 1})
+    if dup:
+        raise IngestInputError(f"{label}: column(s) {', '.join(dup)} appear more than once")
+    out: list[SourceCase] = []
+    row_start = reader.line_num + 1
+    for row in reader:
+        where = f"{label}:row {row_start}"
+        row_start = reader.line_num + 1
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(columns):
+            out.append(SourceCase(where=where, error=f"has {len(row)} cells but the header has {len(columns)}"))
+            continue
+        data: dict[str, Any] = {}
+        for col, cell in zip(columns, row):
+            cell = cell.strip()
+            if not cell:
+                continue
+            data[col] = _split_list(cell, delimiter) if col in CSV_LIST_FIELDS else cell
+        captions = data.pop("captions", [])
+        media = data.get("media", [])
+        if captions and len(captions) != len(media):
+            out.append(SourceCase(where=where, error=f"{len(captions)} captions for {len(media)} media files"))
+            continue
+        data["media"] = [{"path": m, "caption": c} for m, c in zip(media, captions or [""] * len(media))]
+        if "links" in data:
+            data["links"] = [{"case_id": cid, "relation": "related"} for cid in data["links"]]
+        out.append(_record(where, data, base, confine))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ folders
+
+
+def read_folder(root: Path, *, confine: bool = False, label: str | None = None) -> list[SourceCase]:
+    """One sub-folder per case: ``case.json`` (CaseInput fields) + media files.
+
+    Without a ``media`` list in case.json every media file of the folder is attached (sorted by name); the case
+    id defaults to the folder name. A ``case.json`` directly in ``root`` makes ``root`` a single case.
+    """
+    label = label or root.name
+    dirs = [root] if (root / CASE_FILE).is_file() else sorted(
+        d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))
+    )
+    out: list[SourceCase] = []
+    for d in dirs:
+        rel = d.relative_to(root).as_posix()
+        where = _join(label, CASE_FILE if rel == "." else f"{rel}/{CASE_FILE}")
+        cf = d / CASE_FILE
+        if cf.is_symlink() or not cf.is_file():
+            out.append(SourceCase(where=where, error=f"folder has no {CASE_FILE}"))
+            continue
+        try:
+            data = json.loads(cf.read_text(encoding="utf-8-sig"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            out.append(SourceCase(where=where, error=f"invalid JSON ({e})"))
+            continue
+        if isinstance(data, dict) and "media" not in data:
+            data["media"] = [
+                f.name for f in sorted(d.iterdir())
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in MEDIA_EXTENSIONS
+            ]
+        default_id = d.name if _CASE_ID_RE.match(d.name) else slugify(d.name)
+        out.append(_record(where, data, d, confine, default_id=default_id))
+    if not out:
+        raise IngestInputError(f"{label}: no case folders (sub-folders with {CASE_FILE}) found")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ backups
+
+
+def read_backup(root: Path, *, label: str | None = None) -> list[SourceCase]:
+    """An unpacked export: ``manifest.json``, ``cases.jsonl`` (stored ``Case`` records) and ``media/<path>``."""
+    label = label or root.name
+    try:
+        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise IngestInputError(f"{label}: unreadable manifest.json ({e})") from None
+    if manifest.get("format") != BACKUP_FORMAT:
+        raise IngestInputError(f"{label}: manifest.json is not a {BACKUP_FORMAT} manifest")
+    if int(manifest.get("version", 0)) != 1:
+        raise IngestInputError(f"{label}: backup format version {manifest.get('version')} is not supported (expected 1)")
+    hashes: dict[str, str] = manifest.get("content_hashes") or {}
+    media_root = root / "media"
+    out: list[SourceCase] = []
+    text = (root / "cases.jsonl").read_text(encoding="utf-8") if (root / "cases.jsonl").is_file() else ""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{_join(label, 'cases.jsonl')}:{lineno}"
+        try:
+            case = Case.model_validate_json(line)
+        except ValidationError as e:
+            out.append(SourceCase(where=where, error=format_validation_error(e)))
+            continue
+        try:
+            media = [
+                MediaSource(name=m.source_file or PurePosixPath(m.path).name,
+                            path=_resolve_media(media_root, m.path, confine=True), kind=m.kind,
+                            caption=m.caption, page=m.page, item=m)
+                for m in case.media
+            ]
+        except ValueError as e:
+            out.append(SourceCase(where=where, stored=case, error=str(e)))
+            continue
+        out.append(SourceCase(where=where, stored=case, media=media, content_hash=hashes.get(case.id), dedup=False))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ zip
+
+
+def safe_extract_zip(path: Path, dest: Path, *, max_bytes: int = 4 << 30, max_files: int = 20_000,
+                     max_ratio: float = 200.0) -> None:
+    """Unpack ``path`` into ``dest``, refusing the whole archive on anything unsafe.
+
+    Refused: absolute names, drive letters, ``..``, backslashes, symlinks and other non-regular entries, more than
+    ``max_files`` entries, more than ``max_bytes`` unpacked, and entries compressed more than ``max_ratio``:1
+    (zip bombs). Sizes are enforced while copying, so a lying header cannot get past them.
+    """
+    name = path.name
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise IngestInputError(f"{name}: not a readable zip file ({e})") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > max_files:
+            raise IngestInputError(f"{name}: {len(infos)} entries; the limit is {max_files}")
+        total = 0
+        for info in infos:
+            n = info.filename
+            if "\\" in n or "\x00" in n or n.startswith("/") or re.match(r"^[A-Za-z]:", n):
+                raise IngestInputError(f"{name}: entry {n!r} has an absolute or non-portable path; refusing the archive")
+            if ".." in PurePosixPath(n).parts:
+                raise IngestInputError(f"{name}: entry {n!r} points outside the archive ('..'); refusing the archive")
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise IngestInputError(f"{name}: entry {n!r} is a symbolic link; refusing the archive")
+            if mode and not info.is_dir() and stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+                raise IngestInputError(f"{name}: entry {n!r} is not a regular file; refusing the archive")
+            if info.flag_bits & 0x1:
+                raise IngestInputError(f"{name}: entry {n!r} is encrypted; unpack it yourself first")
+            total += info.file_size
+            if total > max_bytes:
+                raise IngestInputError(f"{name}: unpacks to more than {max_bytes / 2**30:.1f} GiB; refusing it")
+            if info.file_size > (1 << 20) and info.file_size > max_ratio * max(1, info.compress_size):
+                raise IngestInputError(f"{name}: entry {n!r} is compressed {info.file_size / max(1, info.compress_size):.0f}:1 "
+                                       "(zip bomb?); refusing the archive")
+        real_dest = dest.resolve()
+        written = 0
+        for info in infos:
+            target = (dest / info.filename).resolve()
+            if not target.is_relative_to(real_dest):
+                raise IngestInputError(f"{name}: entry {info.filename!r} points outside the archive; refusing it")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(info) as src, open(target, "xb") as dst:
+                    left = info.file_size
+                    while chunk := src.read(1 << 20):
+                        left -= len(chunk)
+                        written += len(chunk)
+                        if left < 0 or written > max_bytes:
+                            raise IngestInputError(f"{name}: entry {info.filename!r} is larger than its header says")
+                        dst.write(chunk)
+            except FileExistsError:
+                raise IngestInputError(f"{name}: entry {info.filename!r} appears twice") from None
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                raise IngestInputError(f"{name}: entry {info.filename!r} is damaged ({e})") from None
+
+
+# ------------------------------------------------------------------------------------------------ detection
+
+
+def _unwrap(root: Path) -> Path:
+    """A zip often holds one top-level folder: look inside it."""
+    entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(entries) == 1 and entries[0].is_dir() and not (entries[0] / CASE_FILE).is_file():
+        return entries[0]
+    return root
+
+
+def _detect_dir(root: Path, label: str, media_dir: Path | None, confine: bool) -> SourceBundle:
+    if (root / "manifest.json").is_file():
+        return SourceBundle("backup", root, read_backup(root, label=label))
+    jsonl = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".jsonl", ".ndjson"))
+    if (root / "cases.jsonl").is_file():
+        jsonl = [root / "cases.jsonl"]
+    if len(jsonl) == 1:
+        return SourceBundle("jsonl", jsonl[0], read_jsonl(jsonl[0], confine=confine, label=_join(label, jsonl[0].name)))
+    csvs = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
+    if not jsonl and len(csvs) == 1:
+        return SourceBundle("csv", csvs[0], read_csv(csvs[0], media_dir=media_dir, confine=confine,
+                                                     label=_join(label, csvs[0].name)))
+    if (root / CASE_FILE).is_file() or any((d / CASE_FILE).is_file() for d in root.iterdir() if d.is_dir()):
+        return SourceBundle("folder", root, read_folder(root, confine=confine, label=label))
+    found = ", ".join(p.name for p in (jsonl + csvs)) or "nothing importable"
+    raise IngestInputError(
+        f"{label}: don't know how to import this folder (found {found}); expected one cases.jsonl, one .csv, "
+        f"sub-folders with {CASE_FILE}, or an export's manifest.json"
+    )
+
+
+@contextlib.contextmanager
+def load_source(path: str | os.PathLike[str], *, media_dir: Path | None = None, max_zip_bytes: int = 4 << 30,
+                max_zip_files: int = 20_000) -> Iterator[SourceBundle]:
+    """Parse an import source; a zip is unpacked (safely) into a temp dir that lives as long as the context."""
+    path = Path(path)
+    if path.is_symlink() and path.suffix.lower() == ".zip":
+        raise IngestInputError(f"{path.name}: is a symbolic link; refusing it")
+    if not path.exists():
+        raise IngestInputError(f"{path}: not found")
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        yield _detect_dir(path, path.name, media_dir, confine=False)
+    elif suffix in (".jsonl", ".ndjson"):
+        yield SourceBundle("jsonl", path, read_jsonl(path))
+    elif suffix == ".csv":
+        yield SourceBundle("csv", path, read_csv(path, media_dir=media_dir))
+    elif suffix == ".json":
+        # A single case.json (with its media next to it).
+        yield SourceBundle("folder", path.parent, read_folder(path.parent))
+    elif suffix == ".zip" or zipfile.is_zipfile(path):
+        tmp = Path(tempfile.mkdtemp(prefix="ragvqa-import-"))
+        try:
+            safe_extract_zip(path, tmp, max_bytes=max_zip_bytes, max_files=max_zip_files)
+            root = _unwrap(tmp)
+            yield _detect_dir(root, path.name + "!", None, confine=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        raise IngestInputError(f"{path.name}: unsupported import source (use .jsonl, .csv, .zip or a folder)")

@@ -1,0 +1,117 @@
+"""One place that decides which model weights a tool loads: the configured real models, or a tiny random checkpoint.
+
+``--models tiny`` (CLI, serve, smoke runs) must work offline and give every tool the *same* checkpoint, so the
+vectors one tool writes are comparable with those another searches with: the checkpoint is built once under
+``data_dir/models/tiny`` and its embedder id carries a hash of its weights (a rebuilt, different checkpoint gets a
+different id and the store refuses to mix them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from rag.config import Settings
+
+__all__ = ["LoadedModels", "ModelChoice", "load_models", "tiny_checkpoint", "tiny_embedder_id"]
+
+log = logging.getLogger(__name__)
+
+ModelChoice = Literal["real", "tiny"]
+ROLES = ("embedder", "reranker", "generator")
+TINY_PREFIX = "tiny-random-qwen3-vl"
+
+
+@dataclass
+class LoadedModels:
+    """The wrappers asked for (others are None)."""
+
+    which: ModelChoice
+    embedder: Any = None
+    reranker: Any = None
+    generator: Any = None
+    #: The tiny checkpoint directory (tiny only).
+    model_dir: Path | None = None
+
+    def __getitem__(self, role: str) -> Any:  # dict-style access for callers that expect a mapping
+        return getattr(self, role)
+
+    def get(self, role: str, default: Any = None) -> Any:
+        return getattr(self, role, default)
+
+
+def tiny_checkpoint(data_dir: str | os.PathLike[str]) -> Path:
+    """``data_dir/models/tiny``, built on first use (in a temp dir renamed into place, so two processes starting
+    together never load a half-written checkpoint)."""
+    from rag.models.tiny import make_checkpoint
+
+    dest = Path(data_dir) / "models" / "tiny"
+    if (dest / "config.json").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".tiny-"))
+    try:
+        log.info("building the tiny random Qwen3-VL checkpoint in %s (answers will be meaningless)", dest)
+        make_checkpoint(tmp, size="tiny")
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not (dest / "config.json").is_file():  # not a concurrent builder winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def tiny_embedder_id(model_dir: str | os.PathLike[str]) -> str:
+    """``tiny-random-qwen3-vl@<12 hex of the weights>``: stable across runs and machines for the same weights."""
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return f"{TINY_PREFIX}@{h.hexdigest()[:12]}"
+
+
+def load_models(settings: Settings, which: ModelChoice = "real",
+                need: Iterable[str] = ROLES) -> LoadedModels:
+    """Load the wrappers in ``need`` (embedder, reranker, generator).
+
+    ``real``: the configured models (``RAGVQA_*_MODEL``), device/dtype/attention from the settings; a model that is
+    not available locally raises ``ModelNotAvailableError`` with instructions. ``tiny``: one random checkpoint for
+    all roles, float32 on CPU.
+    """
+    need = tuple(need)
+    bad = [r for r in need if r not in ROLES]
+    if bad:
+        raise ValueError(f"unknown model role(s) {bad}; choose from {', '.join(ROLES)}")
+    if which not in ("real", "tiny"):
+        raise ValueError(f"models must be 'real' or 'tiny', got {which!r}")
+    from rag.models.embedder import Embedder
+    from rag.models.generator import Generator
+    from rag.models.reranker import Reranker
+
+    classes = {"embedder": Embedder, "reranker": Reranker, "generator": Generator}
+    out = LoadedModels(which=which)
+    if which == "tiny":
+        path = tiny_checkpoint(settings.data_dir)
+        out.model_dir = path
+        kw: dict[str, Any] = {"device": "cpu", "dtype": "float32", "budget": settings.vision}
+        for role in need:
+            setattr(out, role, classes[role].from_pretrained(path, **kw))
+        if out.embedder is not None:
+            out.embedder.name = tiny_embedder_id(path)
+        return out
+    kw = {"device": settings.device, "dtype": settings.dtype, "attn_implementation": settings.attn_implementation,
+          "budget": settings.vision}
+    for role in need:
+        name = getattr(settings, f"{role}_model")
+        log.info("loading %s %s", role, name)
+        setattr(out, role, classes[role].from_pretrained(name, **kw))
+    return out
