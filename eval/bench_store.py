@@ -151,8 +151,9 @@ def bench_one(
     hnsw_ef: int = 128,
     hnsw_m: int = 16,
     hnsw_ef_construct: int = 100,
+    full_scan_threshold_kb: int = 2000,
     oversampling: float = 2.0,
-    acorn: bool = True,
+    acorn: bool = False,
     include_local: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
@@ -181,7 +182,7 @@ def bench_one(
         meta = StoreMeta(embedder_id="bench", dim=dim, quantization=True)
         store = EdgeStore.open(
             Path(tmp) / "edge", meta, hnsw_ef=hnsw_ef, oversampling=oversampling, acorn=acorn,
-            hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct,
+            hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct, full_scan_threshold_kb=full_scan_threshold_kb,
         )
         try:
             t0 = time.perf_counter()
@@ -199,8 +200,8 @@ def bench_one(
                 "edge_hnsw_f32": lambda q, f: [h.id for h in _edge_float_search(store, q, k, f, hnsw_ef)],
                 "edge_hnsw_int8_rescore": lambda q, f: [h.id for h in store.search(q, k, f)],
             }
-            if acorn:
-                variants["edge_hnsw_int8_rescore_no_acorn"] = lambda q, f: _without_acorn(store, q, k, f)
+            other = "edge_hnsw_int8_rescore_" + ("no_acorn" if acorn else "acorn")
+            variants[other] = lambda q, f: _toggled_acorn(store, q, k, f)
             for name, fn in variants.items():
                 nq = n_queries if name != "edge_exact" else min(n_queries, 50)
                 out["engines"][name] = {
@@ -231,13 +232,13 @@ def bench_one(
     return out
 
 
-def _without_acorn(store: EdgeStore, q: np.ndarray, k: int, f: dict[str, str] | None) -> list[str]:
-    """The int8 row again with ACORN off, to show what it buys on filtered queries."""
-    store.acorn = False
+def _toggled_acorn(store: EdgeStore, q: np.ndarray, k: int, f: dict[str, str] | None) -> list[str]:
+    """The int8 row again with ACORN flipped, to show what it costs/buys on filtered queries."""
+    store.acorn = not store.acorn
     try:
         return [h.id for h in store.search(q, k, f)]
     finally:
-        store.acorn = True
+        store.acorn = not store.acorn
 
 
 def _edge_float_search(store: EdgeStore, q: np.ndarray, k: int, f: dict[str, str] | None, ef: int) -> list[Hit]:
@@ -273,13 +274,15 @@ def run_store_bench(
     hnsw_ef: int = 128,
     hnsw_m: int = 16,
     hnsw_ef_construct: int = 100,
+    full_scan_threshold_kb: int = 2000,
     oversampling: float = 2.0,
-    acorn: bool = True,
+    acorn: bool = False,
     include_local: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run :func:`bench_one` over sizes x dims; returns a JSON-able dict (see :func:`render_markdown`)."""
+    load_start = _loadavg()
     runs = []
     for n in sizes:
         for dim in dims:
@@ -287,8 +290,8 @@ def run_store_bench(
             runs.append(
                 bench_one(
                     n, dim, n_queries=min(n_queries, n), n_queries_local=n_queries_local, hnsw_ef=hnsw_ef,
-                    hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct, oversampling=oversampling,
-                    acorn=acorn, include_local=include_local, work_dir=work_dir, seed=seed,
+                    hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct, full_scan_threshold_kb=full_scan_threshold_kb,
+                    oversampling=oversampling, acorn=acorn, include_local=include_local, work_dir=work_dir, seed=seed,
                 )
             )
     result = {
@@ -300,9 +303,13 @@ def run_store_bench(
             "qdrant_edge_py": _pkg("qdrant-edge-py"),
             "qdrant_client": _pkg("qdrant-client"),
             "numpy": np.__version__,
+            # other processes on a small shared machine inflate p95: record how busy it was
+            "loadavg_1m_start": load_start,
+            "loadavg_1m_end": _loadavg(),
         },
         "params": {
             "k": 10, "hnsw_ef": hnsw_ef, "hnsw_m": hnsw_m, "hnsw_ef_construct": hnsw_ef_construct,
+            "full_scan_threshold_kb": full_scan_threshold_kb,
             "oversampling": oversampling, "acorn": acorn, "n_queries": n_queries, "n_queries_local": n_queries_local,
             "data": "200 gaussian clusters (spread 0.5), queries = member + noise 0.3; "
                     "product_line: 4 values (~25 %), equipment_model: 40 values (~2.5 %)",
@@ -311,6 +318,13 @@ def run_store_bench(
     }
     result["goal"] = check_goal(result)
     return result
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def check_goal(result: dict[str, Any]) -> dict[str, Any] | None:
@@ -341,10 +355,12 @@ def render_markdown(result: dict[str, Any]) -> str:
         "# Vector store benchmark",
         "",
         f"{result['created_at']} · Python {env['python']} · {env['cpu_count']} CPUs · "
-        f"qdrant-edge-py {env['qdrant_edge_py']} · qdrant-client {env['qdrant_client']}",
+        f"qdrant-edge-py {env['qdrant_edge_py']} · qdrant-client {env['qdrant_client']} · "
+        f"load average {env.get('loadavg_1m_start')} → {env.get('loadavg_1m_end')}",
         "",
         f"top-{params['k']}, hnsw_ef={params['hnsw_ef']}, m={params['hnsw_m']}, "
-        f"ef_construct={params['hnsw_ef_construct']}, int8 oversampling={params['oversampling']}, "
+        f"ef_construct={params['hnsw_ef_construct']}, full_scan_threshold={params.get('full_scan_threshold_kb')} KB, "
+        f"int8 oversampling={params['oversampling']}, "
         f"ACORN for filtered queries={params.get('acorn')}. "
         f"Data: {params['data']}. Latency is measured through `VectorStore.search` (includes validation and "
         "result conversion). Recall@10 is against exact numpy search with the same filter.",
@@ -401,13 +417,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--queries-local", type=int, default=20)
     p.add_argument("--hnsw-ef", type=int, default=128)
     p.add_argument("--no-local", action="store_true", help="skip qdrant-client local mode")
-    p.add_argument("--no-acorn", action="store_true", help="plain filtered HNSW (no ACORN)")
+    p.add_argument("--acorn", action="store_true", help="ACORN for filtered queries (the row without it is added)")
+    p.add_argument("--full-scan-threshold-kb", type=int, default=2000)
     p.add_argument("--out", default="bench-results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run_store_bench(
         args.sizes, args.dims, n_queries=args.queries, n_queries_local=args.queries_local,
-        hnsw_ef=args.hnsw_ef, acorn=not args.no_acorn, include_local=not args.no_local,
+        hnsw_ef=args.hnsw_ef, acorn=args.acorn, full_scan_threshold_kb=args.full_scan_threshold_kb,
+        include_local=not args.no_local,
     )
     for path in write_report(result, args.out):
         log.info("wrote %s", path)

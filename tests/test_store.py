@@ -389,7 +389,7 @@ def test_store_bench_smoke(tmp_path: Path) -> None:
     res = run_store_bench(sizes=(2000,), dims=(64,), n_queries=30, n_queries_local=5, work_dir=tmp_path)
     run = res["runs"][0]
     assert set(run["engines"]) == {
-        "edge_exact", "edge_hnsw_f32", "edge_hnsw_int8_rescore", "edge_hnsw_int8_rescore_no_acorn", "client_local_mode"
+        "edge_exact", "edge_hnsw_f32", "edge_hnsw_int8_rescore", "edge_hnsw_int8_rescore_acorn", "client_local_mode"
     }
     for rows in run["engines"].values():
         assert set(rows) == {"unfiltered", "product_line", "equipment_model"}

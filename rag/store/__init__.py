@@ -43,8 +43,9 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "store_hnsw_ef": 128,
     "store_hnsw_m": 16,
     "store_hnsw_ef_construct": 100,
+    "store_full_scan_threshold_kb": 2000,
     "store_oversampling": 2.0,
-    "store_acorn": True,
+    "store_acorn": False,
 }
 
 
@@ -66,8 +67,9 @@ def open_store(
     store_hnsw_ef: int | None = 128,
     store_hnsw_m: int = 16,
     store_hnsw_ef_construct: int = 100,
+    store_full_scan_threshold_kb: int = 2000,
     store_oversampling: float = 2.0,
-    store_acorn: bool = True,
+    store_acorn: bool = False,
 ) -> VectorStore:
     """Open (or create) the app's vector store.
 
@@ -95,6 +97,7 @@ def open_store(
             on_disk_payload=qdrant_on_disk_payload,
             hnsw_m=store_hnsw_m,
             hnsw_ef_construct=store_hnsw_ef_construct,
+            full_scan_threshold_kb=store_full_scan_threshold_kb,
             hnsw_ef=store_hnsw_ef,
             oversampling=store_oversampling,
             acorn=store_acorn,
@@ -108,6 +111,7 @@ def open_store(
         acorn=store_acorn,
         hnsw_m=store_hnsw_m,
         hnsw_ef_construct=store_hnsw_ef_construct,
+        full_scan_threshold_kb=store_full_scan_threshold_kb,
     )
 
 

@@ -9,6 +9,7 @@ lives here, once.
 from __future__ import annotations
 
 import abc
+import json
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -142,6 +143,10 @@ class VectorPoint(BaseModel):
         tags = p.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ValueError(f"payload['tags'] must be a list of strings, got {tags!r}")
+        try:  # the engines store JSON: catch datetimes, sets, NaN... before anything is written
+            json.dumps(p, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"payload of case {case_id!r} is not plain JSON ({e}); convert values to str/number/list") from None
         return p
 
 
@@ -253,11 +258,13 @@ class VectorStore(abc.ABC):
     GROUP_MAX_FETCH = 4096
 
     def __init__(
-        self, meta: StoreMeta, *, hnsw_ef: int | None = None, oversampling: float = 2.0, acorn: bool = True
+        self, meta: StoreMeta, *, hnsw_ef: int | None = None, oversampling: float = 2.0, acorn: bool = False
     ) -> None:
         """``hnsw_ef``: default search breadth; ``oversampling``: int8 candidates rescored per result;
-        ``acorn``: ACORN traversal for filtered HNSW searches (a product-line filter keeping ~25 % of points
-        lost ~2 % recall@10 without it on clustered data, none with it, at the same latency)."""
+        ``acorn``: ACORN traversal for filtered HNSW searches. Off by default: with payload-aware HNSW links
+        (small full-scan threshold) filtered recall@10 was >= 0.997 without it at 1/2-1/3 of the latency
+        (eval/bench_store.py); turn it on when filters cut across clusters and filtered recall drops.
+        """
         self._meta = meta
         self.hnsw_ef = hnsw_ef
         self.oversampling = oversampling

@@ -89,7 +89,7 @@ class ServerStore(VectorStore):
         owns_client: bool,
         hnsw_ef: int | None = None,
         oversampling: float = 2.0,
-        acorn: bool = True,
+        acorn: bool = False,
         create_opts: dict[str, Any] | None = None,
     ) -> None:
         """Use :meth:`open`; this wraps an existing, verified collection."""
@@ -121,9 +121,10 @@ class ServerStore(VectorStore):
         on_disk_payload: bool = True,
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 100,
+        full_scan_threshold_kb: int = 2_000,
         hnsw_ef: int | None = None,
         oversampling: float = 2.0,
-        acorn: bool = True,
+        acorn: bool = False,
         timeout: int | None = None,
     ) -> ServerStore:
         """Connect (``url``/``api_key``, or ``location=":memory:"``/``path=`` local mode, or a given ``client``)
@@ -145,6 +146,7 @@ class ServerStore(VectorStore):
             on_disk_payload=on_disk_payload,
             hnsw_m=hnsw_m,
             hnsw_ef_construct=hnsw_ef_construct,
+            full_scan_threshold_kb=full_scan_threshold_kb,
         )
         try:
             target = cls._alias_target(client, collection)
@@ -244,7 +246,9 @@ class ServerStore(VectorStore):
                 replication_factor=co["replication_factor"],
                 write_consistency_factor=co["write_consistency_factor"],
                 on_disk_payload=co["on_disk_payload"],
-                hnsw_config=qm.HnswConfigDiff(m=co["hnsw_m"], ef_construct=co["hnsw_ef_construct"]),
+                hnsw_config=qm.HnswConfigDiff(
+                    m=co["hnsw_m"], ef_construct=co["hnsw_ef_construct"], full_scan_threshold=co["full_scan_threshold_kb"]
+                ),
                 quantization_config=quant,
                 metadata={META_KEY: meta.model_dump(mode="json")},
             )
@@ -343,7 +347,7 @@ class ServerStore(VectorStore):
             quant = qm.QuantizationSearchParams(ignore=True)
         elif self.meta.quantization:
             quant = qm.QuantizationSearchParams(rescore=True, oversampling=self.oversampling)
-        # ACORN needs server >= 1.16; only sent with filters, and switchable (store_acorn) for older servers.
+        # ACORN needs server >= 1.16; only sent with filters when enabled (store_acorn).
         acorn = qm.AcornSearchParams(enable=True) if filtered and self.acorn and not exact else None
         return qm.SearchParams(hnsw_ef=hnsw_ef, exact=exact, quantization=quant, acorn=acorn)
 
