@@ -1,0 +1,147 @@
+"""Qwen3-VL-Embedding served by vLLM (``--runner pooling``), behind the same ``embed()`` as the local embedder.
+
+Each item is sent to vLLM's chat-style embeddings endpoint (``POST /v1/embeddings`` with ``messages``) as the very
+conversation the local embedder renders: a system turn with the normalised instruction, a user turn with the item's
+videos, images and texts (``"NULL"`` when empty), and ``add_generation_prompt: true`` so the pooled last token is the
+same "\\n" after ``assistant``. Full vectors come back; Matryoshka truncation and L2 re-normalisation happen here, as
+locally. Same layout + same pixels ⇒ local and remote vectors are interchangeable in one store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from rag.config import VisionBudget
+from rag.models.embedder import DEFAULT_INSTRUCTION, EmbeddingError, mrl_truncate, normalise_instruction
+from rag.models.encoding import Item, item_name
+from rag.models.remote.http import HttpEndpoint, RemoteError
+from rag.models.remote.media import ImageFormat, item_parts, text_part
+from rag.models.vision import VisionInputError
+
+logger = logging.getLogger(__name__)
+
+EMBEDDINGS_PATH = "/v1/embeddings"
+#: HTTP statuses that mean "this item cannot be embedded" (too long, unreadable media), not "the server is broken".
+ITEM_ERROR_STATUSES = frozenset({400, 413, 422})
+
+
+class RemoteEmbedder:
+    """Drop-in for :class:`rag.models.embedder.Embedder` backed by a vLLM server."""
+
+    def __init__(self, endpoint: HttpEndpoint, model: str, *, name: str | None = None,
+                 budget: VisionBudget | None = None, default_instruction: str = DEFAULT_INSTRUCTION,
+                 max_concurrency: int = 8, image_format: ImageFormat = "png", max_upload_bytes: int = 64 << 20,
+                 mm_processor_kwargs: dict[str, Any] | None = None) -> None:
+        self.endpoint = endpoint
+        self.model = model
+        #: Identity of the vectors (StoreMeta.embedder_id): the model id, as for the local embedder.
+        self.name = name or model
+        self.budget = budget or VisionBudget()
+        self.default_instruction = default_instruction
+        self.max_concurrency = max_concurrency
+        self.image_format: ImageFormat = image_format
+        self.max_upload_bytes = max_upload_bytes
+        self.mm_processor_kwargs = mm_processor_kwargs
+        self._dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        """Full vector size; asked from the server once (one tiny request) and cached."""
+        if self._dim is None:
+            self.embed(["NULL"])
+        assert self._dim is not None
+        return self._dim
+
+    def messages(self, item: Item, instruction: str | None = None, index: int | None = None) -> list[dict]:
+        """The official conversation for one item, with media as data URLs (raises EmbeddingError naming it)."""
+        name = item_name(item, index) if isinstance(item, dict) else f"item {index}"
+        if not isinstance(item, dict):
+            raise EmbeddingError(f"{name}: an item must be a dict with 'text', 'image' and/or 'video'")
+        unknown = set(item) - {"text", "image", "video", "instruction", "id"}
+        if unknown:
+            raise EmbeddingError(f"{name}: unknown keys {sorted(unknown)}; allowed: text, image, video, instruction, id")
+        system = normalise_instruction(item.get("instruction") or instruction, self.default_instruction)
+        try:
+            content = item_parts(item, self.budget, self.image_format, self.max_upload_bytes)
+        except VisionInputError as e:
+            raise EmbeddingError(f"{name}: {e}") from e
+        return [{"role": "system", "content": [text_part(system)]}, {"role": "user", "content": content}]
+
+    def payload(self, messages: list[dict]) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "add_generation_prompt": True,
+                                "encoding_format": "float"}
+        if self.mm_processor_kwargs:
+            body["mm_processor_kwargs"] = self.mm_processor_kwargs
+        return body
+
+    def _embed_one(self, item: Item, instruction: str | None, index: int) -> np.ndarray:
+        body = self.payload(self.messages(item, instruction, index))
+        try:
+            answer = self.endpoint.post_json(EMBEDDINGS_PATH, body)
+        except RemoteError as e:
+            if e.status in ITEM_ERROR_STATUSES:
+                raise EmbeddingError(f"{item_name(item, index)}: the embedding server refused it: {e}") from e
+            raise
+        try:
+            vec = np.asarray(answer["data"][0]["embedding"], dtype=np.float32)
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise RemoteError(f"embedder server at {self.endpoint.url(EMBEDDINGS_PATH)} sent no float embedding "
+                              f"({str(answer)[:200]}); use encoding_format=float", url=self.endpoint.url(EMBEDDINGS_PATH)) from e
+        if vec.ndim != 1 or vec.size == 0 or not np.isfinite(vec).all():
+            raise RemoteError(f"embedder server returned an invalid vector of shape {vec.shape}",
+                              url=self.endpoint.url(EMBEDDINGS_PATH))
+        return vec / max(float(np.linalg.norm(vec)), 1e-12)
+
+    def embed(self, items: Iterable[Item | str], instruction: str | None = None, dim: int | None = None,
+              batch_size: int = 8, progress: bool = False) -> np.ndarray:
+        """Embed items into an (n, dim) float32 array, in input order.
+
+        One request per item, ``max_concurrency`` in flight (vLLM batches concurrent requests itself, so
+        ``batch_size`` is accepted for API parity only). The first failing item stops the call and is named.
+        """
+        items = [{"text": it} if isinstance(it, str) else it for it in items]
+        if not items:
+            return np.zeros((0, dim or self.dim), dtype=np.float32)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(items), desc="embedding (remote)", unit="item")
+        workers = max(1, min(self.max_concurrency, len(items)))
+        vectors: list[np.ndarray] = []
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="remote-embed") as pool:
+            futures: list[Future[np.ndarray]] = [pool.submit(self._embed_one, it, instruction, i)
+                                                 for i, it in enumerate(items)]
+            try:
+                for f in futures:
+                    vectors.append(f.result())
+                    if bar is not None:
+                        bar.update(1)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+        sizes = {v.shape[0] for v in vectors}
+        if len(sizes) != 1:
+            raise RemoteError(f"embedder server returned vectors of different sizes {sorted(sizes)}",
+                              url=self.endpoint.url(EMBEDDINGS_PATH))
+        out = np.stack(vectors).astype(np.float32)
+        self._dim = out.shape[1]
+        return mrl_truncate(out, dim)
+
+    def close(self) -> None:
+        self.endpoint.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteEmbedder({self.model!r} at {self.endpoint.base_url})"
+
+
+__all__ = ["EMBEDDINGS_PATH", "RemoteEmbedder"]
