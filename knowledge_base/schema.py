@@ -118,8 +118,8 @@ def _check_rel_path(v: str, field: str) -> str:
     return v
 
 
-def _norm_list(values: list[str], *, field: str, item_field: str, lower: bool, upper: bool) -> list[str]:
-    """Strip, case-normalise, drop empties and duplicates (first occurrence wins), enforce caps."""
+def _norm_list(values: list[str], *, field: str, item_field: str, lower: bool) -> list[str]:
+    """Strip, collapse spaces, optionally lower-case; drop empties and case-insensitive duplicates; enforce caps."""
     out: list[str] = []
     seen: set[str] = set()
     item_limit, count_limit = LIMITS[item_field], LIMITS[field]
@@ -127,14 +127,12 @@ def _norm_list(values: list[str], *, field: str, item_field: str, lower: bool, u
         v = re.sub(r"\s+", " ", raw).strip()
         if lower:
             v = v.lower()
-        if upper:
-            v = v.upper()
         if not v:
             continue
         if len(v) > item_limit:
             raise ValueError(f"{field}: {v[:30]!r}… is {len(v)} characters; each entry may have at most {item_limit}")
-        if v not in seen:
-            seen.add(v)
+        if v.casefold() not in seen:
+            seen.add(v.casefold())
             out.append(v)
     if len(out) > count_limit:
         raise ValueError(f"{field} has {len(out)} entries; the limit is {count_limit}")
@@ -294,7 +292,7 @@ class _CaseFields(BaseModel):
     symptom: Symptom
     cause: Cause = ""
     solution: list[str] = Field(default_factory=list, description="Ordered fix steps")
-    error_codes: list[str] = Field(default_factory=list, description="Upper-cased, deduplicated")
+    error_codes: list[str] = Field(default_factory=list, description="As shown on the device; deduplicated ignoring case")
     tags: list[str] = Field(default_factory=list, description="Lower-cased, deduplicated")
     severity: Severity | None = None
     source: Source = ""
@@ -328,12 +326,12 @@ class _CaseFields(BaseModel):
     @field_validator("error_codes")
     @classmethod
     def _codes(cls, v: list[str]) -> list[str]:
-        return _norm_list(v, field="error_codes", item_field="error_code", lower=False, upper=True)
+        return _norm_list(v, field="error_codes", item_field="error_code", lower=False)
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: list[str]) -> list[str]:
-        return _norm_list(v, field="tags", item_field="tag", lower=True, upper=False)
+        return _norm_list(v, field="tags", item_field="tag", lower=True)
 
     @field_validator("links")
     @classmethod

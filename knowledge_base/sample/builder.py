@@ -1,0 +1,472 @@
+"""Build the sample knowledge base: ``cases.jsonl`` + media, a service-manual PDF, video clips and an eval set.
+
+Output layout under ``dest``::
+
+    cases.jsonl            one CaseInput per line; media paths are relative to dest ("media/...")
+    media/                 KB pictures (PNG), lx4200_service_manual.pdf, *.mp4 clips
+    eval.jsonl             one EvalQuery per line; media paths relative to dest ("eval_media/...")
+    eval_media/            query pictures/clips: different renderings of the KB media
+    manifest.json          sha256 of every file above (quick change/determinism check)
+
+Everything is derived from ``seed`` through hashed sub-seeds, and files carry no timestamps, so two builds
+with the same seed are byte-identical (on the same Pillow/PyAV versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel
+
+from knowledge_base.sample import augment
+from knowledge_base.sample.catalog import (
+    ABSTAIN_IMAGES,
+    ABSTAIN_TEXT,
+    CASE_BY_ID,
+    CASES,
+    MANUAL_PAGES,
+    PRODUCT_LINES,
+    Spec,
+)
+from knowledge_base.sample.scenes import render, render_pump_gauge_frames
+from knowledge_base.schema import CaseInput, EvalQuery
+
+__all__ = ["SampleKB", "build_sample_kb"]
+
+log = logging.getLogger(__name__)
+
+MANUAL_NAME = "lx4200_service_manual.pdf"
+MANUAL_TITLE = "Printek LX-4200 Service Manual"
+#: Fixed PDF dates (Pillow would otherwise stamp the current time and break byte-identical builds).
+_PDF_DATE = time.gmtime(1_704_067_200)  # 2024-01-01T00:00:00Z
+HVAC_VIDEO_CASE = "hvac-rtu48-hp-lockout"
+PUMP_VIDEO_CASE = "pump-cp150-cavitation"
+VIDEO_FPS = 10
+
+_GENERIC_QUESTIONS = (
+    "What's wrong with it and how do I fix it?",
+    "Customer sent this photo. What should they do?",
+    "Seen on site today - what is the cause?",
+    "Is this serious? What is the fix?",
+    "How do I clear this?",
+    "What does this mean?",
+)
+
+
+class SampleKB(BaseModel):
+    """Paths of a built sample KB (all absolute) and a few counts."""
+
+    root: Path
+    cases_jsonl: Path
+    media_dir: Path
+    eval_jsonl: Path
+    eval_media_dir: Path
+    manual_pdf: Path
+    video: Path
+    videos: list[Path]
+    manifest: Path
+    n_cases: int
+    n_queries: int
+
+    def load_cases(self) -> list[CaseInput]:
+        """Parse ``cases.jsonl`` (media paths stay relative to ``root``)."""
+        return [CaseInput.model_validate_json(line) for line in self.cases_jsonl.read_text("utf-8").splitlines() if line.strip()]
+
+    def load_eval(self) -> list[EvalQuery]:
+        """Parse ``eval.jsonl`` (media paths stay relative to ``root``)."""
+        return [EvalQuery.model_validate_json(line) for line in self.eval_jsonl.read_text("utf-8").splitlines() if line.strip()]
+
+
+def _rng(*parts: object) -> random.Random:
+    """An independent, reproducible generator per purpose (string seeds hash with SHA-512, not ``hash()``)."""
+    return random.Random("|".join(map(str, parts)))
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=3)  # level 6+ is ~2x slower for ~12% smaller files
+    return buf.getvalue()
+
+
+class _Writer:
+    """Writes files under the root and records their hashes for the manifest."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.hashes: dict[str, str] = {}
+
+    def write(self, rel: str, data: bytes) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self.hashes[rel] = hashlib.sha256(data).hexdigest()
+        return path
+
+
+Job = Callable[[], list[tuple[str, bytes]]]
+
+
+def _run_jobs(jobs: list[Job], workers: int | None) -> list[tuple[str, bytes]]:
+    """Run media jobs, in threads when useful (Pillow, zlib and x264 release the GIL); results keep job order."""
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    if workers <= 1:
+        results = [job() for job in jobs]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sample-kb") as ex:
+            results = list(ex.map(lambda job: job(), jobs))
+    return [item for res in results for item in res]
+
+
+def build_sample_kb(dest: Path | str, *, seed: int = 0, workers: int | None = None) -> SampleKB:
+    """Generate the sample KB under ``dest`` (created if needed; files we generate are overwritten).
+
+    ``workers`` = threads for rendering/encoding (default: CPU count, max 8); output does not depend on it.
+    """
+    t0 = time.perf_counter()
+    root = Path(dest).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    w = _Writer(root)
+    jobs: list[Job] = []
+
+    # ---- KB pictures
+    media_rel: dict[str, list[dict[str, Any]]] = {c.id: [] for c in CASES}
+    for case in CASES:
+        for k, im in enumerate(case.images, 1):
+            rel = f"media/{case.id}_{k}.png"
+            jobs.append(partial(_kb_image_job, rel, im.scene, im.params, seed, case.id, k))
+            media_rel[case.id].append({"path": rel, "kind": "image", "caption": im.caption})
+
+    # ---- service manual (multi-page PDF); each page belongs to a case
+    manual_rel = f"media/{MANUAL_NAME}"
+    pages = _manual_pages(seed)
+    jobs.append(lambda: [(manual_rel, _pdf(pages))])
+    for page_no, (case_id, spec) in enumerate(MANUAL_PAGES, 1):
+        media_rel[case_id].append(
+            {"path": manual_rel, "kind": "pdf_page", "page": page_no, "caption": f"{MANUAL_TITLE}, p. {page_no}: {spec['title']}"}
+        )
+
+    # ---- video clips
+    hvac_rel = f"media/{HVAC_VIDEO_CASE}_blink.mp4"
+    jobs.append(lambda: [(hvac_rel, _mp4(_hvac_blink_frames(_rng(seed, "kb", HVAC_VIDEO_CASE, "video")), VIDEO_FPS))])
+    media_rel[HVAC_VIDEO_CASE].append({"path": hvac_rel, "kind": "video", "caption": "Clip: RTU-48 board, red FAULT LED flashing 3 times then pausing (HP)"})
+    pump_rel = f"media/{PUMP_VIDEO_CASE}_gauges.mp4"
+    jobs.append(lambda: [(pump_rel, _mp4(_pump_frames(_rng(seed, "kb", PUMP_VIDEO_CASE, "video"), phase=0.0), VIDEO_FPS))])
+    media_rel[PUMP_VIDEO_CASE].append({"path": pump_rel, "kind": "video", "caption": "Clip: CP-150 discharge needle fluctuating 3-5 bar, suction in vacuum"})
+
+    # ---- cases.jsonl (validated through the schema so the catalog cannot drift from it)
+    rows = []
+    for case in CASES:
+        row = _case_row(case, media_rel[case.id])
+        CaseInput.model_validate(row)
+        rows.append(json.dumps(row, ensure_ascii=False))
+
+    # ---- eval set (query media are produced by jobs too)
+    queries = _eval_queries(jobs, seed, pages)
+    lines = []
+    for q in queries:
+        EvalQuery.model_validate(q)
+        lines.append(json.dumps(q, ensure_ascii=False))
+
+    for rel, data in _run_jobs(jobs, workers):
+        w.write(rel, data)
+    w.write("cases.jsonl", ("\n".join(rows) + "\n").encode("utf-8"))
+    w.write("eval.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
+
+    manifest = dict(sorted(w.hashes.items()))
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", "utf-8")
+    log.info("sample KB: %d cases, %d eval queries, %d files in %.1fs -> %s", len(CASES), len(queries), len(manifest), time.perf_counter() - t0, root)
+    return SampleKB(
+        root=root,
+        cases_jsonl=root / "cases.jsonl",
+        media_dir=root / "media",
+        eval_jsonl=root / "eval.jsonl",
+        eval_media_dir=root / "eval_media",
+        manual_pdf=root / manual_rel,
+        video=root / hvac_rel,
+        videos=[root / hvac_rel, root / pump_rel],
+        manifest=root / "manifest.json",
+        n_cases=len(CASES),
+        n_queries=len(queries),
+    )
+
+
+def _kb_image_job(rel: str, scene: str, params: dict[str, Any], seed: int, case_id: str, k: int) -> list[tuple[str, bytes]]:
+    return [(rel, _png(render(scene, params, _rng(seed, "kb", case_id, k))))]
+
+
+# ============================================================================================ cases
+
+
+def _case_row(case: Spec, media: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": case.id,
+        "title": case.title,
+        "product_line": case.product_line,
+        "equipment_model": case.equipment_model,
+        "symptom": case.symptom,
+        "cause": case.cause,
+        "solution": case.solution,
+        "error_codes": case.error_codes,
+        "tags": case.tags,
+        "severity": case.severity,
+        "source": "sample-kb",
+        "links": [{"case_id": cid, "relation": rel} for cid, rel in case.links],
+        "created_at": f"{case.created}T09:00:00Z",
+        "media": media,
+    }
+
+
+# ============================================================================================ manual
+
+
+def _manual_pages(seed: int) -> list[Image.Image]:
+    pages = []
+    for n, (_case_id, spec) in enumerate(MANUAL_PAGES, 1):
+        p = dict(spec)
+        scene, params = p.pop("diagram")
+        p["diagram"] = render(scene, params, _rng(seed, "manual-figure", n))
+        p.update(manual=MANUAL_TITLE, section=f"Section {spec['title'].split()[0]}", page_label=f"Page {n} of {len(MANUAL_PAGES)}",
+                 footer="For authorised service personnel only - rev. C")
+        pages.append(render("manual_page", p, _rng(seed, "manual", n)))
+    return pages
+
+
+def _pdf(pages: list[Image.Image]) -> bytes:
+    """Multi-page PDF via Pillow (JPEG-compressed page images, like a scanned manual) with fixed dates."""
+    buf = io.BytesIO()
+    pages[0].save(
+        buf, "PDF", save_all=True, append_images=pages[1:], resolution=100.0, quality=80,
+        title=MANUAL_TITLE, author="Printek Service", creationDate=_PDF_DATE, modDate=_PDF_DATE,
+    )
+    return buf.getvalue()
+
+
+# ============================================================================================ video
+
+
+def _hvac_blink_frames(rng: random.Random, size: tuple[int, int] = (384, 272), fps: int = VIDEO_FPS, seconds: float = 2.6) -> list[Image.Image]:
+    """RTU-48 board with the FAULT LED flashing 3 times, then a pause (flash code 3 = high pressure)."""
+    spec = CASE_BY_ID[HVAC_VIDEO_CASE].images[0].params
+    scene_seed = rng.getrandbits(32)  # same incidental details in both renderings: only the LED changes
+    on_p = dict(spec, leds=[("STATUS", "green", "on"), ("FAULT", "red", "on"), ("ECON", "amber", "off")])
+    off_p = dict(spec, leds=[("STATUS", "green", "on"), ("FAULT", "red", "off"), ("ECON", "amber", "off")])
+    on = render("hvac_board", on_p, random.Random(scene_seed)).resize(size, Image.Resampling.LANCZOS)
+    off = render("hvac_board", off_p, random.Random(scene_seed)).resize(size, Image.Resampling.LANCZOS)
+    frames = []
+    for i in range(int(seconds * fps)):
+        t = (i / fps) % 2.2  # cycle: 3 x (0.2 s on, 0.2 s off), then 1.0 s pause
+        lit = t < 1.2 and (t % 0.4) < 0.2
+        frames.append(on if lit else off)
+    return frames
+
+
+def _pump_frames(rng: random.Random, phase: float, size: tuple[int, int] = (384, 240), fps: int = VIDEO_FPS, seconds: float = 2.5) -> list[Image.Image]:
+    """CP-150 gauges: discharge needle swinging 3-5 bar, suction flickering around -0.6 bar (cavitation)."""
+    p = CASE_BY_ID[PUMP_VIDEO_CASE].images[0].params
+    n = int(seconds * fps)
+    jitter = [rng.uniform(-0.25, 0.25) for _ in range(n)]
+    dis = [4.0 + 0.9 * math.sin(2 * math.pi * 1.3 * i / fps + phase) + jitter[i] for i in range(n)]
+    suc = [-0.6 + 0.06 * math.sin(2 * math.pi * 2.1 * i / fps + phase) for i in range(n)]
+    frames = render_pump_gauge_frames(p, rng, {"discharge": dis, "suction": suc})
+    return [f.resize(size, Image.Resampling.LANCZOS) for f in frames]
+
+
+def _yuv420(img: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB -> Y, U, V planes (4:2:0, BT.601 limited range) in numpy.
+
+    Done here rather than by FFmpeg's swscale: the first swscale conversion in a process can differ from
+    later ones, which made encoded clips differ between runs.
+    """
+    a = np.asarray(img.convert("RGB"), np.float32)
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    h, w = y.shape
+    u = u.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    v = v.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    return tuple(np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v))  # type: ignore[return-value]
+
+
+def _video_frame(img: Image.Image):
+    """A yuv420p ``av.VideoFrame`` whose every byte is initialised, row padding included.
+
+    Row padding is filled (edge replicated) so nothing the encoder may read is uninitialised memory.
+    """
+    import av
+
+    w, h = img.size
+    frame = av.VideoFrame(w, h, "yuv420p")
+    for plane, data in zip(frame.planes, _yuv420(img)):
+        buf = np.empty((data.shape[0], plane.line_size), np.uint8)
+        buf[:, : data.shape[1]] = data
+        buf[:, data.shape[1]:] = data[:, -1:]  # replicate the edge, as x264 pads itself
+        plane.update(buf.tobytes())
+    return frame
+
+
+def _mp4(frames: list[Image.Image], fps: int) -> bytes:
+    """H.264 MP4 (MPEG-4 Part 2 if this FFmpeg lacks libx264): browsers play H.264, so the UI can show it.
+
+    Byte-identical output needs: bit-exact muxing (no encoder/date tags), one encoder thread, frames converted
+    by us (``_video_frame``) and x264 without assembly (``asm=0``): with SIMD enabled the bitstream differed
+    between processes (PyAV 18 wheels).  The clips are tiny, so the C code paths cost little.
+    """
+    import av
+
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    opts = {"preset": "veryfast", "crf": "28", "threads": "1", "g": str(fps * 2), "x264-params": "asm=0"} if codec == "libx264" else {"threads": "1"}
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as c:
+        s = c.add_stream(codec, rate=fps, options=opts)
+        s.width, s.height = frames[0].size
+        s.pix_fmt = "yuv420p"
+        for i, f in enumerate(frames):
+            vf = _video_frame(f)
+            vf.pts = i
+            for packet in s.encode(vf):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return buf.getvalue()
+
+
+# ============================================================================================ eval
+
+
+def _relevant(case: Spec) -> dict[str, int]:
+    rel = {case.id: 2}
+    for cid, _relation in case.links:
+        rel.setdefault(cid, 1)
+    return rel
+
+
+def _reference(case: Spec) -> str:
+    steps = " ".join(f"{i}) {s}" for i, s in enumerate(case.solution, 1))
+    return f"This matches case {case.id}: {case.title}. Cause: {case.cause} Fix: {steps}"
+
+
+def _query_image_job(rel_stem: str, scene: str, params: dict[str, Any], recipe: str, rng_parts: tuple) -> tuple[list[tuple[str, bytes]], str, str]:
+    rng = _rng(*rng_parts)
+    img = render(scene, params, rng)
+    data, ext, how = augment.apply(recipe, img, rng)
+    return [(rel_stem + ext, data)], ext, how
+
+
+def _eval_queries(jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -> list[dict[str, Any]]:
+    """Build the eval rows; media generation is appended to ``jobs``.
+
+    Every picture query ends up as JPEG (all recipes encode JPEG), so file names are known before the jobs run.
+    """
+    queries: list[dict[str, Any]] = []
+
+    def add(kind: str, *, text: str | None = None, image: str | None = None, video: str | None = None,
+            relevant: dict[str, int] | None = None, case: Spec | None = None, filters: dict[str, str] | None = None,
+            variant: str | None = None) -> None:
+        q: dict[str, Any] = {"id": f"q{len(queries) + 1:03d}", "kind": kind}
+        for key, val in (("text", text), ("image", image), ("video", video), ("filters", filters)):
+            if val is not None:
+                q[key] = val
+        q["relevant"] = relevant or {}
+        if case is not None:
+            q["reference_answer"] = _reference(case)
+            q["key_facts"] = list(case.key_facts)
+        else:
+            q["reference_answer"] = "The knowledge base has no matching case; say so and suggest escalating instead of guessing."
+            q["key_facts"] = []
+        q["expect_abstain"] = not relevant
+        if variant:
+            q["variant"] = variant
+        queries.append(q)
+
+    def next_id() -> str:
+        return f"q{len(queries) + 1:03d}"
+
+    def picture(qid: str, img_fn: Callable[[random.Random], Image.Image], recipe: str, rng_parts: tuple) -> tuple[str, str]:
+        """Queue a picture job; returns (relative path, variant description) — known up front."""
+        rel = f"eval_media/{qid}.jpg"
+
+        def job() -> list[tuple[str, bytes]]:
+            rng = _rng(*rng_parts)
+            data, ext, _how = augment.apply(recipe, img_fn(rng), rng)
+            assert ext == ".jpg"
+            return [(rel, data)]
+
+        jobs.append(job)
+        return rel, augment.DESCRIPTIONS[recipe]
+
+    # 1) one picture query per case: a re-rendering (other incidental details) + a photo-like recipe
+    for i, case in enumerate(CASES):
+        k = 0 if len(case.images) == 1 else i % 2
+        im = case.images[k]
+        recipe = "rescaled_jpeg" if im.scene == "pos_dialog" and i % 2 else augment.RECIPES[i % len(augment.RECIPES)]
+        rel, how = picture(next_id(), partial(render, im.scene, im.params), recipe, (seed, "query", case.id, k))
+        with_text = i % 3 == 0
+        filters = {"product_line": case.product_line} if i % 7 == 3 else None
+        add("image+text" if with_text else "image", text=_GENERIC_QUESTIONS[i % len(_GENERIC_QUESTIONS)] if with_text else None,
+            image=rel, relevant=_relevant(case), case=case, filters=filters, variant=f"re-rendered; {how}")
+
+    # 2) text-only questions, worded differently from the case text
+    for i, case in enumerate(c for c in CASES if c.ask):
+        filters = {"product_line": case.product_line} if i % 4 == 1 else None
+        add("text", text=case.ask, relevant=_relevant(case), case=case, filters=filters, variant="paraphrased question")
+
+    # 3) video queries: the same faults filmed differently
+    hv = CASE_BY_ID[HVAC_VIDEO_CASE]
+    for j, question in enumerate((None, "What does this blinking red light mean?")):
+        rel = f"eval_media/{next_id()}.mp4"
+
+        def hvac_job(rel: str = rel, j: int = j) -> list[tuple[str, bytes]]:
+            rng = _rng(seed, "query-video", hv.id, j)
+            frames = _hvac_blink_frames(rng, size=(352, 256))
+            frames = frames[3 * (j + 1):] + frames[: 3 * (j + 1)]  # start at another point of the blink cycle
+            frames, _how = augment.transform_frames(frames, rng)
+            return [(rel, _mp4(frames, VIDEO_FPS))]
+
+        jobs.append(hvac_job)
+        add("video", text=question, video=rel, relevant=_relevant(hv), case=hv, variant=f"re-rendered, phase-shifted; {augment.CLIP_DESCRIPTION}")
+    pc = CASE_BY_ID[PUMP_VIDEO_CASE]
+    rel = f"eval_media/{next_id()}.mp4"
+
+    def pump_job(rel: str = rel) -> list[tuple[str, bytes]]:
+        rng = _rng(seed, "query-video", pc.id)
+        frames, _how = augment.transform_frames(_pump_frames(rng, phase=1.1, size=(360, 224)), rng)
+        return [(rel, _mp4(frames, VIDEO_FPS))]
+
+    jobs.append(pump_job)
+    add("video", text="Pump is making a rattling noise, here's the gauges.", video=rel, relevant=_relevant(pc), case=pc,
+        variant=f"re-rendered; {augment.CLIP_DESCRIPTION}")
+
+    # 4) photos of manual pages
+    for page_no in (2, 4):
+        case = CASE_BY_ID[MANUAL_PAGES[page_no - 1][0]]
+        page = manual_pages[page_no - 1]
+        rel, how = picture(next_id(), lambda _rng_, page=page: page, "phone_photo", (seed, "query-manual", page_no))
+        add("image+text", text="Found this page in the service binder - which fault is it about and what do I do?", image=rel,
+            relevant=_relevant(case), case=case, variant=f"photo of manual page {page_no}; {how}")
+
+    # 5) out-of-KB questions: the app should say it has no matching case
+    for text in ABSTAIN_TEXT:
+        add("text", text=text, variant="out of KB")
+    for j, (params, question) in enumerate(ABSTAIN_IMAGES):
+        recipe = augment.RECIPES[j % len(augment.RECIPES)]
+        rel, how = picture(next_id(), partial(render, "appliance", params), recipe, (seed, "query-abstain", j))
+        add("image+text" if question else "image", text=question, image=rel, variant=f"out of KB; {how}")
+
+    assert {c for q in queries for c in q["relevant"]} <= set(CASE_BY_ID), "eval references an unknown case"
+    assert len({c.product_line for c in CASES}) == len(PRODUCT_LINES)
+    return queries
