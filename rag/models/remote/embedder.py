@@ -98,11 +98,12 @@ class RemoteEmbedder:
         return vec / max(float(np.linalg.norm(vec)), 1e-12)
 
     def embed(self, items: Iterable[Item | str], instruction: str | None = None, dim: int | None = None,
-              batch_size: int = 8, progress: bool = False) -> np.ndarray:
+              batch_size: int = 8, progress: bool = False, window: int = 64) -> np.ndarray:
         """Embed items into an (n, dim) float32 array, in input order.
 
         One request per item, ``max_concurrency`` in flight (vLLM batches concurrent requests itself, so
-        ``batch_size`` is accepted for API parity only). The first failing item stops the call and is named.
+        ``batch_size`` is accepted for API parity only); items are submitted ``window`` at a time, so a bulk import
+        neither queues thousands of requests nor goes on long after the first failing item, which is named.
         """
         items = [{"text": it} if isinstance(it, str) else it for it in items]
         if not items:
@@ -113,19 +114,24 @@ class RemoteEmbedder:
 
             bar = tqdm(total=len(items), desc="embedding (remote)", unit="item")
         workers = max(1, min(self.max_concurrency, len(items)))
+        window = max(1, window, workers)
         vectors: list[np.ndarray] = []
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="remote-embed") as pool:
-            futures: list[Future[np.ndarray]] = [pool.submit(self._embed_one, it, instruction, i)
-                                                 for i, it in enumerate(items)]
             try:
-                for f in futures:
-                    vectors.append(f.result())
-                    if bar is not None:
-                        bar.update(1)
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+                for w0 in range(0, len(items), window):
+                    futures: list[Future[np.ndarray]] = [
+                        pool.submit(self._embed_one, items[i], instruction, i)
+                        for i in range(w0, min(w0 + window, len(items)))
+                    ]
+                    try:
+                        for f in futures:
+                            vectors.append(f.result())
+                            if bar is not None:
+                                bar.update(1)
+                    except BaseException:
+                        for f in futures:
+                            f.cancel()
+                        raise
             finally:
                 if bar is not None:
                     bar.close()
