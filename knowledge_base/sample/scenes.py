@@ -425,10 +425,10 @@ def render_thermostat(p: Params, rng: random.Random) -> Image.Image:
             text(d, (lx1 - 24, ly0 + 22), "SET " + p["setpoint"], 18, fill=fg, anchor="ra")
         msg = p.get("message", "")
         if msg:
-            lcd = dot_lcd([msg], max(10, len(msg)), bg=bl, on=fg, dot=3, margin=4)
+            lcd = dot_lcd([msg], len(msg), bg=bl, on=fg, dot=3, margin=4)
             img.paste(lcd, (int((lx0 + lx1 - lcd.width) / 2), ly1 - 70))
         wifi_icon(d, lx1 - 40, ly1 - 90, 30, fg, crossed=p.get("link_lost", False))
-    battery_icon(d, lx0 + 22, ly1 - 40, 36, p.get("battery", 0.8), fg)
+    battery_icon(d, lx1 - 62, ly0 + 52, 36, p.get("battery", 0.8), fg)
     # buttons
     for i, label in enumerate(("MODE", "FAN", "▲", "▼")):
         x = ox + 55 + i * 85
@@ -525,7 +525,8 @@ def render_filter(p: Params, rng: random.Random) -> Image.Image:
     dirt = p.get("dirt", 0.8)
     arr = np.asarray(img, np.float32)
     g = np.random.default_rng(rng.getrandbits(32))
-    noise = g.random((H // 8, W // 8)).repeat(8, 0).repeat(8, 1)
+    small = Image.fromarray((g.random((H // 8, W // 8)) * 255).astype(np.uint8), "L")
+    noise = np.asarray(small.resize((W, H), Image.Resampling.BILINEAR), np.float32) / 255.0
     m = np.zeros((H, W), np.float32)
     m[60:420, 60:580] = dirt * (0.6 + 0.4 * noise[60:420, 60:580])
     arr = arr * (1 - m[..., None]) + np.array([95, 85, 70], np.float32) * m[..., None]
