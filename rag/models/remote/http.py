@@ -168,23 +168,6 @@ class HttpEndpoint:
                 raise RemoteError(f"{self.role} server at {url} answered with invalid JSON: {response.text[:200]!r}",
                                   url=url, status=response.status_code) from e
 
-    def get_json(self, path: str) -> Any:
-        url = self.url(path)
-        attempt = 0
-        while True:
-            try:
-                response = self._client.get(url)
-            except httpx.TransportError as e:
-                self._retry_or_raise(attempt, url, e)
-                attempt += 1
-                continue
-            if self._should_retry_status(attempt, url, response):
-                attempt += 1
-                continue
-            if response.status_code >= 400:
-                raise self._status_error(url, response)
-            return response.json()
-
     def stream_events(self, path: str, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """POST and yield the JSON ``data:`` events of a server-sent-event stream until ``[DONE]``.
 
