@@ -35,11 +35,12 @@ from knowledge_base.archive import (
     IngestInputError,
     MediaSource,
     SourceCase,
+    clean_case_text,
     format_validation_error,
     load_source,
     read_jsonl,
 )
-from knowledge_base.dedup import MediaIndex
+from knowledge_base.dedup import NEAR_DUP_KINDS, Duplicate, MediaIndex
 from knowledge_base.ingest import (
     IngestOptions,
     IngestResult,
@@ -52,7 +53,8 @@ from knowledge_base.ingest import (
 from knowledge_base.media_store import MediaError, MediaStore
 from knowledge_base.schema import Case, CaseInput, MediaItem
 from rag.config import Settings
-from rag.store import StoreMeta, VectorPoint, VectorStore, open_store, point_id, store_kwargs_from_settings
+from rag.store import StoreError, StoreMeta, VectorPoint, VectorStore, open_store, point_id, store_kwargs_from_settings
+from rag.validation import InputRejected
 
 __all__ = [
     "CaseNotFoundError",
@@ -72,6 +74,7 @@ UPDATABLE = ("title", "product_line", "equipment_model", "symptom", "cause", "so
              "severity", "source", "links")
 
 MediaLike = MediaSource | str | os.PathLike[str] | bytes | tuple[str, bytes]
+Progress = bool | Callable[[int, int], Any]
 
 
 class CaseNotFoundError(KeyError):
@@ -200,20 +203,32 @@ class KnowledgeBase:
 
     @classmethod
     def open(cls, settings: Settings | None = None, embedder: Any = None, store: VectorStore | None = None, *,
-             options: IngestOptions | None = None) -> KnowledgeBase:
+             options: IngestOptions | None = None, strict: bool = True) -> KnowledgeBase:
         """Open (or create) the KB under ``settings.data_dir``; the store comes from the settings unless given.
 
         A store built with another embedder or dimension raises ``StoreMismatchError`` (run ``kb reindex``).
+        ``strict=False`` opens such a store anyway, for maintenance only (``reindex``, ``check``, ``export``).
         """
         settings = settings or Settings()
         if embedder is None:
-            raise ValueError("an embedder is needed (see rag.models.factory.load_models)")
-        eid = cls.embedder_id_of(embedder, settings)
-        dim = settings.embed_dim or int(embedder.dim)
+            if strict or store is not None:
+                raise ValueError("an embedder is needed (see rag.models.factory.load_models); "
+                                 "without one, open read-only with strict=False")
+            store = open_store(embedder_id=None, dim=None, **store_kwargs_from_settings(settings))
+            eid, dim = store.meta.embedder_id, store.dim
+        else:
+            eid = cls.embedder_id_of(embedder, settings)
+            dim = settings.embed_dim or int(embedder.dim)
         if store is None:
             kwargs = store_kwargs_from_settings(settings)
-            store = open_store(embedder_id=eid, dim=dim, **kwargs)
-        else:
+            if strict:
+                store = open_store(embedder_id=eid, dim=dim, **kwargs)
+            else:
+                try:
+                    store = open_store(embedder_id=None, dim=None, **kwargs)
+                except StoreError:  # nothing there yet: create it for this embedder
+                    store = open_store(embedder_id=eid, dim=dim, **kwargs)
+        elif strict:
             StoreMeta(embedder_id=eid, dim=dim).check_compatible(store.meta, repr(store))
         vb = settings.vision
         media = MediaStore(Path(settings.data_dir) / "media", max_bytes=vb.max_file_bytes,
@@ -222,7 +237,8 @@ class KnowledgeBase:
             options = IngestOptions()
         if options.embed_batch_size is None:
             options = options.model_copy(update={"embed_batch_size": settings.embed_batch_size})
-        return cls(settings=settings, embedder=embedder, store=store, media=media, options=options, embedder_id=eid)
+        return cls(settings=settings, embedder=embedder, store=store, media=media, options=options,
+                   embedder_id=eid if strict else store.meta.embedder_id)
 
     @property
     def dim(self) -> int:
@@ -246,6 +262,8 @@ class KnowledgeBase:
     def embed(self, items: Sequence[dict[str, Any]], embedder: Any = None, dim: int | None = None) -> np.ndarray:
         """Document-side embeddings (default instruction), at the store's dimension."""
         emb = embedder or self.embedder
+        if emb is None:
+            raise RuntimeError("this knowledge base was opened without an embedder (read-only maintenance)")
         return emb.embed(list(items), instruction=None, dim=dim or self.dim,
                          batch_size=self.options.embed_batch_size or self.settings.embed_batch_size)
 
@@ -281,7 +299,8 @@ class KnowledgeBase:
         """
         where = "add"
         try:
-            ci = case if isinstance(case, CaseInput) else CaseInput.model_validate(dict(case))
+            raw = case.model_dump() if isinstance(case, CaseInput) else dict(case)
+            ci = CaseInput.model_validate(clean_case_text(raw))
             where = f"add {ci.resolved_id()}"
             base = Path(base_dir) if base_dir is not None else Path.cwd()
             sources = []
@@ -293,7 +312,7 @@ class KnowledgeBase:
             sources += self._sources(media)
         except ValidationError as e:
             raise CaseRejectedError(ItemReport(where=where, status="rejected", reason=format_validation_error(e))) from None
-        except MediaError as e:
+        except (MediaError, InputRejected) as e:
             raise CaseRejectedError(ItemReport(where=where, status="rejected", reason=str(e))) from None
         result = self.import_records([SourceCase(where=where, case=ci, media=sources)], source=where)
         report = result.items[0]
@@ -301,14 +320,25 @@ class KnowledgeBase:
             raise CaseRejectedError(report)
         return report
 
-    def import_records(self, records: Sequence[SourceCase], *, source: str = "api", progress: bool = False,
+    def import_records(self, records: Sequence[SourceCase], *, source: str = "api", progress: Progress = False,
                        on_item: Callable[[ItemReport], None] | None = None) -> IngestResult:
-        """Import parsed records (see :mod:`knowledge_base.archive`)."""
+        """Import parsed records (see :mod:`knowledge_base.archive`). ``progress``: True for a terminal bar, or a
+        callable ``(done, total)`` (e.g. a Gradio progress), called after each record."""
+        callback = on_item
+        if callable(progress):
+            total, done, fn = len(records), [0], progress
+
+            def callback(report: ItemReport) -> None:
+                done[0] += 1
+                fn(done[0], total)
+                if on_item is not None:
+                    on_item(report)
+
         with self._lock:
-            return ingest_records(self, records, source=source, progress=progress, on_item=on_item)
+            return ingest_records(self, records, source=source, progress=progress is True, on_item=callback)
 
     def import_path(self, path: str | os.PathLike[str], *, media_dir: str | os.PathLike[str] | None = None,
-                    progress: bool = False, on_item: Callable[[ItemReport], None] | None = None) -> IngestResult:
+                    progress: Progress = False, on_item: Callable[[ItemReport], None] | None = None) -> IngestResult:
         """Import a JSONL/CSV file, a folder (one sub-folder per case), a zip of those, or an export zip.
 
         Re-running it is safe and resumes an interrupted run: unchanged cases are skipped.
@@ -321,6 +351,9 @@ class KnowledgeBase:
                 bundle.records = read_jsonl(bundle.path, base_dir=md)
             log.info("importing %d record(s) from %s (%s)", len(bundle.records), path, bundle.kind)
             return self.import_records(bundle.records, source=str(path), progress=progress, on_item=on_item)
+
+    #: Alias for callers that think in "cases".
+    import_cases = import_path
 
     # -- reading ------------------------------------------------------------------------------------------------
     def get(self, case_id: str) -> Case | None:
@@ -387,13 +420,29 @@ class KnowledgeBase:
         }
 
     # -- changing -----------------------------------------------------------------------------------------------
-    def update(self, case_id: str, changes: Mapping[str, Any] | None = None, *, add_media: Sequence[MediaLike] = (),
-               remove_media: Sequence[str] = ()) -> ItemReport:
+    def update(self, case: str | CaseInput, changes: Mapping[str, Any] | None = None, *,
+               add_media: Sequence[MediaLike] = (), remove_media: Sequence[str] = (),
+               base_dir: str | os.PathLike[str] | None = None) -> ItemReport:
         """Change fields (``UPDATABLE``), add media, remove media (by media id or original file name).
 
-        Re-embeds only what changed (new media; the text vector only if the embedded text changed); bumps
-        ``version`` and ``updated_at``. Raises :class:`CaseNotFoundError` / :class:`CaseRejectedError`.
+        ``case`` is a case id, or a ``CaseInput`` whose fields replace the stored ones and whose media files are
+        added (stored media are kept unless removed). Re-embeds only what changed (new media; the text vector
+        only if the embedded text changed); bumps ``version`` and ``updated_at``.
+        Raises :class:`CaseNotFoundError` / :class:`CaseRejectedError` (nothing written).
         """
+        if isinstance(case, CaseInput):
+            case_id = case.resolved_id()
+            base = Path(base_dir) if base_dir is not None else Path.cwd()
+            extra = [MediaSource(name=Path(m.path).name, path=Path(m.path) if Path(m.path).is_absolute() else base / m.path,
+                                 kind=m.kind, caption=m.caption, page=m.page) for m in case.media]
+            missing = [str(m.path) for m in extra if m.path is not None and not m.path.is_file()]
+            if missing:
+                raise CaseRejectedError(ItemReport(where=f"update {case_id}", status="rejected", case_id=case_id,
+                                                   reason=f"media file(s) not found: {', '.join(missing)}"))
+            changes = {**case.model_dump(include=set(UPDATABLE)), **dict(changes or {})}
+            add_media = [*extra, *add_media]
+        else:
+            case_id = case
         changes = dict(changes or {})
         bad = set(changes) - set(UPDATABLE)
         if bad:
@@ -411,12 +460,12 @@ class KnowledgeBase:
             kept = [m for m in old.media if m.id not in remove and (m.source_file or "") not in remove]
             try:
                 sources = self._sources(add_media)
-                data = {**old.model_dump(), **changes, "media": [m.model_dump() for m in kept]}
+                data = {**old.model_dump(), **clean_case_text(changes), "media": [m.model_dump() for m in kept]}
                 new = Case.model_validate(data)
             except ValidationError as e:
                 raise CaseRejectedError(ItemReport(where=where, status="rejected", case_id=case_id,
                                                    reason=format_validation_error(e))) from None
-            except MediaError as e:
+            except (MediaError, InputRejected) as e:
                 raise CaseRejectedError(ItemReport(where=where, status="rejected", case_id=case_id, reason=str(e))) from None
             if not sources and new.model_dump(exclude={"updated_at"}) == old.model_dump(exclude={"updated_at"}):
                 return ItemReport(where=where, status="skipped", case_id=case_id, reason="no change")
@@ -447,6 +496,27 @@ class KnowledgeBase:
             if existed is not None:
                 log.info("deleted case %s", case_id)
             return existed is not None
+
+    def near_duplicates(self, threshold: float | None = None, *, limit: int = 1000) -> list[Duplicate]:
+        """Pairs of images/PDF pages of different cases with cosine ≥ ``threshold`` (default: the import's), for an
+        editor to review; each pair once, best first."""
+        thr = threshold if threshold is not None else (self.options.near_dup_threshold or 0.95)
+        pairs: dict[tuple[str, str], Duplicate] = {}
+        for p in self.store.scroll(filters={"kind": list(NEAR_DUP_KINDS)}, with_vectors=True, batch_size=256,
+                                   payload_keys=["case_id", "media_id", "source_file", "caption"]):
+            if p.vector is None:
+                continue
+            cid, mid = p.payload.get("case_id"), p.payload.get("media_id")
+            for h in self.store.search(p.vector, limit=8, filters={"kind": list(NEAR_DUP_KINDS)}):
+                if h.score < thr:
+                    break
+                ocid, omid = h.payload.get("case_id"), h.payload.get("media_id")
+                if not ocid or ocid == cid:
+                    continue
+                key = tuple(sorted([f"{cid}/{mid}", f"{ocid}/{omid}"]))
+                if key not in pairs:
+                    pairs[key] = Duplicate("near" if h.score < 0.99999 else "exact", cid, mid, ocid, omid, float(h.score))
+        return sorted(pairs.values(), key=lambda d: -d.score)[:limit]
 
     # -- backup -------------------------------------------------------------------------------------------------
     def export(self, path: str | os.PathLike[str]) -> Path:
@@ -504,7 +574,8 @@ class KnowledgeBase:
     def _scan(self) -> tuple[CheckReport, dict[str, Any]]:
         r = CheckReport()
         eid = self.store.meta.embedder_id
-        if eid != self.embedder_id or self.store.dim != (self.settings.embed_dim or int(self.embedder.dim)):
+        want_dim = (self.settings.embed_dim or int(self.embedder.dim)) if self.embedder is not None else self.store.dim
+        if eid != self.embedder_id or self.store.dim != want_dim:
             r.meta_problem = (f"store built for {eid!r} (dim {self.store.dim}) but the configured embedder is "
                               f"{self.embedder_id!r}; run `ragvqa kb reindex`")
         cases: dict[str, Case] = {}

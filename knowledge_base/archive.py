@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 import zipfile
 import zlib
@@ -29,6 +28,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from knowledge_base.schema import CASE_ID_PATTERN, Case, CaseInput, MediaItem, MediaKind, slugify
+from rag.validation import InputRejected, Limits, check_text, check_tree, safe_extract
 
 __all__ = [
     "BACKUP_FORMAT",
@@ -63,8 +63,14 @@ _CASE_ID_RE = re.compile(CASE_ID_PATTERN)
 SourceKind = Literal["jsonl", "csv", "folder", "backup"]
 
 
-class IngestInputError(ValueError):
-    """The import source itself is unusable (layout, columns, unsafe archive); nothing was written."""
+class IngestInputError(InputRejected):
+    """The import source itself is unusable (layout, columns, unsafe archive); nothing was written.
+
+    A kind of :class:`rag.validation.InputRejected` (the shared validation error), so callers catch one type.
+    """
+
+    def __init__(self, problem: str, where: str = "", code: str = "bad_import") -> None:
+        super().__init__(code, problem, where)
 
 
 @dataclass
@@ -185,6 +191,28 @@ def _normalise_media_field(data: dict[str, Any]) -> None:
         data["media"] = [{"path": m} if isinstance(m, str) else m for m in media]
 
 
+#: Free-text fields screened by the shared text rules (control/bidi characters, NFC) before schema validation.
+TEXT_FIELDS = ("title", "product_line", "equipment_model", "symptom", "cause", "source")
+TEXT_LIST_FIELDS = ("solution", "error_codes", "tags")
+
+
+def clean_case_text(data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Apply :func:`rag.validation.check_text` to a case's text fields (raises ``InputRejected`` naming the field)."""
+    out = dict(data)
+    for key in TEXT_FIELDS:
+        if isinstance(out.get(key), str):
+            out[key] = check_text(out[key], key, where=where)
+    for key in TEXT_LIST_FIELDS:
+        if isinstance(out.get(key), list):
+            out[key] = [check_text(v, f"{key}[{i}]", where=where) if isinstance(v, str) else v
+                        for i, v in enumerate(out[key])]
+    if isinstance(out.get("media"), list):
+        out["media"] = [{**m, "caption": check_text(m["caption"], f"media[{i}].caption", where=where)}
+                        if isinstance(m, dict) and isinstance(m.get("caption"), str) else m
+                        for i, m in enumerate(out["media"])]
+    return out
+
+
 def _record(where: str, data: Any, base: Path, confine: bool, default_id: str | None = None) -> SourceCase:
     if not isinstance(data, dict):
         return SourceCase(where=where, error=f"expected a JSON object, got {type(data).__name__}")
@@ -192,6 +220,10 @@ def _record(where: str, data: Any, base: Path, confine: bool, default_id: str | 
     _normalise_media_field(data)
     if default_id and not data.get("id"):
         data["id"] = default_id
+    try:
+        data = clean_case_text(data)
+    except InputRejected as e:
+        return SourceCase(where=where, error=str(e))
     try:
         case = CaseInput.model_validate(data)
     except ValidationError as e:
@@ -346,6 +378,10 @@ def read_folder(root: Path, *, confine: bool = False, label: str | None = None) 
     id defaults to the folder name. A ``case.json`` directly in ``root`` makes ``root`` a single case.
     """
     label = label or root.name
+    try:
+        check_tree(root)
+    except InputRejected as e:
+        raise IngestInputError(e.problem, e.where or label, e.code) from None
     dirs = [root] if (root / CASE_FILE).is_file() else sorted(
         d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))
     )
@@ -418,66 +454,16 @@ def read_backup(root: Path, *, label: str | None = None) -> list[SourceCase]:
 # ------------------------------------------------------------------------------------------------ zip
 
 
-def safe_extract_zip(path: Path, dest: Path, *, max_bytes: int = 4 << 30, max_files: int = 20_000,
-                     max_ratio: float = 200.0) -> None:
-    """Unpack ``path`` into ``dest``, refusing the whole archive on anything unsafe.
-
-    Refused: absolute names, drive letters, ``..``, backslashes, symlinks and other non-regular entries, more than
-    ``max_files`` entries, more than ``max_bytes`` unpacked, and entries compressed more than ``max_ratio``:1
-    (zip bombs). Sizes are enforced while copying, so a lying header cannot get past them.
-    """
-    name = path.name
+def safe_extract_zip(path: Path, dest: Path, *, max_bytes: int = 2 << 30, max_files: int = 10_000) -> None:
+    """Unpack with the shared rules (:func:`rag.validation.safe_extract`): no absolute names, ``..``, links,
+    encrypted members or bombs; real bytes are counted, so a lying header cannot get past the cap."""
+    limits = Limits(max_archive_bytes=max_bytes, max_archive_members=max_files, max_file_bytes=max(max_bytes, 1))
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise IngestInputError(f"{name}: not a readable zip file ({e})") from None
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > max_files:
-            raise IngestInputError(f"{name}: {len(infos)} entries; the limit is {max_files}")
-        total = 0
-        for info in infos:
-            n = info.filename
-            if "\\" in n or "\x00" in n or n.startswith("/") or re.match(r"^[A-Za-z]:", n):
-                raise IngestInputError(f"{name}: entry {n!r} has an absolute or non-portable path; refusing the archive")
-            if ".." in PurePosixPath(n).parts:
-                raise IngestInputError(f"{name}: entry {n!r} points outside the archive ('..'); refusing the archive")
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise IngestInputError(f"{name}: entry {n!r} is a symbolic link; refusing the archive")
-            if mode and not info.is_dir() and stat.S_IFMT(mode) not in (0, stat.S_IFREG):
-                raise IngestInputError(f"{name}: entry {n!r} is not a regular file; refusing the archive")
-            if info.flag_bits & 0x1:
-                raise IngestInputError(f"{name}: entry {n!r} is encrypted; unpack it yourself first")
-            total += info.file_size
-            if total > max_bytes:
-                raise IngestInputError(f"{name}: unpacks to more than {max_bytes / 2**30:.1f} GiB; refusing it")
-            if info.file_size > (1 << 20) and info.file_size > max_ratio * max(1, info.compress_size):
-                raise IngestInputError(f"{name}: entry {n!r} is compressed {info.file_size / max(1, info.compress_size):.0f}:1 "
-                                       "(zip bomb?); refusing the archive")
-        real_dest = dest.resolve()
-        written = 0
-        for info in infos:
-            target = (dest / info.filename).resolve()
-            if not target.is_relative_to(real_dest):
-                raise IngestInputError(f"{name}: entry {info.filename!r} points outside the archive; refusing it")
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(info) as src, open(target, "xb") as dst:
-                    left = info.file_size
-                    while chunk := src.read(1 << 20):
-                        left -= len(chunk)
-                        written += len(chunk)
-                        if left < 0 or written > max_bytes:
-                            raise IngestInputError(f"{name}: entry {info.filename!r} is larger than its header says")
-                        dst.write(chunk)
-            except FileExistsError:
-                raise IngestInputError(f"{name}: entry {info.filename!r} appears twice") from None
-            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-                raise IngestInputError(f"{name}: entry {info.filename!r} is damaged ({e})") from None
+        safe_extract(path, dest, limits)
+    except InputRejected as e:
+        raise IngestInputError(e.problem, e.where or path.name, e.code) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise IngestInputError(f"damaged archive ({e})", path.name, "bad_zip") from None
 
 
 # ------------------------------------------------------------------------------------------------ detection
@@ -491,8 +477,16 @@ def _unwrap(root: Path) -> Path:
     return root
 
 
+def _is_backup(manifest: Path) -> bool:
+    """Other tools write manifest.json too (the sample KB does): only ours marks a backup."""
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("format") == BACKUP_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _detect_dir(root: Path, label: str, media_dir: Path | None, confine: bool) -> SourceBundle:
-    if (root / "manifest.json").is_file():
+    if (root / "manifest.json").is_file() and _is_backup(root / "manifest.json"):
         return SourceBundle("backup", root, read_backup(root, label=label))
     jsonl = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".jsonl", ".ndjson"))
     if (root / "cases.jsonl").is_file():
@@ -513,8 +507,8 @@ def _detect_dir(root: Path, label: str, media_dir: Path | None, confine: bool) -
 
 
 @contextlib.contextmanager
-def load_source(path: str | os.PathLike[str], *, media_dir: Path | None = None, max_zip_bytes: int = 4 << 30,
-                max_zip_files: int = 20_000) -> Iterator[SourceBundle]:
+def load_source(path: str | os.PathLike[str], *, media_dir: Path | None = None, max_zip_bytes: int = 2 << 30,
+                max_zip_files: int = 10_000) -> Iterator[SourceBundle]:
     """Parse an import source; a zip is unpacked (safely) into a temp dir that lives as long as the context."""
     path = Path(path)
     if path.is_symlink() and path.suffix.lower() == ".zip":

@@ -38,6 +38,7 @@ from knowledge_base.pdf import PdfError, is_pdf, render_pdf_pages
 from knowledge_base.schema import Case, CaseInput, CaseLink, MediaItem
 from rag.models.embedder import EmbeddingError
 from rag.store import VectorPoint, VectorStore, point_id
+from rag.validation import InputRejected, Limits, check_pdf
 
 if TYPE_CHECKING:  # pragma: no cover
     from knowledge_base.admin import KnowledgeBase
@@ -81,8 +82,8 @@ class IngestOptions(BaseSettings):
     #: Stage the next chunk's files in a background thread while the model embeds the current one.
     prefetch: bool = True
     thumbnails: bool = True
-    max_zip_bytes: int = 4 << 30
-    max_zip_files: int = 20_000
+    max_zip_bytes: int = 2 << 30
+    max_zip_files: int = 10_000
 
 
 # ------------------------------------------------------------------------------------------------ reports
@@ -158,6 +159,7 @@ class IngestResult:
         return {
             "source": self.source, "added": self.added, "updated": self.updated, "skipped": self.skipped,
             "rejected": self.rejected, "duplicates": len(self.duplicates), "media_embedded": self.media_embedded,
+            "errors": [f"{i.where}: {i.reason}" for i in self.items if i.status == "rejected"],
             "elapsed_s": round(self.elapsed_s, 3), "embed_s": round(self.embed_s, 3),
             "items": [i.to_dict() for i in self.items],
         }
@@ -286,7 +288,7 @@ class _Stager:
             return
         try:
             self._store_media(w)
-        except (MediaError, PdfError) as e:
+        except (MediaError, PdfError, InputRejected) as e:
             w.reject(str(e))
         except OSError as e:
             w.reject(f"media could not be stored ({e})")
@@ -353,6 +355,8 @@ class _Stager:
 
     def _store_pdf(self, w: _Work, ms: MediaSource) -> list[MediaItem]:
         src = ms.path if ms.path is not None else ms.data
+        if ms.path is not None:  # the shared rules: content type, size, encryption, hard page cap
+            check_pdf(ms.path, Limits(max_file_bytes=self.media.max_bytes), where=ms.name)
         pages, total = render_pdf_pages(src, name=ms.name, long_side=self.options.pdf_long_side,  # type: ignore[arg-type]
                                         max_pages=self.options.pdf_max_pages, pages=[ms.page] if ms.page else None)
         if not ms.page and total > len(pages):
@@ -479,6 +483,14 @@ class _Run:
 
     # -- steps 3+: dedup, vectors, write (main thread) ------------------------------------------------------------
     def _process(self, work: list[_Work]) -> None:
+        try:
+            self._process_live(work)
+        finally:
+            for w in work:
+                if w.failed:
+                    self.cleanup.update(sha for sha, _ in w.created)
+
+    def _process_live(self, work: list[_Work]) -> None:
         live = [w for w in work if not w.failed]
         for w in live:
             if w.unchanged:
@@ -495,11 +507,7 @@ class _Run:
             self._near_pass(work, [w for w in todo if w.src.dedup])
         for w in todo:
             self._build_case(w)
-        todo = [w for w in todo if not w.failed]
-        self._write(todo)
-        for w in work:
-            if w.failed:
-                self.cleanup.update(sha for sha, _ in w.created)
+        self._write([w for w in todo if not w.failed])
 
     def _check_unchanged(self, w: _Work) -> None:
         """A skipped case must also be complete: an interrupted update can leave stale or missing media points."""

@@ -1,0 +1,446 @@
+"""``ragvqa kb``: knowledge-base administration from the shell (mounted by ``ui.cli``; also ``python -m knowledge_base.cli``).
+
+Every command opens the KB under ``--data-dir`` (default ``RAGVQA_DATA_DIR`` or ``data``) with the configured
+embedder, or with ``--models tiny`` a tiny random checkpoint built under ``data_dir/models/tiny`` (offline smoke
+runs: vectors are meaningless but every code path is real). ``--json`` prints machine-readable output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["kb_app"]
+
+log = logging.getLogger(__name__)
+
+kb_app = typer.Typer(help="Knowledge base: add, import, list, show, update, delete, reindex, check, stats, export.",
+                     no_args_is_help=True, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default: RAGVQA_DATA_DIR or ./data).")]
+Models = Annotated[str, typer.Option("--models", help="real (configured weights) | tiny (random checkpoint, offline).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@kb_app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    """Set up logging when run on its own (``ragvqa`` already does it)."""
+    if not logging.getLogger().handlers:
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                            handlers=[RichHandler(console=err, show_path=False)])
+    elif verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    for noisy in ("httpx", "urllib3", "PIL", "knowledge_base.media_store"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _settings(data_dir: Path | None, models: str):
+    from rag.config import Settings
+
+    if models not in ("real", "tiny"):
+        raise typer.BadParameter(f"--models must be 'real' or 'tiny', got {models!r}")
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if models == "tiny":
+        overrides.update(device="cpu", dtype="float32")
+    return Settings(**overrides)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]{message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: Any = None, model: bool = True):
+    """Load the embedder (unless ``model`` is False: read-only commands) and open the KB; expected failures become
+    one-line messages."""
+    from knowledge_base.admin import KnowledgeBase
+    from rag.models.factory import load_models
+    from rag.models.loading import ModelNotAvailableError
+    from rag.store import StoreError, StoreMismatchError
+
+    settings = _settings(data_dir, models)
+    embedder = None
+    if model:
+        try:
+            embedder = load_models(settings, models, need=("embedder",)).embedder  # type: ignore[arg-type]
+        except ModelNotAvailableError as e:
+            raise _fail(str(e)) from None
+    try:
+        return KnowledgeBase.open(settings, embedder, options=options, strict=strict)
+    except StoreMismatchError as e:
+        raise _fail(str(e)) from None
+    except StoreError as e:
+        hint = "" if model else " (nothing imported yet? run `ragvqa kb import`)"
+        raise _fail(f"cannot open the vector store: {e}{hint}") from None
+
+
+def _dump(obj: Any) -> None:
+    out.print_json(json.dumps(obj, default=str))
+
+
+def _split(value: str) -> list[str]:
+    sep = "|" if "|" in value else ";" if ";" in value else ","
+    return [v.strip() for v in value.split(sep) if v.strip()]
+
+
+def _print_result(res: Any, as_json: bool) -> None:
+    if as_json:
+        _dump(res.to_dict())
+        return
+    t = Table(title=f"import {res.source}", show_header=True)
+    for col in ("added", "updated", "skipped", "rejected", "duplicates", "media embedded", "seconds"):
+        t.add_column(col, justify="right")
+    t.add_row(str(res.added), str(res.updated), str(res.skipped), str(res.rejected), str(len(res.duplicates)),
+              str(res.media_embedded), f"{res.elapsed_s:.1f}")
+    out.print(t)
+    for item in res.items:
+        if item.status == "rejected":
+            out.print(f"[red]rejected[/red] {item.where}: {item.reason}", highlight=False)
+        for d in item.duplicates:
+            out.print(f"[yellow]duplicate[/yellow] {item.where} ({d.case_id}): {d.describe()}", highlight=False)
+        for w in item.warnings:
+            out.print(f"[yellow]warning[/yellow] {item.where}: {w}", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+@kb_app.command("add")
+def add(
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="A case.json (CaseInput fields); media paths relative to it.")] = None,
+    case_id: Annotated[Optional[str], typer.Option("--id", help="Case id (default: slug of model + title).")] = None,
+    title: Annotated[Optional[str], typer.Option(help="Short title.")] = None,
+    product_line: Annotated[Optional[str], typer.Option(help="Product line, e.g. printer.")] = None,
+    model: Annotated[str, typer.Option("--model", help="Equipment model.")] = "",
+    symptom: Annotated[Optional[str], typer.Option(help="What the customer saw.")] = None,
+    cause: Annotated[str, typer.Option(help="Why it happened.")] = "",
+    step: Annotated[Optional[list[str]], typer.Option("--step", help="A solution step (repeatable, in order).")] = None,
+    error_code: Annotated[Optional[list[str]], typer.Option("--error-code", help="Repeatable.")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Repeatable.")] = None,
+    severity: Annotated[Optional[str], typer.Option(help="low | medium | high | critical.")] = None,
+    source: Annotated[str, typer.Option(help="Where the case comes from (ticket id, URL).")] = "",
+    media: Annotated[Optional[list[Path]], typer.Option("--media", "-m", help="Image, video or PDF (repeatable).")] = None,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Add one case (or re-import it: an unchanged case is skipped, a changed one updated)."""
+    from knowledge_base.admin import CaseRejectedError
+
+    if file is not None:
+        try:
+            data = json.loads(file.read_text(encoding="utf-8-sig"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise _fail(f"{file}: cannot read the case ({e})") from None
+        base = file.parent
+    else:
+        missing = [n for n, v in (("--title", title), ("--product-line", product_line), ("--symptom", symptom)) if not v]
+        if missing:
+            raise _fail(f"give --file or at least {', '.join(missing)}", 2)
+        data = {"id": case_id, "title": title, "product_line": product_line, "equipment_model": model,
+                "symptom": symptom, "cause": cause, "solution": step or [], "error_codes": error_code or [],
+                "tags": tag or [], "severity": severity, "source": source}
+        base = Path.cwd()
+    if isinstance(data, dict) and case_id:
+        data["id"] = case_id
+    if isinstance(data, dict) and isinstance(data.get("media"), list):
+        data["media"] = [{"path": m} if isinstance(m, str) else m for m in data["media"]]
+    with _open(data_dir, models) as kb:
+        try:
+            report = kb.add_case(data, media=[str(p) for p in (media or [])], base_dir=base)
+        except CaseRejectedError as e:
+            raise _fail(f"rejected — {e}") from None
+    if as_json:
+        _dump(report.to_dict())
+        return
+    out.print(f"[green]{report.status}[/green] case {report.case_id} "
+              f"({report.media_embedded} media embedded, {report.media_reused} reused)", highlight=False)
+    for d in report.duplicates:
+        out.print(f"[yellow]duplicate[/yellow] {d.describe()}", highlight=False)
+    for w in report.warnings:
+        out.print(f"[yellow]warning[/yellow] {w}", highlight=False)
+
+
+@kb_app.command("import")
+def import_(
+    source: Annotated[Path, typer.Argument(help=".jsonl, .csv, a folder (one sub-folder per case), a .zip of those, "
+                                                "or an export zip.")],
+    media_dir: Annotated[Optional[Path], typer.Option(help="Where CSV/JSONL media paths point (default: next to the file).")] = None,
+    dedup: Annotated[bool, typer.Option(help="Detect exact and near-duplicate media across cases.")] = True,
+    near_dup_threshold: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Cosine from which images are near duplicates.")] = None,
+    pdf_max_pages: Annotated[Optional[int], typer.Option(min=1, help="Pages imported per PDF.")] = None,
+    chunk: Annotated[Optional[int], typer.Option(min=1, help="Cases per embed/write chunk.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Also write the full report as JSON here.")] = None,
+    strict: Annotated[bool, typer.Option(help="Exit with status 1 if any record was rejected.")] = False,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Bulk import (idempotent: re-run it to resume an interrupted import; unchanged cases are skipped)."""
+    from knowledge_base.ingest import IngestOptions
+    from rag.validation import InputRejected
+
+    upd: dict[str, Any] = {"dedup": dedup}
+    if near_dup_threshold is not None:
+        upd["near_dup_threshold"] = near_dup_threshold
+    if pdf_max_pages is not None:
+        upd["pdf_max_pages"] = pdf_max_pages
+    if chunk is not None:
+        upd["chunk_cases"] = chunk
+    options = IngestOptions().model_copy(update=upd)
+    with _open(data_dir, models, options=options) as kb:
+        try:
+            res = kb.import_path(source, media_dir=media_dir, progress=sys.stderr.isatty())
+        except InputRejected as e:
+            raise _fail(str(e)) from None
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(res.to_dict(), indent=2, default=str), encoding="utf-8")
+    _print_result(res, as_json)
+    if strict and res.rejected:
+        raise typer.Exit(1)
+
+
+@kb_app.command("list")
+def list_(
+    product_line: Annotated[Optional[list[str]], typer.Option("--product-line", help="Repeatable (any of).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="Equipment model (repeatable, any of).")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Repeatable (any of).")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", "-t", help="Substring of id/title/symptom/cause/steps/codes/tags.")] = None,
+    limit: Annotated[int, typer.Option(min=0)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """List cases (sorted by id)."""
+    filters = {"product_line": product_line or None, "equipment_model": model or None, "tags": tag or None}
+    with _open(data_dir, models, strict=False, model=False) as kb:
+        page = kb.list_cases(filters, text=text, limit=limit, offset=offset)
+    if as_json:
+        _dump({"total": page.total, "offset": page.offset, "cases": [c.model_dump(mode="json") for c in page.cases]})
+        return
+    t = Table(title=f"{page.total} case(s)" + (f", from #{offset + 1}" if offset else ""))
+    for col in ("id", "title", "product line", "model", "media", "version", "updated"):
+        t.add_column(col)
+    for c in page.cases:
+        t.add_row(c.id, c.title, c.product_line, c.equipment_model, str(len(c.media)), str(c.version),
+                  c.updated_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(t)
+
+
+@kb_app.command("show")
+def show(
+    case_id: Annotated[str, typer.Argument(help="Case id.")],
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Show one case with its media."""
+    with _open(data_dir, models, strict=False, model=False) as kb:
+        case = kb.get(case_id)
+        root = kb.media_root
+    if case is None:
+        raise _fail(f"no case with id {case_id!r}")
+    if as_json:
+        _dump(case.model_dump(mode="json"))
+        return
+    out.print(f"[bold]{case.id}[/bold] — {case.title}  (version {case.version}, updated {case.updated_at:%Y-%m-%d %H:%M})",
+              highlight=False)
+    out.print(case.document_text(max_chars=4000), highlight=False, markup=False)
+    for m in case.media:
+        page = f" page {m.page}" if m.page else ""
+        out.print(f"  • {m.kind}{page} {m.source_file or ''} → {root / m.path}" + (f" — {m.caption}" if m.caption else ""),
+                  highlight=False, markup=False)
+    for link in case.links:
+        out.print(f"  ↔ {link.relation} {link.case_id} {link.note}", highlight=False, markup=False)
+
+
+@kb_app.command("update")
+def update(
+    case_id: Annotated[str, typer.Argument(help="Case id.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="FIELD=VALUE (repeatable); list fields split on | ; or ,.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="JSON object of field changes.")] = None,
+    add_media: Annotated[Optional[list[Path]], typer.Option("--add-media", help="Repeatable.")] = None,
+    remove_media: Annotated[Optional[list[str]], typer.Option("--remove-media", help="Media id or original file name (repeatable).")] = None,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Change a case; only what changed is re-embedded."""
+    from knowledge_base.admin import CaseNotFoundError, CaseRejectedError
+
+    changes: dict[str, Any] = {}
+    if file is not None:
+        try:
+            changes.update(json.loads(file.read_text(encoding="utf-8-sig")))
+        except (OSError, json.JSONDecodeError) as e:
+            raise _fail(f"{file}: cannot read the changes ({e})") from None
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _fail(f"--set {item!r}: expected FIELD=VALUE", 2)
+        key = key.strip().replace("-", "_")
+        changes[key] = _split(value) if key in ("solution", "error_codes", "tags") else (value or None if key == "severity" else value)
+    with _open(data_dir, models) as kb:
+        try:
+            report = kb.update(case_id, changes, add_media=[str(p) for p in add_media or []], remove_media=remove_media or [])
+        except (CaseNotFoundError, CaseRejectedError, ValueError) as e:
+            raise _fail(str(e)) from None
+    if as_json:
+        _dump(report.to_dict())
+        return
+    out.print(f"[green]{report.status}[/green] case {case_id} ({report.reason or f'{report.media_embedded} media embedded'})",
+              highlight=False)
+    for d in report.duplicates:
+        out.print(f"[yellow]duplicate[/yellow] {d.describe()}", highlight=False)
+
+
+@kb_app.command("delete")
+def delete(
+    case_id: Annotated[str, typer.Argument(help="Case id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    data_dir: DataDir = None,
+    models: Models = "real",
+) -> None:
+    """Delete a case, its vectors and the media files no other case uses."""
+    if not yes and not typer.confirm(f"Delete case {case_id}?"):
+        raise typer.Exit(1)
+    with _open(data_dir, models, strict=False, model=False) as kb:
+        existed = kb.delete(case_id)
+    if not existed:
+        raise _fail(f"no case with id {case_id!r} (leftovers of that id, if any, were cleaned up)")
+    out.print(f"[green]deleted[/green] {case_id}", highlight=False)
+
+
+@kb_app.command("reindex")
+def reindex(
+    embedder_model: Annotated[Optional[str], typer.Option(help="New embedder (default: RAGVQA_EMBEDDER_MODEL).")] = None,
+    embed_dim: Annotated[Optional[int], typer.Option(min=64, help="Matryoshka dimension (default: full).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Re-embed every case with the configured (or given) embedder into a new store and switch atomically.
+
+    The old store keeps serving until the switch. With Qdrant Edge, stop the app first (one process per store).
+    """
+    from knowledge_base.admin import KnowledgeBase
+    from rag.models.factory import load_models
+
+    settings = _settings(data_dir, models)
+    upd: dict[str, Any] = {}
+    if embedder_model:
+        upd["embedder_model"] = embedder_model
+    if embed_dim:
+        upd["embed_dim"] = embed_dim
+    settings = settings.model_copy(update=upd)
+    new = load_models(settings, models, need=("embedder",)).embedder  # type: ignore[arg-type]
+    with KnowledgeBase.open(settings, new, strict=False) as kb:
+        eid = KnowledgeBase.embedder_id_of(new, settings)
+        dim = settings.embed_dim or int(new.dim)
+        if not yes and not typer.confirm(f"Re-embed {kb.count_cases()} case(s): {kb.store.meta.embedder_id} "
+                                         f"(dim {kb.dim}) → {eid} (dim {dim})?"):
+            raise typer.Exit(1)
+        res = kb.reindex(new, dim=dim, progress=sys.stderr.isatty())
+    if as_json:
+        _dump(res.to_dict())
+        return
+    out.print(f"[green]reindexed[/green] {res.cases} case(s), {res.points} points with {res.embedder_id} "
+              f"(dim {res.dim}) in {res.elapsed_s:.1f} s", highlight=False)
+    for s in res.skipped_media:
+        out.print(f"[yellow]skipped[/yellow] {s}", highlight=False)
+    if embedder_model or embed_dim:
+        out.print("Set RAGVQA_EMBEDDER_MODEL / RAGVQA_EMBED_DIM accordingly for the app.", highlight=False)
+
+
+@kb_app.command("check")
+def check(
+    fix: Annotated[bool, typer.Option("--fix", help="Repair what can be repaired.")] = False,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Find orphan/stale/missing points, missing or unreferenced files, foreign-embedder points. Exit 1 if any remain."""
+    with _open(data_dir, models, strict=False) as kb:
+        rep = kb.check(fix=fix)
+        after = kb.check() if fix and rep.problems else rep
+    if as_json:
+        _dump({**rep.to_dict(), "remaining": after.problems})
+    else:
+        out.print(rep.summary(), highlight=False)
+        if fix and rep.problems:
+            out.print(f"after repair: {after.summary()}", highlight=False)
+    if after.problems:
+        raise typer.Exit(1)
+
+
+@kb_app.command("stats")
+def stats(data_dir: DataDir = None, models: Models = "real", as_json: AsJson = False) -> None:
+    """Counts: cases, points, media by kind, cases per product line, files, store."""
+    with _open(data_dir, models, strict=False, model=False) as kb:
+        st = kb.stats()
+    if as_json:
+        _dump(st)
+        return
+    t = Table(show_header=False, title="knowledge base")
+    t.add_column("what")
+    t.add_column("value")
+    for k in ("cases", "points", "media_files", "media_bytes", "embedder", "store_backend", "data_dir"):
+        t.add_row(k.replace("_", " "), str(st[k]))
+    t.add_row("media by kind", ", ".join(f"{k}: {v}" for k, v in st["media"].items()) or "—")
+    t.add_row("cases per product line", ", ".join(f"{k}: {v}" for k, v in st["product_lines"].items()) or "—")
+    t.add_row("store", f"{st['store']['embedder_id']} (dim {st['store']['dim']})")
+    out.print(t)
+
+
+@kb_app.command("export")
+def export(
+    dest: Annotated[Path, typer.Argument(help="Zip file to write (cases.jsonl + media); import it to restore.")],
+    data_dir: DataDir = None,
+    models: Models = "real",
+) -> None:
+    """Back up the knowledge base to a zip."""
+    with _open(data_dir, models, strict=False, model=False) as kb:
+        path = kb.export(dest)
+        n = kb.count_cases()
+    out.print(f"[green]exported[/green] {n} case(s) to {path}", highlight=False)
+
+
+@kb_app.command("duplicates")
+def duplicates(
+    threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Cosine similarity.")] = 0.95,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Near-duplicate images/pages across cases already in the KB."""
+    with _open(data_dir, models) as kb:
+        pairs = kb.near_duplicates(threshold)
+    if as_json:
+        _dump([d.to_dict() for d in pairs])
+        return
+    for d in pairs:
+        out.print(f"{d.case_id}/{d.media} ≈ {d.other_case_id}/{d.other_media_id} (cosine {d.score:.3f})", highlight=False)
+    out.print(f"{len(pairs)} pair(s) at cosine ≥ {threshold}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    kb_app()
