@@ -274,7 +274,7 @@ def test_remote_embedder_equals_local(fresh: ModelServer, embedder, media_dir: P
     got = remote.embed(items, instruction=INSTRUCTION)
     assert got.shape == local.shape and got.dtype == np.float32
     assert close(got, local), np.abs(got - local).max()
-    assert close(remote.embed(items[:5], instruction=INSTRUCTION, window=2), local[:5])  # submitted a few at a time
+    assert close(remote.embed(items[:3], instruction=INSTRUCTION, window=2), local[:3])  # submitted a few at a time
     assert remote.dim == embedder.dim
     # Matryoshka prefix + re-normalisation, client-side like the local embedder
     assert close(remote.embed(items[:3], instruction=INSTRUCTION, dim=64), embedder.embed(items[:3], instruction=INSTRUCTION, dim=64, batch_size=1))
