@@ -37,6 +37,7 @@ from knowledge_base.archive import (
     SourceCase,
     clean_case_text,
     format_validation_error,
+    normalise_media_field,
     load_source,
     read_jsonl,
 )
@@ -53,7 +54,7 @@ from knowledge_base.ingest import (
 from knowledge_base.media_store import MediaError, MediaStore
 from knowledge_base.schema import Case, CaseInput, MediaItem
 from rag.config import Settings
-from rag.store import StoreError, StoreMeta, VectorPoint, VectorStore, open_store, point_id, store_kwargs_from_settings
+from rag.store import StoreError, StoreMeta, StoreMismatchError, VectorPoint, VectorStore, open_store, point_id, store_kwargs_from_settings
 from rag.validation import InputRejected
 
 __all__ = [
@@ -192,6 +193,8 @@ class KnowledgeBase:
         self.media = media
         self.options = options or IngestOptions()
         self.embedder_id = embedder_id or store.meta.embedder_id
+        #: The vector size this KB writes (``Settings.embed_dim`` or the model's; a reindex may change it).
+        self.embed_dim = (settings.embed_dim or int(embedder.dim)) if embedder is not None else store.dim
         self._lock = threading.RLock()
         self._index: MediaIndex | None = None
 
@@ -237,8 +240,7 @@ class KnowledgeBase:
             options = IngestOptions()
         if options.embed_batch_size is None:
             options = options.model_copy(update={"embed_batch_size": settings.embed_batch_size})
-        return cls(settings=settings, embedder=embedder, store=store, media=media, options=options,
-                   embedder_id=eid if strict else store.meta.embedder_id)
+        return cls(settings=settings, embedder=embedder, store=store, media=media, options=options, embedder_id=eid)
 
     @property
     def dim(self) -> int:
@@ -264,6 +266,10 @@ class KnowledgeBase:
         emb = embedder or self.embedder
         if emb is None:
             raise RuntimeError("this knowledge base was opened without an embedder (read-only maintenance)")
+        if embedder is None and (self.embedder_id != self.store.meta.embedder_id or self.embed_dim != self.store.dim):
+            raise StoreMismatchError(
+                f"the store holds vectors of {self.store.meta.embedder_id!r} (dim {self.store.dim}) but the configured "
+                f"embedder is {self.embedder_id!r} (dim {self.embed_dim}); run `ragvqa kb reindex` first")
         return emb.embed(list(items), instruction=None, dim=dim or self.dim,
                          batch_size=self.options.embed_batch_size or self.settings.embed_batch_size)
 
@@ -300,6 +306,7 @@ class KnowledgeBase:
         where = "add"
         try:
             raw = case.model_dump() if isinstance(case, CaseInput) else dict(case)
+            normalise_media_field(raw)
             ci = CaseInput.model_validate(clean_case_text(raw))
             where = f"add {ci.resolved_id()}"
             base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -574,8 +581,7 @@ class KnowledgeBase:
     def _scan(self) -> tuple[CheckReport, dict[str, Any]]:
         r = CheckReport()
         eid = self.store.meta.embedder_id
-        want_dim = (self.settings.embed_dim or int(self.embedder.dim)) if self.embedder is not None else self.store.dim
-        if eid != self.embedder_id or self.store.dim != want_dim:
+        if eid != self.embedder_id or self.store.dim != self.embed_dim:
             r.meta_problem = (f"store built for {eid!r} (dim {self.store.dim}) but the configured embedder is "
                               f"{self.embedder_id!r}; run `ragvqa kb reindex`")
         cases: dict[str, Case] = {}
@@ -632,18 +638,20 @@ class KnowledgeBase:
             fixed["points_deleted"] += len(dead)
         # Cases to rewrite: drop media whose file is gone, re-embed missing/foreign points, rewrite payloads.
         rewrite: dict[str, set[str]] = {}
-        for cid, mid, _ in r.missing_files:
+        if r.meta_problem:  # vectors from this embedder would not belong in this store: only deletions are safe
+            log.warning("check --fix: %s; only deleting, no rewrites", r.meta_problem)
+        for cid, mid, _ in ([] if r.meta_problem else r.missing_files):
             case = cases[cid]
             cases[cid] = case.model_copy(update={"media": [m for m in case.media if m.id != mid],
                                                  "version": case.version + 1, "updated_at": max(_now(), case.created_at)})
             self.store.delete_points([point_id(cid, mid)])
             rewrite.setdefault(cid, set())
             fixed["missing_media_removed"] += 1
-        for cid, mid in r.missing_points:
+        for cid, mid in [] if r.meta_problem else r.missing_points:
             rewrite.setdefault(cid, set()).add(point_id(cid, mid))
         by_id = {point_id(cid, m.id): cid for cid, c in cases.items() for m in c.media}
         by_id.update({point_id(cid): cid for cid in cases})
-        for pid in r.embedder_mismatch + r.payload_mismatch:
+        for pid in [] if r.meta_problem else r.embedder_mismatch + r.payload_mismatch:
             if pid in by_id:
                 rewrite.setdefault(by_id[pid], set()).add(pid)
         foreign = set(r.embedder_mismatch)
@@ -756,6 +764,7 @@ class KnowledgeBase:
             self.store = new
             self.embedder = new_embedder
             self.embedder_id = eid
+            self.embed_dim = new_dim
             self._index = None
         res = ReindexResult(cases=len(payloads), points=points, skipped_media=skipped, embedder_id=eid, dim=new_dim,
                             elapsed_s=time.perf_counter() - t0)

@@ -184,7 +184,7 @@ def _sources_for(case: CaseInput, base: Path, confine: bool) -> list[MediaSource
     return out
 
 
-def _normalise_media_field(data: dict[str, Any]) -> None:
+def normalise_media_field(data: dict[str, Any]) -> None:
     """Accept ``"media": ["a.jpg", {"path": ...}]``: bare strings are paths."""
     media = data.get("media")
     if isinstance(media, list):
@@ -217,7 +217,7 @@ def _record(where: str, data: Any, base: Path, confine: bool, default_id: str | 
     if not isinstance(data, dict):
         return SourceCase(where=where, error=f"expected a JSON object, got {type(data).__name__}")
     data = dict(data)
-    _normalise_media_field(data)
+    normalise_media_field(data)
     if default_id and not data.get("id"):
         data["id"] = default_id
     try:

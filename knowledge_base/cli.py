@@ -91,7 +91,7 @@ def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: A
 
 
 def _dump(obj: Any) -> None:
-    out.print_json(json.dumps(obj, default=str))
+    typer.echo(json.dumps(obj, default=str, indent=2, ensure_ascii=False))  # plain: no wrapping, no colour
 
 
 def _split(value: str) -> list[str]:

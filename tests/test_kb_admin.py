@@ -1,0 +1,229 @@
+"""KnowledgeBase administration on real engines: update/delete round trips, listing and filters, export/import,
+blue-green reindex, the model-mismatch guard, check/repair, and the ``ragvqa kb`` CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from kb_support import OPTIONS, case_dict, jpeg_bytes, kb_state, make_source, open_kb, scene, variant
+from knowledge_base.admin import CaseNotFoundError, CaseRejectedError, KnowledgeBase
+from knowledge_base.schema import CaseInput
+from rag.config import Settings
+from rag.store import StoreMismatchError, VectorPoint, open_store, point_id
+
+
+@pytest.fixture(params=["edge", "local"])
+def kb(request, tmp_path: Path, embedder):
+    kb = open_kb(request.param, tmp_path / "data", embedder)
+    kb.kind = request.param  # type: ignore[attr-defined]
+    yield kb
+    rep = kb.check()
+    assert rep.problems == 0, rep.summary()
+    kb.close()
+
+
+def test_add_update_delete_round_trip(kb: KnowledgeBase, tmp_path: Path, media_dir: Path) -> None:
+    scene(1).save(tmp_path / "one.png")
+    r = kb.add_case(case_dict(1, ["one.png"]), media=[("two.jpg", jpeg_bytes(scene(2)))], base_dir=tmp_path)
+    assert (r.status, r.media_embedded) == ("added", 2)
+    kb.add_case(case_dict(2), media=[tmp_path / "one.png"])  # shares one.png: exact duplicate, linked
+    case = kb.get("case-01")
+    assert case is not None and case.version == 1 and [m.source_file for m in case.media] == ["one.png", "two.jpg"]
+
+    # Text-only change: the text vector is recomputed, media vectors are reused.
+    before = {p.id: p.vector for p in kb.store.scroll(filters={"case_id": "case-01"}, with_vectors=True)}
+    r = kb.update("case-01", {"symptom": "Now it beeps three times before stopping."})
+    assert (r.status, r.media_embedded, r.media_reused) == ("updated", 0, 2)
+    after = {p.id: p.vector for p in kb.store.scroll(filters={"case_id": "case-01"}, with_vectors=True)}
+    assert not np.allclose(before[point_id("case-01")], after[point_id("case-01")])
+    for m in case.media:
+        np.testing.assert_array_equal(before[point_id("case-01", m.id)], after[point_id("case-01", m.id)])
+    # Payload-only change (tags): nothing embedded at all.
+    assert kb.update("case-01", {"tags": ["x"]}).media_embedded == 0
+    assert kb.update("case-01", {"tags": ["x"]}).status == "skipped"  # no change
+
+    # Add a video, remove an image by file name: one embedding, one point and one file gone.
+    r = kb.update("case-01", add_media=[media_dir / "clip.mp4"], remove_media=["two.jpg"])
+    assert r.media_embedded == 1
+    case = kb.get("case-01")
+    assert case is not None and case.version == 4 and [m.kind for m in case.media] == ["image", "video"]
+    assert kb.store.count({"case_id": "case-01"}) == 3 and len(list(kb.media.iter_files())) == 2
+
+    # A CaseInput (what the admin form sends) updates fields and adds its files.
+    scene(5).save(tmp_path / "five.png")
+    ci = CaseInput.model_validate({**case_dict(1, [{"path": "five.png"}]), "title": "Renamed"})
+    assert kb.update(ci, base_dir=tmp_path).media_embedded == 1
+    assert kb.get("case-01").title == "Renamed" and len(kb.get("case-01").media) == 3  # type: ignore[union-attr]
+
+    with pytest.raises(CaseNotFoundError):
+        kb.update("nope", {"title": "x"})
+    with pytest.raises(ValueError, match="cannot update"):
+        kb.update("case-01", {"version": 9})
+    with pytest.raises(CaseRejectedError, match="no media"):
+        kb.update("case-01", remove_media=["missing.png"])
+
+    # Delete: text point first, then media points, then files nobody else uses.
+    assert kb.delete("case-01") is True and kb.get("case-01") is None
+    assert kb.store.count({"case_id": "case-01"}) == 0 and not list(kb.media.iter_files())
+    assert kb.delete("case-01") is False
+    assert kb.get("case-02") is not None
+
+
+def test_list_filters_search_and_stats(kb: KnowledgeBase, tmp_path: Path, embedder) -> None:
+    kb.import_path(make_source(tmp_path / "src", 6))
+    page = kb.list_cases()
+    assert page.total == 6 and [c.id for c in page.cases] == [f"case-{i:02d}" for i in range(6)]
+    assert [c.id for c in kb.list_cases({"product_line": "pump"}).cases] == ["case-01", "case-04"]
+    assert kb.list_cases({"product_line": ["pump", "hvac"], "equipment_model": "M0"}).total == 2
+    assert kb.list_cases({"tags": "t1"}).total == 3
+    assert [c.id for c in kb.list_cases(text="E03").cases] == ["case-03"]
+    assert [c.id for c in kb.list_cases(text="component 4").cases] == ["case-04"]
+    assert [c.id for c in kb.list_cases(limit=2, offset=3).cases] == ["case-03", "case-04"]
+    with pytest.raises(ValueError, match="unknown filter"):
+        kb.list_cases({"severity": "high"})
+    st = kb.stats()
+    assert st["cases"] == 6 and st["points"] == 12 and st["media"] == {"image": 6}
+    assert st["product_lines"] == {"hvac": 2, "printer": 2, "pump": 2} and st["media_files"] == 6
+    assert st["store"]["embedder_id"] == kb.embedder_id
+    # Store filters the pipeline uses return only matching cases, and the query image still ranks its case first.
+    q = embedder.embed([{"image": variant(scene(4))}])[0]
+    hits = kb.store.search_cases(q, limit_cases=6, filters={"product_line": "pump"}, exact=True)
+    assert [h.case_id for h in hits][0] == "case-04" and {h.case_id for h in hits} == {"case-01", "case-04"}
+
+
+def test_export_import_round_trip(kb: KnowledgeBase, tmp_path: Path, embedder) -> None:
+    kb.import_path(make_source(tmp_path / "src", 3))
+    kb.update("case-00", {"title": "Edited after import"})
+    zpath = kb.export(tmp_path / "out" / "backup.zip")
+    assert kb.import_path(zpath).skipped == 3  # restoring into the same KB is a no-op
+    other = open_kb("local" if kb.kind == "edge" else "edge", tmp_path / "restored", embedder)  # type: ignore[attr-defined]
+    try:
+        res = other.import_path(zpath)
+        assert res.added == 3 and res.media_embedded == 3
+        for cid in ("case-00", "case-01", "case-02"):
+            assert other.get(cid) == kb.get(cid)  # versions and timestamps preserved
+        a, b = kb_state(kb), kb_state(other)
+        assert a["files"] == b["files"] and set(a["points"]) == set(b["points"])
+        assert other.check().problems == 0
+    finally:
+        other.close()
+
+
+def test_reindex_blue_green(kb: KnowledgeBase, tmp_path: Path, embedder) -> None:
+    kb.import_path(make_source(tmp_path / "src", 3))
+    old_meta = kb.store.meta
+    res = kb.reindex(embedder, dim=64, embedder_id="tiny-mrl-64")
+    assert (res.cases, res.points, res.dim) == (3, 6, 64) and not res.skipped_media
+    assert kb.store.meta.embedder_id == "tiny-mrl-64" and kb.dim == 64 and kb.embedder_id == "tiny-mrl-64"
+    assert kb.count_cases() == 3 and kb.check().problems == 0
+    q = embedder.embed([{"image": variant(scene(1))}], dim=64)[0]
+    assert kb.store.search_cases(q, limit_cases=1, exact=True)[0].case_id == "case-01"
+    # New writes use the new store and vectors.
+    kb.add_case(case_dict(7), media=[("seven.png", jpeg_bytes(scene(7)))])
+    assert kb.store.retrieve([point_id("case-07")], with_vectors=True)[0].vector.shape == (64,)  # type: ignore[union-attr]
+    if kb.kind == "edge":  # type: ignore[attr-defined]
+        kb.close()
+        settings = Settings(data_dir=tmp_path / "data")
+        with pytest.raises(StoreMismatchError, match="reindex"):
+            open_store(embedder_id=old_meta.embedder_id, dim=old_meta.dim, data_dir=settings.data_dir)
+        reopened = open_store(embedder_id="tiny-mrl-64", dim=64, data_dir=settings.data_dir)
+        kb.store = reopened
+        assert kb.count_cases() == 4
+
+
+class _Renamed:
+    """The same model under another name: what a configuration change to another embedder looks like."""
+
+    def __init__(self, inner, name: str) -> None:
+        self._inner, self.name = inner, name
+
+    def __getattr__(self, item):
+        return getattr(self._inner, item)
+
+
+def test_model_mismatch_refused(kb: KnowledgeBase, tmp_path: Path, embedder) -> None:
+    kb.import_path(make_source(tmp_path / "src", 1))
+    other = _Renamed(embedder, "Qwen/Some-Other-Embedding")
+    if kb.kind == "edge":  # type: ignore[attr-defined]
+        kb.store.flush()
+        settings = Settings(data_dir=tmp_path / "data")
+        kb.close()
+        with pytest.raises(StoreMismatchError) as e:
+            KnowledgeBase.open(settings, other, options=OPTIONS)
+        kb.store = open_store(embedder_id=kb.embedder_id, dim=kb.dim, data_dir=settings.data_dir)
+    else:
+        with pytest.raises(StoreMismatchError) as e:
+            KnowledgeBase.open(kb.settings, other, store=kb.store, options=OPTIONS)
+    msg = str(e.value)
+    assert "Qwen/Some-Other-Embedding" in msg and kb.embedder_id in msg and "ragvqa kb reindex" in msg
+    # Maintenance mode opens it anyway and check() names the problem.
+    loose = KnowledgeBase.open(kb.settings, other, store=kb.store, options=OPTIONS, strict=False)
+    assert loose.check().meta_problem is not None
+
+
+def test_check_finds_and_repairs(kb: KnowledgeBase, tmp_path: Path, media_dir: Path) -> None:
+    kb.import_path(make_source(tmp_path / "src", 4))
+    c0, c1, c2, c3 = (kb.get(f"case-{i:02d}") for i in range(4))
+    assert c0 and c1 and c2 and c3
+    kb.store.delete_points([point_id("case-00")])  # orphan media point (as after a crash mid-import)
+    kb.store.delete_points([point_id("case-01", c1.media[0].id)])  # missing point
+    kb.media.delete(c2.media[0].path)  # missing file
+    kb.media.put_bytes(jpeg_bytes(scene(99)), name="stray.jpg")  # unreferenced file
+    p = kb.store.retrieve([point_id("case-03", c3.media[0].id)], with_vectors=True)[0]
+    kb.store.upsert([VectorPoint(id=p.id, vector=p.vector, payload={**p.payload, "embedder": "someone-else",
+                                                                      "tags": ["wrong"]})])
+    (kb.media.root / ".tmp").mkdir(exist_ok=True)
+    (kb.media.root / ".tmp" / "left.part").write_bytes(b"x")
+    rep = kb.check()
+    counts = {k: v for k, v in rep.counts().items() if v}
+    assert counts == {"orphan_points": 1, "missing_points": 1, "missing_files": 1, "unreferenced_files": 2,
+                      "embedder_mismatch": 1, "payload_mismatch": 1, "temp_files": 1}, rep.summary()
+    fixed = kb.check(fix=True)
+    assert fixed.fixed and kb.check().problems == 0
+    assert kb.store.count({"case_id": "case-01"}) == 2  # the missing point was re-embedded
+    c2b = kb.get("case-02")
+    assert c2b is not None and not c2b.media and c2b.version == 2  # the dangling media item was dropped
+    assert kb.store.retrieve([point_id("case-03", c3.media[0].id)])[0].payload["tags"] == c3.tags
+
+
+def test_cli_commands(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``ragvqa kb`` end to end with ``--models tiny`` (the session checkpoint copied where the factory looks)."""
+    from knowledge_base.cli import kb_app
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_model_dir, data / "models" / "tiny")
+    src = make_source(tmp_path / "src", 3)
+    run = CliRunner().invoke
+    common = ["--data-dir", str(data), "--models", "tiny"]
+
+    r = run(kb_app, ["import", str(src), "--json", *common])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["added"] == 3
+    r = run(kb_app, ["list", "--json", "--product-line", "pump", *common])
+    assert r.exit_code == 0 and [c["id"] for c in json.loads(r.stdout)["cases"]] == ["case-01"]
+    r = run(kb_app, ["show", "case-01", *common])
+    assert r.exit_code == 0 and "Fault number 1" in r.stdout
+    scene(8).save(tmp_path / "eight.png")
+    r = run(kb_app, ["add", "--title", "Pump noise", "--product-line", "pump", "--symptom", "Loud grinding noise at start",
+                     "--step", "Check bearing", "--tag", "noise", "--media", str(tmp_path / "eight.png"), *common])
+    assert r.exit_code == 0 and "added" in r.stdout, r.output
+    r = run(kb_app, ["update", "case-02", "--set", "tags=a|b", "--set", "title=New title", "--json", *common])
+    assert r.exit_code == 0 and json.loads(r.stdout)["status"] == "updated", r.output
+    r = run(kb_app, ["stats", "--json", *common])
+    assert json.loads(r.stdout)["cases"] == 4
+    r = run(kb_app, ["export", str(tmp_path / "b.zip"), *common])
+    assert r.exit_code == 0 and (tmp_path / "b.zip").is_file()
+    r = run(kb_app, ["delete", "case-00", "--yes", *common])
+    assert r.exit_code == 0
+    r = run(kb_app, ["check", "--json", *common])
+    assert r.exit_code == 0 and json.loads(r.stdout)["problems"] == 0, r.output
+    r = run(kb_app, ["import", str(tmp_path / "missing.jsonl"), *common])
+    assert r.exit_code == 1 and "not found" in r.output
+    r = run(kb_app, ["show", "nope", *common])
+    assert r.exit_code == 1
