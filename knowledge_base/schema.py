@@ -11,7 +11,6 @@ limit and what to do.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from datetime import datetime, timezone
 from pathlib import PurePosixPath

@@ -162,10 +162,12 @@ def build_sample_kb(dest: Path | str, *, seed: int = 0, workers: int | None = No
     # ---- video clips
     hvac_rel = f"media/{HVAC_VIDEO_CASE}_blink.mp4"
     jobs.append(lambda: [(hvac_rel, _mp4(_hvac_blink_frames(_rng(seed, "kb", HVAC_VIDEO_CASE, "video")), VIDEO_FPS))])
-    media_rel[HVAC_VIDEO_CASE].append({"path": hvac_rel, "kind": "video", "caption": "Clip: RTU-48 board, red FAULT LED flashing 3 times then pausing (HP)"})
+    media_rel[HVAC_VIDEO_CASE].append(
+        {"path": hvac_rel, "kind": "video", "caption": "Clip: RTU-48 board, red FAULT LED flashing 3 times then pausing (HP)"})
     pump_rel = f"media/{PUMP_VIDEO_CASE}_gauges.mp4"
     jobs.append(lambda: [(pump_rel, _mp4(_pump_frames(_rng(seed, "kb", PUMP_VIDEO_CASE, "video"), phase=0.0), VIDEO_FPS))])
-    media_rel[PUMP_VIDEO_CASE].append({"path": pump_rel, "kind": "video", "caption": "Clip: CP-150 discharge needle fluctuating 3-5 bar, suction in vacuum"})
+    media_rel[PUMP_VIDEO_CASE].append(
+        {"path": pump_rel, "kind": "video", "caption": "Clip: CP-150 discharge needle fluctuating 3-5 bar, suction in vacuum"})
 
     # ---- cases.jsonl (validated through the schema so the catalog cannot drift from it)
     rows = []
@@ -188,7 +190,8 @@ def build_sample_kb(dest: Path | str, *, seed: int = 0, workers: int | None = No
 
     manifest = dict(sorted(w.hashes.items()))
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", "utf-8")
-    log.info("sample KB: %d cases, %d eval queries, %d files in %.1fs -> %s", len(CASES), len(queries), len(manifest), time.perf_counter() - t0, root)
+    log.info("sample KB: %d cases, %d eval queries, %d files in %.1fs -> %s",
+             len(CASES), len(queries), len(manifest), time.perf_counter() - t0, root)
     return SampleKB(
         root=root,
         cases_jsonl=root / "cases.jsonl",
@@ -258,7 +261,8 @@ def _pdf(pages: list[Image.Image]) -> bytes:
 # ============================================================================================ video
 
 
-def _hvac_blink_frames(rng: random.Random, size: tuple[int, int] = (384, 272), fps: int = VIDEO_FPS, seconds: float = 2.6) -> list[Image.Image]:
+def _hvac_blink_frames(rng: random.Random, size: tuple[int, int] = (384, 272), fps: int = VIDEO_FPS,
+                       seconds: float = 2.6) -> list[Image.Image]:
     """RTU-48 board with the FAULT LED flashing 3 times, then a pause (flash code 3 = high pressure)."""
     spec = CASE_BY_ID[HVAC_VIDEO_CASE].images[0].params
     scene_seed = rng.getrandbits(32)  # same incidental details in both renderings: only the LED changes
@@ -274,7 +278,8 @@ def _hvac_blink_frames(rng: random.Random, size: tuple[int, int] = (384, 272), f
     return frames
 
 
-def _pump_frames(rng: random.Random, phase: float, size: tuple[int, int] = (384, 240), fps: int = VIDEO_FPS, seconds: float = 2.5) -> list[Image.Image]:
+def _pump_frames(rng: random.Random, phase: float, size: tuple[int, int] = (384, 240), fps: int = VIDEO_FPS,
+                 seconds: float = 2.5) -> list[Image.Image]:
     """CP-150 gauges: discharge needle swinging 3-5 bar, suction flickering around -0.6 bar (cavitation)."""
     p = CASE_BY_ID[PUMP_VIDEO_CASE].images[0].params
     n = int(seconds * fps)
@@ -329,7 +334,9 @@ def _mp4(frames: list[Image.Image], fps: int) -> bytes:
     import av
 
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    opts = {"preset": "veryfast", "crf": "28", "threads": "1", "g": str(fps * 2), "x264-params": "asm=0"} if codec == "libx264" else {"threads": "1"}
+    opts = {"threads": "1"}
+    if codec == "libx264":
+        opts.update({"preset": "veryfast", "crf": "28", "g": str(fps * 2), "x264-params": "asm=0"})
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as c:
         s = c.add_stream(codec, rate=fps, options=opts)
@@ -358,13 +365,6 @@ def _relevant(case: Spec) -> dict[str, int]:
 def _reference(case: Spec) -> str:
     steps = " ".join(f"{i}) {s}" for i, s in enumerate(case.solution, 1))
     return f"This matches case {case.id}: {case.title}. Cause: {case.cause} Fix: {steps}"
-
-
-def _query_image_job(rel_stem: str, scene: str, params: dict[str, Any], recipe: str, rng_parts: tuple) -> tuple[list[tuple[str, bytes]], str, str]:
-    rng = _rng(*rng_parts)
-    img = render(scene, params, rng)
-    data, ext, how = augment.apply(recipe, img, rng)
-    return [(rel_stem + ext, data)], ext, how
 
 
 def _eval_queries(jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -> list[dict[str, Any]]:
@@ -438,7 +438,8 @@ def _eval_queries(jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -
             return [(rel, _mp4(frames, VIDEO_FPS))]
 
         jobs.append(hvac_job)
-        add("video", text=question, video=rel, relevant=_relevant(hv), case=hv, variant=f"re-rendered, phase-shifted; {augment.CLIP_DESCRIPTION}")
+        add("video", text=question, video=rel, relevant=_relevant(hv), case=hv,
+            variant=f"re-rendered, phase-shifted; {augment.CLIP_DESCRIPTION}")
     pc = CASE_BY_ID[PUMP_VIDEO_CASE]
     rel = f"eval_media/{next_id()}.mp4"
 

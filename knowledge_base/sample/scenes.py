@@ -24,7 +24,6 @@ from knowledge_base.sample.draw import (
     curved_arrow,
     dot_lcd,
     error_icon,
-    font,
     gauge,
     gradient,
     info_icon,
