@@ -1,0 +1,269 @@
+"""The served Gradio app end to end through its API: gradio_client and raw HTTP, tiny models, real Edge store + KB.
+
+Thresholds make both answer paths deterministic with random weights: reranked queries never abstain (threshold
+0), retrieval-only queries (Rerank unticked) always do (threshold above any cosine).
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from ui_helpers import ADMIN, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
+
+pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
+    s = serve_app(tmp_path_factory.mktemp("ui-api"), embedder, reranker, generator)
+    yield s
+    stop_app(s)
+
+
+@pytest.fixture()
+def client(app: Served) -> Client:
+    return Client(app.url, verbose=False, download_files=False)
+
+
+def photo_of(app: Served, case_id: str, tmp_path: Path) -> str:
+    """The case's picture resized and JPEG re-encoded, as a user's phone photo would arrive."""
+    img = Image.open(app.images[case_id]).resize((240, 180))
+    p = tmp_path / f"photo-{case_id}.jpg"
+    img.save(p, quality=75)
+    return str(p)
+
+
+def chat(client: Client, text: str, files: list[str] = (), *, rerank: bool = True, line: str = "", model: str = "",
+         page: int = 1) -> tuple[list[tuple], tuple]:
+    """Submit one message; returns (every streamed update, final outputs)."""
+    job = client.submit({"text": text, "files": [handle_file(f) for f in files]}, [], line, model, rerank, page, None,
+                        api_name="/chat")
+    updates = list(job)
+    return updates, job.result()
+
+
+def text_of(msg: dict) -> str:
+    c = msg["content"]
+    return " ".join(x.get("text", "") for x in c) if isinstance(c, list) else str(c)
+
+
+def test_image_question_streams_answer_and_sources(app: Served, client: Client, tmp_path: Path) -> None:
+    updates, out = chat(client, "What is wrong and how do I fix it?", [photo_of(app, "prn-e13", tmp_path)])
+    history, _msg, gallery, detail, banner, timings, _crop, _fb = out
+    assert len(updates) >= 3, "expected intermediate streamed updates before the final answer"
+    roles = [m["role"] for m in history]
+    assert roles[-1] == "assistant" and "user" in roles
+    answer = text_of(history[-1])
+    assert "Cited cases" in answer or "Cases used" in answer
+    assert any(isinstance(m["content"], list) and any(x.get("type") == "file" for x in m["content"]) for m in history)
+    captions = [g["caption"] for g in gallery]
+    assert len(gallery) == len(app.services.kb.list_cases().cases)
+    assert any("[prn-e13]" in c for c in captions)
+    assert all(g["image"] for g in gallery), "every source has a thumbnail"
+    assert "| search |" in timings and "| embed |" in timings and "generate" in timings
+    assert banner.get("visible") is False
+
+
+def test_abstention_is_shown_distinctly(app: Served, client: Client) -> None:
+    _, out = chat(client, "The coffee machine grinds loudly", rerank=False)
+    history, _msg, gallery, _detail, banner, _timings, _crop, _fb = out
+    assert banner["visible"] is True
+    assert "No similar case found — possibly related:" in banner["value"]
+    assert text_of(history[-1]).startswith("No similar case was found")
+    assert "Cited cases" not in text_of(history[-1])
+    assert gallery, "possibly related cases are still shown with thumbnails"
+
+
+def test_filters_restrict_sources_and_unmatched_filter_abstains(app: Served, client: Client) -> None:
+    _, out = chat(client, "unit trips", line="hvac")
+    assert [g["caption"] for g in out[2]] and all("[hvac-f3]" in g["caption"] for g in out[2])
+    _, out = chat(client, "unit trips", line="hvac", model="LP-500")
+    assert out[4]["visible"] is True and "No case matches the current filters" in out[4]["value"]
+
+
+def test_multi_turn_reuses_media_and_history(app: Served, client: Client, tmp_path: Path) -> None:
+    _, first = chat(client, "What is this fault?", [photo_of(app, "pump-seal", tmp_path)])
+    _, second = chat(client, "And how long does the repair take?")
+    history, timings = second[0], second[5]
+    assert "reuses the media of the earlier message" in timings
+    assert "follow-up: 1 earlier turn" in timings
+    assert [m["role"] for m in history].count("assistant") == 1  # the chatbot input was [] in this API call
+    # a fresh client is a fresh conversation
+    fresh = Client(app.url, verbose=False, download_files=False)
+    _, third = chat(fresh, "And how long does the repair take?")
+    assert "reuses the media" not in third[5] and "follow-up" not in third[5]
+
+
+def test_feedback_is_recorded_with_query_answer_and_scores(app: Served, client: Client, tmp_path: Path) -> None:
+    status, _ = client.predict("", api_name="/feedback_up")
+    assert "Ask a question first" in status
+    _, out = chat(client, "printer shows E13", [photo_of(app, "prn-e13", tmp_path)])
+    status, comment = client.predict("spot on", api_name="/feedback_down")
+    assert "recorded" in status and comment == ""
+    rec = app.services.feedback.latest(limit=1)[0]
+    assert rec["rating"] == -1 and rec["comment"] == "spot on" and rec["question"] == "printer shows E13"
+    assert rec["answer"] and rec["cases"] and {"case_id", "score", "retrieval_score", "rerank_score"} <= set(rec["cases"][0])
+    assert rec["media"] == ["photo-prn-e13.jpg"]
+
+
+def test_bad_uploads_get_a_clear_message(app: Served, client: Client, tmp_path: Path) -> None:
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 50)
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a photo")
+    pdf = tmp_path / "manual.pdf"
+    _one_page_pdf(pdf)
+    for path, expected in ((corrupt, "cannot be used as an image"), (text, "not a supported file"),
+                           (pdf, "has 1 page; page 3 does not exist")):
+        _, out = chat(client, "what is this?", [str(path)], page=3)
+        reply = text_of(out[0][-1])
+        assert expected in reply, reply
+        assert "Traceback" not in reply and str(tmp_path) not in reply
+
+
+def test_pdf_page_becomes_the_query_image(app: Served, client: Client, tmp_path: Path) -> None:
+    pdf = tmp_path / "manual.pdf"
+    _one_page_pdf(pdf)
+    _, out = chat(client, "what does this page say?", [str(pdf)])
+    assert "PDF 'manual.pdf': page 1 of 1" in out[5]
+    assert "Cited cases" in text_of(out[0][-1]) or "Cases used" in text_of(out[0][-1])
+
+
+def _one_page_pdf(path: Path) -> None:
+    img = Image.new("RGB", (300, 400), "white")
+    img.save(path, "PDF")
+
+
+# -- admin: refused without a login, over every channel -----------------------------------------------------------
+def test_admin_endpoints_are_not_listed(app: Served, client: Client) -> None:
+    api = client.view_api(print_info=False, return_format="dict")
+    names = set(api["named_endpoints"]) | set(api.get("unnamed_endpoints", {}))
+    assert "/admin_login" in names
+    assert not any(n.startswith(("/list_cases", "/save_case", "/delete_case", "/bulk_import", "/reindex", "/feedback",
+                                 "/stats", "/check", "/duplicates")) and n not in ("/feedback_up", "/feedback_down")
+                   for n in names), names
+
+
+def test_admin_refused_without_login_gradio_client(app: Served, client: Client) -> None:
+    idx = fn_index_for(client.config, "admin-list-btn")
+    with pytest.raises(ValueError, match="Invalid function index"):  # the stock client will not even try
+        client.predict("", "", fn_index=idx)
+    # A client patched to call the hidden endpoint anyway is refused by the server...
+    client.endpoints[idx].is_valid = True
+    with pytest.raises(Exception, match="Admin login required"):
+        client.predict("", "", fn_index=idx)
+    # ...also after a failed login...
+    client.predict("admin", "wrong", api_name="/admin_login")
+    with pytest.raises(Exception, match="Admin login required"):
+        client.predict("", "", fn_index=idx)
+    # ...and served once this client's session has logged in.
+    client.predict(*ADMIN, api_name="/admin_login")
+    rows, msg = client.predict("E13", "", fn_index=idx)
+    assert [r[0] for r in rows["data"]] == ["prn-e13"] and "1 case" in msg
+
+
+def test_admin_refused_without_login_plain_http(app: Served) -> None:
+    cfg = httpx.get(f"{app.url}/config", timeout=10).json()
+    for elem, data in (("admin-list-btn", [None, "", ""]), ("admin-del-btn", [None, "prn-e13", True]),
+                       ("stats-btn", [None]), ("fb-refresh", [None, "all"])):
+        idx = fn_index_for(cfg, elem)
+        msg = raw_call(app.url, idx, data, trigger_id=component_id(cfg, elem))
+        assert msg.get("success") is False, msg
+        assert "Admin login required" in str(msg.get("output", {}).get("error")), msg
+    assert app.services.kb.get("prn-e13") is not None, "the unauthorised delete must not have run"
+    # Gradio still routes a "private" endpoint by its derived name over the REST API: only the check refuses it.
+    r = httpx.post(f"{app.url}/gradio_api/call/list_cases", json={"data": [None, "", ""]}, timeout=10)
+    if r.status_code == 200:
+        events = httpx.get(f"{app.url}/gradio_api/call/list_cases/{r.json()['event_id']}", timeout=30).text
+        assert "event: error" in events and "event: complete" not in events, events
+        assert "pump-seal" not in events and "prn-e13" not in events
+    else:
+        assert r.status_code in (403, 404, 405, 422)
+
+
+def test_admin_works_after_login_same_session_only(app: Served) -> None:
+    cfg = httpx.get(f"{app.url}/config", timeout=10).json()
+    login, list_idx = fn_index_for(cfg, "admin-login-btn"), fn_index_for(cfg, "admin-list-btn")
+    session = uuid.uuid4().hex[:11]
+    bad = raw_call(app.url, login, [ADMIN[0], "nope"], session_hash=session, trigger_id=component_id(cfg, "admin-login-btn"))
+    assert "Wrong user name or password" in str(bad["output"]["data"])
+    assert raw_call(app.url, list_idx, [None, "", ""], session_hash=session)["success"] is False
+    ok = raw_call(app.url, login, list(ADMIN), session_hash=session, trigger_id=component_id(cfg, "admin-login-btn"))
+    assert ok["success"] is True and "Logged in" in str(ok["output"]["data"])
+    listed = raw_call(app.url, list_idx, [None, "seal", ""], session_hash=session)
+    assert listed["success"] is True, listed
+    rows = listed["output"]["data"][0]["data"]
+    assert [r[0] for r in rows] == ["pump-seal"]
+    # another session (another browser/client) is still refused
+    assert raw_call(app.url, list_idx, [None, "", ""], session_hash=uuid.uuid4().hex[:11])["success"] is False
+    # the token never leaves the server: the login response carries no secret
+    assert "." not in "".join(str(x) for x in ok["output"]["data"] if isinstance(x, str) and len(x) > 40)
+
+
+def test_admin_stats_and_feedback_review_with_login(app: Served) -> None:
+    cfg = httpx.get(f"{app.url}/config", timeout=10).json()
+    session = uuid.uuid4().hex[:11]
+    raw_call(app.url, fn_index_for(cfg, "admin-login-btn"), list(ADMIN), session_hash=session)
+    stats = raw_call(app.url, fn_index_for(cfg, "stats-btn"), [None], session_hash=session)
+    assert stats["success"] and stats["output"]["data"][0]["cases"] >= len(app.images)
+    fb = raw_call(app.url, fn_index_for(cfg, "fb-refresh"), [None, "all"], session_hash=session)
+    assert fb["success"] and "vote(s)" in fb["output"]["data"][1]
+
+
+def test_admin_disabled_without_configured_credentials() -> None:
+    from ui.auth import AdminAuth, AuthError
+
+    auth = AdminAuth(None)
+    with pytest.raises(AuthError, match="disabled"):
+        auth.login("admin", "")
+    assert auth.verify("anything.sig") is None
+
+
+def test_login_brake_and_token_checks() -> None:
+    from ui.auth import AdminAuth, AuthError
+
+    auth = AdminAuth(("a", "b"), max_failures=2, lockout_seconds=60, session_seconds=60)
+    token = auth.login("a", "b")
+    assert auth.verify(token) == "a"
+    assert auth.verify(token[:-2] + "xx") is None  # tampered signature
+    assert AdminAuth(("a", "b")).verify(token) is None  # another process/secret
+    for _ in range(2):
+        with pytest.raises(AuthError, match="Wrong"):
+            auth.login("a", "x")
+    with pytest.raises(AuthError, match="Too many"):
+        auth.login("a", "b")
+    auth.logout(token)
+    assert auth.verify(token) is None
+
+
+def test_credentials_from_env_or_secret_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ui.settings import AdminCredentials
+
+    monkeypatch.delenv("RAGVQA_ADMIN_PASSWORD", raising=False)
+    monkeypatch.setenv("RAGVQA_ADMIN_USER", "ops")
+    assert AdminCredentials().resolved() is None
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    monkeypatch.setenv("RAGVQA_ADMIN_PASSWORD_FILE", str(secret))
+    assert AdminCredentials().resolved() == ("ops", "from-file")
+    monkeypatch.setenv("RAGVQA_ADMIN_PASSWORD", "from-env")
+    assert AdminCredentials().resolved() == ("ops", "from-env")
+
+
+def test_rendering_is_inert() -> None:
+    from rag.pipeline import CaseCandidate
+    from ui.render import case_detail_html, inert_md
+
+    md = inert_md('<script>x()</script> ![p](http://e/x.png) [a](javascript:alert(1)) [case-1]')
+    assert "<" not in md and "](" not in md and "&#91;case-1&#93;" in md
+    c = CaseCandidate(case_id="c1", title="<img src=x onerror=alert(1)>", retrieval_score=0.5,
+                      case={"symptom": "<script>alert(2)</script>", "solution": ["<b>x</b>"], "tags": ['"><svg onload=1>']})
+    html_ = case_detail_html(c)
+    assert "<img" not in html_ and "<script" not in html_ and "<svg" not in html_ and "&lt;img" in html_

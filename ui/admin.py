@@ -1,0 +1,327 @@
+"""The admin tab: case editing, bulk import, duplicates, maintenance and feedback review — login required.
+
+Every handler here is registered through :meth:`AdminTab.on`, which wraps it with :func:`ui.auth.admin_only`
+(server-side token check) and hides it from the API docs. Nothing admin-only is rendered into the page at build
+time: tables are filled by authorised calls only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gradio as gr
+
+from ui.auth import AuthError, admin_only
+from ui.render import esc, plain
+from ui.services import Services
+
+logger = logging.getLogger(__name__)
+
+LIST_LIMIT = 200
+CASE_HEADERS = ["id", "title", "product line", "model", "media", "updated"]
+FEEDBACK_HEADERS = ["#", "time (UTC)", "rating", "question", "answer", "cited", "top cases", "comment"]
+DUP_HEADERS = ["kind", "case", "media", "duplicate of case", "its media", "score"]
+
+
+def _lines(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").splitlines() if x.strip()]
+
+
+def _csv(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").replace("\n", ",").split(",") if x.strip()]
+
+
+class AdminTab:
+    """Builds the admin components; owns their (authorised) handlers."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.auth = services.auth
+        self.guard = admin_only(services.auth)
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+    @property
+    def kb(self) -> Any:
+        if self.s.kb is None:
+            raise gr.Error(self.s.kb_error or "The knowledge-base admin module is not available on this server.")
+        return self.s.kb
+
+    def on(self, trigger: Callable[..., Any], fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any],
+           **kwargs: Any) -> Any:
+        """Register an admin handler: token state first in the inputs, checked server-side on every call."""
+        kwargs.setdefault("api_visibility", "private")
+        return trigger(self.guard(fn), [self.token, *inputs], list(outputs), **kwargs)
+
+    # -- login -------------------------------------------------------------------------------------------------
+    def login(self, user: str, password: str) -> tuple[Any, ...]:
+        try:
+            token = self.auth.login(user, password)
+        except AuthError as e:
+            return (None, gr.update(visible=True), gr.update(visible=False), f"⛔ {esc(e)}", "", "")
+        return (token, gr.update(visible=False), gr.update(visible=True), "", f"Logged in as **{esc(user)}**.", "")
+
+    def logout(self, token: str | None) -> tuple[Any, ...]:
+        self.auth.logout(token)
+        return (None, gr.update(visible=True), gr.update(visible=False), "Logged out.", "", "")
+
+    # -- cases -------------------------------------------------------------------------------------------------
+    def list_cases(self, token: str, text: str, product_line: str) -> tuple[list[list[Any]], str]:
+        filters = {"product_line": product_line.strip()} if (product_line or "").strip() else None
+        page = self.kb.list_cases(filters=filters, text=(text or "").strip() or None, limit=LIST_LIMIT)
+        rows = [[plain(c.id, 64), plain(c.title, 120), plain(c.product_line, 60), plain(c.equipment_model, 60),
+                 len(c.media), c.updated_at.strftime("%Y-%m-%d %H:%M")] for c in page.cases]
+        more = f" (showing the first {len(rows)})" if page.total > len(rows) else ""
+        return rows, f"{page.total} case(s){more}."
+
+    def load_case(self, token: str, case_id: str) -> tuple[Any, ...]:
+        case_id = (case_id or "").strip()
+        case = self.kb.get(case_id) if case_id else None
+        if case is None:
+            raise gr.Error(f"No case with id {plain(case_id, 64)!r}.")
+        c = case.model_dump(mode="json")
+        media = c.get("media") or []
+        return (c.get("id", case_id), c.get("title", ""), c.get("product_line", ""), c.get("equipment_model", ""),
+                c.get("symptom", ""), c.get("cause", ""), "\n".join(c.get("solution") or []),
+                ", ".join(c.get("error_codes") or []), ", ".join(c.get("tags") or []), c.get("severity") or "",
+                c.get("source", ""), f"Loaded **{esc(case_id)}** (version {esc(c.get('version', 1))}, {len(media)} media). "
+                "Saving keeps its media and adds the files attached below.")
+
+    def save_case(self, token: str, case_id: str, title: str, product_line: str, equipment_model: str, symptom: str,
+                  cause: str, solution: str, error_codes: str, tags: str, severity: str, source: str,
+                  files: list[str] | None, progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
+        """Add a case, or update it when the id exists (its stored media are kept; attached files are added)."""
+        from knowledge_base.admin import CaseNotFoundError, CaseRejectedError
+        from knowledge_base.schema import CaseInput
+        from pydantic import ValidationError
+
+        data = {"title": title, "product_line": product_line, "equipment_model": equipment_model or "",
+                "symptom": symptom, "cause": cause or "", "solution": _lines(solution), "error_codes": _csv(error_codes),
+                "tags": _csv(tags), "severity": severity or None, "source": source or ""}
+        cid = (case_id or "").strip() or None
+        try:
+            ci = CaseInput(id=cid, **data)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'case'}: {err['msg']}" for err in e.errors())
+            raise gr.Error(f"The case is not valid — {problems}") from None
+        paths = [str(f) for f in (files or [])]
+        progress(0.1, desc="storing media and embedding the case")
+        t0 = time.perf_counter()
+        try:
+            if cid is not None and self.kb.get(ci.resolved_id()) is not None:
+                report, verb = self.kb.update(ci, add_media=paths), "Updated"
+            else:
+                report, verb = self.kb.add_case(ci, media=paths), "Added"
+        except CaseRejectedError as e:
+            raise gr.Error(f"Case refused, nothing was written: {plain(e.report.reason, 600)}") from None
+        except CaseNotFoundError as e:
+            raise gr.Error(str(e)) from None
+        self.s.invalidate_choices()
+        new_id = report.case_id or ci.resolved_id()
+        if report.status == "skipped":
+            return new_id, f"No change: case **{esc(new_id)}** is already stored like this."
+        notes = [*report.warnings, *(d.describe() for d in report.duplicates)]
+        extra = ("\n\n" + "\n".join(f"- {esc(w)}" for w in notes)) if notes else ""
+        return new_id, (f"✅ {verb} case **{esc(new_id)}** ({report.media_embedded} media embedded) in "
+                        f"{time.perf_counter() - t0:.1f} s.{extra}")
+
+    def delete_case(self, token: str, case_id: str, confirm: bool) -> str:
+        case_id = (case_id or "").strip()
+        if not case_id:
+            raise gr.Error("Enter the id of the case to delete.")
+        if not confirm:
+            raise gr.Error("Tick 'confirm delete' first.")
+        ok = self.kb.delete(case_id)
+        self.s.invalidate_choices()
+        if not ok:
+            return f"No case **{esc(case_id)}**."
+        return f"🗑️ Deleted case **{esc(case_id)}**."
+
+    # -- bulk import -------------------------------------------------------------------------------------------
+    def bulk_import(self, token: str, path: str | None, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
+        from knowledge_base.archive import IngestInputError
+
+        if not path:
+            raise gr.Error("Choose a .zip, .jsonl or .csv file first.")
+        progress(0, desc="reading the file")
+
+        def cb(done: int, total: int) -> None:
+            progress((done, total), desc="importing cases", unit="cases")
+
+        try:
+            result = self.kb.import_path(Path(path), progress=cb)
+        except (IngestInputError, ValueError) as e:
+            raise gr.Error(f"Import refused, nothing was written: {plain(e, 600)}") from None
+        self.s.invalidate_choices()
+        data = result.to_dict()
+        return self._import_summary(data), data
+
+    @staticmethod
+    def _import_summary(data: Any) -> str:
+        if not isinstance(data, dict):
+            return f"Import finished: {esc(data)}"
+        keys = [k for k in ("added", "updated", "skipped", "rejected", "duplicates", "media_embedded", "elapsed_s")
+                if k in data]
+        parts = []
+        for k in keys:
+            v = data[k]
+            parts.append(f"**{k}**: {len(v) if isinstance(v, (list, dict)) else esc(v)}")
+        lines = ["### Import summary", " · ".join(parts) if parts else ""]
+        errors = data.get("errors") or []
+        if errors:
+            lines.append("**Rejected records:**")
+            lines += [f"- {esc(plain(x, 400))}" for x in errors[:50]]
+            if len(errors) > 50:
+                lines.append(f"- … and {len(errors) - 50} more (see the report below)")
+        return "\n".join(lines)
+
+    # -- duplicates, maintenance, feedback -----------------------------------------------------------------------
+    def duplicates(self, token: str, threshold: float) -> tuple[list[list[Any]], str]:
+        rows = []
+        for d in (x.to_dict() for x in self.kb.near_duplicates(threshold=float(threshold))):
+            rows.append([d.get("kind", ""), plain(d.get("case_id"), 64), plain(d.get("media"), 64),
+                         plain(d.get("other_case_id"), 64), plain(d.get("other_media_id"), 64),
+                         round(float(d.get("score", 0.0)), 4)])
+        return rows, f"{len(rows)} pair(s) at cosine ≥ {threshold:.2f}."
+
+    def stats(self, token: str) -> Any:
+        return {**self.kb.stats(), "feedback": self.s.feedback.summary()}
+
+    def check(self, token: str, fix: bool) -> tuple[str, Any]:
+        report = self.kb.check(fix=bool(fix))
+        if fix:
+            self._refresh_pipeline_store()
+        return esc(report.summary()), report.to_dict()
+
+    def reindex(self, token: str, confirm: bool, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
+        if not confirm:
+            raise gr.Error("Tick 'confirm reindex' first: it re-embeds every case.")
+        progress(0, desc="re-embedding all cases")
+        t0 = time.perf_counter()
+
+        result = self.kb.reindex(self.s.embedder, dim=self.s.settings.embed_dim)
+        self._refresh_pipeline_store()
+        return f"Reindexed {result.cases} case(s) in {time.perf_counter() - t0:.1f} s.", result.to_dict()
+
+    def _refresh_pipeline_store(self) -> None:
+        """A blue-green reindex may swap the live store object: point the pipeline at the KB's current one."""
+        store = getattr(self.s.kb, "store", None)
+        if store is not None and store is not self.s.store:
+            self.s.store = store
+            self.s.pipeline.retrieve_stage.store = store
+        self.s.invalidate_choices()
+
+    def feedback(self, token: str, which: str) -> tuple[list[list[Any]], str]:
+        rating = {"👍 only": 1, "👎 only": -1}.get(which)
+        rows = []
+        for r in self.s.feedback.latest(limit=300, rating=rating):
+            top = ", ".join(f"{c.get('case_id')} ({c.get('score')})" for c in (r.get("cases") or [])[:3])
+            rows.append([r["id"], time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["ts"])), "👍" if r["rating"] > 0 else "👎",
+                         plain(r["question"], 200), plain(r["answer"], 300), plain(", ".join(r["cited"]), 200),
+                         plain(top, 200), plain(r["comment"], 300)])
+        s = self.s.feedback.summary()
+        sat = f"{s['satisfaction']:.0%}" if s["satisfaction"] is not None else "–"
+        return rows, f"{s['total']} vote(s): {s['up']} 👍 / {s['down']} 👎 (satisfaction {sat}); {s['abstained']} on abstentions."
+
+    # -- layout ------------------------------------------------------------------------------------------------
+    def build(self) -> None:
+        self.token = gr.State(None)
+        with gr.Column(visible=True, elem_id="admin-login") as login_box:
+            gr.Markdown("### Admin login" + ("" if self.auth.enabled else
+                        "\n\n⚠️ Admin is disabled on this server: set `RAGVQA_ADMIN_USER` and `RAGVQA_ADMIN_PASSWORD` "
+                        "(or `RAGVQA_ADMIN_PASSWORD_FILE`)."))
+            user = gr.Textbox(label="User", elem_id="admin-user", max_length=200)
+            password = gr.Textbox(label="Password", type="password", elem_id="admin-password", max_length=500)
+            login_btn = gr.Button("Log in", variant="primary", elem_id="admin-login-btn")
+            login_msg = gr.Markdown(elem_id="admin-login-msg")
+        with gr.Column(visible=False, elem_id="admin-panel") as panel:
+            with gr.Row():
+                who = gr.Markdown(elem_id="admin-who")
+                logout_btn = gr.Button("Log out", size="sm", elem_id="admin-logout", scale=0)
+            with gr.Tabs():
+                with gr.Tab("Cases", elem_id="admin-cases"):
+                    with gr.Row():
+                        q = gr.Textbox(label="Search", placeholder="words in id, title, symptom…", elem_id="admin-search")
+                        q_line = gr.Textbox(label="Product line (exact)", elem_id="admin-search-line")
+                        list_btn = gr.Button("List / search", elem_id="admin-list-btn")
+                    table = gr.Dataframe(headers=CASE_HEADERS, datatype=["str"] * 5 + ["str"], interactive=False,
+                                         elem_id="admin-case-table", wrap=True, max_height=360)
+                    list_msg = gr.Markdown()
+                    with gr.Row():
+                        del_id = gr.Textbox(label="Case id", elem_id="admin-case-id")
+                        load_btn = gr.Button("Load into the form", elem_id="admin-load-btn")
+                        del_confirm = gr.Checkbox(label="confirm delete", elem_id="admin-del-confirm")
+                        del_btn = gr.Button("Delete case", variant="stop", elem_id="admin-del-btn")
+                    del_msg = gr.Markdown(elem_id="admin-del-msg")
+                with gr.Tab("Add / edit case", elem_id="admin-edit"):
+                    with gr.Row():
+                        f_id = gr.Textbox(label="Case id (empty: derived from model + title)", elem_id="case-id")
+                        f_title = gr.Textbox(label="Title *", elem_id="case-title")
+                    with gr.Row():
+                        f_line = gr.Textbox(label="Product line *", elem_id="case-line")
+                        f_model = gr.Textbox(label="Equipment model", elem_id="case-model")
+                        f_sev = gr.Dropdown(label="Severity", choices=["", "low", "medium", "high", "critical"], value="",
+                                            elem_id="case-severity")
+                    f_symptom = gr.Textbox(label="Symptom *", lines=3, elem_id="case-symptom")
+                    f_cause = gr.Textbox(label="Cause", lines=2, elem_id="case-cause")
+                    f_solution = gr.Textbox(label="Solution (one step per line)", lines=4, elem_id="case-solution")
+                    with gr.Row():
+                        f_codes = gr.Textbox(label="Error codes (comma-separated)", elem_id="case-codes")
+                        f_tags = gr.Textbox(label="Tags (comma-separated)", elem_id="case-tags")
+                        f_source = gr.Textbox(label="Source", elem_id="case-source")
+                    f_files = gr.File(label="Images, a video and PDFs", file_count="multiple",
+                                      file_types=["image", "video", ".pdf"], type="filepath", elem_id="case-files")
+                    save_btn = gr.Button("Save case", variant="primary", elem_id="case-save")
+                    save_msg = gr.Markdown(elem_id="case-save-msg")
+                with gr.Tab("Bulk import", elem_id="admin-import"):
+                    gr.Markdown("Upload a **.zip** (cases.jsonl or cases.csv + media), a **.jsonl** or a **.csv** file.")
+                    imp_file = gr.File(label="Import file", file_types=[".zip", ".jsonl", ".csv"], type="filepath",
+                                       elem_id="import-file")
+                    imp_btn = gr.Button("Import", variant="primary", elem_id="import-btn")
+                    imp_msg = gr.Markdown(elem_id="import-msg")
+                    imp_json = gr.JSON(label="Import report", elem_id="import-report")
+                with gr.Tab("Duplicates", elem_id="admin-dups"):
+                    dup_thr = gr.Slider(0.80, 1.0, value=0.95, step=0.01, label="Cosine threshold", elem_id="dup-thr")
+                    dup_btn = gr.Button("Find near-duplicate media", elem_id="dup-btn")
+                    dup_msg = gr.Markdown()
+                    dup_table = gr.Dataframe(headers=DUP_HEADERS, interactive=False, elem_id="dup-table")
+                with gr.Tab("Maintenance", elem_id="admin-maint"):
+                    with gr.Row():
+                        stats_btn = gr.Button("Stats", elem_id="stats-btn")
+                        check_btn = gr.Button("Consistency check", elem_id="check-btn")
+                        check_fix = gr.Checkbox(label="repair problems", elem_id="check-fix")
+                        rx_confirm = gr.Checkbox(label="confirm reindex", elem_id="reindex-confirm")
+                        rx_btn = gr.Button("Reindex", variant="stop", elem_id="reindex-btn")
+                    maint_msg = gr.Markdown(elem_id="maint-msg")
+                    maint_json = gr.JSON(label="Result", elem_id="maint-json")
+                with gr.Tab("Feedback", elem_id="admin-feedback"):
+                    with gr.Row():
+                        fb_which = gr.Radio(["all", "👍 only", "👎 only"], value="all", label="Show", elem_id="fb-which")
+                        fb_btn = gr.Button("Refresh", elem_id="fb-refresh")
+                    fb_msg = gr.Markdown(elem_id="fb-summary")
+                    fb_table = gr.Dataframe(headers=FEEDBACK_HEADERS, interactive=False, wrap=True, elem_id="fb-table",
+                                            max_height=420)
+
+        login_ev = dict(fn=self.login, inputs=[user, password], outputs=[self.token, login_box, panel, login_msg, who, password])
+        login_btn.click(**login_ev, api_name="admin_login", concurrency_limit=4)
+        password.submit(**login_ev, api_visibility="private", concurrency_limit=4)
+        logout_btn.click(self.logout, [self.token], [self.token, login_box, panel, login_msg, who, password],
+                         api_visibility="private")
+
+        form = [f_id, f_title, f_line, f_model, f_symptom, f_cause, f_solution, f_codes, f_tags, f_sev, f_source]
+        self.on(list_btn.click, self.list_cases, [q, q_line], [table, list_msg])
+        self.on(q.submit, self.list_cases, [q, q_line], [table, list_msg])
+        self.on(load_btn.click, self.load_case, [del_id], form + [save_msg])
+        self.on(del_btn.click, self.delete_case, [del_id, del_confirm], [del_msg])
+        self.on(save_btn.click, self.save_case, form[:9] + [f_sev, f_source, f_files], [f_id, save_msg],
+                concurrency_id="models", concurrency_limit=self.s.ui.concurrency_limit)
+        self.on(imp_btn.click, self.bulk_import, [imp_file], [imp_msg, imp_json],
+                concurrency_id="models", concurrency_limit=self.s.ui.concurrency_limit)
+        self.on(dup_btn.click, self.duplicates, [dup_thr], [dup_table, dup_msg])
+        self.on(stats_btn.click, self.stats, [], [maint_json])
+        self.on(check_btn.click, self.check, [check_fix], [maint_msg, maint_json])
+        self.on(rx_btn.click, self.reindex, [rx_confirm], [maint_msg, maint_json],
+                concurrency_id="models", concurrency_limit=self.s.ui.concurrency_limit)
+        self.on(fb_btn.click, self.feedback, [fb_which], [fb_table, fb_msg])

@@ -1,0 +1,312 @@
+"""The chat tab: photo/video/PDF + question in, streamed cited answer and source cases out.
+
+Conversation state lives in server-side ``gr.State``: the earlier turns (for the generator's history and the
+follow-up's carried cases) and the conversation's last media (a follow-up without a new photo is still retrieved
+with the photo it is about).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+
+from rag.pipeline import Answer, CaseCandidate, Query, QueryError, Turn
+from ui.media import QueryMedia, UploadError, display_name, editor_image, prepare_uploads, save_image
+from ui.render import (abstain_banner_html, caption, case_detail_html, citations_md, inert_md, plain, timings_md)
+from ui.services import Services
+
+logger = logging.getLogger(__name__)
+
+ANY = ""
+USER_ERRORS: tuple[type[BaseException], ...] = (UploadError, QueryError, ValueError)
+PLACEHOLDER_COLOUR = (225, 228, 232)
+_PATH_RE = re.compile(r"(?:/[^\s'\"/]+){2,}")
+
+
+class ChatTab:
+    """Builds the chat components and owns their handlers (bound to one :class:`Services`)."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self._placeholder: str | None = None
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def placeholder(self) -> str:
+        """A neutral thumbnail for cases without an image (the gallery needs a picture per item)."""
+        if self._placeholder is None or not Path(self._placeholder).exists():
+            from PIL import Image
+
+            p = self.s.upload_dir / "no-image.png"
+            if not p.exists():
+                Image.new("RGB", (160, 120), PLACEHOLDER_COLOUR).save(p)
+            self._placeholder = str(p)
+        return self._placeholder
+
+    def gallery(self, cases: list[CaseCandidate], cited: list[str] | None = None) -> list[tuple[str, str]]:
+        out = []
+        for c in cases:
+            img = c.thumbnail or (c.media_path if c.media_kind in ("image", "pdf_page") else None)
+            if not img or not Path(img).exists():
+                img = self.placeholder()
+            out.append((img, caption(c, cited or [])))
+        return out
+
+    def filters(self, product_line: str | None, equipment_model: str | None) -> dict[str, str]:
+        f: dict[str, str] = {}
+        if product_line:
+            f["product_line"] = product_line
+        if equipment_model:
+            f["equipment_model"] = equipment_model
+        return f
+
+    def filter_updates(self, product_line: str | None = None) -> tuple[dict, dict]:
+        lines, models = self.s.filter_choices()
+        line_choices = [("Any product line", ANY)] + [(plain(x, 80), x) for x in lines]
+        if product_line and product_line in models:
+            model_list = models[product_line]
+        else:
+            model_list = sorted({m for ms in models.values() for m in ms})
+        model_choices = [("Any model", ANY)] + [(plain(x, 80), x) for x in model_list]
+        return gr.update(choices=line_choices), gr.update(choices=model_choices, value=ANY)
+
+    # -- handlers -----------------------------------------------------------------------------------------------
+    def on_load(self) -> tuple[dict, dict]:
+        return self.filter_updates()
+
+    def on_line_change(self, product_line: str | None) -> dict:
+        return self.filter_updates(product_line)[1]
+
+    def respond(self, message: dict[str, Any] | str | None, history: list[dict[str, Any]] | None,
+                turns: list[dict[str, Any]] | None, media_state: dict[str, Any] | None, product_line: str | None,
+                equipment_model: str | None, rerank: bool, pdf_page: float | None, crop: Any) -> Iterator[tuple]:
+        """Stream one answer. Outputs: chatbot, textbox, gallery, sources, detail, banner, timings, turns, media,
+        last answer, crop editor, feedback status."""
+        history = list(history or [])
+        turns = list(turns or [])
+        media_state = dict(media_state or {})
+        if isinstance(message, str):
+            message = {"text": message, "files": []}
+        message = message or {}
+        text = (message.get("text") or "").strip()
+        files = list(message.get("files") or [])
+        keep = gr.skip()
+        t0 = time.perf_counter()
+
+        # 1. uploads -> query media (bad files become a chat message, never a traceback)
+        notes: list[str] = []
+        try:
+            page = int(pdf_page or 1)
+            media = prepare_uploads(files, pdf_page=max(1, page), out_dir=self.s.upload_dir,
+                                    budget=self.s.settings.vision, dpi=self.s.ui.pdf_dpi)
+            cropped = editor_image(crop)
+            if cropped is not None:
+                media.images = [save_image(cropped, self.s.upload_dir, "crop")]
+                media.notes.append("query image: the cropped region")
+        except UploadError as e:
+            history += self._user_message(text, [])
+            history.append({"role": "assistant", "content": "⚠️ " + inert_md(str(e))})
+            yield (history, None, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
+            return
+        ms_uploads = (time.perf_counter() - t0) * 1000
+        notes += media.notes
+        query_media = media
+        if media.empty and (media_state.get("images") or media_state.get("video")):
+            query_media = QueryMedia(images=list(media_state.get("images") or []), video=media_state.get("video"))
+            notes.append("no new attachment: retrieval reuses the media of the earlier message")
+        if not media.empty:
+            media_state = media.to_state()
+
+        shown = media.images + ([media.video] if media.video else [])
+        history += self._user_message(text, shown)
+        if not text and query_media.empty:
+            history.append({"role": "assistant", "content": "Please attach a photo, video or PDF page, or type a question."})
+            yield (history, None, keep, keep, keep, keep, keep, turns, media_state, keep, None, "")
+            return
+        if turns:
+            notes.append(f"follow-up: {len(turns)} earlier turn(s) in the conversation")
+
+        history.append({"role": "assistant", "content": "_Searching similar cases…_"})
+        yield (history, None, keep, keep, keep, gr.update(visible=False), keep, turns, media_state, keep, None, "")
+
+        # 2. pipeline
+        query = Query(text=text, images=query_media.images, video=query_media.video,
+                      filters=self.filters(product_line, equipment_model),
+                      history=[Turn(**t) for t in turns], rerank=bool(rerank))
+        answer: Answer | None = None
+        cases: list[CaseCandidate] = []
+        chunks: list[str] = []
+        try:
+            for ev in self.s.pipeline.stream(query):
+                if ev.type == "sources":
+                    cases = ev.cases
+                    banner = gr.update(value=abstain_banner_html(cases, ""), visible=True) if ev.abstained else gr.update(visible=False)
+                    history[-1] = {"role": "assistant", "content": "_Writing the answer…_" if not ev.abstained else ""}
+                    yield (history, keep, self.gallery(cases), [c.model_dump() for c in cases], case_detail_html(None),
+                           banner, keep, turns, media_state, keep, keep, "")
+                elif ev.type == "token":
+                    chunks.append(ev.text)
+                    history[-1] = {"role": "assistant", "content": inert_md("".join(chunks))}
+                    yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, keep)
+                elif ev.type == "done":
+                    answer = ev.answer
+        except USER_ERRORS as e:
+            logger.info("query refused: %s", e)
+            history[-1] = {"role": "assistant", "content": "⚠️ " + inert_md(_user_text(e))}
+            yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
+            return
+        except Exception:
+            ref = uuid.uuid4().hex[:8]
+            logger.exception("chat request failed (ref %s)", ref)
+            history[-1] = {"role": "assistant", "content": f"⚠️ Something went wrong on the server (reference {ref}). "
+                           "Please try again; if it persists, tell the administrator this reference."}
+            yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
+            return
+        assert answer is not None
+        # 3. final message, state, timings
+        body = inert_md(answer.text) if answer.text else "_(empty answer)_"
+        if not answer.abstained:
+            body += citations_md(answer)
+        history[-1] = {"role": "assistant", "content": body}
+        turns.append(Turn(question=text or "(photo)", answer=answer.text,
+                      case_ids=answer.cited or [c.case_id for c in answer.cases[:3]]).model_dump())
+        reason = answer.decision.reason if answer.decision else ""
+        banner = gr.update(value=abstain_banner_html(answer.cases, reason), visible=True) if answer.abstained else gr.update(visible=False)
+        last = {"question": text, "answer": answer.text, "cited": answer.cited, "abstained": answer.abstained,
+                "cases": [{"case_id": c.case_id, "score": round(c.score, 4), "retrieval_score": round(c.retrieval_score, 4),
+                           "rerank_score": None if c.rerank_score is None else round(c.rerank_score, 4)} for c in answer.cases],
+                "media": [display_name(p) for p in query_media.images] + ([display_name(query_media.video)] if query_media.video else []),
+                "filters": query.filters, "media_reused": media.empty and not query_media.empty,
+                "history_turns": len(query.history)}
+        timings = timings_md(answer.trace, {"uploads": ms_uploads}, notes)
+        yield (history, keep, self.gallery(answer.cases, answer.cited), [c.model_dump() for c in answer.cases],
+               case_detail_html(None), banner, timings, turns, media_state, last, keep, "")
+
+    @staticmethod
+    def _user_message(text: str, media_paths: list[str]) -> list[dict[str, Any]]:
+        msgs: list[dict[str, Any]] = [{"role": "user", "content": {"path": p}} for p in media_paths]
+        if text:
+            msgs.append({"role": "user", "content": inert_md(text)})
+        return msgs
+
+    def on_select(self, sources: list[dict[str, Any]] | None, evt: gr.SelectData) -> tuple[str, list[tuple[str, str]]]:
+        """Open the full case of the clicked thumbnail (text escaped; its media in a second gallery)."""
+        sources = sources or []
+        idx = evt.index if isinstance(evt.index, int) else (evt.index[0] if evt.index else 0)
+        if not 0 <= idx < len(sources):
+            return case_detail_html(None), []
+        c = CaseCandidate.model_validate(sources[idx])
+        return case_detail_html(c), self.case_media(c)
+
+    def case_media(self, c: CaseCandidate) -> list[tuple[str, str]]:
+        from rag.pipeline.stages import resolve_media
+
+        out = []
+        for m in (c.case or {}).get("media", [])[:12]:
+            thumb = resolve_media(self.s.media_root, m.get("thumbnail") or (m.get("path") if m.get("kind") != "video" else None))
+            if thumb and Path(thumb).exists():
+                label = m.get("kind", "")
+                if m.get("page"):
+                    label += f" p.{m['page']}"
+                if m.get("caption"):
+                    label += " — " + plain(m["caption"], 80)
+                out.append((thumb, label))
+        return out
+
+    def on_feedback(self, rating: int, comment: str | None, last: dict[str, Any] | None) -> tuple[str, str]:
+        if not last:
+            return "Ask a question first, then rate the answer.", comment or ""
+        fid = self.s.feedback.record(rating=rating, question=last.get("question", ""), answer=last.get("answer", ""),
+                                     cited=list(last.get("cited") or []), cases=list(last.get("cases") or []),
+                                     abstained=bool(last.get("abstained")), comment=comment or "",
+                                     media=list(last.get("media") or []), filters=dict(last.get("filters") or {}))
+        return f"Thanks — feedback #{fid} recorded ({'helpful' if rating > 0 else 'not helpful'}).", ""
+
+    @staticmethod
+    def on_clear() -> tuple:
+        return ([], None, [], [], case_detail_html(None), gr.update(visible=False), timings_md(None), [], {}, None,
+                None, "", [])
+
+    def use_last_photo(self, media_state: dict[str, Any] | None) -> Any:
+        imgs = (media_state or {}).get("images") or []
+        if not imgs:
+            gr.Warning("No photo in this conversation yet: attach one, or upload it here.")
+            return gr.skip()
+        return imgs[-1]
+
+    # -- layout -------------------------------------------------------------------------------------------------
+    def build(self) -> None:
+        s = self.s
+        turns = gr.State([])
+        media_state = gr.State({})
+        sources = gr.State([])
+        last = gr.State(None)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                banner = gr.HTML(visible=False, elem_id="abstain-banner")
+                chatbot = gr.Chatbot(label="Diagnosis", elem_id="chatbot", height=520, sanitize_html=True,
+                                     render_markdown=True, allow_tags=False, latex_delimiters=[],
+                                     feedback_options=None, buttons=["copy"])
+                msg = gr.MultimodalTextbox(
+                    placeholder="Attach a photo, screenshot, short video or PDF and ask what is wrong…",
+                    file_types=["image", "video", ".pdf"], file_count="multiple", sources=["upload"],
+                    show_label=False, elem_id="chat-input", stop_btn=True, max_plain_text_length=4000)
+                with gr.Row():
+                    # Choices are refreshed on page load; custom values are accepted because API clients never
+                    # load the page and the KB may gain lines after start (values are only exact-match filters).
+                    line_upd, model_upd = self.filter_updates()
+                    product_line = gr.Dropdown(label="Product line", choices=line_upd["choices"], value=ANY,
+                                               allow_custom_value=True, elem_id="filter-line", scale=2)
+                    equipment_model = gr.Dropdown(label="Equipment model", choices=model_upd["choices"], value=ANY,
+                                                  allow_custom_value=True, elem_id="filter-model", scale=2)
+                    pdf_page = gr.Number(label="PDF page", value=1, minimum=1, precision=0, elem_id="pdf-page",
+                                         scale=1, info="page used when a PDF is attached")
+                    rerank = gr.Checkbox(label="Rerank", value=bool(s.settings.rerank_enabled), elem_id="rerank", scale=1)
+                with gr.Accordion("Crop the photo to a region (optional)", open=False, elem_id="crop-panel"):
+                    gr.Markdown("Load the conversation's photo (or upload one), crop it, then send your question: "
+                                "the cropped region replaces the query image.")
+                    # brush/eraser stay enabled: in Gradio 6.31 disabling either hides the whole toolbar (crop too);
+                    # a brush mark is harmless (and can point at the fault).
+                    crop = gr.ImageEditor(label="Crop (Image tool → crop icon, drag the corners, Confirm crop)",
+                                          type="pil", sources=["upload", "clipboard"], transforms=("crop",),
+                                          layers=False, elem_id="crop-editor", height=380)
+                    use_last = gr.Button("Load the last photo of this conversation", elem_id="crop-load", size="sm")
+                with gr.Row(elem_id="feedback-row"):
+                    up = gr.Button("✓ Helpful", elem_id="fb-up", size="sm")
+                    down = gr.Button("✗ Not helpful", elem_id="fb-down", size="sm")
+                    comment = gr.Textbox(placeholder="Optional comment on the answer", show_label=False,
+                                         elem_id="fb-comment", scale=3, max_length=2000)
+                    clear = gr.Button("New conversation", elem_id="clear-btn", size="sm")
+                fb_status = gr.Markdown(elem_id="fb-status")
+                with gr.Accordion("Timings", open=False, elem_id="timings-panel"):
+                    timings = gr.Markdown(timings_md(None), elem_id="timings")
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(label="Sources (click to open the case)", elem_id="sources", columns=3,
+                                     height=300, allow_preview=False, object_fit="contain", interactive=False)
+                detail = gr.HTML(case_detail_html(None), elem_id="case-detail")
+                case_media = gr.Gallery(label="Case media", elem_id="case-media", columns=4, height=160,
+                                        allow_preview=True, interactive=False)
+
+        outs = [chatbot, msg, gallery, sources, detail, banner, timings, turns, media_state, last, crop, fb_status]
+        ins = [msg, chatbot, turns, media_state, product_line, equipment_model, rerank, pdf_page, crop]
+        ev = msg.submit(self.respond, ins, outs, api_name="chat", concurrency_limit=s.ui.concurrency_limit,
+                        concurrency_id="models", show_progress="hidden")
+        msg.stop(None, None, None, cancels=[ev], api_visibility="private")
+        gallery.select(self.on_select, [sources], [detail, case_media], api_name="open_case")
+        product_line.change(self.on_line_change, [product_line], [equipment_model], api_visibility="private")
+        up.click(lambda c, l: self.on_feedback(1, c, l), [comment, last], [fb_status, comment], api_name="feedback_up")
+        down.click(lambda c, l: self.on_feedback(-1, c, l), [comment, last], [fb_status, comment], api_name="feedback_down")
+        clear.click(self.on_clear, None, outs + [case_media], api_name="new_conversation")
+        use_last.click(self.use_last_photo, [media_state], [crop], api_visibility="private")
+        self.load_outputs = [product_line, equipment_model]
+
+
+def _user_text(e: BaseException) -> str:
+    """The message of a user-facing error without internal paths."""
+    msg = _PATH_RE.sub(lambda m: m.group(0).rsplit("/", 1)[-1], str(e))
+    return msg if len(msg) <= 500 else msg[:497] + "…"

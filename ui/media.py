@@ -1,0 +1,167 @@
+"""Turn chat uploads (image, video, PDF, cropped region) into query media, with clear errors for bad files.
+
+PDF uploads: the page chosen in the "PDF page" box (default 1) is rendered at ``pdf_dpi`` and used as a query
+image; asking for a page the document does not have is an error that says how many pages it has. One page only,
+on purpose: every query image costs hundreds of model tokens, and a support question is about one page.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+
+from rag.config import VisionBudget
+from rag.models.vision import VisionInputError, load_image
+from rag.validation import InputRejected, Limits, check_file
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["image", "video", "pdf"]
+
+
+class UploadError(ValueError):
+    """A file the chat cannot use; the message is shown to the user as is."""
+
+
+@dataclass
+class QueryMedia:
+    """Media of one chat message, as local file paths the pipeline can read."""
+
+    images: list[str] = field(default_factory=list)
+    video: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.images and self.video is None
+
+    def to_state(self) -> dict[str, Any]:
+        return {"images": list(self.images), "video": self.video}
+
+
+def display_name(path: str | Path) -> str:
+    """The base name only (never a server directory), trimmed for messages."""
+    name = Path(str(path)).name
+    return name if len(name) <= 60 else name[:57] + "…"
+
+
+def sniff(path: Path, budget: VisionBudget) -> Kind:
+    """Kind by content (the shared validation layer: magic bytes, never the name), with the size caps applied."""
+    try:
+        kind, _fmt = check_file(path, ("image", "video", "pdf"),
+                                Limits(max_file_bytes=budget.max_file_bytes, max_image_pixels=budget.max_image_pixels,
+                                       max_video_seconds=budget.max_video_seconds), where=f"'{display_name(path)}'")
+    except InputRejected as e:
+        if e.code == "wrong_type":
+            raise UploadError(f"'{display_name(path)}' is not a supported file. Attach a photo or screenshot "
+                              "(PNG, JPEG, WebP), a short video (MP4, WebM, MOV) or a PDF.") from None
+        raise UploadError(str(e)) from None
+    return kind  # type: ignore[return-value]
+
+
+def check_video(path: Path, budget: VisionBudget) -> None:
+    """Open the container and check there is a video stream of acceptable length (no full decode)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            streams = [s for s in c.streams if s.type == "video"]
+            if not streams:
+                raise UploadError(f"'{display_name(path)}' has no video stream.")
+            dur = float(c.duration / 1_000_000) if c.duration else None
+    except UploadError:
+        raise
+    except Exception as e:  # PyAV raises many types for broken files
+        raise UploadError(f"'{display_name(path)}' is not a readable video ({type(e).__name__}).") from e
+    if dur is not None and dur > budget.max_video_seconds:
+        raise UploadError(f"'{display_name(path)}' is {dur:.0f} s long; the limit is {budget.max_video_seconds:.0f} s. "
+                          "Trim it to the moment that shows the fault.")
+
+
+def render_pdf_page(path: Path, page: int, out_dir: Path, *, dpi: int = 150, max_pixels: int = 12_000_000) -> tuple[str, int]:
+    """Render one 1-based page to PNG under ``out_dir``; returns (png path, page count)."""
+    import pypdfium2 as pdfium
+
+    name = display_name(path)
+    try:
+        pdf = pdfium.PdfDocument(str(path))
+    except Exception as e:  # PdfiumError: encrypted, corrupt...
+        raise UploadError(f"'{name}' is not a readable PDF ({e}).") from e
+    try:
+        n = len(pdf)
+        if n == 0:
+            raise UploadError(f"'{name}' has no pages.")
+        if not 1 <= page <= n:
+            raise UploadError(f"'{name}' has {n} page{'s' if n != 1 else ''}; page {page} does not exist. "
+                              f"Set 'PDF page' to a number from 1 to {n}.")
+        pg = pdf[page - 1]
+        w_pt, h_pt = pg.get_size()
+        scale = dpi / 72
+        if w_pt * h_pt * scale * scale > max_pixels:  # huge pages (posters, drawings): cap the bitmap
+            scale = (max_pixels / (w_pt * h_pt)) ** 0.5
+        img = pg.render(scale=scale).to_pil().convert("RGB")
+    finally:
+        pdf.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"pdf-{uuid.uuid4().hex}-p{page}.png"
+    img.save(out)
+    return str(out), n
+
+
+def save_image(img: Image.Image, out_dir: Path, prefix: str = "crop") -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{prefix}-{uuid.uuid4().hex}.png"
+    img.convert("RGB").save(out)
+    return str(out)
+
+
+def editor_image(value: Any) -> Image.Image | None:
+    """The cropped/edited result of a ``gr.ImageEditor`` value (its composite), or None when it is empty."""
+    if value is None:
+        return None
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):
+        comp = value.get("composite")
+        if comp is None:
+            comp = value.get("background")
+        if isinstance(comp, Image.Image):
+            return comp
+        if isinstance(comp, (str, Path)) and Path(comp).exists():
+            return Image.open(comp)
+    return None
+
+
+def prepare_uploads(files: list[Any], *, pdf_page: int, out_dir: Path, budget: VisionBudget, dpi: int = 150) -> QueryMedia:
+    """Validate and convert the files of one message. Raises :class:`UploadError` with a user-facing message."""
+    media = QueryMedia()
+    for f in files or []:
+        raw = f.get("path") if isinstance(f, dict) else f
+        if not raw:
+            continue
+        path = Path(str(raw))
+        name = display_name(path)
+        if not path.is_file():
+            raise UploadError(f"'{name}' did not arrive; please attach it again.")
+        kind = sniff(path, budget)
+        if kind == "image":
+            try:
+                load_image(path, budget)
+            except VisionInputError as e:
+                raise UploadError(f"'{name}' cannot be used as an image: {str(e).replace(str(path), name)}") from e
+            media.images.append(str(path))
+        elif kind == "pdf":
+            png, n = render_pdf_page(path, pdf_page, out_dir, dpi=dpi)
+            media.images.append(png)
+            media.notes.append(f"PDF '{name}': page {pdf_page} of {n}")
+        elif kind == "video":
+            if media.video is not None:
+                raise UploadError("Attach at most one video per message.")
+            check_video(path, budget)
+            media.video = str(path)
+    return media

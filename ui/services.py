@@ -1,0 +1,206 @@
+"""Everything the app and the CLI need at run time, built once: models, store, knowledge base, pipeline, feedback, auth.
+
+``build_app`` takes a :class:`Services` instead of building it, so tests (tiny checkpoint, tmp store) and the
+server (real models, data_dir) share one app definition.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rag.config import Settings
+from rag.pipeline import RagPipeline
+from ui.auth import AdminAuth
+from ui.feedback import FeedbackLog
+from ui.settings import AdminCredentials, UISettings
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["real", "tiny"]
+
+
+@dataclass
+class Services:
+    """Shared, long-lived objects of one app process (one Edge store: Edge allows one process per store)."""
+
+    settings: Settings
+    ui: UISettings
+    pipeline: RagPipeline
+    store: Any
+    embedder: Any
+    feedback: FeedbackLog
+    auth: AdminAuth
+    kb: Any | None = None
+    models: ModelKind = "real"
+    kb_error: str | None = None
+    _choices: tuple[float, list[str], dict[str, list[str]]] | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.settings.data_dir)
+
+    @property
+    def media_root(self) -> Path:
+        return self.data_dir / "media"
+
+    @property
+    def upload_dir(self) -> Path:
+        """Derived query images (rendered PDF pages, crops): served back to the chat, so kept apart from data."""
+        d = self.data_dir / "uploads"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # -- filter pickers -------------------------------------------------------------------------------------------
+    def filter_choices(self, max_age_s: float = 60.0) -> tuple[list[str], dict[str, list[str]]]:
+        """(product lines, line -> equipment models) from the store's case points, cached for ``max_age_s``."""
+        with self._lock:
+            if self._choices is not None and time.monotonic() - self._choices[0] < max_age_s:
+                return self._choices[1], self._choices[2]
+        by_line: dict[str, set[str]] = {}
+        try:
+            for p in self.store.scroll(filters={"kind": "text"}, batch_size=1024,
+                                       payload_keys=["product_line", "equipment_model"]):
+                line = p.payload.get("product_line")
+                if isinstance(line, str) and line:
+                    models = by_line.setdefault(line, set())
+                    model = p.payload.get("equipment_model")
+                    if isinstance(model, str) and model:
+                        models.add(model)
+        except Exception:  # a broken store must not break page load; the chat reports store errors itself
+            logger.exception("could not read filter values from the store")
+        lines = sorted(by_line)
+        models = {k: sorted(v) for k, v in by_line.items()}
+        with self._lock:
+            self._choices = (time.monotonic(), lines, models)
+        return lines, models
+
+    def invalidate_choices(self) -> None:
+        with self._lock:
+            self._choices = None
+
+    def close(self) -> None:
+        for obj in (self.kb, self.store):
+            close = getattr(obj, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    logger.exception("error while closing %s", type(obj).__name__)
+
+
+def tiny_checkpoint(data_dir: Path) -> Path:
+    """The tiny random checkpoint for smoke runs, built once under ``data_dir/models/tiny``."""
+    from rag.models.tiny import make_checkpoint
+
+    path = data_dir / "models" / "tiny"
+    if not (path / "config.json").exists():
+        logger.info("building the tiny random checkpoint in %s (answers will be meaningless)", path)
+        make_checkpoint(path, size="tiny")
+    return path
+
+
+def load_models(settings: Settings, which: ModelKind = "real", need: tuple[str, ...] = ("embedder", "reranker", "generator")) -> dict[str, Any]:
+    """Embedder/reranker/generator, via ``rag.models.factory`` when present (one loading policy for all tools)."""
+    try:
+        from rag.models.factory import load_models as factory_load  # type: ignore[import-not-found]
+    except ImportError:
+        factory_load = None
+    if factory_load is not None:
+        loaded = factory_load(settings, which=which, need=need)
+        return loaded if isinstance(loaded, dict) else {k: getattr(loaded, k, None) for k in need}
+    from rag.models.embedder import Embedder
+    from rag.models.generator import Generator
+    from rag.models.reranker import Reranker
+
+    classes = {"embedder": Embedder, "reranker": Reranker, "generator": Generator}
+    out: dict[str, Any] = {}
+    for role in need:
+        if which == "tiny":
+            path: Any = tiny_checkpoint(Path(settings.data_dir))
+            kw: dict[str, Any] = {"device": "cpu", "dtype": "float32"}
+        else:
+            path = getattr(settings, f"{role}_model")
+            kw = {"device": settings.device, "dtype": settings.dtype, "attn_implementation": settings.attn_implementation}
+        out[role] = classes[role].from_pretrained(path, budget=settings.vision, **kw)
+    return out
+
+
+def embedder_id(embedder: Any, which: ModelKind) -> str:
+    """What the store's vectors are comparable with (the store refuses to mix embedders)."""
+    name = getattr(embedder, "name", "") or "embedder"
+    return "tiny-random" if which == "tiny" else str(name)
+
+
+def open_knowledge_base(settings: Settings, embedder: Any, store: Any | None) -> tuple[Any | None, str | None]:
+    """The ``KnowledgeBase`` facade (admin operations) if the module is installed; (None, why) otherwise."""
+    try:
+        from knowledge_base.admin import KnowledgeBase  # type: ignore[import-not-found]
+    except ImportError as e:
+        try:
+            from knowledge_base import KnowledgeBase  # type: ignore[attr-defined,no-redef]
+        except ImportError:
+            logger.warning("knowledge-base admin is unavailable: %s", e)
+            return None, f"knowledge_base admin module unavailable ({e})"
+    try:
+        return KnowledgeBase.open(settings, embedder, store=store), None
+    except TypeError:
+        return KnowledgeBase.open(settings, embedder), None
+
+
+def build_services(settings: Settings, *, models: ModelKind = "real", ui: UISettings | None = None,
+                   credentials: tuple[str, str] | None | Literal["env"] = "env", load_sample: bool = True,
+                   loaded: dict[str, Any] | None = None) -> Services:
+    """Load models, open the store/KB under ``settings.data_dir``, load the sample KB into an empty store."""
+    from rag.store import open_store, store_kwargs_from_settings
+
+    ui = ui or UISettings()
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if models == "tiny":
+        settings = settings.model_copy(update={"device": "cpu", "dtype": "float32"})
+    m = loaded or load_models(settings, models)
+    embedder, reranker, generator = m["embedder"], m.get("reranker"), m["generator"]
+    dim = settings.embed_dim or embedder.dim
+    kb, kb_error = open_knowledge_base(settings, embedder, None)
+    store = getattr(kb, "store", None) if kb is not None else None
+    if store is None:
+        store = open_store(embedder_id=embedder_id(embedder, models), dim=dim, **store_kwargs_from_settings(settings))
+        if kb is None and kb_error is None:
+            kb, kb_error = open_knowledge_base(settings, embedder, store)
+    if load_sample and kb is not None and store.count() == 0:
+        load_sample_kb(kb, data_dir)
+    pipeline = RagPipeline.from_components(embedder=embedder, reranker=reranker, generator=generator, store=store,
+                                           settings=settings, media_root=data_dir / "media")
+    creds = AdminCredentials().resolved() if credentials == "env" else credentials
+    auth = AdminAuth(creds, session_seconds=ui.admin_session_minutes * 60, max_failures=ui.admin_max_failures,
+                     lockout_seconds=ui.admin_lockout_seconds)
+    if not auth.enabled and credentials == "env":
+        logger.warning("admin tab disabled: set RAGVQA_ADMIN_USER and RAGVQA_ADMIN_PASSWORD (or _FILE)")
+    return Services(settings=settings, ui=ui, pipeline=pipeline, store=store, embedder=embedder,
+                    feedback=FeedbackLog(data_dir / "feedback.sqlite3"), auth=auth, kb=kb, models=models,
+                    kb_error=kb_error)
+
+
+def load_sample_kb(kb: Any, data_dir: Path) -> None:
+    """First run: build the bundled sample KB and ingest it (the store was empty)."""
+    t0 = time.perf_counter()
+    sample_dir = data_dir / "sample"
+    try:
+        result = kb.ensure_sample(sample_dir)
+    except Exception:
+        logger.exception("could not load the sample knowledge base; the store stays empty")
+        return
+    summary = result.summary() if hasattr(result, "summary") else result
+    logger.info("sample knowledge base loaded into the empty store in %.1f s: %s", time.perf_counter() - t0, summary)
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    v = os.environ.get(name)
+    return default if v is None else v.strip().lower() in ("1", "true", "yes", "on")
