@@ -162,14 +162,19 @@ class ServerStore(VectorStore):
                 if meta is None:
                     raise StoreError(f"no Qdrant collection or alias {collection!r}; give a StoreMeta to create one")
                 store = cls._create_version(client, collection, meta, owns, create_opts, **opts)
-                with _engine("alias creation"):
-                    client.update_collection_aliases(
-                        change_aliases_operations=[
-                            qm.CreateAliasOperation(
-                                create_alias=qm.CreateAlias(collection_name=store.collection, alias_name=collection)
-                            )
-                        ]
-                    )
+                try:
+                    with _engine("alias creation"):
+                        client.update_collection_aliases(
+                            change_aliases_operations=[
+                                qm.CreateAliasOperation(
+                                    create_alias=qm.CreateAlias(collection_name=store.collection, alias_name=collection)
+                                )
+                            ]
+                        )
+                except BaseException:
+                    with contextlib.suppress(Exception):  # no orphan collection left behind
+                        client.delete_collection(store.collection)
+                    raise
                 log.info("created Qdrant collection %s as %s (%s, dim=%d)", store.collection, collection,
                          meta.embedder_id, meta.dim)
                 return store
@@ -421,7 +426,7 @@ class ServerStore(VectorStore):
         deadline = time.monotonic() + timeout_s
         while True:
             with _engine("get_collection"):
-                status = self.client.get_collection(self._name).status
+                status = self.client.get_collection(self.collection).status
             if status == qm.CollectionStatus.GREEN:
                 return
             if time.monotonic() > deadline:
