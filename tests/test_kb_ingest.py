@@ -276,3 +276,14 @@ def test_sample_kb_imports_cleanly(tmp_path: Path, embedder) -> None:
         assert kb.check().problems == 0
     finally:
         kb.close()
+
+
+def test_bench_ingest_smoke(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from eval.bench_ingest import run_ingest_bench, write_report
+
+    res = run_ingest_bench(tiny_model_dir, n_cases=3, images_per_case=1, image_size=(96, 72), repeats=1,
+                           work_dir=tmp_path / "work")
+    assert res["check_problems"] == 0 and res["reimport_unchanged"]["skipped"] == 3
+    assert res["ratio"] > 0 and res["cpu"]["ratio"] > 0
+    js, md = write_report(res, tmp_path / "out")
+    assert json.loads(js.read_text())["config"]["n_cases"] == 3 and "raw embedder" in md.read_text()
