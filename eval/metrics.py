@@ -109,9 +109,11 @@ def compare_runs(qrels: Any, runs: Sequence[Any], metrics: Sequence[str] = COMPA
         rows = {}
         for m in metrics:
             a, b = float(d[base]["scores"][m]), float(d[other]["scores"][m])
-            p = float(d[base]["comparisons"][other][m])
+            p: float | None = float(d[base]["comparisons"][other][m])
+            if p is not None and math.isnan(p):  # every query tied: the test is undefined, nothing to reject
+                p = None
             wtl = d[other]["win_tie_loss"][base][m]
-            rows[m] = {"baseline": a, "value": b, "delta": b - a, "p_value": p, "significant": bool(p < max_p),
+            rows[m] = {"baseline": a, "value": b, "delta": b - a, "p_value": p, "significant": bool(p is not None and p < max_p),
                        "win": int(wtl["W"]), "tie": int(wtl["T"]), "loss": int(wtl["L"])}
         out["against"][other] = rows
     return out

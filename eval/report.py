@@ -36,7 +36,9 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _p(p: float) -> str:
+def _p(p: float | None) -> str:
+    if p is None:
+        return "– (all tied)"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
@@ -67,7 +69,7 @@ def plot_recall_curves(curves: Mapping[str, Mapping[Any, float]], path: Path, ti
 
 
 def plot_latency(latency: Mapping[str, Mapping[str, float]], path: Path) -> Path:
-    stages = [s for s in latency if s != "total" and latency[s]["n"]]
+    stages = [s for s in latency if s != "total" and latency[s]["n"] and latency[s]["p95"] > 0]
     p50 = [latency[s]["p50"] for s in stages]
     p95 = [latency[s]["p95"] for s in stages]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
@@ -169,7 +171,8 @@ def run_markdown(summary: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
         lines += [TINY_NOTE, ""]
     lines += [f"- data: `{run.get('source', '')}` — {summary['n_queries']} queries ({summary['n_answerable']} with relevant cases, "
               f"{summary['n_abstain']} out-of-KB)",
-              f"- embedder: `{run.get('embedder', '')}`; resumed {run.get('resumed', 0)}, ran {run.get('ran', 0)}"]
+              f"- embedder: `{run.get('embedder_name', '')}` (fingerprint `{run.get('embedder', '')}`); "
+              f"queries resumed from earlier: {run.get('resumed', 0)}, run now: {run.get('ran', 0)}"]
     cache = run.get("cache")
     if cache:
         imp, qs = cache.get("import", {}), cache.get("queries", {})
@@ -271,9 +274,11 @@ def sweep_markdown(points: Sequence[Mapping[str, Any]], meta: Mapping[str, Any])
     if meta.get("models") == "tiny":
         lines += [TINY_NOTE, ""]
     lines += [f"- data: `{meta.get('source', '')}`, {meta.get('n_queries', '?')} queries with relevant cases; retrieval only (no rerank)",
-              f"- documents: {meta.get('n_points', '?')} vectors per store; sizes are on-disk store folders after optimisation, "
-              "and the bytes of the vectors that searches scan in RAM (float32: 4·d, int8: d per vector; int8 keeps the "
-              "float originals on disk for rescoring)", "",
+              f"- documents: {meta.get('n_points', '?')} vectors per store; sizes are the store folders on disk after "
+              "optimisation (allocated bytes) and the bytes of the vectors that searches scan in RAM (float32: 4·d, "
+              "int8: d per vector; int8 keeps the float originals on disk for rescoring). Collections below Qdrant's "
+              "indexing threshold (a few thousand vectors) are searched exactly and build no int8 copy, so there the "
+              "two rows differ only in the RAM estimate.", "",
               "| dim | vectors | " + " | ".join(metric_label(m) for m in COMPARE_METRICS) + " | on disk (MB) | search RAM (MB) |",
               "|---:|---|" + "---:|" * (len(COMPARE_METRICS) + 2)]
     for p in sorted(points, key=lambda p: (p["dim"], p["quantization"])):

@@ -140,7 +140,9 @@ def sample_eval_set(data_dir: Path) -> tuple[Any, EvalSet]:
     else:
         logger.info("using the sample knowledge base in %s", root)
     sample = build_sample_kb(root) if not (root / "manifest.json").is_file() else _sample_paths(root)
-    return sample, load_jsonl(sample.eval_jsonl)
+    es = load_jsonl(sample.eval_jsonl)
+    es.name = "sample"
+    return sample, es
 
 
 def _sample_paths(root: Path) -> Any:
@@ -179,14 +181,16 @@ def kb_store(kb: Any) -> Any:
 
 
 def dir_size(path: Path) -> int:
-    """Bytes of all files under ``path`` (index size on disk)."""
+    """Bytes allocated on disk under ``path`` (like ``du``): Qdrant preallocates sparse 32 MB mmap/WAL files, so
+    apparent sizes would say the same for every index."""
     total = 0
     for dirpath, _, files in os.walk(path):
         for f in files:
             try:
-                total += os.path.getsize(os.path.join(dirpath, f))
+                st = os.stat(os.path.join(dirpath, f))
             except OSError:
-                pass
+                continue
+            total += getattr(st, "st_blocks", 0) * 512 or st.st_size
     return total
 
 
@@ -426,6 +430,7 @@ class EvalRunner:
         summary["run"] = {
             "dir": str(self.run_dir), "store_dir": str(self.store_dir), "eval_set": es.name, "source": es.source, "resumed": len(done_ids & wanted),
             "ran": len(todo), "models": self.cfg.models, "embedder": self.embedder.model_id,
+            "embedder_name": str(getattr(self.embedder, "name", "")),
             "cache": {"import": self.import_stats, "queries": self.query_stats, "entries": len(self.cache)},
             "timings_s": {k: round(v, 3) for k, v in {**self.timings, "total_s": time.perf_counter() - t_start}.items()},
         }
