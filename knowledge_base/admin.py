@@ -446,7 +446,8 @@ class KnowledgeBase:
             if missing:
                 raise CaseRejectedError(ItemReport(where=f"update {case_id}", status="rejected", case_id=case_id,
                                                    reason=f"media file(s) not found: {', '.join(missing)}"))
-            changes = {**case.model_dump(include=set(UPDATABLE)), **dict(changes or {})}
+            # Only the fields the caller set: a form that does not edit links must not erase them.
+            changes = {**case.model_dump(include=set(UPDATABLE) & case.model_fields_set), **dict(changes or {})}
             add_media = [*extra, *add_media]
         else:
             case_id = case

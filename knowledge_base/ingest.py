@@ -292,6 +292,9 @@ class _Stager:
             w.reject(str(e))
         except OSError as e:
             w.reject(f"media could not be stored ({e})")
+        except Exception as e:  # noqa: BLE001 - one odd file must not abort a bulk import; the report names it
+            log.exception("%s: unexpected error while storing media", w.src.where)
+            w.reject(f"unexpected error while storing media ({type(e).__name__}: {e})")
 
     def _store_media(self, w: _Work) -> None:
         src = w.src
@@ -504,7 +507,7 @@ class _Run:
         self._embed(todo)
         todo = [w for w in todo if not w.failed]
         if self.finder is not None:
-            self._near_pass(work, [w for w in todo if w.src.dedup])
+            self._near_pass(todo, [w for w in todo if w.src.dedup])
         for w in todo:
             self._build_case(w)
         self._write([w for w in todo if not w.failed])
@@ -615,17 +618,16 @@ class _Run:
                 w.vectors[mid] = v
                 w.report.media_embedded += 1
 
-    def _near_pass(self, work: list[_Work], todo: list[_Work]) -> None:
+    def _near_pass(self, written: list[_Work], todo: list[_Work]) -> None:
+        """``written``: this chunk's cases about to be (re)written; ``todo``: those of them to check."""
         finder = self.finder
         assert finder is not None
-        finder.exclude = {w.case_id for w in work if not w.failed}
-        for w in work:  # kept media of this chunk's cases were there first
-            if w.failed:
-                continue
-            if w.unchanged and w.existing is not None and w.existing.case is not None:
-                continue  # their points are in the store and the index
+        # Their points in the store are old or orphaned: compare with what they will hold instead. Their kept media
+        # were there first; new media are added as they are accepted, in input order.
+        finder.exclude = {w.case_id for w in written}
+        for w in written:
             for m in w.items:
-                if m.kind in NEAR_DUP_KINDS and m.id not in w.new_ids and m.id in w.vectors:
+                if m.kind in NEAR_DUP_KINDS and m.id in w.vectors and (m.id not in w.new_ids or not w.src.dedup):
                     finder.add_pending(w.case_id, m.id, w.vectors[m.id])
         for w in todo:
             for m in list(w.items):

@@ -61,6 +61,11 @@ def test_add_update_delete_round_trip(kb: KnowledgeBase, tmp_path: Path, media_d
     assert kb.update(ci, base_dir=tmp_path).media_embedded == 1
     assert kb.get("case-01").title == "Renamed" and len(kb.get("case-01").media) == 3  # type: ignore[union-attr]
 
+    # A form save that does not touch links keeps them (case-02 was linked to case-01 as a duplicate).
+    ci2 = CaseInput.model_validate({**{k: v for k, v in case_dict(2).items() if k != "media"}, "title": "Retitled"})
+    kb.update(ci2)
+    assert [lk.case_id for lk in kb.get("case-02").links] == ["case-01"]  # type: ignore[union-attr]
+
     with pytest.raises(CaseNotFoundError):
         kb.update("nope", {"title": "x"})
     with pytest.raises(ValueError, match="cannot update"):

@@ -217,15 +217,18 @@ def test_exact_and_near_duplicates(kb: KnowledgeBase, tmp_path: Path) -> None:
     write_jsonl(d / "first.jsonl", [case_dict(1, ["orig.png"])])
     assert kb.import_path(d / "first.jsonl").added == 1
     write_jsonl(d / "second.jsonl", [
+        case_dict(1, ["orig.png"]),  # unchanged (skipped), in the same chunk as its duplicates
         case_dict(2, ["orig.png", "own.png"]),  # exact duplicate of case-01's file + its own image
         case_dict(3, ["reshot.jpg"]),  # near duplicate of case-01's image
         case_dict(4, ["twin.png"]),
-        case_dict(5, ["twin.png"]),  # exact duplicate of case-04 in the same chunk
+        case_dict(5, ["twin.png"]),  # exact duplicate of case-04 (next chunk: found through the store)
+        case_dict(6, ["twin.png"]),  # ... and in the same chunk as case-05
     ])
     res = kb.import_path(d / "second.jsonl")
-    assert res.added == 4
+    assert res.added == 5 and res.skipped == 1
     dups = {(x.case_id, x.kind, x.other_case_id) for x in res.duplicates}
-    assert dups == {("case-02", "exact", "case-01"), ("case-03", "near", "case-01"), ("case-05", "exact", "case-04")}
+    assert dups == {("case-02", "exact", "case-01"), ("case-03", "near", "case-01"), ("case-05", "exact", "case-04"),
+                    ("case-06", "exact", "case-04")}
     near = next(x for x in res.duplicates if x.kind == "near")
     assert near.score >= NEAR_DUP and near.media == "reshot.jpg"
     c2, c3 = kb.get("case-02"), kb.get("case-03")
