@@ -298,3 +298,31 @@ def test_mrl_sweep_cuts_cached_vectors(rag_run, small_models, data_dir: Path, mo
     assert all(0 <= v <= 1 for p in res["points"] for v in p["metrics"].values()) and small["index_bytes"] > 0
     assert load_sweep(out)["dims"] == [64, emb.dim]
     assert (out / "mrl_sweep.png").read_bytes()[:4] == b"\x89PNG" and "| 64 | float32 |" in (out / "sweep.md").read_text()
+
+
+def test_beir_corpus_run_through_the_pipeline(small_models, data_dir: Path, tmp_path: Path) -> None:
+    """A benchmark corpus is indexed into its own store and scored like the KB: text docs and image-only pages."""
+    from PIL import Image
+
+    emb, rr, _ = small_models
+    (tmp_path / "pages").mkdir()
+    rows = []
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        Image.new("RGB", (64, 48), colour).save(tmp_path / "pages" / f"p{i}.png")
+        rows.append({"_id": f"page{i}", "image": f"pages/p{i}.png"})
+    rows += [{"_id": f"doc{i}", "title": t, "text": t * 3} for i, t in enumerate(["pump seal leak. ", "fuser error. "] * 5)]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "queries.jsonl").write_text('{"_id": "a", "text": "pump leaking"}\n{"_id": "b", "image": "pages/p1.png"}\n')
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\na\tdoc0\t1\nb\tpage1\t1\n")
+    cfg = RunConfig(mode="rerank", data=tmp_path, models="tiny", top_k=10, progress=False)
+    runner = EvalRunner(cfg, _settings(data_dir), embedder=emb, reranker=rr, run_dir=tmp_path / "run")
+    try:
+        out = runner.run()
+    finally:
+        runner.close()
+    recs = {r["id"]: r for r in out.records}
+    assert not out.summary["errors"] and len(recs["a"]["retrieval"]) == 10 and len(recs["b"]["rerank"]) == 10
+    assert recs["b"]["retrieval"][0][0] == "page1"  # the query image is that page: cosine 1
+    assert {d for d, _ in recs["a"]["retrieval"]} <= {r["_id"] for r in rows}
+    assert out.summary["metrics"]["retrieval"]["hit_rate@1"] >= 0.5  # query b at least
