@@ -62,7 +62,9 @@ def run_cmd(
     quantization: bool = typer.Option(False, help="int8 scalar quantization in the eval store."),
     instruction: Optional[str] = typer.Option(None, help="Query instruction (default: the app's; a generic one for benchmarks)."),
     max_new_tokens: int = typer.Option(256, min=1, help="Answer length cap in rag mode."),
+    rerank: bool = typer.Option(True, help="rag mode: --no-rerank answers from the retrieval top-n (answer-side ablation)."),
     judge: bool = typer.Option(False, help="Also grade answers 1-5 against the reference with the generator (slow)."),
+    stat_test: str = typer.Option("student", help="Rerank ablation test: student (paired t-test) | fisher."),
     restart: bool = typer.Option(False, help="Discard earlier results in the run folder."),
     fresh_store: bool = typer.Option(False, help="Rebuild the eval store (cached embeddings are reused)."),
     progress: bool = typer.Option(True, help="Progress bars."),
@@ -75,18 +77,23 @@ def run_cmd(
         _fail(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if models not in ("real", "tiny"):
         _fail(f"models must be real or tiny, got {models!r}")
+    if stat_test not in ("student", "fisher"):
+        _fail(f"stat-test must be student or fisher, got {stat_test!r}")
     settings = _settings(data_dir)
     try:
         cfg = RunConfig(mode=mode, data=data, data_format=fmt, cases=cases, split=split, language=language, limit=limit,
                         models=models, top_k=top_k, top_n=top_n, embed_dim=embed_dim, quantization=quantization,
-                        instruction=instruction, max_new_tokens=max_new_tokens, judge=judge, progress=progress)
+                        instruction=instruction, max_new_tokens=max_new_tokens, rerank=rerank, judge=judge,
+                        progress=progress)
     except ValueError as e:
         _fail(str(e))
     name = (data.stem if data is not None and data.is_file() else data.name) if data is not None else "sample"
-    run_dir = out or Path(settings.data_dir) / "eval" / "runs" / f"{mode}-{name}-{models}"
-    m = load_models(settings, models, _NEEDS[mode])
+    tag = f"{mode}{'' if rerank or mode != 'rag' else '-norerank'}"
+    run_dir = out or Path(settings.data_dir) / "eval" / "runs" / f"{tag}-{name}-{models}"
+    need = tuple(r for r in _NEEDS[mode] if rerank or r != "reranker")
+    m = load_models(settings, models, need)
     runner = EvalRunner(cfg, settings, embedder=m["embedder"], reranker=m.get("reranker"), generator=m.get("generator"),
-                        run_dir=run_dir, restart=restart, fresh_store=fresh_store)
+                        run_dir=run_dir, restart=restart, fresh_store=fresh_store, stat_test=stat_test)
     try:
         result = runner.run()
     except EvalError as e:

@@ -261,7 +261,7 @@ def write_run_report(summary: dict[str, Any], records: Sequence[Mapping[str, Any
 def compare_markdown(cmp: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
     lines = ["# Run comparison", "", *comparison_table(cmp)]
     if extra:
-        lines += ["| other measure | A | B | Δ |", "|---|---:|---:|---:|"]
+        lines += ["| other measure (whole runs, no test) | A | B | Δ |", "|---|---:|---:|---:|"]
         for name, (a, b) in extra.items():
             d = (b - a) if a is not None and b is not None else None
             lines.append(f"| {name} | {_fmt(a)} | {_fmt(b)} | {('%+.3f' % d) if d is not None else '–'} |")

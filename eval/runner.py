@@ -66,6 +66,8 @@ class RunConfig(BaseModel):
     quantization: bool = False
     instruction: str | None = None
     max_new_tokens: int = 256
+    #: rag mode only: answer from the retrieval top-n without reranking (ablation of the answer side).
+    rerank: bool = True
     judge: bool = False
     progress: bool = True
 
@@ -201,7 +203,7 @@ class EvalRunner:
     def __init__(self, cfg: RunConfig, settings: Settings, *, embedder: Any, reranker: Any | None = None,
                  generator: Any | None = None, run_dir: Path, cache: EmbeddingCache | None = None,
                  restart: bool = False, fresh_store: bool = False, optimize_store: bool = False,
-                 write_report: bool = True) -> None:
+                 write_report: bool = True, stat_test: str = "student", max_p: float = 0.05) -> None:
         if cfg.mode in ("rerank",) and reranker is None:
             raise EvalError("mode 'rerank' needs a reranker")
         if cfg.mode == "rag" and generator is None:
@@ -214,6 +216,7 @@ class EvalRunner:
         self.reranker, self.generator = reranker, generator
         self.restart, self.fresh_store = restart, fresh_store
         self.optimize_store, self.write_report = optimize_store, write_report
+        self.stat_test, self.max_p = stat_test, max_p
         self.store: Any = None
         self.kb: Any = None
         self.pipeline: RagPipeline | None = None
@@ -264,8 +267,12 @@ class EvalRunner:
             "data_dir": self.store_dir, "qdrant_url": None, "embed_dim": self.cfg.embed_dim,
             "store_quantization": self.cfg.quantization, "retrieve_top_k": self.cfg.top_k,
             "rerank_top_n": self.cfg.top_n, "max_new_tokens": self.cfg.max_new_tokens,
-            "rerank_enabled": self.cfg.mode != "retrieval",
+            "rerank_enabled": self.uses_rerank,
         })
+
+    @property
+    def uses_rerank(self) -> bool:
+        return self.cfg.mode == "rerank" or (self.cfg.mode == "rag" and self.cfg.rerank and self.reranker is not None)
 
     def open_store(self) -> Any:
         """Import the KB (or index the corpus) into the run's store; cheap on reruns (importer skips, cache hits)."""
@@ -302,7 +309,7 @@ class EvalRunner:
 
     def build_pipeline(self) -> RagPipeline:
         s = self.kb_settings()
-        p = RagPipeline.from_components(embedder=self.embedder, reranker=self.reranker if self.cfg.mode != "retrieval" else None,
+        p = RagPipeline.from_components(embedder=self.embedder, reranker=self.reranker if self.uses_rerank else None,
                                         generator=self.generator, store=self.store, settings=s, media_root=self.media_root)
         instruction = self.cfg.instruction or (GENERIC_INSTRUCTION if self.eval_set and self.eval_set.corpus is not None else None)
         p.retrieve_stage = RecordingRetrieve.like(p.retrieve_stage, instruction)
@@ -338,7 +345,7 @@ class EvalRunner:
         p = self.pipeline
         assert p is not None
         cfg = self.cfg
-        q = item.to_query(rerank=cfg.mode != "retrieval")
+        q = item.to_query(rerank=self.uses_rerank)
         rstage: RecordingRetrieve = p.retrieve_stage  # type: ignore[assignment]
         kstage: RecordingRerank | None = p.rerank_stage  # type: ignore[assignment]
         rstage.last = []
@@ -395,12 +402,13 @@ class EvalRunner:
         if answer.abstained:
             kfr = 0.0 if q.key_facts else None
             rec = 0.0 if rec is not None else None
-        judge = None
+        judge, reply = None, None
         if self.cfg.judge and not answer.abstained and q.reference_answer and self.generator is not None:
             reply = self.generator.generate(M.judge_messages(q.text or "", q.reference_answer, answer.text),
                                             max_new_tokens=4, temperature=0.0)
             judge = M.parse_judge_score(reply)
-        return {"citation_precision": prec, "citation_recall": rec, "key_fact_recall": kfr, "judge": judge}
+        return {"citation_precision": prec, "citation_recall": rec, "key_fact_recall": kfr, "judge": judge,
+                "judge_reply": reply}
 
     # -- the run -----------------------------------------------------------------------------------------------------
     def run(self) -> RunOutput:
@@ -426,7 +434,7 @@ class EvalRunner:
         self.query_stats = {k: self.embedder.stats[k] - before.get(k, 0) for k in self.embedder.stats}
         wanted = {it.id for it in es.items}
         records = [r for r in done if r["id"] in wanted]
-        summary = summarise(records, self.cfg, self.kb_settings())
+        summary = summarise(records, self.cfg, self.kb_settings(), stat_test=self.stat_test, max_p=self.max_p)
         summary["run"] = {
             "dir": str(self.run_dir), "store_dir": str(self.store_dir), "eval_set": es.name, "source": es.source, "resumed": len(done_ids & wanted),
             "ran": len(todo), "models": self.cfg.models, "embedder": self.embedder.model_id,

@@ -189,8 +189,8 @@ def _cfg(mode: str) -> RunConfig:
 @pytest.fixture(scope="module")
 def rag_run(small_models, data_dir: Path):
     emb, rr, gen = small_models
-    runner = EvalRunner(_cfg("rag"), _settings(data_dir), embedder=emb, reranker=rr, generator=gen,
-                        run_dir=data_dir / "runs" / "rag")
+    cfg = _cfg("rag").model_copy(update={"judge": True})
+    runner = EvalRunner(cfg, _settings(data_dir), embedder=emb, reranker=rr, generator=gen, run_dir=data_dir / "runs" / "rag")
     try:
         return runner.run()
     finally:
@@ -211,6 +211,8 @@ def test_rag_run_on_sample_writes_reports(rag_run) -> None:
     assert set(s["ablation"]["against"]["rerank"]) == set(M.COMPARE_METRICS)
     assert {"embed", "search", "fetch", "rerank", "abstain", "total"} <= set(s["latency"])
     assert s["answers"]["n"] == s["n_answerable"] and 0 <= s["answers"]["answered_rate"] <= 1
+    answered = [r for r in out.records if "answer" in r and not r["answer"]["abstained"] and not r["expect_abstain"]]
+    assert answered and all(isinstance(r["answer_metrics"]["judge_reply"], str) for r in answered)  # the judge ran
     best = s["abstention"]["rerank"]["best"]
     assert best["f1"] == max(p["f1"] for p in s["abstention"]["rerank"]["curve"])
     md = (out.run_dir / "report.md").read_text()
