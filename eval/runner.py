@@ -63,7 +63,8 @@ class RunConfig(BaseModel):
     top_k: int = Field(default=20, ge=10, description="retrieved cases per query (metrics go to @10)")
     top_n: int = Field(default=5, ge=1)
     embed_dim: int | None = None
-    quantization: bool = False
+    #: int8 scalar quantization of the eval store; None = as configured (``RAGVQA_STORE_QUANTIZATION``).
+    quantization: bool | None = None
     instruction: str | None = None
     max_new_tokens: int = 256
     #: rag mode only: answer from the retrieval top-n without reranking (ablation of the answer side).
@@ -74,7 +75,9 @@ class RunConfig(BaseModel):
     def fingerprint(self, eval_fp: str, model_id: str, settings: Settings) -> str:
         """Hash of everything that changes per-query results (not ``limit``/``progress``: they only pick queries)."""
         keep = self.model_dump(mode="json", exclude={"limit", "progress"})
-        keep.update(eval=eval_fp, model=model_id, rerank_threshold=settings.abstain_rerank_threshold,
+        keep.update(eval=eval_fp, model=model_id, quantization=bool(settings.store_quantization if self.quantization is None
+                                                                    else self.quantization),
+                    rerank_threshold=settings.abstain_rerank_threshold,
                     retrieval_threshold=settings.abstain_retrieval_threshold, temperature=settings.temperature,
                     rerank_model=settings.reranker_model if self.models == "real" else "tiny",
                     generator_model=settings.generator_model if self.models == "real" else "tiny")
@@ -252,7 +255,7 @@ class EvalRunner:
             with open(self.cases_jsonl, "rb") as f:  # type: ignore[arg-type]
                 h.update(f.read())
             content = f"cases:{h.hexdigest()}"
-        raw = f"{content}|{self.embedder.model_id}|{self.cfg.embed_dim}|{self.cfg.quantization}"
+        raw = f"{content}|{self.embedder.model_id}|{self.cfg.embed_dim}|{self.quantization}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     @property
@@ -265,10 +268,15 @@ class EvalRunner:
         """Settings of the eval store (an Edge store under :attr:`store_dir`) and of the pipeline on it."""
         return self.settings.model_copy(update={
             "data_dir": self.store_dir, "qdrant_url": None, "embed_dim": self.cfg.embed_dim,
-            "store_quantization": self.cfg.quantization, "retrieve_top_k": self.cfg.top_k,
+            "store_quantization": self.quantization, "retrieve_top_k": self.cfg.top_k,
             "rerank_top_n": self.cfg.top_n, "max_new_tokens": self.cfg.max_new_tokens,
             "rerank_enabled": self.uses_rerank,
         })
+
+    @property
+    def quantization(self) -> bool:
+        q = self.cfg.quantization
+        return bool(self.settings.store_quantization if q is None else q)
 
     @property
     def uses_rerank(self) -> bool:
@@ -288,8 +296,9 @@ class EvalRunner:
             from rag.store import open_store
 
             dim = self.cfg.embed_dim or int(self.embedder.dim)
-            self.store = open_store(embedder_id=self.embedder.model_id, dim=dim, data_dir=s.data_dir,
-                                    store_quantization=self.cfg.quantization, store_hnsw_ef=s.store_hnsw_ef)
+            from rag.store import store_kwargs_from_settings
+
+            self.store = open_store(embedder_id=self.embedder.model_id, dim=dim, **store_kwargs_from_settings(s))
             self.media_root = corpus_media_root(self.eval_set.corpus)
             index_corpus(self.store, self.embedder, self.eval_set.corpus, media_root=self.media_root,
                          progress=self.cfg.progress, batch_size=s.embed_batch_size)

@@ -179,7 +179,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _settings(data_dir: Path):
     from rag.config import Settings
 
-    return Settings(data_dir=data_dir, abstain_rerank_threshold=0.5, abstain_retrieval_threshold=0.35)
+    return Settings(data_dir=data_dir, abstain_rerank_threshold=0.5, abstain_retrieval_threshold=0.35,
+                    store_quantization=False)  # float stores throughout, so the sweep's full-dim point reuses one
 
 
 def _cfg(mode: str) -> RunConfig:
