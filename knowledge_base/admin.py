@@ -54,8 +54,8 @@ from knowledge_base.ingest import (
 from knowledge_base.media_store import MediaError, MediaStore
 from knowledge_base.schema import Case, CaseInput, MediaItem
 from rag.config import Settings
-from rag.store import StoreError, StoreMeta, StoreMismatchError, VectorPoint, VectorStore, open_store, point_id, store_kwargs_from_settings
-from rag.validation import InputRejected
+from rag.store import EdgeStore, StoreError, StoreMeta, StoreMismatchError, VectorPoint, VectorStore, open_store, point_id, store_kwargs_from_settings
+from rag.validation import InputRejected, confine_path
 
 __all__ = [
     "CaseNotFoundError",
@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 
 #: Filters ``list_cases`` accepts (the keyword-indexed case fields).
 CASE_FILTERS = ("product_line", "equipment_model", "tags")
+#: Temp files older than this are stale even where other processes may share the media folder (server mode).
+TEMP_MAX_AGE_S = 3600.0
 #: Case fields ``update`` may change.
 UPDATABLE = ("title", "product_line", "equipment_model", "symptom", "cause", "solution", "error_codes", "tags",
              "severity", "source", "links")
@@ -235,12 +237,32 @@ class KnowledgeBase:
             StoreMeta(embedder_id=eid, dim=dim).check_compatible(store.meta, repr(store))
         vb = settings.vision
         media = MediaStore(Path(settings.data_dir) / "media", max_bytes=vb.max_file_bytes,
-                           max_image_pixels=vb.max_image_pixels)
+                           max_image_pixels=vb.max_image_pixels, max_video_seconds=vb.max_video_seconds,
+                           max_video_frames=vb.max_video_frames)
         if options is None:
             options = IngestOptions()
         if options.embed_batch_size is None:
             options = options.model_copy(update={"embed_batch_size": settings.embed_batch_size})
-        return cls(settings=settings, embedder=embedder, store=store, media=media, options=options, embedder_id=eid)
+        kb = cls(settings=settings, embedder=embedder, store=store, media=media, options=options, embedder_id=eid)
+        # Temp files are what an interrupted write leaves. Qdrant Edge locks the store to this process, so every
+        # temp file of this data dir is stale; with a server, other processes may be writing: only old ones are.
+        kb.clean_temp_files(max_age_s=0.0 if isinstance(store, EdgeStore) else TEMP_MAX_AGE_S)
+        return kb
+
+    def clean_temp_files(self, max_age_s: float = 0.0) -> int:
+        """Delete media temp files older than ``max_age_s`` (left by interrupted writes); returns how many."""
+        tmp = self.media.root / ".tmp"
+        if not tmp.is_dir():
+            return 0
+        now, n = time.time(), 0
+        for f in tmp.iterdir():
+            with contextlib.suppress(OSError):
+                if now - f.stat().st_mtime >= max_age_s:
+                    f.unlink()
+                    n += 1
+        if n:
+            log.info("removed %d temp file(s) left by an interrupted write", n)
+        return n
 
     @property
     def dim(self) -> int:
@@ -311,8 +333,8 @@ class KnowledgeBase:
             where = f"add {ci.resolved_id()}"
             base = Path(base_dir) if base_dir is not None else Path.cwd()
             sources = []
-            for m in ci.media:
-                p = Path(m.path) if Path(m.path).is_absolute() else base / m.path
+            for m in ci.media:  # paths written in the case itself stay inside base_dir (the shared rule)
+                p = confine_path(base, m.path)
                 if not p.is_file():
                     raise MediaError(m.path, f"file not found ({p})")
                 sources.append(MediaSource(name=p.name, path=p, kind=m.kind, caption=m.caption, page=m.page))
@@ -342,6 +364,7 @@ class KnowledgeBase:
                     on_item(report)
 
         with self._lock:
+            self.media.clear_stale_temp()  # left by a write that was killed; a re-run is how imports resume
             return ingest_records(self, records, source=source, progress=progress is True, on_item=callback)
 
     def import_path(self, path: str | os.PathLike[str], *, media_dir: str | os.PathLike[str] | None = None,
@@ -440,8 +463,12 @@ class KnowledgeBase:
         if isinstance(case, CaseInput):
             case_id = case.resolved_id()
             base = Path(base_dir) if base_dir is not None else Path.cwd()
-            extra = [MediaSource(name=Path(m.path).name, path=Path(m.path) if Path(m.path).is_absolute() else base / m.path,
-                                 kind=m.kind, caption=m.caption, page=m.page) for m in case.media]
+            try:  # paths written in the case itself stay inside base_dir (the shared rule)
+                extra = [MediaSource(name=Path(m.path).name, path=confine_path(base, m.path),
+                                     kind=m.kind, caption=m.caption, page=m.page) for m in case.media]
+            except InputRejected as e:
+                raise CaseRejectedError(ItemReport(where=f"update {case_id}", status="rejected", case_id=case_id,
+                                                   reason=str(e))) from None
             missing = [str(m.path) for m in extra if m.path is not None and not m.path.is_file()]
             if missing:
                 raise CaseRejectedError(ItemReport(where=f"update {case_id}", status="rejected", case_id=case_id,
@@ -571,7 +598,10 @@ class KnowledgeBase:
 
     # -- consistency --------------------------------------------------------------------------------------------
     def check(self, fix: bool = False) -> CheckReport:
-        """Find (and with ``fix``, repair) inconsistencies between case records, points and files."""
+        """Find (and with ``fix``, repair) inconsistencies between case records, points and files.
+
+        Repair assumes no import is running elsewhere (with a Qdrant server, other processes could be mid-write:
+        their fresh files would look unreferenced)."""
         with self._lock:
             report, state = self._scan()
             if fix and report.problems:
@@ -666,12 +696,8 @@ class KnowledgeBase:
                 if not index.referenced(sha):
                     self.media.delete(rel)
                     fixed["files_deleted"] += 1
-        tmp = self.media.root / ".tmp"
-        if r.temp_files and tmp.is_dir():
-            for f in tmp.iterdir():
-                with contextlib.suppress(OSError):
-                    f.unlink()
-                    fixed["temp_files_deleted"] += 1
+        if r.temp_files:
+            fixed["temp_files_deleted"] += self.clean_temp_files(0.0)
         r.fixed = dict(fixed)
         log.info("check: repaired %s", r.fixed)
 

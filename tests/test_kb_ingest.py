@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_video
 from kb_support import NEAR_DUP, OPTIONS, case_dict, jpeg_bytes, make_source, open_kb, scene, variant, write_jsonl
 from knowledge_base.admin import KnowledgeBase
 from knowledge_base.archive import IngestInputError
