@@ -614,7 +614,7 @@ class KnowledgeBase:
         eid = self.store.meta.embedder_id
         if eid != self.embedder_id or self.store.dim != self.embed_dim:
             r.meta_problem = (f"store built for {eid!r} (dim {self.store.dim}) but the configured embedder is "
-                              f"{self.embedder_id!r}; run `ragvqa kb reindex`")
+                              f"{self.embedder_id!r} (dim {self.embed_dim}); run `ragvqa kb reindex`")
         cases: dict[str, Case] = {}
         media_pts: dict[str, dict[str, dict[str, Any]]] = {}
         for p in self.store.scroll(batch_size=256):
