@@ -232,13 +232,6 @@ class ChatTab:
         return ([], None, [], [], case_detail_html(None), gr.update(visible=False), timings_md(None), [], {}, None,
                 None, "", [])
 
-    def use_last_photo(self, media_state: dict[str, Any] | None) -> Any:
-        imgs = (media_state or {}).get("images") or []
-        if not imgs:
-            gr.Warning("No photo in this conversation yet: attach one, or upload it here.")
-            return gr.skip()
-        return imgs[-1]
-
     # -- layout -------------------------------------------------------------------------------------------------
     def build(self) -> None:
         s = self.s
@@ -268,14 +261,16 @@ class ChatTab:
                                          scale=1, info="page used when a PDF is attached")
                     rerank = gr.Checkbox(label="Rerank", value=bool(s.settings.rerank_enabled), elem_id="rerank", scale=1)
                 with gr.Accordion("Crop the photo to a region (optional)", open=False, elem_id="crop-panel"):
-                    gr.Markdown("Load the conversation's photo (or upload one), crop it, then send your question: "
-                                "the cropped region replaces the query image.")
+                    gr.Markdown("Upload the photo here, crop it (Image tool → crop icon, drag the corners, "
+                                "**Confirm crop**), then send your question: the cropped region replaces the query "
+                                "image for that message and the rest of the conversation.")
                     # brush/eraser stay enabled: in Gradio 6.31 disabling either hides the whole toolbar (crop too);
                     # a brush mark is harmless (and can point at the fault).
-                    crop = gr.ImageEditor(label="Crop (Image tool → crop icon, drag the corners, Confirm crop)",
+                    # No "load the conversation's photo" button: in Gradio 6.31 a crop of a server-set editor value
+                    # is not exported (the composite stays uncropped); an uploaded one is.
+                    crop = gr.ImageEditor(label="Photo to crop",
                                           type="pil", sources=["upload", "clipboard"], transforms=("crop",),
                                           layers=False, elem_id="crop-editor", height=380)
-                    use_last = gr.Button("Load the last photo of this conversation", elem_id="crop-load", size="sm")
                 with gr.Row(elem_id="feedback-row"):
                     up = gr.Button("✓ Helpful", elem_id="fb-up", size="sm")
                     down = gr.Button("✗ Not helpful", elem_id="fb-down", size="sm")
@@ -287,10 +282,12 @@ class ChatTab:
                     timings = gr.Markdown(timings_md(None), elem_id="timings")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Sources (click to open the case)", elem_id="sources", columns=3,
-                                     height=300, allow_preview=False, object_fit="contain", interactive=False)
+                                     height=300, allow_preview=False, object_fit="contain", interactive=False,
+                                     fit_columns=False, preview=False)
                 detail = gr.HTML(case_detail_html(None), elem_id="case-detail")
-                case_media = gr.Gallery(label="Case media", elem_id="case-media", columns=4, height=160,
-                                        allow_preview=True, interactive=False)
+                case_media = gr.Gallery(label="Case media", elem_id="case-media", columns=4, height=180,
+                                        allow_preview=True, interactive=False, object_fit="contain",
+                                        fit_columns=False, preview=False)
 
         outs = [chatbot, msg, gallery, sources, detail, banner, timings, turns, media_state, last, crop, fb_status]
         ins = [msg, chatbot, turns, media_state, product_line, equipment_model, rerank, pdf_page, crop]
@@ -302,7 +299,6 @@ class ChatTab:
         up.click(lambda c, l: self.on_feedback(1, c, l), [comment, last], [fb_status, comment], api_name="feedback_up")
         down.click(lambda c, l: self.on_feedback(-1, c, l), [comment, last], [fb_status, comment], api_name="feedback_down")
         clear.click(self.on_clear, None, outs + [case_media], api_name="new_conversation")
-        use_last.click(self.use_last_photo, [media_state], [crop], api_visibility="private")
         self.load_outputs = [product_line, equipment_model]
 
 

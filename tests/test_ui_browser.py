@@ -1,0 +1,223 @@
+"""The app in a real headless Chromium (Playwright): ask with a photo, crop then ask, admin login + add a case.
+
+Screenshots go to ``artifacts/screenshots/`` (gitignored) for a human look.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import case_picture
+from ui_helpers import ADMIN, Served, serve_app, stop_app
+
+pytestmark = pytest.mark.browser
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+CHROMIUM = os.environ.get("RAGVQA_CHROMIUM", "/usr/bin/chromium")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (set RAGVQA_CHROMIUM)", allow_module_level=True)
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+TIMEOUT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
+    s = serve_app(tmp_path_factory.mktemp("ui-browser"), embedder, reranker, generator)
+    yield s
+    stop_app(s)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, app: Served):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.dialogs = []  # type: ignore[attr-defined]
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
+    pg.goto(app.url, wait_until="domcontentloaded")
+    pg.wait_for_selector("#chat-input textarea")
+    yield pg
+    ctx.close()
+
+
+def shot(page, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def ask(page, text: str, files: list[Path] = ()) -> None:
+    if files:
+        page.locator("#chat-input input[type=file]").set_input_files([str(f) for f in files])
+        page.wait_for_selector("#chat-input img, #chat-input .thumbnail-item, #chat-input [data-testid=file-preview]",
+                               timeout=TIMEOUT_MS)
+    page.locator("#chat-input textarea").fill(text)
+    page.locator("#chat-input [data-testid=submit-button]").click()
+
+
+def wait_answer(page, n: int = 1) -> str:
+    """Wait for the n-th finished answer (its footer lists the cases) and return the chat text."""
+    page.wait_for_function(
+        "n => { const t = document.querySelector('#chatbot')?.innerText || '';"
+        " return (t.match(/Cited cases|Cases used|No similar case was found/g) || []).length >= n; }", arg=n)
+    return page.locator("#chatbot").inner_text()
+
+
+def assert_inert(page) -> None:
+    """The case with <img onerror>/<script>/javascript: markup must not have run or produced elements."""
+    assert page.dialogs == []
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("#chatbot script, #case-detail script, #case-detail img, #chatbot img[src='x']").count() == 0
+
+
+def test_ask_with_photo_shows_answer_sources_and_case(page, app: Served, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    from PIL import Image
+
+    Image.open(app.images["prn-e13"]).resize((240, 180)).save(photo, quality=80)
+    ask(page, "What is wrong and how do I fix it?", [photo])
+    chat = wait_answer(page)
+    assert "What is wrong and how do I fix it?" in chat
+    page.wait_for_function("() => document.querySelectorAll('#sources img').length >= 3")
+    captions = page.locator("#sources").inner_text()
+    assert "[prn-e13]" in captions
+    # the chat shows the uploaded photo
+    assert page.locator("#chatbot img").count() >= 1
+    # open the case carrying markup: it must be shown as text, inert
+    items = page.locator("#sources button.thumbnail-item, #sources .thumbnail-item")
+    idx = next(i for i in range(items.count()) if "xss-case" in items.nth(i).inner_text()) if "xss-case" in captions else 0
+    items.nth(idx).click()
+    page.wait_for_function("() => !document.querySelector('#case-detail').innerText.includes('Select a source')")
+    detail = page.locator("#case-detail").inner_text()
+    if "xss-case" in captions:
+        assert "<script>window.__xss=2</script>" in detail and "onerror" in detail
+    page.locator("#timings-panel").get_by_text("Timings").click()
+    page.wait_for_selector("#timings table")
+    assert "search" in page.locator("#timings").inner_text()
+    assert_inert(page)
+    shot(page, "chat_answer")
+
+
+def test_bad_upload_message_in_chat(page, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200)
+    page.locator("#chat-input input[type=file]").set_input_files(str(bad))
+    page.locator("#chat-input textarea").fill("what is this?")
+    time.sleep(0.5)
+    page.locator("#chat-input [data-testid=submit-button]").click()
+    page.wait_for_function("() => (document.querySelector('#chatbot')?.innerText || '').includes('cannot be used as an image')")
+    assert "Traceback" not in page.locator("#chatbot").inner_text()
+
+
+def _picture_box(editor, colour_test) -> tuple[float, float, float, float] | None:
+    """Screen rectangle of the picture inside the editor canvas (found by its colour), or None."""
+    import numpy as np
+    from PIL import Image
+
+    box = editor.bounding_box()
+    a = np.asarray(Image.open(io.BytesIO(editor.screenshot())).convert("RGB")).astype(int)
+    ys, xs = np.where(colour_test(a))
+    if not xs.size:
+        return None
+    return (float(xs.min() + box["x"]), float(ys.min() + box["y"]), float(xs.max() + box["x"]), float(ys.max() + box["y"]))
+
+
+def test_crop_then_ask_uses_the_region(page, app: Served, tmp_path: Path) -> None:
+    """Upload a photo into the crop editor, crop it to its bottom-right quarter, ask: the crop is the query image."""
+    from PIL import Image
+
+    photo = tmp_path / "rooftop.png"
+    Image.open(app.images["hvac-f3"]).resize((240, 180)).save(photo)
+    is_blue = lambda a: (abs(a[:, :, 2] - 200) < 25) & (a[:, :, 0] < 80) & (a[:, :, 1] < 80)  # noqa: E731
+    page.locator("#crop-panel").get_by_text("Crop the photo").first.click()
+    editor = page.locator("#crop-editor")
+    editor.scroll_into_view_if_needed()
+    with page.expect_file_chooser() as chooser:  # the editor's own Upload tool, as a user would
+        editor.locator("button[aria-label='Upload']").first.click()
+    chooser.value.set_files(str(photo))
+    deadline = time.time() + 60
+    while _picture_box(editor, is_blue) is None:  # the canvas draws the upload asynchronously
+        assert time.time() < deadline, "the photo never appeared in the crop editor"
+        time.sleep(0.3)
+    editor.locator("button[aria-label=Image]").click()
+    editor.locator("button[aria-label=Crop]").click()
+    time.sleep(0.5)
+    x0, y0, x1, y1 = _picture_box(editor, is_blue)
+    page.mouse.move(x0 + 1, y0 + 1)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=10)
+    page.mouse.up()
+    shot(page, "crop_editor")
+    confirm = page.get_by_role("button", name="Confirm crop")
+    confirm.click()
+    confirm.wait_for(state="hidden")
+    time.sleep(1.0)  # the canvas applies the crop asynchronously; the composite is exported when the event fires
+    ask(page, "What is wrong in this region?")
+    wait_answer(page)
+    page.locator("#timings-panel").get_by_text("Timings").click()
+    page.wait_for_function("() => (document.querySelector('#timings')?.innerText || '').includes('cropped region')")
+    # the query image shown in the chat is the crop (about a quarter of the 240x180 photo)
+    width = page.evaluate("() => Math.max(0, ...[...document.querySelectorAll('#chatbot img')].map(i => i.naturalWidth))")
+    assert 0 < width < 180, width
+    shot(page, "crop_answer")
+
+
+def test_admin_refuses_without_login_then_adds_a_case_found_from_chat(page, app: Served, tmp_path: Path) -> None:
+    page.locator("#tab-admin-button, button[role=tab]:has-text('Admin')").first.click()
+    page.wait_for_selector("#admin-login-btn")
+    assert not page.locator("#admin-panel").is_visible()
+    page.locator("#admin-user input, #admin-user textarea").first.fill(ADMIN[0])
+    page.locator("#admin-password input, #admin-password textarea").first.fill("not-the-password")
+    page.locator("#admin-login-btn").click()
+    page.wait_for_function("() => (document.querySelector('#admin-login-msg')?.innerText || '').includes('Wrong')")
+    assert not page.locator("#admin-panel").is_visible()
+    shot(page, "admin_refused")
+
+    page.locator("#admin-user input, #admin-user textarea").first.fill(ADMIN[0])
+    page.locator("#admin-password input, #admin-password textarea").first.fill(ADMIN[1])
+    page.locator("#admin-login-btn").click()
+    page.wait_for_selector("#admin-panel", state="visible")
+    page.get_by_role("tab", name="Add / edit case").click()
+    picture = tmp_path / "espresso.png"
+    case_picture(42, (120, 60, 20)).save(picture)
+    fill = {"#case-id": "esp-grinder-jam", "#case-title": "Espresso grinder jams on dark roast",
+            "#case-line": "coffee-machines", "#case-model": "BX-9",
+            "#case-symptom": "Grinder motor hums but beans do not feed; error G2.",
+            "#case-solution": "Unplug the machine.\nClear the burr chamber.\nRecalibrate the grind size."}
+    for sel, value in fill.items():
+        page.locator(f"{sel} textarea, {sel} input").first.fill(value)
+    page.locator("#case-files input[type=file]").set_input_files(str(picture))
+    page.wait_for_function("() => (document.querySelector('#case-files')?.innerText || '').includes('espresso.png')")
+    page.locator("#case-save").click()
+    page.wait_for_function("() => (document.querySelector('#case-save-msg')?.innerText || '').includes('Added case')")
+    shot(page, "admin_case_added")
+    assert app.services.kb.get("esp-grinder-jam") is not None
+
+    # a chat user finds it: reload (filter choices refresh on load), filter on its product line, ask
+    page.goto(app.url, wait_until="domcontentloaded")
+    page.wait_for_selector("#chat-input textarea")
+    page.locator("#filter-line input").click()
+    page.get_by_role("option", name="coffee-machines").click()
+    ask(page, "grinder hums, beans do not feed")
+    wait_answer(page)
+    page.wait_for_function("() => (document.querySelector('#sources')?.innerText || '').includes('esp-grinder-jam')")
+    assert "Espresso grinder jams" in page.locator("#sources").inner_text()
+    assert_inert(page)
+    shot(page, "chat_finds_new_case")
