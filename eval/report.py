@@ -115,17 +115,21 @@ def plot_abstention(abst: Mapping[str, Any], path: Path) -> Path:
 
 
 def plot_sweep(points: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Quality vs dimension (colour = metric, line style = vector type) and index size vs dimension (log scale)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    colours = {"recall@10": "tab:blue", "recall@1": "tab:orange", "mrr@10": "tab:green"}
     for quant, style in ((False, "-"), (True, "--")):
         pts = sorted((p for p in points if p["quantization"] == quant), key=lambda p: p["dim"])
         if not pts:
             continue
         tag = "int8" if quant else "float32"
         dims = [p["dim"] for p in pts]
-        for metric, marker in (("recall@10", "o"), ("recall@1", "s"), ("mrr@10", "^")):
-            ax1.plot(dims, [p["metrics"][metric] for p in pts], style, marker=marker, ms=4, label=f"{metric_label(metric)} {tag}")
-        ax2.plot(dims, [p["index_bytes"] / 1e6 for p in pts], style, marker="o", label=f"on disk, {tag}")
-        ax2.plot(dims, [p["vector_ram_bytes"] / 1e6 for p in pts], style, marker="x", label=f"search vectors in RAM, {tag}")
+        for metric, colour in colours.items():
+            ax1.plot(dims, [p["metrics"][metric] for p in pts], style, color=colour, marker="o", ms=4,
+                     label=f"{metric_label(metric)} {tag}")
+        ax2.plot(dims, [max(p["index_bytes"], 1) / 1e6 for p in pts], style, color="tab:purple", marker="o", label=f"on disk, {tag}")
+        ax2.plot(dims, [max(p["vector_ram_bytes"], 1) / 1e6 for p in pts], style, color="tab:red", marker="x",
+                 label=f"search vectors in RAM, {tag}")
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("embedding dimension (Matryoshka prefix)")
@@ -133,7 +137,8 @@ def plot_sweep(points: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.legend(fontsize=7)
     ax1.set_ylim(0, 1.02)
     ax1.set_title("Retrieval quality vs dimension")
-    ax2.set_ylabel("MB")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("MB (log)")
     ax2.set_title("Index size")
     fig.tight_layout()
     fig.savefig(path)

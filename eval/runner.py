@@ -135,33 +135,31 @@ class RecordingRerank(Rerank):
 
 
 # -- knowledge base / corpus ---------------------------------------------------------------------------------------
-def sample_eval_set(data_dir: Path) -> tuple[Any, EvalSet]:
-    """The sample KB under ``data_dir/sample`` (built if missing) and its eval set."""
-    from knowledge_base.sample import build_sample_kb
+@dataclass(frozen=True)
+class SampleFiles:
+    """The two files of a built sample KB that an eval needs."""
 
+    root: Path
+    cases_jsonl: Path
+    eval_jsonl: Path
+
+
+def sample_eval_set(data_dir: Path) -> tuple[SampleFiles, EvalSet]:
+    """The sample KB under ``data_dir/sample`` and its eval set, built on first use.
+
+    An existing build is reused (rendering takes seconds); delete the folder to rebuild it after the generator changed.
+    """
     root = Path(data_dir) / "sample"
-    if not ((root / "eval.jsonl").is_file() and (root / "cases.jsonl").is_file() and (root / "manifest.json").is_file()):
+    files = SampleFiles(root, root / "cases.jsonl", root / "eval.jsonl")
+    if not (files.cases_jsonl.is_file() and files.eval_jsonl.is_file() and (root / "manifest.json").is_file()):
+        from knowledge_base.sample import build_sample_kb
+
         logger.info("building the sample knowledge base in %s", root)
-    else:
-        logger.info("using the sample knowledge base in %s", root)
-    sample = build_sample_kb(root) if not (root / "manifest.json").is_file() else _sample_paths(root)
-    es = load_jsonl(sample.eval_jsonl)
+        built = build_sample_kb(root)
+        files = SampleFiles(Path(built.root), Path(built.cases_jsonl), Path(built.eval_jsonl))
+    es = load_jsonl(files.eval_jsonl)
     es.name = "sample"
-    return sample, es
-
-
-def _sample_paths(root: Path) -> Any:
-    """A ``SampleKB`` for an already built sample folder (building it again costs seconds of rendering)."""
-    from knowledge_base.sample import SampleKB
-
-    lines = [ln for ln in (root / "eval.jsonl").read_text("utf-8").splitlines() if ln.strip()]
-    cases = [ln for ln in (root / "cases.jsonl").read_text("utf-8").splitlines() if ln.strip()]
-    videos = sorted((root / "media").glob("*.mp4"))
-    pdfs = sorted((root / "media").glob("*.pdf"))
-    return SampleKB(root=root, cases_jsonl=root / "cases.jsonl", media_dir=root / "media", eval_jsonl=root / "eval.jsonl",
-                    eval_media_dir=root / "eval_media", manual_pdf=pdfs[0] if pdfs else root / "media",
-                    video=videos[0] if videos else root / "media", videos=videos, manifest=root / "manifest.json",
-                    n_cases=len(cases), n_queries=len(lines))
+    return files, es
 
 
 def open_kb(settings: Settings, embedder: Any) -> Any:
@@ -224,6 +222,9 @@ class EvalRunner:
         self.kb: Any = None
         self.pipeline: RagPipeline | None = None
         self.eval_set: EvalSet | None = None
+        self.sample: SampleFiles | None = None
+        self.cases_jsonl: Path | None = None
+        self.media_root: Path | None = None
         self.import_stats: dict[str, int] = {}
         self.query_stats: dict[str, int] = {}
         self.timings: dict[str, float] = {}
@@ -233,7 +234,7 @@ class EvalRunner:
         cfg = self.cfg
         if cfg.data is None:
             self.sample, es = sample_eval_set(self.data_dir)
-            self.cases_jsonl: Path | None = self.sample.cases_jsonl
+            self.cases_jsonl = self.sample.cases_jsonl
         else:
             self.sample = None
             es = load_eval_set(cfg.data, fmt=cfg.data_format, split=cfg.split, language=cfg.language,
@@ -249,7 +250,7 @@ class EvalRunner:
         """What the eval store's content depends on: the KB/corpus, the embedder, the dimension, the quantization."""
         es = self.full_eval_set
         if es.corpus is not None:
-            content = f"corpus:{es.fingerprint}:{len(es.corpus)}:{self.cfg.instruction}"
+            content = f"corpus:{es.fingerprint}:{len(es.corpus)}"  # documents use the default instruction
         else:
             h = hashlib.sha256()
             with open(self.cases_jsonl, "rb") as f:  # type: ignore[arg-type]
@@ -293,11 +294,9 @@ class EvalRunner:
         t0 = time.perf_counter()
         if self.eval_set.corpus is not None:
             from eval.index import corpus_media_root, index_corpus
-            from rag.store import open_store
+            from rag.store import open_store, store_kwargs_from_settings
 
             dim = self.cfg.embed_dim or int(self.embedder.dim)
-            from rag.store import store_kwargs_from_settings
-
             self.store = open_store(embedder_id=self.embedder.model_id, dim=dim, **store_kwargs_from_settings(s))
             self.media_root = corpus_media_root(self.eval_set.corpus)
             index_corpus(self.store, self.embedder, self.eval_set.corpus, media_root=self.media_root,
@@ -423,6 +422,7 @@ class EvalRunner:
     def run(self) -> RunOutput:
         t_start = time.perf_counter()
         es = self.load_data()
+        self.timings["load_data_s"] = time.perf_counter() - t_start
         fp = self.cfg.fingerprint(self.full_eval_set.fingerprint, self.embedder.model_id, self.settings)
         done = self._prepare_dir(fp)
         done_ids = {r["id"] for r in done}
@@ -443,7 +443,9 @@ class EvalRunner:
         self.query_stats = {k: self.embedder.stats[k] - before.get(k, 0) for k in self.embedder.stats}
         wanted = {it.id for it in es.items}
         records = [r for r in done if r["id"] in wanted]
+        t0 = time.perf_counter()
         summary = summarise(records, self.cfg, self.kb_settings(), stat_test=self.stat_test, max_p=self.max_p)
+        self.timings["metrics_s"] = time.perf_counter() - t0
         summary["run"] = {
             "dir": str(self.run_dir), "store_dir": str(self.store_dir), "eval_set": es.name, "source": es.source, "resumed": len(done_ids & wanted),
             "ran": len(todo), "models": self.cfg.models, "embedder": self.embedder.model_id,
