@@ -6,7 +6,6 @@ inside the commands so ``--help`` stays instant.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Optional
