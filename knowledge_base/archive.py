@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from knowledge_base.schema import CASE_ID_PATTERN, Case, CaseInput, MediaItem, MediaKind, slugify
-from rag.validation import InputRejected, Limits, check_text, check_tree, safe_extract
+from rag.validation import InputRejected, Limits, check_file, check_text, check_tree, confine_path, safe_extract
 
 __all__ = [
     "BACKUP_FORMAT",
@@ -156,21 +156,14 @@ def format_validation_error(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _resolve_media(base: Path, rel: str, confine: bool) -> Path:
-    """Media path of a record. ``confine`` (untrusted trees, e.g. unpacked zips) keeps it under ``base``."""
-    if not rel or "\x00" in rel:
-        raise ValueError(f"media path {rel!r} is empty or invalid")
-    p = Path(rel).expanduser()
-    if confine:
-        if p.is_absolute() or ".." in PurePosixPath(rel.replace("\\", "/")).parts:
-            raise ValueError(f"media path {rel!r} must be relative and stay inside the import")
-        full = (base / p).resolve()
-        if not full.is_relative_to(base.resolve()):
-            raise ValueError(f"media path {rel!r} points outside the import")
-    else:
-        full = p if p.is_absolute() else base / p
-    if full.is_symlink():
-        raise ValueError(f"media file {rel!r} is a symbolic link; refusing it")
+def _resolve_media(base: Path, rel: str, confine: bool = True) -> Path:
+    """Media path of a record, resolved against ``base`` with the shared rule (:func:`rag.validation.confine_path`):
+    absolute paths, ``..`` and symbolic links are refused for every source, so a JSONL, CSV, case.json or backup
+    can only name files inside its own import folder (``confine`` is kept for callers; it is always on)."""
+    try:
+        full = confine_path(base, rel)
+    except InputRejected as e:
+        raise ValueError(e.problem) from None
     if not full.is_file():
         raise ValueError(f"media file {rel!r} not found (looked for {full})")
     return full
@@ -238,6 +231,22 @@ def _record(where: str, data: Any, base: Path, confine: bool, default_id: str | 
 # ------------------------------------------------------------------------------------------------ JSONL
 
 
+#: Largest JSONL/CSV/case.json read (they are read whole).
+MAX_TEXT_SOURCE_BYTES = 256 * 1024 * 1024
+
+
+def _check_text_file(path: Path, label: str) -> None:
+    """The shared file rules before a text source is read whole: a regular file, not a link, within the size cap,
+    and text by content (a spreadsheet or an image renamed .csv is refused, not parsed)."""
+    try:
+        check_file(path, ("text",), Limits(max_file_bytes=MAX_TEXT_SOURCE_BYTES), where=label)
+    except InputRejected as e:
+        if e.code == "empty_file":
+            return  # an empty JSONL is zero records; an empty CSV says it needs a header
+        hint = "; save it as UTF-8 text" if e.code == "wrong_type" else ""
+        raise IngestInputError(e.problem + hint, e.where, e.code) from None
+
+
 def _join(label: str, name: str) -> str:
     return f"{label}{name}" if label.endswith("!") else f"{label}/{name}"
 
@@ -249,6 +258,7 @@ def read_jsonl(path: Path, *, base_dir: Path | None = None, confine: bool = Fals
     base = base_dir or path.parent
     label = label or path.name
     out: list[SourceCase] = []
+    _check_text_file(path, label)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -312,6 +322,7 @@ def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False
     """
     base = media_dir or path.parent
     label = label or path.name
+    _check_text_file(path, label)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:

@@ -351,6 +351,8 @@ class _Stager:
         stored = self._put(w, ms, None, ms.kind)
         if stored.kind == "pdf":  # pragma: no cover - PDFs are caught by the magic check above
             raise MediaError(ms.name, "PDF content not recognised up front")
+        if stored.frames > 1:
+            w.report.warnings.append(f"{ms.name}: animated image ({stored.frames} frames); only the first frame is used")
         item = stored.to_media_item(caption=ms.caption, source_file=ms.name,
                                     thumbnail=self._thumb(w, stored.rel_path, ms.name))
         w.labels[item.id] = ms.name

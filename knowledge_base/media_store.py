@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import stat
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from typing import BinaryIO, Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from knowledge_base.schema import MediaItem, MediaKind
+from rag.validation import InputRejected, display_size, to_8bit
 
 __all__ = ["MediaError", "MediaStore", "StoredKind", "StoredMedia", "THUMB_DIR"]
 
@@ -53,13 +55,15 @@ _IMAGE_FORMATS: dict[str, tuple[str, str]] = {
 _VIDEO_DEMUXERS = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts"}
 
 
-class MediaError(ValueError):
-    """A media file was refused or could not be processed; the message names the file and the problem."""
+class MediaError(InputRejected):
+    """A media file was refused or could not be processed; the message names the file and the problem.
 
-    def __init__(self, name: str, problem: str) -> None:
-        super().__init__(f"{name}: {problem}")
+    A kind of :class:`rag.validation.InputRejected` (``code`` names the rule, ``where`` is the file name).
+    """
+
+    def __init__(self, name: str, problem: str, code: str = "bad_media") -> None:
+        super().__init__(code, problem, name)
         self.name = name
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class StoredMedia:
     pages: int | None = None
     #: False when identical content was already stored (deduplicated).
     created: bool = True
+    #: Frames of an animated image (GIF/WebP/APNG/TIFF); only the first one is embedded.
+    frames: int = 1
 
     @property
     def ext(self) -> str:
@@ -124,6 +130,7 @@ class _Probe:
     height: int | None = None
     duration_s: float | None = None
     pages: int | None = None
+    frames: int = 1
 
 
 class MediaStore:
@@ -136,12 +143,16 @@ class MediaStore:
         max_bytes: int = 200 * 1024 * 1024,
         max_image_pixels: int = 64_000_000,
         thumb_size: int = 256,
+        max_video_seconds: float = 600.0,
+        max_video_frames: int = 100_000,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._real_root = self.root.resolve()
         self.max_bytes = max_bytes
         self.max_image_pixels = max_image_pixels
+        self.max_video_seconds = max_video_seconds
+        self.max_video_frames = max_video_frames
         self.thumb_size = thumb_size
 
     # ----------------------------------------------------------------------------------- writing
@@ -149,9 +160,9 @@ class MediaStore:
     def put_bytes(self, data: bytes, kind_hint: StoredKind | MediaKind | None = None, *, name: str = "<upload>") -> StoredMedia:
         """Store ``data`` (deduplicated by sha256) and describe it; ``name`` only labels errors."""
         if len(data) > self.max_bytes:
-            raise MediaError(name, f"is {_mb(len(data))}; the limit is {_mb(self.max_bytes)}")
+            raise MediaError(name, f"is {_mb(len(data))}; the limit is {_mb(self.max_bytes)}", "file_too_large")
         if not data:
-            raise MediaError(name, "is empty")
+            raise MediaError(name, "is empty", "empty_file")
         sha = hashlib.sha256(data).hexdigest()
         tmp = self._tmp_path()
         try:
@@ -170,15 +181,15 @@ class MediaStore:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            raise MediaError(name, "file not found") from None
+            raise MediaError(name, "file not found", "missing_file") from None
         if stat.S_ISLNK(st.st_mode):
-            raise MediaError(name, "is a symbolic link; refusing it (copy the real file instead)")
+            raise MediaError(name, "is a symbolic link; refusing it (copy the real file instead)", "symlink")
         if not stat.S_ISREG(st.st_mode):
-            raise MediaError(name, "is not a regular file")
+            raise MediaError(name, "is not a regular file", "not_a_file")
         if st.st_size > self.max_bytes:
-            raise MediaError(name, f"is {_mb(st.st_size)}; the limit is {_mb(self.max_bytes)}")
+            raise MediaError(name, f"is {_mb(st.st_size)}; the limit is {_mb(self.max_bytes)}", "file_too_large")
         if st.st_size == 0:
-            raise MediaError(name, "is empty")
+            raise MediaError(name, "is empty", "empty_file")
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
@@ -212,7 +223,7 @@ class MediaStore:
         probe = self._sniff(tmp, name)
         hint = "pdf" if kind_hint == "pdf_page" else kind_hint
         if hint is not None and hint != probe.kind:
-            raise MediaError(name, f"expected {hint} content but the file is {probe.mime}")
+            raise MediaError(name, f"expected {hint} content but the file is {probe.mime}", "wrong_type")
         rel = f"{sha[:2]}/{sha[2:4]}/{sha}{probe.ext}"
         final = self.root / rel
         created = not final.is_file()
@@ -234,12 +245,36 @@ class MediaStore:
             duration_s=probe.duration_s,
             pages=probe.pages,
             created=created,
+            frames=probe.frames,
         )
 
     def _tmp_path(self) -> Path:
         d = self.root / _TMP_DIR
         d.mkdir(exist_ok=True)
-        return d / f"{uuid.uuid4().hex}.part"
+        return d / f"{os.getpid()}-{uuid.uuid4().hex}.part"  # the writer's pid: see clear_stale_temp
+
+    def clear_stale_temp(self, max_age_s: float = 3600.0) -> int:
+        """Delete temp files of writes that can no longer finish: their process is gone (killed mid-write), or
+        they are older than ``max_age_s``. In-flight writes of live processes are left alone. Returns the count."""
+        d = self.root / _TMP_DIR
+        if not d.is_dir():
+            return 0
+        n = 0
+        now = time.time()
+        for f in d.iterdir():
+            pid_s = f.name.split("-", 1)[0]
+            try:
+                stale = now - f.lstat().st_mtime > max_age_s
+                if not stale and pid_s.isdigit() and int(pid_s) != os.getpid():
+                    stale = not _pid_alive(int(pid_s))
+                if stale:
+                    f.unlink()
+                    n += 1
+            except FileNotFoundError:  # finished meanwhile
+                continue
+        if n:
+            log.info("removed %d temp file(s) left by interrupted writes", n)
+        return n
 
     def _write_atomic(self, rel: str, data: bytes) -> None:
         tmp = self._tmp_path()
@@ -269,7 +304,8 @@ class MediaStore:
         video = self._sniff_video(path, name, head)
         if video is not None:
             return video
-        raise MediaError(name, "is not a supported image (PNG/JPEG/WebP/GIF/BMP/TIFF), video (MP4/MOV/MKV/WebM/AVI/TS) or PDF")
+        raise MediaError(name, "is not a supported image (PNG/JPEG/WebP/GIF/BMP/TIFF), video (MP4/MOV/MKV/WebM/AVI/TS) "
+                         "or PDF (the type is read from the content, not the file name)", "wrong_type")
 
     def _sniff_pdf(self, path: Path, name: str) -> _Probe:
         import pypdfium2 as pdfium
@@ -277,13 +313,14 @@ class MediaStore:
         try:
             pdf = pdfium.PdfDocument(str(path))
         except pdfium.PdfiumError as e:
-            raise MediaError(name, f"looks like a PDF but cannot be opened ({e})") from None
+            code = "pdf_encrypted" if "password" in str(e).lower() else "pdf_broken"
+            raise MediaError(name, f"looks like a PDF but cannot be opened ({e})", code) from None
         try:
             pages = len(pdf)
         finally:
             pdf.close()
         if pages < 1:
-            raise MediaError(name, "is a PDF without pages")
+            raise MediaError(name, "is a PDF without pages", "pdf_empty")
         return _Probe("pdf", ".pdf", "application/pdf", pages=pages)
 
     def _sniff_image(self, path: Path, name: str) -> _Probe | None:
@@ -293,20 +330,28 @@ class MediaStore:
                 with Image.open(path) as im:
                     fmt, (w, h) = im.format or "", im.size
                     if w * h > self.max_image_pixels:
-                        raise MediaError(name, f"is {w}×{h} = {w * h / 1e6:.0f} MP; the limit is {self.max_image_pixels / 1e6:.0f} MP")
+                        raise MediaError(name, f"is {w}×{h} = {w * h / 1e6:.0f} MP; the limit is "
+                                         f"{self.max_image_pixels / 1e6:.0f} MP (possible decompression bomb)", "too_many_pixels")
+                    if w < 1 or h < 1:
+                        raise MediaError(name, f"is {w}×{h}: an image without pixels", "bad_image")
                     if fmt not in _IMAGE_FORMATS:
-                        raise MediaError(name, f"is a {fmt or 'unknown'} image; supported: PNG, JPEG, WebP, GIF, BMP, TIFF")
+                        raise MediaError(name, f"is a {fmt or 'unknown'} image; supported: PNG, JPEG, WebP, GIF, BMP, TIFF",
+                                         "wrong_type")
                     im.verify()
+                with Image.open(path) as im:  # verify() leaves the image unusable: reopen for frames and EXIF
+                    frames = int(getattr(im, "n_frames", 1) or 1)
+                    w, h = display_size(im)  # what viewers show once the EXIF orientation is applied
         except MediaError:
             raise
         except UnidentifiedImageError:
             return None
-        except Image.DecompressionBombError:
-            raise MediaError(name, f"has too many pixels (limit {self.max_image_pixels / 1e6:.0f} MP)") from None
+        except Image.DecompressionBombError as e:
+            raise MediaError(name, f"has too many pixels ({e}); the limit is {self.max_image_pixels / 1e6:.0f} MP",
+                             "too_many_pixels") from None
         except Exception as e:  # truncated/corrupt files raise assorted errors from the decoders
-            raise MediaError(name, f"is a damaged image ({type(e).__name__}: {e})") from None
+            raise MediaError(name, f"is a damaged image ({type(e).__name__}: {e})", "bad_image") from None
         ext, mime = _IMAGE_FORMATS[fmt]
-        return _Probe("image", ext, mime, width=w, height=h)
+        return _Probe("image", ext, mime, width=w, height=h, frames=frames)
 
     def _sniff_video(self, path: Path, name: str, head: bytes) -> _Probe | None:
         import av
@@ -326,10 +371,23 @@ class MediaStore:
                 duration = container.duration / av.time_base
             elif stream.duration and stream.time_base:
                 duration = float(stream.duration * stream.time_base)
+            label = fmt.split(",")[0]
+            if w and h and w * h > self.max_image_pixels:
+                raise MediaError(name, f"is a {w}×{h} video; frames may have at most {self.max_image_pixels / 1e6:.0f} MP",
+                                 "too_many_pixels")
+            if duration is not None and duration > self.max_video_seconds:
+                raise MediaError(name, f"lasts {duration:.0f} s; the limit is {self.max_video_seconds:.0f} s "
+                                 "(trim it to the moment that shows the fault)", "video_too_long")
+            n_frames = int(stream.frames or 0)
+            if not n_frames and duration and stream.average_rate:
+                n_frames = int(duration * float(stream.average_rate))
+            if n_frames > self.max_video_frames:
+                raise MediaError(name, f"has {n_frames:,} frames; the limit is {self.max_video_frames:,}", "video_too_many_frames")
             try:  # make sure at least one frame decodes: a header alone is not a usable video
                 next(container.decode(stream))
             except (StopIteration, av.FFmpegError) as e:
-                raise MediaError(name, f"is a {fmt.split(',')[0]} file whose video does not decode ({e or 'no frames'})") from None
+                raise MediaError(name, f"is a {label} file whose video does not decode ({e or 'no frames'})",
+                                 "video_undecodable") from None
         finally:
             container.close()
         if fmt.startswith("mov"):
@@ -451,7 +509,7 @@ class MediaStore:
         for ext in (".jpg", ".png"):
             if (self.root / (base + ext)).is_file():
                 return base + ext
-        im = self._first_frame(rel, page)
+        im = to_8bit(self._first_frame(rel, page))  # 16-bit greyscale: scaled, not clipped to white
         im = ImageOps.exif_transpose(im)
         im.thumbnail((size, size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
@@ -495,6 +553,16 @@ class MediaStore:
 
 def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
 
 
 def _unlink_quiet(p: Path) -> None:

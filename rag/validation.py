@@ -13,7 +13,10 @@ import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Literal
+from typing import TYPE_CHECKING, Iterable, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
 
 Kind = Literal["image", "video", "pdf", "zip", "text", "unknown"]
 
@@ -37,6 +40,8 @@ class Limits:
     max_file_bytes: int = 200 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     max_video_seconds: float = 600.0
+    #: Frames in a video (a 10-minute clip at 60 fps is 36 000): caps decoding work on absurd frame rates.
+    max_video_frames: int = 100_000
     max_pdf_pages: int = 200
     max_text_chars: int = 20_000
     max_archive_members: int = 10_000
@@ -148,6 +153,31 @@ def check_text(text: object, field: str, limits: Limits = Limits(), *, max_chars
     return text
 
 
+# -- user-given paths -------------------------------------------------------------------------------------------------
+def confine_path(base: str | os.PathLike[str], rel: str, where: str = "", *, what: str = "media path") -> Path:
+    """``base / rel`` for a path written by a user (a JSONL/CSV cell, a case.json, an archive), refusing anything
+    that could reach outside ``base``: absolute paths, drive letters, ``..``, NUL, and symbolic links on the way."""
+    loc = where or str(base)
+    if not isinstance(rel, str) or not rel.strip() or "\x00" in rel:
+        raise InputRejected("bad_path", f"{what} {rel!r} is empty or invalid", loc)
+    norm = rel.replace("\\", "/")
+    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+        raise InputRejected("absolute_path", f"{what} {rel!r} is absolute; it must be relative and stay inside the import folder", loc)
+    if ".." in PurePosixPath(norm).parts:
+        raise InputRejected("path_escape", f"{what} {rel!r} uses '..'; it must stay inside the import folder", loc)
+    root = Path(base).resolve()
+    full = Path(base) / norm
+    # A link anywhere below the base could lead out of it: refuse links, then check where the path really goes.
+    cur = Path(base)
+    for part in PurePosixPath(norm).parts:
+        cur = cur / part
+        if cur.is_symlink():
+            raise InputRejected("symlink", f"{what} {rel!r} is or goes through a symbolic link; refusing it", loc)
+    if not full.resolve().is_relative_to(root):
+        raise InputRejected("path_escape", f"{what} {rel!r} leads outside the import folder; it must stay inside the import folder", loc)
+    return full
+
+
 # -- archives and folders ---------------------------------------------------------------------------------------------
 def safe_member_name(name: str, where: str) -> PurePosixPath:
     """An archive member path that stays inside the extraction folder."""
@@ -236,6 +266,40 @@ def check_tree(folder: str | os.PathLike[str], limits: Limits = Limits()) -> lis
         if len(files) > limits.max_archive_members:
             raise InputRejected("too_many_files", f"more than {limits.max_archive_members:,} files", str(root))
     return sorted(files)
+
+
+# -- images --------------------------------------------------------------------------------------------------------
+def to_8bit(img: "Image.Image") -> "Image.Image":
+    """16-bit and float greyscale (``I;16``, ``I``, ``F``) scaled to 8-bit ``L`` (a plain ``convert`` clips them to
+    white); every other mode is returned as is, for the caller's RGB/RGBA conversion."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0
+        scale = 255.0 / hi if hi > 255 else 1.0
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8), mode="L")
+    return img
+
+
+#: EXIF orientations that swap width and height (rotated by 90° or 270°, possibly mirrored).
+EXIF_TRANSPOSED = {5, 6, 7, 8}
+
+
+def display_size(img: "Image.Image") -> tuple[int, int]:
+    """(width, height) as the picture is shown once its EXIF orientation is applied."""
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: the stored orientation is all we know
+        orientation = None
+    return (h, w) if orientation in EXIF_TRANSPOSED else (w, h)
 
 
 # -- media --------------------------------------------------------------------------------------------------------------

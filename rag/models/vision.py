@@ -24,7 +24,7 @@ os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
 from qwen_vl_utils import vision_process as qvu  # noqa: E402  (reader choice must be set before import)
 
 from rag.config import VisionBudget  # noqa: E402
-from rag.validation import InputRejected, Limits, check_file  # noqa: E402
+from rag.validation import InputRejected, Limits, check_file, to_8bit  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +66,7 @@ def _check_file(path: Path, budget: VisionBudget, kind: str) -> None:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB with transparency composited on white (as qwen-vl-utils does) and 16-bit/CMYK/palette modes handled."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size else 0
-        scale = 255.0 / hi if hi > 255 else 1.0
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    img = to_8bit(img)  # the shared rule (thumbnails use it too)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("LA", "PA"):
@@ -129,6 +120,7 @@ def load_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Im
     if w * h > budget.max_image_pixels:
         raise VisionInputError(f"image {name} has {w * h:,} pixels, more than the limit of {budget.max_image_pixels:,}")
     if getattr(img, "is_animated", False):
+        logger.warning("image %s is animated (%d frames): only the first frame is used", name, getattr(img, "n_frames", 0))
         img.seek(0)
     try:
         img = ImageOps.exif_transpose(img)
@@ -202,6 +194,8 @@ def read_video_frames(path: str, fps: float, max_frames: int, budget: VisionBudg
     if total < 1 or video_fps <= 0:
         raise VisionInputError(f"video '{path}' has no decodable frames")
     duration = total / video_fps
+    if total > budget.max_video_frames:
+        raise VisionInputError(f"video '{path}' has {total:,} frames, more than the limit of {budget.max_video_frames:,}")
     if duration > budget.max_video_seconds:
         raise VisionInputError(f"video '{path}' lasts {duration:.0f} s, longer than the limit of {budget.max_video_seconds:.0f} s")
     if total < 2:

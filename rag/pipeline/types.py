@@ -36,10 +36,15 @@ class Query(BaseModel):
     @field_validator("text")
     @classmethod
     def _text(cls, v: str) -> str:
+        from rag.validation import InputRejected, check_text
+
         v = v.strip()
         if len(v) > MAX_QUESTION_CHARS:
             raise ValueError(f"question is {len(v)} characters long; the limit is {MAX_QUESTION_CHARS}")
-        return v
+        try:  # the shared text rules: NFC, no control or bidirectional-override characters
+            return check_text(v, "question", max_chars=MAX_QUESTION_CHARS)
+        except InputRejected as e:
+            raise ValueError(str(e)) from None
 
     @property
     def has_media(self) -> bool:
