@@ -462,6 +462,21 @@ def test_load_remote_or_none(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert isinstance(gen, RemoteGenerator) and gen.model == "qwen-vl" and gen.count_tokens("abcdef") == 2
 
 
+def test_factory_picks_the_server_per_role(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``load_models(..., "real")`` (serve, ask, kb, eval) uses the model server where the settings name one."""
+    from rag.models.factory import load_models
+    from rag.models.loading import ModelNotAvailableError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAGVQA_EMBEDDER_BACKEND", "vllm")
+    monkeypatch.setenv("RAGVQA_EMBEDDER_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("RAGVQA_RERANKER_BACKEND", raising=False)
+    models = load_models(Settings(), "real", need=("embedder",))
+    assert isinstance(models.embedder, RemoteEmbedder)
+    with pytest.raises(ModelNotAvailableError):  # the reranker is still local, and its weights are not here
+        load_models(Settings(), "real", need=("reranker",))
+
+
 def test_pipeline_runs_unchanged_on_remote_models(fresh: ModelServer, tmp_path: Path, embedder, reranker, generator) -> None:
     from rag.pipeline import Query, RagPipeline
     from rag.store import open_store

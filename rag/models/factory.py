@@ -83,8 +83,9 @@ def load_models(settings: Settings, which: ModelChoice = "real",
                 need: Iterable[str] = ROLES) -> LoadedModels:
     """Load the wrappers in ``need`` (embedder, reranker, generator).
 
-    ``real``: the configured models (``RAGVQA_*_MODEL``), device/dtype/attention from the settings; a model that is
-    not available locally raises ``ModelNotAvailableError`` with instructions. ``tiny``: one random checkpoint for
+    ``real``: the configured models (``RAGVQA_*_MODEL``), device/dtype/attention from the settings, or a model server
+    where ``RAGVQA_<ROLE>_BACKEND`` says so; a local model that is not available raises ``ModelNotAvailableError``
+    with instructions. ``tiny``: one random checkpoint for
     all roles, float32 on CPU.
     """
     need = tuple(need)
@@ -108,9 +109,15 @@ def load_models(settings: Settings, which: ModelChoice = "real",
         if out.embedder is not None:
             out.embedder.name = tiny_embedder_id(path)
         return out
+    from rag.models.remote import load_remote_or_none
+
     kw = {"device": settings.device, "dtype": settings.dtype, "attn_implementation": settings.attn_implementation,
           "budget": settings.vision}
     for role in need:
+        remote = load_remote_or_none(role, settings)  # RAGVQA_<ROLE>_BACKEND selects a model server
+        if remote is not None:
+            setattr(out, role, remote)
+            continue
         name = getattr(settings, f"{role}_model")
         log.info("loading %s %s", role, name)
         setattr(out, role, classes[role].from_pretrained(name, **kw))
