@@ -474,7 +474,7 @@ class Case(_CaseFields):
         out = [head]
         for i, (label, body) in enumerate(sections):
             room = alloc[i] - overhead[i]
-            if room < 12:  # too little room to say anything useful
+            if room < len(body) and room < 12:  # a cut this short says nothing useful; a short body fits whole
                 continue
             out.append(label + _truncate(body, room))
         text = "\n".join(out)

@@ -340,3 +340,11 @@ def test_delete_and_probe(store: MediaStore) -> None:
     assert store.delete(m.rel_path) is False
     with pytest.raises(MediaError, match="not in the media store"):
         store.read_bytes(m.sha256)
+
+
+def test_document_text_keeps_short_sections() -> None:
+    from knowledge_base.schema import Case
+
+    case = Case(id="c1", title="Short", product_line="printers", symptom="E13 shown", cause="worn", solution=["reset"])
+    text = case.document_text(400)
+    assert "Symptom: E13 shown" in text and "Cause: worn" in text and "Solution: 1) reset" in text
