@@ -292,7 +292,7 @@ class ChatTab:
         outs = [chatbot, msg, gallery, sources, detail, banner, timings, turns, media_state, last, crop, fb_status]
         ins = [msg, chatbot, turns, media_state, product_line, equipment_model, rerank, pdf_page, crop]
         ev = msg.submit(self.respond, ins, outs, api_name="chat", concurrency_limit=s.ui.concurrency_limit,
-                        concurrency_id="models", show_progress="hidden")
+                        concurrency_id="models", show_progress="minimal", show_progress_on=[chatbot])
         msg.stop(None, None, None, cancels=[ev], api_visibility="private")
         gallery.select(self.on_select, [sources], [detail, case_media], api_name="open_case")
         product_line.change(self.on_line_change, [product_line], [equipment_model], api_visibility="private")
