@@ -136,6 +136,17 @@ def test_pdf_page_becomes_the_query_image(app: Served, client: Client, tmp_path:
     assert "Cited cases" in text_of(out[0][-1]) or "Cases used" in text_of(out[0][-1])
 
 
+def test_video_question(app: Served, client: Client, tmp_path: Path) -> None:
+    from conftest import write_video
+
+    clip = write_video(tmp_path / "clip.mp4", n_frames=8)
+    _, out = chat(client, "the pump vibrates like this", [str(clip)])
+    history = out[0]
+    assert any(isinstance(m["content"], list) and any(x.get("type") == "file" for x in m["content"]) for m in history)
+    assert "Cited cases" in text_of(history[-1]) or "Cases used" in text_of(history[-1])
+    assert out[2], "sources shown for a video query"
+
+
 def _one_page_pdf(path: Path) -> None:
     img = Image.new("RGB", (300, 400), "white")
     img.save(path, "PDF")

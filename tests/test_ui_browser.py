@@ -209,6 +209,13 @@ def test_admin_refuses_without_login_then_adds_a_case_found_from_chat(page, app:
     page.wait_for_function("() => (document.querySelector('#case-save-msg')?.innerText || '').includes('Added case')")
     shot(page, "admin_case_added")
     assert app.services.kb.get("esp-grinder-jam") is not None
+    # the case list shows stored markup as text too
+    page.get_by_role("tab", name="Cases").click()
+    page.locator("#admin-list-btn").click()
+    page.wait_for_function("() => (document.querySelector('#admin-case-table')?.innerText || '').includes('esp-grinder-jam')")
+    assert "img src=x" in page.locator("#admin-case-table").inner_text()
+    assert page.locator("#admin-case-table img, #admin-case-table script").count() == 0
+    assert_inert(page)
 
     # a chat user finds it: reload (filter choices refresh on load), filter on its product line, ask
     page.goto(app.url, wait_until="domcontentloaded")

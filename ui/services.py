@@ -57,6 +57,18 @@ class Services:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def prune_uploads(self, max_age_s: float = 24 * 3600) -> int:
+        """Delete derived query images older than ``max_age_s`` (they only matter to live conversations)."""
+        cutoff, n = time.time() - max_age_s, 0
+        for p in self.upload_dir.glob("*.png"):
+            try:
+                if p.name != "no-image.png" and p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    n += 1
+            except OSError:
+                pass
+        return n
+
     # -- filter pickers -------------------------------------------------------------------------------------------
     def filter_choices(self, max_age_s: float = 60.0) -> tuple[list[str], dict[str, list[str]]]:
         """(product lines, line -> equipment models) from the store's case points, cached for ``max_age_s``."""
@@ -183,9 +195,11 @@ def build_services(settings: Settings, *, models: ModelKind = "real", ui: UISett
                      lockout_seconds=ui.admin_lockout_seconds)
     if not auth.enabled and credentials == "env":
         logger.warning("admin tab disabled: set RAGVQA_ADMIN_USER and RAGVQA_ADMIN_PASSWORD (or _FILE)")
-    return Services(settings=settings, ui=ui, pipeline=pipeline, store=store, embedder=embedder,
-                    feedback=FeedbackLog(data_dir / "feedback.sqlite3"), auth=auth, kb=kb, models=models,
-                    kb_error=kb_error)
+    services = Services(settings=settings, ui=ui, pipeline=pipeline, store=store, embedder=embedder,
+                        feedback=FeedbackLog(data_dir / "feedback.sqlite3"), auth=auth, kb=kb, models=models,
+                        kb_error=kb_error)
+    services.prune_uploads()
+    return services
 
 
 def load_sample_kb(kb: Any, data_dir: Path) -> None:
