@@ -192,6 +192,7 @@ def kill_points() -> list[dict[str, Any]]:
 
 POINTS = kill_points()
 survived: list[str] = []
+ran: list[str] = []
 
 
 def _point_id(i: int, p: dict[str, Any]) -> str:
@@ -225,13 +226,20 @@ def test_kill_then_resume(point: dict[str, Any], zygote: subprocess.Popen, sourc
         assert_same_state(kb_state(kb), reference["state"])  # same points, payloads, vectors and media files
     finally:
         kb.close()
+    ran.append(point["phase"])
     if rc == -signal.SIGKILL:
         survived.append(point["phase"])
 
 
 def test_kill_points_cover_every_phase() -> None:
-    """Runs last: every phase was hit by real kills (reported in the summary with ``-rA``)."""
-    if len(survived) < KILLS:
-        pytest.skip(f"only {len(survived)} kill points ran in this session (run the whole module)")
+    """Runs last: every write phase was hit by real kills (reported in the summary with ``-rA``).
+
+    The 15 in-process kill points must all land; an outside kill whose delay outlasted the import is a valid resume
+    of a finished import but not a kill, so it is counted separately.
+    """
+    if len(ran) < KILLS:
+        pytest.skip(f"only {len(ran)} of {KILLS} kill points were selected (run the whole module)")
+    inside = [p for p in survived if p != "delay"]
+    assert len(inside) == KILLS - KILLS // len(PHASES), survived
     assert {"media-write", "media-upsert", "text-upsert"} <= set(survived)
     print(f"kill points survived: {len(survived)} ({', '.join(f'{p}={survived.count(p)}' for p in PHASES)})")
