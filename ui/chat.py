@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from rag.pipeline import Answer, CaseCandidate, Query, QueryError, Turn
-from ui.media import QueryMedia, UploadError, display_name, editor_image, prepare_uploads, save_image
+from ui.media import QueryMedia, UploadError, display_name, editor_image, prepare_uploads, save_image, upload_roots
 from ui.render import (abstain_banner_html, caption, case_detail_html, citations_md, inert_md, plain, timings_md)
 from ui.services import Services
 
@@ -103,7 +103,8 @@ class ChatTab:
         try:
             page = int(pdf_page or 1)
             media = prepare_uploads(files, pdf_page=max(1, page), out_dir=self.s.upload_dir,
-                                    budget=self.s.settings.vision, dpi=self.s.ui.pdf_dpi)
+                                    budget=self.s.settings.vision, dpi=self.s.ui.pdf_dpi,
+                                    roots=upload_roots(self.s.upload_dir))
             cropped = editor_image(crop)
             if cropped is not None:
                 media.images = [save_image(cropped, self.s.upload_dir, "crop")]

@@ -137,8 +137,20 @@ def editor_image(value: Any) -> Image.Image | None:
     return None
 
 
-def prepare_uploads(files: list[Any], *, pdf_page: int, out_dir: Path, budget: VisionBudget, dpi: int = 150) -> QueryMedia:
-    """Validate and convert the files of one message. Raises :class:`UploadError` with a user-facing message."""
+def upload_roots(*extra: Path) -> list[Path]:
+    """Folders a chat file may come from: Gradio's upload cache plus ``extra`` (the app's derived-upload dir)."""
+    from gradio.utils import get_upload_folder
+
+    return [Path(get_upload_folder()).resolve(), *(Path(e).resolve() for e in extra)]
+
+
+def prepare_uploads(files: list[Any], *, pdf_page: int, out_dir: Path, budget: VisionBudget, dpi: int = 150,
+                    roots: list[Path] | None = None) -> QueryMedia:
+    """Validate and convert the files of one message. Raises :class:`UploadError` with a user-facing message.
+
+    ``roots`` (the web app passes :func:`upload_roots`): a path outside them is refused before it is touched, so a
+    crafted request can never make the server read its own files. ``None`` (the CLI's local files): no confinement.
+    """
     media = QueryMedia()
     for f in files or []:
         raw = f.get("path") if isinstance(f, dict) else f
@@ -146,6 +158,9 @@ def prepare_uploads(files: list[Any], *, pdf_page: int, out_dir: Path, budget: V
             continue
         path = Path(str(raw))
         name = display_name(path)
+        if roots is not None and not any(path.resolve().is_relative_to(r) for r in roots):
+            logger.warning("refused a chat file outside the upload folders: %s", path)
+            raise UploadError(f"'{name}' is not accepted: only files uploaded in this chat can be used.")
         if not path.is_file():
             raise UploadError(f"'{name}' did not arrive; please attach it again.")
         kind = sniff(path, budget)

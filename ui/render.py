@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 from rag.pipeline.types import Answer, CaseCandidate, Trace
 
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_AUTOLINK = re.compile(r"(?i)[a-z][a-z0-9+.-]*://|\bwww\.")
 
 
 def esc(value: Any) -> str:
@@ -27,7 +28,11 @@ def inert_md(text: str) -> str:
     Citations like ``[case-id]`` still read the same; ``![x](url)`` and ``[x](javascript:…)`` become plain text.
     """
     t = html.escape(_CTRL.sub("", text or ""), quote=False)
-    return t.replace("[", "&#91;").replace("]", "&#93;")
+    t = t.replace("[", "&#91;").replace("]", "&#93;")
+    # Bare URLs, www. names and e-mail addresses would be auto-linked by the chat's Markdown (GFM): entities keep
+    # the text identical on screen but unlinkable.
+    t = _AUTOLINK.sub(lambda m: m.group(0).replace(":", "&#58;").replace(".", "&#46;"), t)
+    return t.replace("@", "&#64;")
 
 
 def plain(text: Any, limit: int = 200) -> str:
