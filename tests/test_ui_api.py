@@ -278,3 +278,73 @@ def test_rendering_is_inert() -> None:
                       case={"symptom": "<script>alert(2)</script>", "solution": ["<b>x</b>"], "tags": ['"><svg onload=1>']})
     html_ = case_detail_html(c)
     assert "<img" not in html_ and "<script" not in html_ and "<svg" not in html_ and "&lt;img" in html_
+
+
+def admin_client(app: Served) -> tuple[Client, dict[str, int]]:
+    """A gradio_client session that logged in, with the (hidden) admin events callable by their button's elem_id."""
+    c = Client(app.url, verbose=False, download_files=False)
+    c.predict(*ADMIN, api_name="/admin_login")
+    idx = {e: fn_index_for(c.config, e) for e in ("case-save", "admin-del-btn", "import-btn", "dup-btn", "reindex-btn",
+                                                  "admin-load-btn", "check-btn")}
+    for i in idx.values():
+        c.endpoints[i].is_valid = True
+    return c, idx
+
+
+def test_admin_operations_with_login(app: Served, client: Client, tmp_path: Path) -> None:
+    """Add a case with an image, a video and a PDF; load, bulk-import, duplicates, check, reindex, delete."""
+    import json as _json
+
+    from conftest import case_picture, write_video
+
+    c, idx = admin_client(app)
+    img, clip, pdf = tmp_path / "valve.png", tmp_path / "valve.mp4", tmp_path / "valve-manual.pdf"
+    case_picture(7, (10, 120, 160)).save(img)
+    write_video(clip, n_frames=8)
+    Image.new("RGB", (300, 400), "white").save(pdf, "PDF", save_all=True, append_images=[Image.new("RGB", (300, 400), "grey")])
+    form = ["valve-v2", "Valve V2 sticks open", "valves", "V2", "Valve does not close; flow continues.", "Debris.",
+            "Close the isolation valve\nClean the seat", "V-02", "valve, debris", "high", "field report"]
+    new_id, msg = c.predict(*form, [handle_file(str(img)), handle_file(str(clip)), handle_file(str(pdf))],
+                            fn_index=idx["case-save"])
+    assert new_id == "valve-v2" and "Added case" in msg, msg
+    stored = app.services.kb.get("valve-v2")
+    assert sorted({m.kind for m in stored.media}) == ["image", "pdf_page", "video"]
+    assert sum(m.kind == "pdf_page" for m in stored.media) == 2
+    loaded = c.predict("valve-v2", fn_index=idx["admin-load-btn"])
+    assert loaded[1] == "Valve V2 sticks open" and loaded[6] == "Close the isolation valve\nClean the seat"
+    # edit: same id → update (media kept, text changed)
+    form[5] = "Debris on the seat."
+    _, msg = c.predict(*form, [], fn_index=idx["case-save"])
+    assert "Updated case" in msg and app.services.kb.get("valve-v2").version == 2
+
+    # bulk import: a zip of cases.jsonl + its media, with one bad record
+    import zipfile
+
+    buf = io.BytesIO()
+    case_picture(8, (160, 10, 120)).save(buf, "PNG")
+    lines = [{"id": "imp-ok", "title": "Imported case", "product_line": "valves", "symptom": "Leaks.", "media": ["p.png"]},
+             {"id": "imp-bad", "title": "", "product_line": "valves", "symptom": "x"}]
+    with zipfile.ZipFile(tmp_path / "bulk.zip", "w") as z:
+        z.writestr("cases.jsonl", "\n".join(_json.dumps(x) for x in lines))
+        z.writestr("p.png", buf.getvalue())
+    summary, report = c.predict(handle_file(str(tmp_path / "bulk.zip")), fn_index=idx["import-btn"])
+    assert "Import summary" in summary and report["added"] == 1 and report["rejected"] == 1, report
+    assert "title must not be empty" in summary
+    assert app.services.kb.get("imp-ok") is not None
+
+    rows, msg = c.predict(0.8, fn_index=idx["dup-btn"])
+    assert "pair(s)" in msg
+    msg, report = c.predict(False, fn_index=idx["check-btn"])
+    assert "cases" in msg and "problems" in report
+
+    # reindex swaps the live store: the chat must keep answering from the new one
+    with pytest.raises(Exception, match="confirm reindex"):
+        c.predict(False, fn_index=idx["reindex-btn"])
+    msg, result = c.predict(True, fn_index=idx["reindex-btn"])
+    assert "Reindexed" in msg and result["cases"] >= len(app.images) + 2
+    assert app.services.pipeline.retrieve_stage.store is app.services.kb.store
+    _, out = chat(client, "valve sticks open", line="valves")
+    assert any("[valve-v2]" in g["caption"] for g in out[2])
+
+    msg = c.predict("imp-ok", True, fn_index=idx["admin-del-btn"])
+    assert "Deleted" in msg and app.services.kb.get("imp-ok") is None

@@ -17,8 +17,10 @@ from typing import Any, Iterator
 import gradio as gr
 
 from rag.pipeline import Answer, CaseCandidate, Query, QueryError, Turn
-from ui.media import QueryMedia, UploadError, display_name, editor_image, prepare_uploads, save_image, upload_roots
-from ui.render import (abstain_banner_html, caption, case_detail_html, citations_md, inert_md, plain, timings_md)
+from ui.media import (QueryMedia, UploadError, display_name, editor_image, load_query_image, prepare_uploads, save_image,
+                      upload_roots)
+from ui.render import (StreamRenderer, abstain_banner_html, caption, case_detail_html, citations_md, inert_md, plain,
+                       timings_md)
 from ui.services import Services
 
 logger = logging.getLogger(__name__)
@@ -107,19 +109,29 @@ class ChatTab:
                                     roots=upload_roots(self.s.upload_dir))
             cropped = editor_image(crop)
             if cropped is not None:
-                media.images = [save_image(cropped, self.s.upload_dir, "crop")]
+                path = save_image(cropped, self.s.upload_dir, "crop")
+                media.images = [path]
+                media.decoded = {path: load_query_image(cropped, self.s.settings.vision)}
                 media.notes.append("query image: the cropped region")
         except UploadError as e:
             history += self._user_message(text, [])
             history.append({"role": "assistant", "content": "⚠️ " + inert_md(str(e))})
             yield (history, None, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
             return
-        ms_uploads = (time.perf_counter() - t0) * 1000
         notes += media.notes
         query_media = media
         if media.empty and (media_state.get("images") or media_state.get("video")):
             query_media = QueryMedia(images=list(media_state.get("images") or []), video=media_state.get("video"))
             notes.append("no new attachment: retrieval reuses the media of the earlier message")
+        try:  # decoded once here; the three models reuse these PIL images instead of decoding the files again
+            images = [query_media.decoded.get(p) or load_query_image(p, self.s.settings.vision)
+                      for p in query_media.images]
+        except UploadError as e:  # an earlier file that vanished (uploads are pruned after a day)
+            history += self._user_message(text, [])
+            history.append({"role": "assistant", "content": "⚠️ " + inert_md(str(e)) + " Start a new conversation."})
+            yield (history, None, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
+            return
+        ms_uploads = (time.perf_counter() - t0) * 1000
         if not media.empty:
             media_state = media.to_state()
 
@@ -136,12 +148,12 @@ class ChatTab:
         yield (history, None, keep, keep, keep, gr.update(visible=False), keep, turns, media_state, keep, None, "")
 
         # 2. pipeline
-        query = Query(text=text, images=query_media.images, video=query_media.video,
+        query = Query(text=text, images=images, video=query_media.video,
                       filters=self.filters(product_line, equipment_model),
                       history=[Turn(**t) for t in turns], rerank=bool(rerank))
         answer: Answer | None = None
         cases: list[CaseCandidate] = []
-        chunks: list[str] = []
+        renderer = StreamRenderer()
         try:
             for ev in self.s.pipeline.stream(query):
                 if ev.type == "sources":
@@ -151,9 +163,10 @@ class ChatTab:
                     yield (history, keep, self.gallery(cases), [c.model_dump() for c in cases], case_detail_html(None),
                            banner, keep, turns, media_state, keep, keep, "")
                 elif ev.type == "token":
-                    chunks.append(ev.text)
-                    history[-1] = {"role": "assistant", "content": inert_md("".join(chunks))}
-                    yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, keep)
+                    rendered = renderer.feed(ev.text)
+                    if rendered is not None:
+                        history[-1] = {"role": "assistant", "content": rendered}
+                        yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, keep)
                 elif ev.type == "done":
                     answer = ev.answer
         except USER_ERRORS as e:

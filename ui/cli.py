@@ -188,7 +188,8 @@ def ask(
             try:
                 media = _query_media(image, video, pdf, page, services.settings.vision, Path(tmp))
                 filters = {k: v for k, v in {"product_line": product_line, "equipment_model": equipment_model}.items() if v}
-                query = Query(text=question, images=media.images, video=media.video, filters=filters, rerank=rerank)
+                images = [media.decoded.get(p, p) for p in media.images]  # decoded once, reused by every model
+                query = Query(text=question, images=images, video=media.video, filters=filters, rerank=rerank)
                 answer = None
                 for ev in services.pipeline.stream(query):
                     if ev.type == "token" and not as_json:

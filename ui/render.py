@@ -35,6 +35,34 @@ def inert_md(text: str) -> str:
     return t.replace("@", "&#64;")
 
 
+class StreamRenderer:
+    """The growing answer as inert Markdown, re-rendered at most every ``interval`` seconds.
+
+    Rendering is O(answer length), so doing it for every token is quadratic in the answer and sends a websocket
+    update per token; 20 updates a second look the same to a reader.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.parts: list[str] = []
+        self._last = 0.0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def feed(self, chunk: str) -> str | None:
+        """Add a chunk; returns the rendered answer when an update is due, else None."""
+        import time
+
+        self.parts.append(chunk)
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return None
+        self._last = now
+        return inert_md(self.text)
+
+
 def plain(text: Any, limit: int = 200) -> str:
     """One-line text for captions/tables: control characters and angle brackets removed, trimmed."""
     s = _CTRL.sub("", "" if text is None else str(text)).replace("<", "‹").replace(">", "›")
