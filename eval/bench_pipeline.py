@@ -56,7 +56,7 @@ N_MODELS = 40
 N_IMAGES = 24
 STAGES = ("decode", "search", "fetch", "abstain", "prompt", "stream", "total")
 #: Reported beside the goal, not in it: the generator processor's pixel work on query + case images.
-EXTRA = ("vision",)
+EXTRA = ("total_cpu", "vision")
 
 _WORDS = ("fuser error code display blinking tray jam roller pressure valve compressor fan motor sensor board relay "
           "fuse leak seal bearing noise vibration overheating thermostat filter coil refrigerant drum toner cartridge "
@@ -278,13 +278,13 @@ def bench_size(n_cases: int, *, dim: int, n_queries: int, n_tokens: int, generat
                         case_ids=[])]
         runs: dict[str, dict[str, Any]] = {}
         for scenario in ("unfiltered", "product_line filter"):
-            samples: dict[str, list[float]] = {s: [] for s in (*STAGES, "vision")}
+            samples: dict[str, list[float]] = {s: [] for s in (*STAGES, *EXTRA)}
             for qi in range(n_queries + 10):
                 member = int(rng.integers(0, n_cases))
                 q = text_vecs[member] + rng.normal(scale=0.3 / np.sqrt(dim), size=dim).astype(np.float32)
                 emb.vector = (q / np.linalg.norm(q)).astype(np.float32)
                 filters = {"product_line": lines[member]} if scenario != "unfiltered" else {}
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 image = load_query_image(photo, settings.vision)  # the chat decodes the upload once
                 decode_ms = (time.perf_counter() - t0) * 1000
                 query = Query(text="What is wrong and how do I fix it?", images=[image], filters=filters,
@@ -297,6 +297,7 @@ def bench_size(n_cases: int, *, dim: int, n_queries: int, n_tokens: int, generat
                     elif ev.type == "done":
                         answer = ev.answer
                 total = (time.perf_counter() - t0) * 1000
+                cpu = (time.process_time() - c0) * 1000
                 if qi < 10 or answer is None:
                     continue
                 tr = answer.trace
@@ -308,6 +309,8 @@ def bench_size(n_cases: int, *, dim: int, n_queries: int, n_tokens: int, generat
                 samples["prompt"].append(prompt)
                 samples["stream"].append(max(0.0, tr.ms("generate") - prompt - (vision or 0.0)))
                 samples["total"].append(total - (vision or 0.0))
+                if vision is None:  # CPU of a query that also ran the sampled vision preprocessing is not separable
+                    samples["total_cpu"].append(cpu)
                 if vision is not None:
                     samples["vision"].append(vision)
             runs[scenario] = {k: _percentiles(v) for k, v in samples.items() if v}
@@ -363,7 +366,9 @@ def check_goal(result: dict[str, Any]) -> dict[str, Any] | None:
     if run is None:
         return None
     worst = max(s["total"]["p95"] for s in run["scenarios"].values())
-    return {**GOAL, "worst_total_p95_ms": worst, "met": worst <= GOAL["p95_ms"]}
+    worst_cpu = max(s["total_cpu"]["p95"] for s in run["scenarios"].values())
+    return {**GOAL, "worst_total_p95_ms": worst, "met": worst <= GOAL["p95_ms"], "worst_total_cpu_p95_ms": worst_cpu,
+            "met_cpu": worst_cpu <= GOAL["p95_ms"]}
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -387,12 +392,15 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append(f"- {r['n_cases']:,} cases = {r['points']:,} points × {r['dim']}: store {how}")
     g = result.get("goal")
     if g:
-        lines += ["", f"**Goal** total p95 ≤ {g['p95_ms']} ms at {g['n_cases']:,} cases: worst p95 "
-                  f"{g['worst_total_p95_ms']:.2f} ms → {'met' if g['met'] else 'NOT met'}"]
+        lines += ["", f"**Goal** total p95 ≤ {g['p95_ms']} ms at {g['n_cases']:,} cases: worst wall p95 "
+                  f"{g['worst_total_p95_ms']:.2f} ms → {'met' if g['met'] else 'NOT met'}; worst CPU p95 "
+                  f"{g['worst_total_cpu_p95_ms']:.2f} ms → {'met' if g['met_cpu'] else 'NOT met'} (CPU time is what "
+                  "other processes on a shared machine do not inflate; Edge search threads count in it)"]
     lines += ["", "Stages: decode = query photo decoded once + official resize (the chat's load_query_image) and the "
               "embedder-side preparation of that image; search/fetch = Retrieve stage on Qdrant Edge; "
               "prompt = Generate messages + chat template + tokenizer; stream = token replay through pipeline events "
-              "+ chat rendering; total = the goal's scope (all of the above, measured end to end). vision (outside "
+              "+ chat rendering; total = the goal's scope (all of the above, measured end to end); total_cpu = the same in "
+              "process CPU time. vision (outside "
               "the goal, sampled every 10th query) = the generator processor's decode/resize/patchify of the query "
               "photo and 3 case images."]
     return "\n".join(lines) + "\n"

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from rag.config import VisionBudget
-from rag.models.vision import VisionInputError, prepare_image
+from rag.models.vision import VisionInputError, load_image, to_rgb
 from rag.validation import InputRejected, Limits, check_file
 
 logger = logging.getLogger(__name__)
@@ -140,14 +140,15 @@ def editor_image(value: Any) -> Image.Image | None:
 
 
 def load_query_image(src: str | Path | Image.Image, budget: VisionBudget) -> Image.Image:
-    """Decode once and apply the official resize: the PIL image the embedder, reranker and generator all reuse.
+    """Decode an uploaded image once (validated, EXIF-oriented, RGB) for the embedder, reranker and generator to reuse.
 
-    Handing the models a path would make each decode it again (three full decodes per answer). A JPEG far above
-    the pixel budget (a 12 MP phone photo) is decoded at 1/2–1/8 scale in the DCT domain, never below the budget,
-    before the official resize: the same model input for a fraction of the decode time.
+    Handing the models a path would make each decode the file again. The official resize is left to the model
+    wrappers (as for the case images), so query and document images go through the same resize code. A JPEG far
+    above the pixel budget (a 12 MP phone photo) is decoded at 1/2–1/8 scale in the DCT domain, never below the
+    budget, which the official resize then brings to the model size: the same input for a fraction of the decode.
     """
     if isinstance(src, Image.Image):
-        return prepare_image(src, budget)
+        return load_image(src, budget)
     path = Path(src)
     name = display_name(path)
     if not path.is_file():
@@ -164,7 +165,15 @@ def load_query_image(src: str | Path | Image.Image, budget: VisionBudget) -> Ima
             if im.format == "JPEG" and scale > 1:
                 im.draft("RGB", (w // scale, h // scale))
             im.load()
-            return prepare_image(im, budget)  # EXIF orientation, RGB, official resize
+            if getattr(im, "is_animated", False):
+                im.seek(0)
+            ImageOps.exif_transpose(im, in_place=True)
+            img = im if im.mode == "RGB" else to_rgb(im)
+            ratio = max(img.size) / max(1, min(img.size))
+            if ratio > 200:
+                raise UploadError(f"'{name}' is {img.size[0]}x{img.size[1]}: too elongated for the model (ratio "
+                                  f"{ratio:.0f}, limit 200).")
+            return img
     except UploadError:
         raise
     except VisionInputError as e:
