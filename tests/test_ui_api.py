@@ -348,3 +348,24 @@ def test_admin_operations_with_login(app: Served, client: Client, tmp_path: Path
 
     msg = c.predict("imp-ok", True, fn_index=idx["admin-del-btn"])
     assert "Deleted" in msg and app.services.kb.get("imp-ok") is None
+
+
+def test_query_image_decoded_once_matches_the_official_path(tmp_path: Path) -> None:
+    import numpy as np
+
+    from rag.config import VisionBudget
+    from rag.models.vision import prepare_image
+    from ui.media import UploadError, load_query_image
+
+    b = VisionBudget()
+    rng = np.random.RandomState(0)
+    small = tmp_path / "small.jpg"
+    Image.fromarray((rng.rand(480, 640, 3) * 255).astype("uint8")).save(small, quality=85)
+    assert np.array_equal(np.asarray(prepare_image(load_query_image(small, b), b)), np.asarray(prepare_image(small, b)))
+    big = tmp_path / "phone.jpg"
+    Image.fromarray((rng.rand(60, 80, 3) * 255).astype("uint8")).resize((4000, 3000)).save(big, quality=85)
+    decoded = load_query_image(big, b)
+    assert decoded.size[0] * decoded.size[1] >= b.max_pixels and decoded.size[0] < 4000  # DCT-domain downscale
+    assert prepare_image(decoded, b).size == prepare_image(big, b).size
+    with pytest.raises(UploadError, match="no longer available"):
+        load_query_image(tmp_path / "gone.png", b)
