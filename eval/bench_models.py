@@ -110,7 +110,7 @@ def _best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 
 def run_models_bench(model_dir: str | Path, *, dtype: str = "float32", device: str = "cpu", repeats: int = 2,
-                     embed_batch_size: int = 8, rerank_batch_size: int = 1, n_docs: int = 20) -> dict[str, Any]:
+                     embed_batch_size: int = 1, rerank_batch_size: int = 4, n_docs: int = 20) -> dict[str, Any]:
     emb = Embedder.from_pretrained(model_dir, dtype=dtype, device=device)
     rr = Reranker.from_pretrained(model_dir, dtype=dtype, device=device)
     items = mixed_items()

@@ -99,6 +99,11 @@ class Embedder:
         return next(self.model.parameters()).dtype
 
     @property
+    def default_batch_size(self) -> int:
+        """1 on CPU: unpadded single items beat padded batches there (masked attention); 8 on accelerators."""
+        return 1 if self.device.type == "cpu" else 8
+
+    @property
     def dim(self) -> int:
         return int(self.model.config.text_config.hidden_size)
 
@@ -142,7 +147,7 @@ class Embedder:
         return F.normalize(pooled.float(), p=2, dim=-1)
 
     def embed(self, items: Iterable[Item | str], instruction: str | None = None, dim: int | None = None,
-              batch_size: int = 8, progress: bool = False, window: int = 64) -> np.ndarray:
+              batch_size: int | None = None, progress: bool = False, window: int = 64) -> np.ndarray:
         """Embed items (dicts with text/image/video, or plain strings) into an (n, dim) float32 array.
 
         Items are encoded ``window`` at a time (pixel tensors of a 1024×768 image take ≈19 MB, so a large import
@@ -153,7 +158,8 @@ class Embedder:
         if not items:
             return np.zeros((0, dim or self.dim), dtype=np.float32)
         out = np.zeros((len(items), self.dim), dtype=np.float32)
-        bs, window = max(1, batch_size), max(1, window, batch_size)
+        bs = max(1, batch_size or self.default_batch_size)
+        window = max(1, window, bs)
         bar = None
         if progress:
             from tqdm import tqdm
