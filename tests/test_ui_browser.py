@@ -220,8 +220,15 @@ def test_admin_refuses_without_login_then_adds_a_case_found_from_chat(page, app:
     # a chat user finds it: reload (filter choices refresh on load), filter on its product line, ask
     page.goto(app.url, wait_until="domcontentloaded")
     page.wait_for_selector("#chat-input textarea")
-    page.locator("#filter-line input").click()
-    page.get_by_role("option", name="coffee-machines").click()
+    deadline = time.time() + 60
+    while True:  # the choices arrive with the page-load event; retry until the new line is offered
+        page.locator("#filter-line input").click()
+        try:
+            page.get_by_role("option", name="coffee-machines").click(timeout=2000)
+            break
+        except sync_api.TimeoutError:
+            assert time.time() < deadline, "the new product line never appeared in the filter"
+            page.keyboard.press("Escape")
     ask(page, "grinder hums, beans do not feed")
     wait_answer(page)
     page.wait_for_function("() => (document.querySelector('#sources')?.innerText || '').includes('esp-grinder-jam')")
