@@ -60,8 +60,8 @@ def bench_models(
     dtype: str = typer.Option("float32"),
     device: str = typer.Option("cpu"),
     repeats: int = typer.Option(2, min=1),
-    embed_batch_size: int = typer.Option(8, min=1),
-    rerank_batch_size: int = typer.Option(1, min=1),
+    embed_batch_size: int = typer.Option(1, min=1, help="1 = the CPU default (unpadded items); 8 on GPUs."),
+    rerank_batch_size: int = typer.Option(4, min=1, help="documents per forward after the shared prefix"),
 ) -> None:
     """Embedder and reranker throughput against the official strategy, with an output-equality check."""
     from eval.bench_models import run_models_bench, to_markdown, write_report
