@@ -21,6 +21,7 @@ from rag.config import VisionBudget
 from rag.models.encoding import (
     Encoded,
     Item,
+    TokenizedModel,
     Vision,
     collate,
     encode,
@@ -64,20 +65,13 @@ def mrl_truncate(vectors: np.ndarray, dim: int | None) -> np.ndarray:
     return (cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-class Embedder:
+class Embedder(TokenizedModel):
     """Load with :meth:`from_pretrained`; call :meth:`embed`."""
 
     def __init__(self, model: Any, processor: Any, *, name: str = "", budget: VisionBudget | None = None,
                  max_length: int = MAX_LENGTH, default_instruction: str = DEFAULT_INSTRUCTION) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.name = name
-        self.budget = budget or VisionBudget()
-        self.max_length = max_length
-        self.default_instruction = default_instruction
-        tok = processor.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
-        self.protected_ids = set(tok.all_special_ids)
+        super().__init__(model, processor, name=name, budget=budget, max_length=max_length,
+                         default_instruction=default_instruction)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto",
@@ -89,14 +83,6 @@ class Embedder:
         model = AutoModel.from_pretrained(path, **load_kwargs(dtype, dev, attn_implementation))
         processor = AutoProcessor.from_pretrained(path)
         return cls(model.to(dev), processor, name=str(name_or_path), budget=budget, **kwargs)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     @property
     def default_batch_size(self) -> int:

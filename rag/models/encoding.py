@@ -191,3 +191,27 @@ def to_device(inputs: dict[str, torch.Tensor], device: torch.device, dtype: torc
         else:
             moved[k] = v.to(device)
     return moved
+
+
+class TokenizedModel:
+    """What the local embedder and reranker share: model + processor, budgets, and the padding/protected ids."""
+
+    def __init__(self, model: Any, processor: Any, *, name: str, budget: VisionBudget | None, max_length: int,
+                 default_instruction: str) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.name = name
+        self.budget = budget or VisionBudget()
+        self.max_length = max_length
+        self.default_instruction = default_instruction
+        tok = processor.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        self.protected_ids = set(tok.all_special_ids)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype

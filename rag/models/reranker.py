@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from rag.config import VisionBudget
-from rag.models.encoding import Encoded, Item, Vision, collate, encode, has_input, item_name, media_content, to_device, truncate
+from rag.models.encoding import Encoded, Item, TokenizedModel, Vision, collate, encode, has_input, item_name, media_content, to_device, truncate
 from rag.models.loading import load_kwargs, resolve_device, resolve_model_path
 from rag.models.vision import VisionInputError
 
@@ -49,24 +49,17 @@ class _Side:
     vision: Vision
 
 
-class Reranker:
+class Reranker(TokenizedModel):
     """Load with :meth:`from_pretrained`; call :meth:`score`."""
 
     def __init__(self, model: Any, score_vector: torch.Tensor, processor: Any, *, name: str = "",
                  budget: VisionBudget | None = None, max_length: int = MAX_LENGTH,
                  default_instruction: str = DEFAULT_INSTRUCTION, batch_size: int | None = None) -> None:
-        self.model = model.eval()
+        super().__init__(model, processor, name=name, budget=budget, max_length=max_length,
+                         default_instruction=default_instruction)
         self.score_vector = score_vector
-        self.processor = processor
-        self.name = name
-        self.budget = budget or VisionBudget()
-        self.max_length = max_length
-        self.default_instruction = default_instruction
         # Documents per forward after the shared prefix: measured best at 4 on 2 CPU cores; larger on GPUs.
-        self.batch_size = batch_size or (4 if next(model.parameters()).device.type == "cpu" else 16)
-        tok = processor.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
-        self.protected_ids = set(tok.all_special_ids)
+        self.batch_size = batch_size or (4 if self.device.type == "cpu" else 16)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto",
@@ -84,14 +77,6 @@ class Reranker:
         weight = lm.lm_head.weight.detach()
         score_vector = (weight[vocab["yes"]] - weight[vocab["no"]]).clone()
         return cls(lm.model, score_vector, processor, name=str(name_or_path), budget=budget, **kwargs)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     # -- prompt -------------------------------------------------------------------------------------------------
     def _side(self, item: Item, what: str) -> _Side:

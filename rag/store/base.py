@@ -40,6 +40,14 @@ POINT_NAMESPACE = uuid.UUID("6f1c7e2a-3b5d-5e8f-9a41-52d0c3b7e9a1")
 Filters = Mapping[str, "str | Sequence[str] | None"]
 
 
+def vector_of(record: Any) -> np.ndarray | None:
+    """The named dense vector of an engine record (Edge and qdrant-client return the same shape)."""
+    vec = record.vector
+    if isinstance(vec, dict):
+        vec = vec.get(VECTOR_NAME)
+    return None if vec is None else np.asarray(vec, dtype=np.float32)
+
+
 class StoreError(RuntimeError):
     """A store operation failed in the engine (I/O, lock held by another process, closed store...)."""
 

@@ -27,6 +27,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from rag.store.base import (
+    vector_of,
     FILTER_KEYS,
     VECTOR_NAME,
     Hit,
@@ -92,13 +93,6 @@ def _to_filter(filters: dict[str, list[str]]) -> qe.Filter | None:
         for k, v in filters.items()
     ]
     return qe.Filter(must=must)
-
-
-def _vector_of(record: Any) -> np.ndarray | None:
-    vec = record.vector
-    if isinstance(vec, dict):
-        vec = vec.get(VECTOR_NAME)
-    return None if vec is None else np.asarray(vec, dtype=np.float32)
 
 
 class EdgeStore(VectorStore):
@@ -356,7 +350,7 @@ class EdgeStore(VectorStore):
         with _engine("retrieve"):
             recs = self._shard.retrieve(ids, with_payload=True, with_vector=[VECTOR_NAME] if with_vectors else False)
         return [
-            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=_vector_of(r) if with_vectors else None)
+            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=vector_of(r) if with_vectors else None)
             for r in recs
         ]
 
@@ -378,7 +372,7 @@ class EdgeStore(VectorStore):
         with _engine("scroll"):
             recs, nxt = self._shard.scroll(req)
         page = [
-            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=_vector_of(r) if with_vectors else None)
+            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=vector_of(r) if with_vectors else None)
             for r in recs
         ]
         return page, (None if nxt is None else str(nxt))

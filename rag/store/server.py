@@ -26,6 +26,7 @@ from qdrant_client import models as qm
 from qdrant_client.local.qdrant_local import QdrantLocal
 
 from rag.store.base import (
+    vector_of,
     FILTER_KEYS,
     VECTOR_NAME,
     Hit,
@@ -67,13 +68,6 @@ def _to_filter(filters: dict[str, list[str]]) -> qm.Filter | None:
             for k, v in filters.items()
         ]
     )
-
-
-def _vector_of(record: Any) -> np.ndarray | None:
-    vec = record.vector
-    if isinstance(vec, dict):
-        vec = vec.get(VECTOR_NAME)
-    return None if vec is None else np.asarray(vec, dtype=np.float32)
 
 
 class ServerStore(VectorStore):
@@ -387,7 +381,7 @@ class ServerStore(VectorStore):
                 self._name, ids=ids, with_payload=True, with_vectors=[VECTOR_NAME] if with_vectors else False
             )
         return [
-            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=_vector_of(r) if with_vectors else None)
+            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=vector_of(r) if with_vectors else None)
             for r in recs
         ]
 
@@ -409,7 +403,7 @@ class ServerStore(VectorStore):
                 with_vectors=[VECTOR_NAME] if with_vectors else False,
             )
         page = [
-            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=_vector_of(r) if with_vectors else None)
+            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=vector_of(r) if with_vectors else None)
             for r in recs
         ]
         return page, nxt
