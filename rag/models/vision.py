@@ -75,7 +75,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGB", img.size, (255, 255, 255))
         background.paste(img, mask=img.split()[3])
         return background
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # no copy of an RGB image (a phone photo costs ms)
 
 
 def load_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Image:
@@ -123,7 +123,8 @@ def load_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Im
         logger.warning("image %s is animated (%d frames): only the first frame is used", name, getattr(img, "n_frames", 0))
         img.seek(0)
     try:
-        img = ImageOps.exif_transpose(img)
+        if img.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when there is nothing to turn
+            img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not make the picture unusable
         logger.debug("ignoring unreadable EXIF in %s", name)
     ratio = max(w, h) / max(1, min(w, h))
