@@ -48,6 +48,12 @@ def vector_of(record: Any) -> np.ndarray | None:
     return None if vec is None else np.asarray(vec, dtype=np.float32)
 
 
+def stored_points(records: Iterable[Any], with_vectors: bool) -> list["StoredPoint"]:
+    """Engine records (Edge or qdrant-client, same shape) as :class:`StoredPoint` s."""
+    return [StoredPoint(id=str(r.id), payload=r.payload or {}, vector=vector_of(r) if with_vectors else None)
+            for r in records]
+
+
 class StoreError(RuntimeError):
     """A store operation failed in the engine (I/O, lock held by another process, closed store...)."""
 

@@ -27,7 +27,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from rag.store.base import (
-    vector_of,
+    stored_points,
     FILTER_KEYS,
     VECTOR_NAME,
     Hit,
@@ -349,10 +349,7 @@ class EdgeStore(VectorStore):
     def _retrieve(self, ids: list[str], with_vectors: bool) -> list[StoredPoint]:
         with _engine("retrieve"):
             recs = self._shard.retrieve(ids, with_payload=True, with_vector=[VECTOR_NAME] if with_vectors else False)
-        return [
-            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=vector_of(r) if with_vectors else None)
-            for r in recs
-        ]
+        return stored_points(recs, with_vectors)
 
     def _scroll_page(
         self,
@@ -371,10 +368,7 @@ class EdgeStore(VectorStore):
         )
         with _engine("scroll"):
             recs, nxt = self._shard.scroll(req)
-        page = [
-            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=vector_of(r) if with_vectors else None)
-            for r in recs
-        ]
+        page = stored_points(recs, with_vectors)
         return page, (None if nxt is None else str(nxt))
 
     def _count(self, filters: dict[str, list[str]]) -> int:

@@ -26,7 +26,7 @@ from qdrant_client import models as qm
 from qdrant_client.local.qdrant_local import QdrantLocal
 
 from rag.store.base import (
-    vector_of,
+    stored_points,
     FILTER_KEYS,
     VECTOR_NAME,
     Hit,
@@ -380,10 +380,7 @@ class ServerStore(VectorStore):
             recs = self.client.retrieve(
                 self._name, ids=ids, with_payload=True, with_vectors=[VECTOR_NAME] if with_vectors else False
             )
-        return [
-            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=vector_of(r) if with_vectors else None)
-            for r in recs
-        ]
+        return stored_points(recs, with_vectors)
 
     def _scroll_page(
         self,
@@ -402,10 +399,7 @@ class ServerStore(VectorStore):
                 with_payload=payload_keys if payload_keys is not None else True,
                 with_vectors=[VECTOR_NAME] if with_vectors else False,
             )
-        page = [
-            StoredPoint(id=str(r.id), payload=r.payload or {}, vector=vector_of(r) if with_vectors else None)
-            for r in recs
-        ]
+        page = stored_points(recs, with_vectors)
         return page, nxt
 
     def _count(self, filters: dict[str, list[str]]) -> int:
