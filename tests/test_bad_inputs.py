@@ -571,6 +571,16 @@ def test_paths_never_leave_their_folder(kb: KnowledgeBase, tmp_path: Path, uncha
     # The pipeline resolves stored payload paths against the media root and drops escapes.
     assert resolve_media(kb.media.root, "../../etc/passwd") is None
     assert resolve_media(kb.media.root, str(secret)) is None
+    assert resolve_media(kb.media.root, "img/a\x00b.jpg") is None
+    os.symlink(tmp_path, kb.media.root / "out")  # a link below the root that leads out of it
+    os.symlink(kb.media.root, kb.media.root / "self")  # ... and one that stays inside
+    try:
+        assert resolve_media(kb.media.root, "out/secret.txt") is None
+        assert resolve_media(kb.media.root, "self/x/y.jpg") == str(kb.media.root.resolve() / "x" / "y.jpg")
+    finally:
+        (kb.media.root / "out").unlink()
+        (kb.media.root / "self").unlink()
+    assert resolve_media(kb.media.root, "x/./y.jpg") == str(kb.media.root.resolve() / "x" / "y.jpg")
     # The shared rule for user-written paths.
     base = tmp_path / "import"
     (base / "sub").mkdir(parents=True)

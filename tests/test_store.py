@@ -224,6 +224,14 @@ def test_search_cases_groups_per_case(store: VectorStore) -> None:
     # filtered grouping
     res = store.search_cases(target.vector, limit_cases=10, filters={"product_line": "copiers"}, exact=True)
     assert res and all(h.payload["product_line"] == "copiers" for c in res for h in c.hits)
+    # only the payload fields asked for (case_id always, for the grouping), same cases and scores
+    slim = store.search_cases(target.vector, limit_cases=5, exact=True, payload_keys=["kind"])
+    full = store.search_cases(target.vector, limit_cases=5, exact=True)
+    assert [(c.case_id, c.score) for c in slim] == [(c.case_id, c.score) for c in full]
+    assert all(set(h.payload) <= {"case_id", "kind"} and "case_id" in h.payload for c in slim for h in c.hits)
+    assert set(store.search(target.vector, limit=1, payload_keys=["product_line"])[0].payload) == {"product_line"}
+    with pytest.raises(ValueError, match="payload_keys"):
+        store.search(target.vector, limit=1, payload_keys="kind")  # type: ignore[arg-type]
 
 
 def test_delete_case_retrieve_scroll(store: VectorStore) -> None:

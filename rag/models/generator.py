@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from rag.config import VisionBudget
@@ -109,8 +110,11 @@ class Generator:
         kwargs: dict[str, Any] = {}
         if videos:
             kwargs.update(videos=[v.frames for v in videos], video_metadata=[v.metadata for v in videos], do_sample_frames=False)
-        inputs = self.processor(text=[text], images=images or None, do_resize=False, return_tensors="pt", **kwargs)
-        return to_device(dict(inputs), self.device, next(self.model.parameters()).dtype)
+        # NumPy out, then zero-copy into torch: ``return_tensors="pt"`` builds the ids through ``torch.tensor`` on
+        # Python lists, about 0.5 ms per tensor for a prompt of a few thousand tokens.
+        inputs = self.processor(text=[text], images=images or None, do_resize=False, return_tensors="np", **kwargs)
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+        return to_device(tensors, self.device, next(self.model.parameters()).dtype)
 
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str] | None,
                     cancel: threading.Event | None) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 import threading
 import time
@@ -34,16 +36,40 @@ class _Timer:
         self.ms = (time.perf_counter() - self.t0) * 1000
 
 
+@functools.lru_cache(maxsize=64)
+def _real_root(media_root: str) -> str:
+    return os.path.realpath(media_root)
+
+
 def resolve_media(media_root: Path | None, rel: str | None) -> str | None:
-    """Absolute path of a media file, refusing anything outside the media root."""
+    """Absolute path of a media file, refusing anything outside the media root.
+
+    Runs for every candidate of every query, so it checks the path lexically and only follows symbolic links when
+    one is actually on the way below the root (a full ``realpath`` costs a ``stat`` per component of the path).
+    """
     if not rel or media_root is None:
         return None
-    root = media_root.resolve()
-    path = (root / rel).resolve()
-    if root not in path.parents:
-        logger.warning("ignoring media path outside the media root: %s", rel)
+    if "\x00" in rel:
+        logger.warning("ignoring a media path with a NUL byte: %r", rel)
         return None
-    return str(path)
+    root = _real_root(os.fspath(media_root))
+    path = os.path.normpath(os.path.join(root, rel))  # an absolute ``rel`` replaces the root and is refused below
+    inside = root.rstrip(os.sep) + os.sep
+    if path.startswith(inside):
+        cur = root
+        for part in path[len(inside):].split(os.sep):
+            cur = os.path.join(cur, part)
+            if os.path.islink(cur):  # a link could lead anywhere: judge where it really goes
+                path = os.path.realpath(path)
+                break
+        if path.startswith(inside):
+            return path
+    logger.warning("ignoring media path outside the media root: %s", rel)
+    return None
+
+
+#: Payload fields the search needs from each hit (the case itself comes from its text point).
+SEARCH_PAYLOAD = ["case_id", "media_id", "kind", "media_path", "thumbnail"]
 
 
 class Retrieve:
@@ -59,7 +85,8 @@ class Retrieve:
 
     def search(self, vector: Any, filters: dict | None, trace: Trace) -> list[CaseCandidate]:
         with _Timer() as t:
-            groups = self.store.search_cases(vector, limit_cases=self.top_k, filters=filters or None)
+            groups = self.store.search_cases(vector, limit_cases=self.top_k, filters=filters or None,
+                                              payload_keys=SEARCH_PAYLOAD)
         trace.add("search", t.ms, cases=len(groups))
         with _Timer() as t:
             out = self.candidates([(g.case_id, g.score, [h.payload for h in g.hits], [h.id for h in g.hits]) for g in groups])

@@ -180,6 +180,15 @@ class StoredPoint(BaseModel):
         return VectorPoint(id=self.id, vector=self.vector, payload=self.payload)
 
 
+def _keys(payload_keys: Sequence[str] | None, *required: str) -> list[str] | None:
+    """Checked payload field names (``None`` = the whole payload)."""
+    if payload_keys is None:
+        return None
+    if isinstance(payload_keys, str) or not all(isinstance(k, str) and k for k in payload_keys):
+        raise ValueError(f"payload_keys must be a list of field names, got {payload_keys!r}")
+    return list(dict.fromkeys([*required, *payload_keys]))
+
+
 class Hit(BaseModel):
     """One search result: a point and its cosine similarity."""
 
@@ -308,7 +317,8 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def _search(
-        self, vector: list[float], limit: int, filters: dict[str, list[str]], exact: bool, hnsw_ef: int | None
+        self, vector: list[float], limit: int, filters: dict[str, list[str]], exact: bool, hnsw_ef: int | None,
+        payload_keys: list[str] | None = None,
     ) -> list[Hit]: ...
 
     @abc.abstractmethod
@@ -377,13 +387,15 @@ class VectorStore(abc.ABC):
         filters: Filters | None = None,
         exact: bool = False,
         hnsw_ef: int | None = None,
+        payload_keys: Sequence[str] | None = None,
     ) -> list[Hit]:
-        """Nearest points by cosine similarity, best first. ``exact=True`` bypasses HNSW and quantization."""
+        """Nearest points by cosine similarity, best first. ``exact=True`` bypasses HNSW and quantization;
+        ``payload_keys`` returns only those payload fields (all by default)."""
         self._check_open()
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
         q = check_query_vector(vector, self.dim)
-        return self._search(q, limit, validate_filters(filters), exact, hnsw_ef or self.hnsw_ef)
+        return self._search(q, limit, validate_filters(filters), exact, hnsw_ef or self.hnsw_ef, _keys(payload_keys))
 
     def search_cases(
         self,
@@ -393,8 +405,12 @@ class VectorStore(abc.ABC):
         per_case_points: int = 3,
         exact: bool = False,
         hnsw_ef: int | None = None,
+        payload_keys: Sequence[str] | None = None,
     ) -> list[CaseHit]:
         """Top cases: hits grouped by ``case_id``, ranked by their best point, up to ``per_case_points`` each.
+
+        ``payload_keys`` returns only those payload fields of the hits (plus ``case_id``): a search that only needs
+        ids and media paths does not pay for copying every full case out of the engine.
 
         A case may own many points (text + media), so ``limit_cases * GROUP_OVERFETCH`` points are fetched and
         the window is doubled until ``limit_cases`` distinct cases are found or the store runs out.
@@ -407,9 +423,10 @@ class VectorStore(abc.ABC):
         q = check_query_vector(vector, self.dim)
         flt = validate_filters(filters)
         ef = hnsw_ef or self.hnsw_ef
+        keys = _keys(payload_keys, "case_id")
         fetch = min(self.GROUP_MAX_FETCH, limit_cases * self.GROUP_OVERFETCH)
         while True:
-            hits = self._search(q, fetch, flt, exact, ef)  # Qdrant uses ef >= limit by itself
+            hits = self._search(q, fetch, flt, exact, ef, keys)  # Qdrant uses ef >= limit by itself
             groups: dict[str, CaseHit] = {}
             for h in hits:  # hits are sorted best first, so the first hit of a case is its best
                 cid = h.payload.get("case_id")

@@ -323,13 +323,14 @@ class EdgeStore(VectorStore):
         return qe.SearchParams(hnsw_ef=hnsw_ef, exact=exact, quantization=quant, acorn=acorn)
 
     def _search(
-        self, vector: list[float], limit: int, filters: dict[str, list[str]], exact: bool, hnsw_ef: int | None
+        self, vector: list[float], limit: int, filters: dict[str, list[str]], exact: bool, hnsw_ef: int | None,
+        payload_keys: list[str] | None = None,
     ) -> list[Hit]:
         req = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(vector, using=VECTOR_NAME),
             filter=_to_filter(filters),
-            with_payload=True,
+            with_payload=qe.PayloadSelector.Include(payload_keys) if payload_keys is not None else True,
             params=self._search_params(exact, hnsw_ef, bool(filters)),
         )
         with _engine("search"):

@@ -351,7 +351,8 @@ class ServerStore(VectorStore):
         return qm.SearchParams(hnsw_ef=hnsw_ef, exact=exact, quantization=quant, acorn=acorn)
 
     def _search(
-        self, vector: list[float], limit: int, filters: dict[str, list[str]], exact: bool, hnsw_ef: int | None
+        self, vector: list[float], limit: int, filters: dict[str, list[str]], exact: bool, hnsw_ef: int | None,
+        payload_keys: list[str] | None = None,
     ) -> list[Hit]:
         with _engine("search"):
             res = self.client.query_points(
@@ -361,7 +362,7 @@ class ServerStore(VectorStore):
                 limit=limit,
                 query_filter=_to_filter(filters),
                 search_params=self._search_params(exact, hnsw_ef, bool(filters)),
-                with_payload=True,
+                with_payload=payload_keys if payload_keys is not None else True,
             )
         return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in res.points]
 
