@@ -284,3 +284,19 @@ def test_missing_model_message_is_actionable(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotAvailableError, match="no config.json"):
         Reranker.from_pretrained(tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_bench_models_reports_equal_outputs_and_component_split(tiny_model_dir: Path) -> None:
+    from eval.bench_models import run_models_bench, to_markdown
+
+    res = run_models_bench(tiny_model_dir, repeats=1, n_docs=3)
+    e, r = res["embed"], res["rerank"]
+    assert e["items"] == 64 and r["documents"] == 3
+    assert e["max_abs_diff"] <= 1e-5 and r["max_abs_diff"] <= 1e-4  # the speedups are at equal outputs
+    for arm in ("baseline", "ours"):
+        split = e["seconds_by_component"][arm]
+        assert 0 < split["vision"] and 0 < split["language_model"]
+        assert split["vision"] + split["language_model"] <= {"baseline": e["baseline_s"], "ours": e["ours_s"]}[arm]
+    assert e["speedup_ceiling_free_lm"] >= e["speedup"]
+    assert "at most" in to_markdown(res)
