@@ -7,6 +7,7 @@ Both sides run in the same process, on the same checkpoint, interleaved, and out
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -134,10 +135,7 @@ def _best_of(fn: Callable[[], Any], repeats: int, model: Any = None) -> tuple[fl
     for _ in range(repeats):
         clock = ComponentClock(model) if model is not None else None
         t = time.perf_counter()
-        if clock is not None:
-            with clock:
-                out = fn()
-        else:
+        with clock or contextlib.nullcontext():
             out = fn()
         took = time.perf_counter() - t
         if took < best:

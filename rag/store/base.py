@@ -478,9 +478,10 @@ class VectorStore(abc.ABC):
         """Iterate over all (matching) points, in id order, page by page (bounded memory)."""
         self._check_open()
         flt = validate_filters(filters)
+        keys = _keys(payload_keys)
         offset: Any = None
         while True:
-            page, offset = self._scroll_page(flt, offset, batch_size, with_vectors, payload_keys)
+            page, offset = self._scroll_page(flt, offset, batch_size, with_vectors, keys)
             yield from page
             if offset is None:
                 return

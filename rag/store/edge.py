@@ -330,7 +330,7 @@ class EdgeStore(VectorStore):
             limit=limit,
             query=qe.Query.Nearest(vector, using=VECTOR_NAME),
             filter=_to_filter(filters),
-            with_payload=qe.PayloadSelector.Include(payload_keys) if payload_keys is not None else True,
+            with_payload=payload_keys if payload_keys is not None else True,
             params=self._search_params(exact, hnsw_ef, bool(filters)),
         )
         with _engine("search"):
