@@ -12,42 +12,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
-from rag.config import VisionBudget
 from rag.models.embedder import DEFAULT_INSTRUCTION, EmbeddingError, mrl_truncate, normalise_instruction
 from rag.models.encoding import Item, item_name
-from rag.models.remote.http import HttpEndpoint, RemoteError
-from rag.models.remote.media import ImageFormat, item_parts, text_part
+from rag.models.remote.http import RemoteError
+from rag.models.remote.media import item_parts, text_part
+from rag.models.remote.pooling import PoolingClient
 from rag.models.vision import VisionInputError
 
 logger = logging.getLogger(__name__)
 
 EMBEDDINGS_PATH = "/v1/embeddings"
-#: HTTP statuses that mean "this item cannot be embedded" (too long, unreadable media), not "the server is broken".
-ITEM_ERROR_STATUSES = frozenset({400, 413, 422})
 
 
-class RemoteEmbedder:
+class RemoteEmbedder(PoolingClient):
     """Drop-in for :class:`rag.models.embedder.Embedder` backed by a vLLM server."""
 
-    def __init__(self, endpoint: HttpEndpoint, model: str, *, name: str | None = None,
-                 budget: VisionBudget | None = None, default_instruction: str = DEFAULT_INSTRUCTION,
-                 max_concurrency: int = 8, image_format: ImageFormat = "png", max_upload_bytes: int = 64 << 20,
-                 mm_processor_kwargs: dict[str, Any] | None = None) -> None:
-        self.endpoint = endpoint
-        self.model = model
-        #: Identity of the vectors (StoreMeta.embedder_id): the model id, as for the local embedder.
-        self.name = name or model
-        self.budget = budget or VisionBudget()
-        self.default_instruction = default_instruction
-        self.max_concurrency = max_concurrency
-        self.image_format: ImageFormat = image_format
-        self.max_upload_bytes = max_upload_bytes
-        self.mm_processor_kwargs = mm_processor_kwargs
-        self._dim: int | None = None
+    DEFAULT_INSTRUCTION = DEFAULT_INSTRUCTION
+    _dim: int | None = None  # learnt from the first answer
 
     @property
     def dim(self) -> int:
@@ -72,21 +56,10 @@ class RemoteEmbedder:
             raise EmbeddingError(f"{name}: {e}") from e
         return [{"role": "system", "content": [text_part(system)]}, {"role": "user", "content": content}]
 
-    def payload(self, messages: list[dict]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "add_generation_prompt": True,
-                                "encoding_format": "float"}
-        if self.mm_processor_kwargs:
-            body["mm_processor_kwargs"] = self.mm_processor_kwargs
-        return body
-
     def _embed_one(self, item: Item, instruction: str | None, index: int) -> np.ndarray:
-        body = self.payload(self.messages(item, instruction, index))
-        try:
-            answer = self.endpoint.post_json(EMBEDDINGS_PATH, body)
-        except RemoteError as e:
-            if e.status in ITEM_ERROR_STATUSES:
-                raise EmbeddingError(f"{item_name(item, index)}: the embedding server refused it: {e}") from e
-            raise
+        body = self.payload(self.messages(item, instruction, index), encoding_format="float")
+        answer = self.post(EMBEDDINGS_PATH, body,
+                           lambda e: EmbeddingError(f"{item_name(item, index)}: the embedding server refused it: {e}"))
         try:
             vec = np.asarray(answer["data"][0]["embedding"], dtype=np.float32)
         except (KeyError, IndexError, TypeError, ValueError) as e:
@@ -142,12 +115,6 @@ class RemoteEmbedder:
         out = np.stack(vectors).astype(np.float32)
         self._dim = out.shape[1]
         return mrl_truncate(out, dim)
-
-    def close(self) -> None:
-        self.endpoint.close()
-
-    def __repr__(self) -> str:
-        return f"RemoteEmbedder({self.model!r} at {self.endpoint.base_url})"
 
 
 __all__ = ["EMBEDDINGS_PATH", "RemoteEmbedder"]

@@ -18,38 +18,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from rag.config import VisionBudget
 from rag.models.encoding import Item, item_name
-from rag.models.remote.http import HttpEndpoint, RemoteError
-from rag.models.remote.media import ImageFormat, Part, item_parts, text_part
+from rag.models.remote.http import RemoteError
+from rag.models.remote.media import Part, item_parts, text_part
+from rag.models.remote.pooling import PoolingClient
 from rag.models.reranker import DEFAULT_INSTRUCTION, SYSTEM_PROMPT, RerankError
 from rag.models.vision import VisionInputError
 
 logger = logging.getLogger(__name__)
 
 CLASSIFY_PATH = "/classify"
-ITEM_ERROR_STATUSES = frozenset({400, 413, 422})
 
 
-class RemoteReranker:
+class RemoteReranker(PoolingClient):
     """Drop-in for :class:`rag.models.reranker.Reranker` backed by a vLLM pooling server."""
 
-    def __init__(self, endpoint: HttpEndpoint, model: str, *, name: str | None = None,
-                 budget: VisionBudget | None = None, default_instruction: str = DEFAULT_INSTRUCTION,
-                 max_concurrency: int = 8, image_format: ImageFormat = "png", max_upload_bytes: int = 64 << 20,
-                 mm_processor_kwargs: dict[str, Any] | None = None) -> None:
-        self.endpoint = endpoint
-        self.model = model
-        self.name = name or model
-        self.budget = budget or VisionBudget()
-        self.default_instruction = default_instruction
-        self.batch_size = max_concurrency
-        self.max_concurrency = max_concurrency
-        self.image_format: ImageFormat = image_format
-        self.max_upload_bytes = max_upload_bytes
-        self.mm_processor_kwargs = mm_processor_kwargs
+    DEFAULT_INSTRUCTION = DEFAULT_INSTRUCTION
+
+    @property
+    def batch_size(self) -> int:
+        """Pairs in flight at once (the pipeline's rerank stage reads it)."""
+        return self.max_concurrency
 
     def _parts(self, item: Item, what: str) -> list[Part]:
         if not isinstance(item, dict):
@@ -70,22 +60,11 @@ class RemoteReranker:
         ]
         return [{"role": "system", "content": [text_part(SYSTEM_PROMPT)]}, {"role": "user", "content": user}]
 
-    def payload(self, messages: list[dict]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "add_generation_prompt": True}
-        if self.mm_processor_kwargs:
-            body["mm_processor_kwargs"] = self.mm_processor_kwargs
-        return body
-
     def _score_pair(self, query_parts: list[Part], doc: Item, instruction: str | None, index: int) -> float:
         name = item_name(doc, index).replace("item", "document", 1) if isinstance(doc, dict) else f"document {index}"
         body = self.payload(self.messages(query_parts, self._parts(doc, name), instruction))
         url = self.endpoint.url(CLASSIFY_PATH)
-        try:
-            answer = self.endpoint.post_json(CLASSIFY_PATH, body)
-        except RemoteError as e:
-            if e.status in ITEM_ERROR_STATUSES:
-                raise RerankError(f"{name}: the reranker server refused the pair: {e}") from e
-            raise
+        answer = self.post(CLASSIFY_PATH, body, lambda e: RerankError(f"{name}: the reranker server refused the pair: {e}"))
         try:
             probs = [float(p) for p in answer["data"][0]["probs"]]
         except (KeyError, IndexError, TypeError, ValueError) as e:
@@ -117,12 +96,6 @@ class RemoteReranker:
                 for f in futures:
                     f.cancel()
                 raise
-
-    def close(self) -> None:
-        self.endpoint.close()
-
-    def __repr__(self) -> str:
-        return f"RemoteReranker({self.model!r} at {self.endpoint.base_url})"
 
 
 __all__ = ["CLASSIFY_PATH", "RemoteReranker"]
