@@ -237,7 +237,8 @@ class KnowledgeBase:
             StoreMeta(embedder_id=eid, dim=dim).check_compatible(store.meta, repr(store))
         vb = settings.vision
         media = MediaStore(Path(settings.data_dir) / "media", max_bytes=vb.max_file_bytes,
-                           max_image_pixels=vb.max_image_pixels, max_video_seconds=vb.max_video_seconds,
+                           max_image_pixels=vb.max_image_pixels, min_image_side=vb.min_image_side,
+                           max_video_seconds=vb.max_video_seconds,
                            max_video_frames=vb.max_video_frames)
         if options is None:
             options = IngestOptions()

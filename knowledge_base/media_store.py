@@ -27,7 +27,7 @@ from typing import BinaryIO, Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from knowledge_base.schema import MediaItem, MediaKind
-from rag.validation import InputRejected, display_size, to_8bit
+from rag.validation import MIN_IMAGE_SIDE, InputRejected, check_image_size, display_size, to_8bit
 
 __all__ = ["MediaError", "MediaStore", "StoredKind", "StoredMedia", "THUMB_DIR"]
 
@@ -142,6 +142,7 @@ class MediaStore:
         *,
         max_bytes: int = 200 * 1024 * 1024,
         max_image_pixels: int = 64_000_000,
+        min_image_side: int = MIN_IMAGE_SIDE,
         thumb_size: int = 256,
         max_video_seconds: float = 600.0,
         max_video_frames: int = 100_000,
@@ -151,6 +152,7 @@ class MediaStore:
         self._real_root = self.root.resolve()
         self.max_bytes = max_bytes
         self.max_image_pixels = max_image_pixels
+        self.min_image_side = min_image_side
         self.max_video_seconds = max_video_seconds
         self.max_video_frames = max_video_frames
         self.thumb_size = thumb_size
@@ -224,6 +226,12 @@ class MediaStore:
         hint = "pdf" if kind_hint == "pdf_page" else kind_hint
         if hint is not None and hint != probe.kind:
             raise MediaError(name, f"expected {hint} content but the file is {probe.mime}", "wrong_type")
+        if probe.kind in ("image", "video") and probe.width and probe.height:  # new files only: probe() re-reads old ones
+            try:
+                check_image_size(probe.width, probe.height, self.min_image_side,
+                                 what="the image" if probe.kind == "image" else "each video frame")
+            except InputRejected as e:
+                raise MediaError(name, e.problem, e.code) from None
         rel = f"{sha[:2]}/{sha[2:4]}/{sha}{probe.ext}"
         final = self.root / rel
         created = not final.is_file()

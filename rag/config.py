@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag.validation import MIN_IMAGE_SIDE
+
 #: One image/video token covers a 32×32 patch (patch 16, spatial merge 2).
 PIXELS_PER_TOKEN = 32 * 32
 
@@ -27,6 +29,9 @@ class VisionBudget(BaseSettings):
     video_max_frames: int = 64
     video_frame_max_pixels: int = 768 * PIXELS_PER_TOKEN
     video_total_pixels: int = 10 * 768 * PIXELS_PER_TOKEN
+    #: Images or video frames with a side shorter than this are refused (too small to show a fault; one 32-px cell
+    #: is the model's smallest unit, see ``rag.validation.MIN_IMAGE_SIDE``).
+    min_image_side: int = Field(default=MIN_IMAGE_SIDE, ge=1)
     #: Images larger than this are refused before decoding (decompression bombs).
     max_image_pixels: int = 64_000_000
     #: Files larger than this are refused before they are read whole.

@@ -20,6 +20,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Kind = Literal["image", "video", "pdf", "zip", "text", "unknown"]
 
+#: Smallest side, in pixels, of an image or video frame that can show a fault. Qwen3-VL sees an image as 32×32-pixel
+#: cells (16-px patches merged 2×2, one visual token each): a side shorter than one cell holds less than one token of
+#: detail, and the official resize would only blow it up (to at least 64×64, four tokens) with nothing in it.
+MIN_IMAGE_SIDE = 32
+
 
 class InputRejected(ValueError):
     """An input refused by validation. ``code`` names the rule, ``where`` the place (file, row, page)."""
@@ -300,6 +305,14 @@ def display_size(img: "Image.Image") -> tuple[int, int]:
     except Exception:  # noqa: BLE001 - unreadable EXIF: the stored orientation is all we know
         orientation = None
     return (h, w) if orientation in EXIF_TRANSPOSED else (w, h)
+
+
+def check_image_size(width: int, height: int, min_side: int = MIN_IMAGE_SIDE, where: str = "", *,
+                     what: str = "image") -> None:
+    """Refuse an image (or video frame) too small to show a fault: the one rule every entry point applies."""
+    if width < min_side or height < min_side:
+        raise InputRejected("image_too_small", f"{what} is {width}×{height} pixels, too small to show a fault; both "
+                            f"sides must be at least {min_side} pixels", where)
 
 
 # -- media --------------------------------------------------------------------------------------------------------------

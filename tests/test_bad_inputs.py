@@ -105,8 +105,8 @@ def two_page_pdf(d: Path) -> bytes:
     return images_to_pdf([scene(11), scene(12)], d / "_two.pdf").read_bytes()
 
 
-def video(d: Path, n: int, fps: int) -> bytes:
-    p = write_video(d / f"_v{n}_{fps}.mp4", n_frames=n, fps=fps, size=32)
+def video(d: Path, n: int, fps: int, size: int = 32) -> bytes:
+    p = write_video(d / f"_v{n}_{fps}_{size}.mp4", n_frames=n, fps=fps, size=size)
     return p.read_bytes()
 
 
@@ -141,8 +141,28 @@ def ppm() -> bytes:
 
 
 def wide_png() -> bytes:
+    """Aspect ratio 300 with both sides above the minimum size (so the ratio, not the size, is what is refused)."""
     buf = io.BytesIO()
-    Image.new("RGB", (1200, 4), "red").save(buf, "PNG")
+    Image.new("RGB", (9600, 32), "red").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def tiny_png(w: int = 1, h: int = 1) -> bytes:
+    """A valid PNG too small to show anything (the held-out run's 1×1 case photo)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), "red").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def tiny_page_pdf(d: Path) -> bytes:
+    """A readable one-page PDF whose page is 3×3 pt: rendered at the maximum scale (8×) it is still 24×24 px."""
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument.new()
+    doc.new_page(3, 3)
+    buf = io.BytesIO()
+    doc.save(buf)
+    doc.close()
     return buf.getvalue()
 
 
@@ -271,6 +291,12 @@ ROW_KINDS: list[Row] = [
     Row("decompression_bomb", _m("bomb.png", lambda d: bomb_png()), r"bomb\.png: .*900,?000,?000 pixels.*decompression bomb"),
     Row("unsupported_image_format", _m("x.ppm", lambda d: ppm()), r"x\.ppm: is a PPM image; supported"),
     Row("extreme_aspect_ratio", _m("wide.png", lambda d: wide_png()), r"wide\.png.*aspect ratio 300"),
+    # Too small to show a fault: refused with the limit in the message (rag.validation.MIN_IMAGE_SIDE = 32 px).
+    Row("image_1x1", _m("dot.png", lambda d: tiny_png()), r"dot\.png: the image is 1×1 pixels.*at least 32 pixels"),
+    Row("image_too_narrow", _m("strip.png", lambda d: tiny_png(640, 31)), r"strip\.png: the image is 640×31 pixels.*at least 32"),
+    Row("video_frames_too_small", _m("small.mp4", lambda d: video(d, 6, 4, size=16)),
+        r"small\.mp4: each video frame is 16×16 pixels.*at least 32"),
+    Row("pdf_page_too_small", _m("stamp.pdf", tiny_page_pdf), r"stamp\.pdf page 1: the image is 24×24 pixels.*at least 32"),
     Row("wrong_kind_hint", _m("a.png", lambda d: png(4), kind="video"), r"a\.png: expected video content but the file is image/png"),
     Row("page_on_an_image", _m("a.png", lambda d: png(4), page=2), r"a\.png: content is png, expected pdf"),
     Row("pdf_encrypted", _m("secret.pdf", lambda d: encrypted_pdf()), r"secret\.pdf: PDF is password-protected"),
@@ -497,7 +523,8 @@ def test_bad_source_rejected(src: Source, kb: KnowledgeBase, tmp_path: Path, unc
 
 
 @pytest.mark.parametrize("kind", ["missing_title", "garbage_bytes_upload", "case_media_dotdot", "case_media_absolute",
-                                  "control_char_in_error_code", "pdf_upload_encrypted"])
+                                  "control_char_in_error_code", "pdf_upload_encrypted", "tiny_image_upload",
+                                  "tiny_image_file"])
 def test_add_case_rejected(kind: str, kb: KnowledgeBase, tmp_path: Path, unchanged: None) -> None:
     (tmp_path / "inside").mkdir()
     (tmp_path / "outside.png").write_bytes(png(31))
@@ -513,6 +540,11 @@ def test_add_case_rejected(kind: str, kb: KnowledgeBase, tmp_path: Path, unchang
         case["media"], pattern = [str(tmp_path / "outside.png")], r"is absolute"
     elif kind == "control_char_in_error_code":
         case["error_codes"], pattern = ["E\x0c12"], r"field 'error_codes\[0\]'.*U\+000C"
+    elif kind == "tiny_image_upload":  # the admin tab's upload: bytes with a name
+        media, pattern = [("dot.png", tiny_png())], r"dot\.png: the image is 1×1 pixels.*at least 32 pixels"
+    elif kind == "tiny_image_file":
+        (tmp_path / "inside" / "thin.png").write_bytes(tiny_png(31, 400))
+        case["media"], pattern = ["thin.png"], r"thin\.png: the image is 31×400 pixels.*at least 32 pixels"
     elif kind == "pdf_upload_encrypted":
         (tmp_path / "inside" / "m.pdf").write_bytes(encrypted_pdf())
         case["media"], pattern = ["m.pdf"], r"m\.pdf: PDF is password-protected"
@@ -531,6 +563,8 @@ def test_query_inputs_rejected(embedder, tmp_path: Path) -> None:
     (tmp_path / "cut.png").write_bytes(noise_png(64, 48)[:4000])
     (tmp_path / "broken.avi").write_bytes(broken_avi(tmp_path))
     (tmp_path / "long.mp4").write_bytes(video(tmp_path, 8, 1))
+    (tmp_path / "small.mp4").write_bytes(video(tmp_path, 6, 4, size=16))
+    (tmp_path / "dot.png").write_bytes(tiny_png())
     checks: list[tuple[Callable[[], Any], type[Exception], str]] = [
         (lambda: embedder.embed([{"image": str(tmp_path / "notes.png")}]), EmbeddingError, r"content is text, expected image.*notes\.png"),
         (lambda: embedder.embed([{"image": str(tmp_path / "bomb.png")}]), EmbeddingError, r"bomb\.png.*900,?000,?000 pixels.*decompression bomb"),
@@ -539,6 +573,12 @@ def test_query_inputs_rejected(embedder, tmp_path: Path) -> None:
         (lambda: prepare_video(tmp_path / "long.mp4", VisionBudget(max_video_seconds=5)), VisionInputError, r"long\.mp4' lasts 8 s"),
         (lambda: prepare_video(tmp_path / "long.mp4", VisionBudget(max_video_frames=4)), VisionInputError, r"has 8 frames, more than the limit of 4"),
         (lambda: load_image(b""), VisionInputError, r"image is empty"),
+        # too small to show a fault: bytes, PIL images, frame lists, video files and the embedder all refuse it
+        (lambda: load_image(tiny_png()), VisionInputError, r"1×1 pixels.*at least 32 pixels"),
+        (lambda: load_image(Image.new("RGB", (31, 32))), VisionInputError, r"31×32 pixels.*at least 32 pixels"),
+        (lambda: prepare_video([Image.new("RGB", (8, 8))] * 4), VisionInputError, r"frame list.*8×8 pixels.*at least 32"),
+        (lambda: prepare_video(tmp_path / "small.mp4"), VisionInputError, r"small\.mp4': each frame is 16×16 pixels.*at least 32"),
+        (lambda: embedder.embed([{"image": str(tmp_path / "dot.png")}]), EmbeddingError, r"dot\.png.*1×1 pixels.*at least 32"),
         (lambda: Query(text="why \x1b[2J this"), ValidationError, r"field 'question'.*U\+001B"),
         (lambda: Query(text="abc\u202edef"), ValidationError, r"U\+202E"),
         (lambda: Query(text="x" * 4001), ValidationError, r"4001 characters long; the limit is 4000"),
@@ -548,6 +588,30 @@ def test_query_inputs_rejected(embedder, tmp_path: Path) -> None:
             fn()
         assert re.search(pattern, str(e.value), re.S), str(e.value)
     assert Query(text="Cafe\u0301 fault").text == "Caf\u00e9 fault"  # NFC
+
+
+def test_chat_upload_too_small_refused(tmp_path: Path) -> None:
+    """The chat's upload path (its own decoder, not load_image) applies the same minimum size, for photos, PDF pages,
+    videos and the cropped region, and says the limit; the smallest accepted size (32×32) still goes through."""
+    from ui.media import UploadError, load_query_image, prepare_uploads
+
+    budget = VisionBudget()
+    (tmp_path / "dot.png").write_bytes(tiny_png())
+    (tmp_path / "stamp.pdf").write_bytes(tiny_page_pdf(tmp_path))
+    (tmp_path / "small.mp4").write_bytes(video(tmp_path, 6, 4, size=16))
+    (tmp_path / "ok.png").write_bytes(tiny_png(32, 32))
+    out = tmp_path / "out"
+    for name, pattern in (("dot.png", r"'dot\.png' is 1×1 pixels, too small to show a fault; both sides must be at least 32"),
+                          ("stamp.pdf", r"'stamp\.pdf page 1' is 3×3 pixels, too small to show a fault; both sides must be at least 32"),
+                          ("small.mp4", r"each frame of 'small\.mp4' is 16×16 pixels.*at least 32")):
+        with pytest.raises(UploadError, match=pattern):
+            prepare_uploads([str(tmp_path / name)], pdf_page=1, out_dir=out, budget=budget, dpi=72)
+    with pytest.raises(UploadError, match=r"cropped region.*5×4 pixels.*at least 32"):
+        load_query_image(Image.new("RGB", (5, 4)), budget)
+    assert prepare_uploads([str(tmp_path / "ok.png")], pdf_page=1, out_dir=out, budget=budget).images
+    # The limit is a deployment setting (RAGVQA_VISION_MIN_IMAGE_SIDE): a stricter one refuses 32×32 too.
+    with pytest.raises(UploadError, match=r"at least 48 pixels"):
+        prepare_uploads([str(tmp_path / "ok.png")], pdf_page=1, out_dir=out, budget=VisionBudget(min_image_side=48))
 
 
 # ------------------------------------------------------------------------------------------------ paths
@@ -704,6 +768,11 @@ def test_cli_reports_every_bad_row_and_writes_nothing(tmp_path: Path, tiny_model
     (tmp_path / "fake.png").write_text("hello")
     r = run(kb_app, ["add", "--title", "T", "--product-line", "p", "--symptom", "s", "--media", str(tmp_path / "fake.png"), *common])
     assert r.exit_code == 1 and "fake.png: is not a supported image" in r.output, r.output
+    (tmp_path / "dot.png").write_bytes(tiny_png())
+    media_before = sorted(str(f.relative_to(data)) for f in (data / "media").rglob("*") if f.is_file())
+    r = run(kb_app, ["add", "--title", "T", "--product-line", "p", "--symptom", "s", "--media", str(tmp_path / "dot.png"), *common])
+    assert r.exit_code == 1 and re.search(r"dot\.png: the image is 1×1 pixels.*at least 32 pixels", " ".join(r.output.split())), r.output
+    assert sorted(str(f.relative_to(data)) for f in (data / "media").rglob("*") if f.is_file()) == media_before
     r = run(kb_app, ["check", "--json", *common])
     assert r.exit_code == 0 and json.loads(r.stdout)["problems"] == 0, r.output
     r = run(kb_app, ["stats", "--json", *common])

@@ -121,3 +121,41 @@ def test_pdf_rules(tmp_path: Path) -> None:
     with pytest.raises(InputRejected) as e:
         check_pdf(broken)
     assert e.value.code == "pdf_broken"
+
+
+# Qwen3-VL's smallest visual unit: 16-px patches merged 2×2 (the published architecture), i.e. a 32×32-pixel cell.
+MODEL_CELL = 16 * 2
+
+
+@pytest.mark.parametrize("w, h, ok", [(1, 1, False), (31, 400, False), (400, 31, False), (MODEL_CELL, MODEL_CELL, True),
+                                      (4032, 3024, True)])
+def test_min_image_side(w: int, h: int, ok: bool) -> None:
+    """Images too small to show a fault are refused by one rule, with the size and the limit in the message."""
+    from rag.validation import MIN_IMAGE_SIDE, check_image_size
+
+    assert MIN_IMAGE_SIDE == MODEL_CELL
+    if ok:
+        check_image_size(w, h, where="photo.png")
+        return
+    with pytest.raises(InputRejected) as e:
+        check_image_size(w, h, where="photo.png")
+    assert e.value.code == "image_too_small"
+    assert str(e.value) == (f"photo.png: image is {w}×{h} pixels, too small to show a fault; both sides must be at least "
+                            f"{MODEL_CELL} pixels")
+
+
+def test_min_image_side_is_a_vision_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RAGVQA_VISION_MIN_IMAGE_SIDE`` moves the limit for the model path as for the store (one setting)."""
+    from rag.config import VisionBudget
+    from rag.models.vision import VisionInputError, load_image
+
+    assert VisionBudget().min_image_side == MODEL_CELL
+    monkeypatch.setenv("RAGVQA_VISION_MIN_IMAGE_SIDE", "64")
+    budget = VisionBudget()
+    assert budget.min_image_side == 64
+    with pytest.raises(VisionInputError, match=r"48×48 pixels.*at least 64 pixels"):
+        load_image(Image.new("RGB", (48, 48)), budget)
+    assert load_image(Image.new("RGB", (64, 64)), budget).size == (64, 64)
+    monkeypatch.setenv("RAGVQA_VISION_MIN_IMAGE_SIDE", "0")
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        VisionBudget()

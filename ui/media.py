@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from rag.config import VisionBudget
 from rag.models.vision import VisionInputError, load_image, to_rgb
-from rag.validation import InputRejected, Limits, check_file
+from rag.validation import InputRejected, Limits, check_file, check_image_size
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def check_video(path: Path, budget: VisionBudget) -> None:
             if not streams:
                 raise UploadError(f"'{display_name(path)}' has no video stream.")
             dur = float(c.duration / 1_000_000) if c.duration else None
+            w, h = streams[0].codec_context.width, streams[0].codec_context.height
     except UploadError:
         raise
     except Exception as e:  # PyAV raises many types for broken files
@@ -83,6 +84,16 @@ def check_video(path: Path, budget: VisionBudget) -> None:
     if dur is not None and dur > budget.max_video_seconds:
         raise UploadError(f"'{display_name(path)}' is {dur:.0f} s long; the limit is {budget.max_video_seconds:.0f} s. "
                           "Trim it to the moment that shows the fault.")
+    if w and h:
+        _check_min_side(w, h, budget, f"each frame of '{display_name(path)}'")
+
+
+def _check_min_side(w: int, h: int, budget: VisionBudget, what: str) -> None:
+    """The shared minimum-size rule, as a message for the chat."""
+    try:
+        check_image_size(w, h, budget.min_image_side, what=what)
+    except InputRejected as e:
+        raise UploadError(e.problem + ".") from None
 
 
 def render_pdf_page(path: Path, page: int, out_dir: Path, *, dpi: int = 150, max_pixels: int = 12_000_000) -> tuple[str, int]:
@@ -147,8 +158,11 @@ def load_query_image(src: str | Path | Image.Image, budget: VisionBudget) -> Ima
     above the pixel budget (a 12 MP phone photo) is decoded at 1/2–1/8 scale in the DCT domain, never below the
     budget, which the official resize then brings to the model size: the same input for a fraction of the decode.
     """
-    if isinstance(src, Image.Image):
-        return load_image(src, budget)
+    if isinstance(src, Image.Image):  # a crop from the editor
+        try:
+            return load_image(src, budget)
+        except VisionInputError as e:
+            raise UploadError(f"The cropped region cannot be used: {e}.") from e
     path = Path(src)
     name = display_name(path)
     if not path.is_file():
@@ -159,6 +173,7 @@ def load_query_image(src: str | Path | Image.Image, budget: VisionBudget) -> Ima
             if w * h > budget.max_image_pixels:
                 raise UploadError(f"'{name}' has {w}x{h} = {w * h:,} pixels, more than the limit of "
                                   f"{budget.max_image_pixels:,}.")
+            _check_min_side(w, h, budget, f"'{name}'")
             scale = 1
             while scale < 8 and (w // (scale * 2)) * (h // (scale * 2)) >= budget.max_pixels:
                 scale *= 2
@@ -214,7 +229,10 @@ def prepare_uploads(files: list[Any], *, pdf_page: int, out_dir: Path, budget: V
             media.images.append(str(path))
         elif kind == "pdf":
             png, n = render_pdf_page(path, pdf_page, out_dir, dpi=dpi)
-            media.decoded[png] = load_query_image(png, budget)
+            try:
+                media.decoded[png] = load_query_image(png, budget)
+            except UploadError as e:  # name the PDF page, not the temporary rendering
+                raise UploadError(str(e).replace(display_name(png), f"{name} page {pdf_page}")) from None
             media.images.append(png)
             media.notes.append(f"PDF '{name}': page {pdf_page} of {n}")
         elif kind == "video":

@@ -24,7 +24,7 @@ os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
 from qwen_vl_utils import vision_process as qvu  # noqa: E402  (reader choice must be set before import)
 
 from rag.config import VisionBudget  # noqa: E402
-from rag.validation import InputRejected, Limits, check_file, to_8bit  # noqa: E402
+from rag.validation import InputRejected, Limits, check_file, check_image_size, to_8bit  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,14 @@ def _check_file(path: Path, budget: VisionBudget, kind: str) -> None:
         check_file(path, allowed, Limits(max_file_bytes=budget.max_file_bytes), where=f"'{path}'")
     except InputRejected as e:
         raise VisionInputError(f"{e.problem}: '{path}'") from e
+
+
+def _check_min_side(w: int, h: int, budget: VisionBudget, what: str) -> None:
+    """The shared minimum-size rule (``rag.validation.check_image_size``) as a :class:`VisionInputError`."""
+    try:
+        check_image_size(w, h, budget.min_image_side, what=what)
+    except InputRejected as e:
+        raise VisionInputError(e.problem) from e
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -117,6 +125,7 @@ def load_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Im
     w, h = img.size
     if w == 0 or h == 0:
         raise VisionInputError(f"image {name} has zero size")
+    _check_min_side(w, h, budget, f"image {name}")
     if w * h > budget.max_image_pixels:
         raise VisionInputError(f"image {name} has {w * h:,} pixels, more than the limit of {budget.max_image_pixels:,}")
     if getattr(img, "is_animated", False):
@@ -177,6 +186,18 @@ def _decode_pyav(path: str, max_frames_decoded: int = 10_000) -> tuple[list[np.n
     return frames, len(frames), fps
 
 
+def _frame_size(path: str) -> tuple[int, int]:
+    """(width, height) of a video's frames from its header (no decoding); (0, 0) when the header does not say."""
+    import av
+
+    try:
+        with av.open(path) as c:
+            cc = c.streams.video[0].codec_context
+            return int(cc.width or 0), int(cc.height or 0)
+    except Exception:  # noqa: BLE001 - decord read it; the decoded frames are checked by the caller's resize anyway
+        return 0, 0
+
+
 def read_video_frames(path: str, fps: float, max_frames: int, budget: VisionBudget) -> tuple[torch.Tensor, dict]:
     """Decode and sample frames like qwen-vl-utils' decord reader (decord first, PyAV as fallback).
 
@@ -208,6 +229,9 @@ def read_video_frames(path: str, fps: float, max_frames: int, budget: VisionBudg
         except ValueError as e:
             raise VisionInputError(f"video '{path}': {e}") from e
         idx = torch.linspace(start, end, nframes).round().long().tolist()
+    w, h = _frame_size(path) if backend == "decord" else reader[0].shape[1::-1]
+    if w and h:  # before decoding the batch: decoders can fail on frames this small, with a useless message
+        _check_min_side(w, h, budget, f"video '{path}': each frame")
     if backend == "decord":
         arr = reader.get_batch(idx).asnumpy()
     else:
