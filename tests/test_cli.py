@@ -84,10 +84,59 @@ def test_mounted_groups_are_lazy_and_guarded() -> None:
     assert res.exit_code == 0 and "serve" in res.stdout and "kb" in res.stdout and "bench" in res.stdout
     res = run("kb", "--help")
     assert res.exit_code == 0 and "import" in res.stdout
-    res = run("eval", "--help")
-    assert res.exit_code == 0 or "not installed" in res.output
+    res = run("eval", "--help")  # every mounted group ships with ragvqa: it must load, never be "not installed"
+    assert res.exit_code == 0 and "run" in res.stdout, res.output
     res = run("bench", "ingest", "--help")
-    assert res.exit_code in (0, 2) and "Traceback" not in res.output
+    assert res.exit_code == 0 and "Traceback" not in res.output and "not installed" not in res.output, res.output
+
+
+#: Commands whose module is imported on first use, and that module.
+LAZY = [(["kb", "--help"], "knowledge_base", "cli"), (["eval", "--help"], "eval", "cli"),
+        (["bench", "ingest", "--help"], "eval", "bench_ingest"), (["bench", "store", "--size", "10"], "eval", "bench_store")]
+
+
+def _plant(root: Path, package: str, module: str, body: str) -> Path:
+    """A copy of ``package`` on PYTHONPATH whose ``module`` is replaced by ``body``; every other submodule (and the
+    package's own ``__init__``) still comes from the real package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.submodule_search_locations
+    real = list(spec.submodule_search_locations)[0]
+    pkg = root / package
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        f"__path__.append({real!r})\n"
+        f"exec(compile(open({real + '/__init__.py'!r}).read(), {real + '/__init__.py'!r}, 'exec'))\n")
+    (pkg / f"{module}.py").write_text(body)
+    return root
+
+
+@pytest.mark.parametrize("args, package, module", LAZY, ids=[" ".join(a[:2]) for a, *_ in LAZY])
+@pytest.mark.parametrize("body, error", [
+    ("import ragvqa_no_such_dependency\n", "ModuleNotFoundError: No module named 'ragvqa_no_such_dependency'"),
+    ("from json import no_such_name\n", "ImportError: cannot import name 'no_such_name' from 'json'"),
+], ids=["missing-dependency", "bad-import"])
+def test_broken_lazy_import_fails_loudly(tmp_path: Path, args: list[str], package: str, module: str, body: str,
+                                         error: str) -> None:
+    """A mounted module whose import raises must fail the command with the real error (traceback, exit 1, the
+    module named), not pass for a component that is "not installed" (exit 2), which let a broken build pass CI."""
+    import os
+    import subprocess
+    import sys
+
+    planted = _plant(tmp_path / "planted", package, module, body)
+    repo = str(Path(__file__).resolve().parents[1])
+    # cwd outside the repo: ``python -m`` puts the cwd first on sys.path, ahead of the planted package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(planted), repo, *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "COLUMNS": "200", "TERM": "dumb"}
+    res = subprocess.run([sys.executable, "-m", "ui.cli", *args], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=tmp_path)
+    err = " ".join(res.stderr.split())
+    assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
+    assert f"cannot load {package}.{module}" in err and error in err, res.stderr
+    assert "Traceback" in res.stderr, res.stderr
+    assert "not installed" not in res.stdout + res.stderr
 
 
 def test_bench_pipeline_smoke(tmp_path: Path) -> None:

@@ -226,15 +226,18 @@ _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_
 
 
 def _import(module: str, what: str) -> Any:
-    """``module.what``, or a clear message and exit 2 when that part of the project is not installed."""
+    """``module.what``, imported only when its command runs (so ``ragvqa --help`` stays instant).
+
+    Every module named here ships with ragvqa: an import that fails is a broken install or a bug, never an optional
+    part that is absent, so it fails loudly with the real error (traceback, non-zero exit) after a line naming the
+    module, rather than an exit-2 message blaming a missing component (which let a broken build pass CI).
+    """
     try:
         return getattr(importlib.import_module(module), what)
-    except ImportError as e:
-        console.print(f"[red]This command needs {module} ({e}); that component is not installed in this checkout.")
-        raise typer.Exit(2) from None
-    except AttributeError:
-        console.print(f"[red]{module} has no {what}; this command is not available in this version.")
-        raise typer.Exit(2) from None
+    except (ImportError, AttributeError) as e:
+        Console(stderr=True).print(f"ragvqa: cannot load {module}.{what}: {type(e).__name__}: {e}", style="red",
+                                   markup=False, highlight=False)
+        raise
 
 
 def _run_typer(sub: Any, args: list[str], prog: str) -> None:
