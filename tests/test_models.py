@@ -59,7 +59,7 @@ def test_image_tokens_follow_official_pixel_budget(embedder: Embedder, media_dir
     n_img = int((enc.input_ids == embedder.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
     assert n_img == (640 // 32) * (480 // 32)
     assert enc.image_grid_thw.tolist() == [[1, 480 // 16, 640 // 16]]
-    small = embedder.encode_item({"image": noise_image(0, 20, 20)})  # below min_pixels → upscaled to 4 tokens
+    small = embedder.encode_item({"image": noise_image(0, 32, 32)})  # below min_pixels → upscaled to 4 tokens
     assert int((small.mm_token_type_ids == 1).sum()) == 4
 
 
