@@ -230,8 +230,9 @@ def judge_messages(question: str, reference: str, answer: str) -> list[dict[str,
 
 
 def parse_judge_score(text: str) -> int | None:
-    """The first digit 1-5 of the judge's reply (None when it gave none)."""
-    m = re.search(r"[1-5]", text)
+    """The first grade 1-5 of the judge's reply: a digit standing alone, so "10" or "2024" is no grade of 1 or 2
+    (None when it gave none)."""
+    m = re.search(r"(?<!\d)[1-5](?!\d)", text)
     return int(m.group()) if m else None
 
 

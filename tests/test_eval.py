@@ -329,3 +329,96 @@ def test_beir_corpus_run_through_the_pipeline(small_models, data_dir: Path, tmp_
     assert recs["b"]["retrieval"][0][0] == "page1"  # the query image is that page: cosine 1
     assert {d for d, _ in recs["a"]["retrieval"]} <= {r["_id"] for r in rows}
     assert out.summary["metrics"]["retrieval"]["hit_rate@1"] >= 0.5  # query b at least
+
+
+# -- the judge metric, by value ---------------------------------------------------------------------------------------
+def _judge_grade(reply: str) -> int | None:
+    """Reference reading of a judge reply, from the prompt's contract ("one digit from 1 to 5"): the first digit 1-5
+    that is not part of a longer number."""
+    digits = [(i, ch) for i, ch in enumerate(reply) if ch.isdigit()]
+    for i, ch in digits:
+        alone = not (i > 0 and reply[i - 1].isdigit()) and not (i + 1 < len(reply) and reply[i + 1].isdigit())
+        if alone and ch in "12345":
+            return int(ch)
+    return None
+
+
+class ScriptedJudge:
+    """Stands in for the generator on the judge path only: fixed replies in order, and a record of what it was asked."""
+
+    def __init__(self, replies: list[str]) -> None:
+        self.replies, self.calls = list(replies), []
+
+    def generate(self, messages, **kw):
+        self.calls.append((messages, kw))
+        return self.replies.pop(0)
+
+
+def test_judge_metric_value_from_scripted_replies(tmp_path: Path) -> None:
+    """Scripted judge replies → the per-query grades and the run's judge mean, computed by hand.
+
+    Asked: the four answered queries that have a reference answer. Not asked: an abstained answer, a query without a
+    reference, an expect-abstain query. Replies "4", " 5/5", "Grade: 2" and "10" (no grade: ten is not a 1-5 grade)
+    give grades 4, 5, 2, None; judge_mean = (4 + 5 + 2) / 3 = 11/3 over judged = 3.
+    """
+    from eval.data import EvalItem
+    from eval.runner import answer_summary
+    from knowledge_base.schema import EvalQuery
+    from rag.pipeline.types import Answer
+
+    def item(i: int, **kw) -> EvalItem:
+        q = {"id": f"q{i}", "kind": "text", "text": f"question {i}", "relevant": {f"c{i}": 2},
+             "reference_answer": f"reference {i}", **kw}
+        return EvalItem(query=EvalQuery(**q), base=tmp_path)
+
+    cases = [(item(1), Answer(text="answer 1", cases=[], cited=["c1"])),
+             (item(2), Answer(text="answer 2", cases=[])),
+             (item(3), Answer(text="answer 3", cases=[], abstained=True)),  # abstained: not judged
+             (item(4), Answer(text="answer 4", cases=[])),
+             (item(5, reference_answer=None), Answer(text="answer 5", cases=[])),  # nothing to compare with
+             (item(6, relevant={}, expect_abstain=True, reference_answer=None), Answer(text="answer 6", cases=[])),
+             (item(7), Answer(text="answer 7", cases=[]))]
+    judge = ScriptedJudge(["4", " 5/5", "Grade: 2", "10"])
+    runner = EvalRunner(_cfg("rag").model_copy(update={"judge": True}), _settings(tmp_path / "d"), embedder=object(),
+                        generator=judge, run_dir=tmp_path / "run")
+    records = []
+    for it, ans in cases:
+        records.append({"id": it.id, "expect_abstain": it.query.expect_abstain,
+                        "answer": {"text": ans.text, "cited": ans.cited, "abstained": ans.abstained},
+                        "answer_metrics": runner.answer_metrics(it, ans)})
+    grades = {r["id"]: r["answer_metrics"].get("judge") for r in records}
+    assert grades == {"q1": 4, "q2": 5, "q3": None, "q4": 2, "q5": None, "q6": None, "q7": None}
+    asked = [m[1]["content"] for m, _ in judge.calls]
+    assert len(asked) == 4 and not judge.replies
+    for n, prompt in zip((1, 2, 4, 7), asked):
+        assert f"QUESTION:\nquestion {n}\n" in prompt and f"REFERENCE:\nreference {n}\n" in prompt
+        assert f"ANSWER:\nanswer {n}\n" in prompt
+    assert all(kw == {"max_new_tokens": 4, "temperature": 0.0} for _, kw in judge.calls)  # greedy: a reproducible grade
+    s = answer_summary(records)
+    assert s["judged"] == 3
+    assert s["judge_mean"] == pytest.approx(11 / 3, abs=1e-12)
+
+
+@pytest.mark.parametrize("reply, grade", [("4", 4), ("Grade: 4/5", 4), ("10", None), ("2024: 3", 3), ("0", None),
+                                          ("none", None), (" 5", 5), ("6 then 1", 1)])
+def test_judge_reply_parsing(reply: str, grade: int | None) -> None:
+    assert _judge_grade(reply) == grade  # the reference agrees with the table
+    assert M.parse_judge_score(reply) == grade
+
+
+def test_rag_run_judge_mean_is_the_mean_of_its_replies(rag_run) -> None:
+    """In the real run (tiny generator as its own judge) each query's grade is its reply read by the reference, and
+    the summary's judge mean is the mean of those grades (not merely a number)."""
+    answered = [r for r in rag_run.records if "answer" in r and not r["expect_abstain"] and not r["answer"]["abstained"]]
+    grades = []
+    for r in answered:
+        m = r["answer_metrics"]
+        assert m["judge"] == _judge_grade(m["judge_reply"]), m
+        if m["judge"] is not None:
+            grades.append(m["judge"])
+    s = json.loads((rag_run.run_dir / "results.json").read_text())
+    assert s["answers"]["judged"] == len(grades)
+    if grades:
+        assert s["answers"]["judge_mean"] == pytest.approx(sum(grades) / len(grades), abs=1e-12)
+    else:
+        assert s["answers"]["judge_mean"] is None
