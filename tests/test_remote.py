@@ -497,3 +497,330 @@ def test_pipeline_runs_unchanged_on_remote_models(fresh: ModelServer, tmp_path: 
         assert {"/v1/embeddings", "/classify", "/v1/chat/completions"} <= set(fresh.paths())
     finally:
         store.close()
+
+
+# -- wire format: requests checked against the documented schemas, answers written by hand -------------------------
+# The ModelServer above computes its answers with the app's own code, so equality there holds by construction. Here
+# a server that knows nothing of the app records each request and replies with bodies written below, in the shapes
+# the vLLM and OpenAI documentation give (read with the project's search tool):
+#
+# - vLLM chat embeddings, ``POST /v1/embeddings`` with ``messages``: request model ``EmbeddingChatRequest``
+#   https://docs.vllm.ai/en/v0.14.0/api/vllm/entrypoints/pooling/embed/protocol/ and the client example
+#   https://docs.vllm.ai/en/v0.9.2/examples/online_serving/openai_chat_embedding_client_for_multimodal.html
+#   (content parts ``{"type": "image_url", "image_url": {"url": ...}}`` / ``{"type": "text", "text": ...}``,
+#   ``encoding_format: "float"``, answer ``data[0].embedding``), the OpenAI embeddings object
+#   https://platform.openai.com/docs/api-reference/embeddings/object
+# - vLLM classification, ``POST /classify``: ``ClassificationChatRequest`` and ``ClassificationData`` (index, label,
+#   probs, num_classes) https://docs.vllm.ai/en/v0.16.0/api/vllm/entrypoints/pooling/classify/protocol/, example
+#   https://docs.vllm.ai/en/latest/examples/pooling/classify/, full response body as shown in SGLang's vLLM-compatible
+#   page https://docs.sglang.io/docs/supported-models/classify_models
+# - OpenAI chat completions and streaming chunks (``object: "chat.completion.chunk"``, ``choices[0].delta.content``,
+#   ``finish_reason``, an empty ``choices`` usage chunk, ``data: [DONE]``):
+#   https://platform.openai.com/docs/api-reference/chat/create, https://platform.openai.com/docs/api-reference/chat-streaming
+#   (typed in https://v03.api.js.langchain.com/interfaces/_langchain_openai.OpenAIClient.Chat.Completions.ChatCompletionChunk.Choice-1.html)
+# - error bodies: OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``
+#   https://platform.openai.com/docs/guides/error-codes (as reproduced in https://docs.llmgateway.io/resources/error-handling);
+#   vLLM's older bare ``ErrorResponse`` ``{"object": "error", "message", "type", "param", "code"}`` (quoted in
+#   https://github.com/openai/openai-agents-python/issues/2129 and https://github.com/vllm-project/vllm/pull/10463);
+#   FastAPI request validation ``{"detail": [{"type", "loc", "msg", "input"}]}`` (HTTP 422).
+import base64 as _b64  # noqa: E402
+import re as _re  # noqa: E402
+
+#: Fields of vLLM's EmbeddingChatRequest (the doc above); a client field outside it would be ignored or refused.
+EMBED_CHAT_FIELDS = {"model", "messages", "encoding_format", "dimensions", "user", "truncate_prompt_tokens",
+                     "add_generation_prompt", "continue_final_message", "add_special_tokens", "chat_template",
+                     "chat_template_kwargs", "mm_processor_kwargs", "priority", "request_id", "normalize"}
+#: ClassificationChatRequest: the pooling basics plus the chat mixin (same chat fields as above) and activation.
+CLASSIFY_CHAT_FIELDS = EMBED_CHAT_FIELDS - {"encoding_format", "dimensions"} | {"use_activation"}
+#: OpenAI chat-completions request fields this client may use.
+CHAT_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream", "stop",
+               "stream_options", "seed", "n", "presence_penalty", "frequency_penalty", "user"}
+DATA_URL = _re.compile(r"^data:(image/png|image/jpeg|video/mp4);base64,([A-Za-z0-9+/]+={0,2})$")
+JUDGE = 'Judge whether the Document meets the requirements based on the Query and the Instruct provided. ' \
+        'Note that the answer can only be "yes" or "no".'  # the official reranker's system prompt
+
+
+class ScriptedServer:
+    """Loopback HTTP server that records requests (method, path, headers, JSON body) and answers each path with
+    the next reply scripted for it: ``(status, content_type, body bytes)``."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.replies: dict[str, list[tuple[int, str, bytes]]] = {}
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                log.debug(fmt, *args)
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                state.requests.append({"method": "POST", "path": self.path, "body": json.loads(raw),
+                                       "headers": {k.lower(): v for k, v in self.headers.items()}})
+                queue = state.replies.get(self.path) or []
+                status, ctype, data = queue.pop(0) if queue else (404, "application/json", b'{"detail": "Not Found"}')
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                if ctype == "text/event-stream":
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="scripted-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def reply(self, path: str, status: int, body: Any, ctype: str = "application/json") -> None:
+        data = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.replies.setdefault(path, []).append((status, ctype, data))
+
+    def reply_sse(self, path: str, events: list[Any]) -> None:
+        """Server-sent events as servers write them: ``data: <json>`` + blank line, ending with ``data: [DONE]``."""
+        lines = [f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events]
+        self.reply(path, 200, "".join(lines).encode(), "text/event-stream")
+
+    def __enter__(self) -> "ScriptedServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def scripted() -> Iterator[ScriptedServer]:
+    with ScriptedServer() as s:
+        yield s
+
+
+def parts_of(content: Any) -> list[tuple[str, Any]]:
+    """Check every content part against the documented shapes; returns (kind, text | (format, size)) per part."""
+    assert isinstance(content, list) and content, content
+    out: list[tuple[str, Any]] = []
+    for part in content:
+        assert isinstance(part, dict) and isinstance(part.get("type"), str), part
+        kind = part["type"]
+        assert set(part) == {"type", kind}, part  # a part carries its type and one field named after it
+        if kind == "text":
+            assert isinstance(part["text"], str)
+            out.append(("text", part["text"]))
+            continue
+        assert kind in ("image_url", "video_url") and set(part[kind]) == {"url"}, part
+        m = DATA_URL.match(part[kind]["url"])
+        assert m, part[kind]["url"][:60]
+        data = _b64.b64decode(m.group(2), validate=True)
+        if kind == "image_url":
+            img = Image.open(BytesIO(data))
+            assert img.format == m.group(1).split("/")[1].upper(), (img.format, m.group(1))
+            out.append(("image", (img.format, img.size)))
+        else:
+            assert data[4:8] == b"ftyp"  # an MP4 file, as its MIME type says
+            out.append(("video", len(data)))
+    return out
+
+
+def _usage() -> dict[str, Any]:
+    return {"prompt_tokens": 41, "total_tokens": 41, "completion_tokens": 0, "prompt_tokens_details": None}
+
+
+def test_wire_embeddings_request_and_answer(scripted: ScriptedServer) -> None:
+    """``POST /v1/embeddings``: the documented chat-embeddings request; a hand-written answer gives a hand-computed
+    vector (128 dims, 3 at 0, 4 at 1, 12 at 100: norm 13 → 3/13, 4/13, 12/13; its 64-dim Matryoshka prefix has norm
+    5 → 0.6, 0.8)."""
+    from conftest import noise_image
+
+    raw = [0.0] * 128
+    raw[0], raw[1], raw[100] = 3.0, 4.0, 12.0
+    full = np.zeros((1, 128))
+    full[0, [0, 1, 100]] = [3 / 13, 4 / 13, 12 / 13]
+    prefix = np.zeros((1, 64))
+    prefix[0, [0, 1]] = [0.6, 0.8]
+    answer = {"id": "embd-7f3a", "object": "list", "created": 1764400000, "model": "Qwen/Qwen3-VL-Embedding-2B",
+              "data": [{"index": 0, "object": "embedding", "embedding": raw}], "usage": _usage()}
+    scripted.reply("/v1/embeddings", 200, answer)
+    scripted.reply("/v1/embeddings", 200, answer)
+    remote = RemoteEmbedder(endpoint(scripted.url, "embedder", api_key="sk-test-123"), "Qwen/Qwen3-VL-Embedding-2B")
+    v = remote.embed([{"image": noise_image(1, 160, 120), "text": "E13 on the display"}], instruction="Find the case")
+    np.testing.assert_allclose(v, full, rtol=0, atol=1e-7)  # float32 vectors: 1e-7 is a few ulps at these values
+    np.testing.assert_allclose(remote.embed(["pump leaks"], dim=64), prefix, rtol=0, atol=1e-7)
+
+    req = scripted.requests[0]
+    assert req["method"] == "POST" and req["path"] == "/v1/embeddings"
+    assert req["headers"]["content-type"] == "application/json"
+    assert req["headers"]["authorization"] == "Bearer sk-test-123"
+    body = req["body"]
+    assert set(body) <= EMBED_CHAT_FIELDS, set(body) - EMBED_CHAT_FIELDS
+    assert body["model"] == "Qwen/Qwen3-VL-Embedding-2B" and body["encoding_format"] == "float"
+    assert body["add_generation_prompt"] is True  # the pooled token is the "\n" after "assistant"
+    msgs = body["messages"]
+    assert [m["role"] for m in msgs] == ["system", "user"] and all(set(m) == {"role", "content"} for m in msgs)
+    assert parts_of(msgs[0]["content"]) == [("text", "Find the case.")]
+    # images before texts; 160×120 is snapped to multiples of 32 by the official resize: 160×128
+    assert parts_of(msgs[1]["content"]) == [("image", ("PNG", (160, 128))), ("text", "E13 on the display")]
+    second = scripted.requests[1]["body"]["messages"]
+    assert parts_of(second[0]["content"]) == [("text", "Represent the user's input.")]  # the official default
+    assert parts_of(second[1]["content"]) == [("text", "pump leaks")]
+
+
+def test_wire_classify_request_and_answer(scripted: ScriptedServer, media_dir: Path) -> None:
+    """``POST /classify``: the official pair as chat ``messages``; the score is the documented ``probs`` (one label:
+    the value; two labels ["no", "yes"]: the second); another head is refused with the fix named."""
+    def answer(probs: list[float]) -> dict[str, Any]:
+        return {"id": "classify-9bf1", "object": "list", "created": 1764400000, "model": "Qwen/Qwen3-VL-Reranker-2B",
+                "data": [{"index": 0, "label": "LABEL_0", "probs": probs, "num_classes": len(probs)}],
+                "usage": _usage()}
+
+    for probs in ([0.73], [0.2, 0.8], [0.1, 0.2, 0.7]):
+        scripted.reply("/classify", 200, answer(probs))
+    rr = RemoteReranker(endpoint(scripted.url, "reranker"), "Qwen/Qwen3-VL-Reranker-2B", image_format="jpeg")
+    assert rr.score({"text": "pump leaks"}, [{"image": str(media_dir / "a.png"), "text": "seal worn"}]) == [0.73]
+    assert rr.score({"text": "pump leaks"}, [{"text": "seal worn"}]) == [0.8]
+    with pytest.raises(RemoteError, match=r"/classify returned 3 classes; serve the reranker with --hf-overrides "
+                                          r"classifier_from_token \[\"no\", \"yes\"\]"):
+        rr.score({"text": "q"}, [{"text": "d"}])
+
+    req = scripted.requests[0]
+    assert req["path"] == "/classify" and req["headers"]["content-type"] == "application/json"
+    body = req["body"]
+    assert set(body) <= CLASSIFY_CHAT_FIELDS, set(body) - CLASSIFY_CHAT_FIELDS
+    assert body["model"] == "Qwen/Qwen3-VL-Reranker-2B" and body["add_generation_prompt"] is True
+    system, user = body["messages"]
+    assert system["role"] == "system" and parts_of(system["content"]) == [("text", JUDGE)]
+    assert user["role"] == "user"
+    assert parts_of(user["content"]) == [
+        ("text", "<Instruct>: Given a search query, retrieve relevant candidates that answer the query."),
+        ("text", "<Query>:"), ("text", "pump leaks"), ("text", "\n<Document>:"),
+        ("image", ("JPEG", (160, 128))), ("text", "seal worn")]
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-42", "object": "chat.completion.chunk", "created": 1764400000,
+            "model": "Qwen/Qwen3-VL-2B-Instruct",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+def test_wire_chat_completions_stream_and_whole(scripted: ScriptedServer, media_dir: Path) -> None:
+    """``POST /v1/chat/completions``: the documented request; SSE chunks (role chunk, content deltas, a finish
+    chunk, a usage chunk with no choices, ``[DONE]``) join to the hand-written text; a whole answer is
+    ``choices[0].message.content``."""
+    scripted.reply_sse("/v1/chat/completions", [
+        _chunk({"role": "assistant", "content": ""}),
+        _chunk({"content": "Replace "}),
+        _chunk({"content": "the fuser [prn-e13]."}),
+        _chunk({}, "stop"),
+        {"id": "chatcmpl-42", "object": "chat.completion.chunk", "created": 1764400000,
+         "model": "Qwen/Qwen3-VL-2B-Instruct", "choices": [], "usage": {**_usage(), "completion_tokens": 7}},
+        "[DONE]"])
+    scripted.reply("/v1/chat/completions", 200, {
+        "id": "chatcmpl-43", "object": "chat.completion", "created": 1764400000, "model": "Qwen/Qwen3-VL-2B-Instruct",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Check the seal."}, "logprobs": None,
+                     "finish_reason": "stop"}], "usage": {**_usage(), "completion_tokens": 4}})
+    gen = RemoteGenerator(endpoint(scripted.url, "generator", api_key="sk-gen"), "Qwen/Qwen3-VL-2B-Instruct")
+    messages = [{"role": "system", "content": "You are a support assistant."},
+                {"role": "user", "content": [{"type": "image", "image": str(media_dir / "a.png")},
+                                             {"type": "text", "text": "What is wrong?"}]}]
+    chunks = list(gen.stream(messages, max_new_tokens=64))
+    assert "".join(chunks) == "Replace the fuser [prn-e13]." and len(chunks) >= 2
+    assert gen.generate(messages, max_new_tokens=32, temperature=0.7, top_p=0.8, stop=["\n\n"]) == "Check the seal."
+
+    streamed, whole = scripted.requests
+    assert streamed["headers"]["accept"] == "text/event-stream" and streamed["headers"]["authorization"] == "Bearer sk-gen"
+    for req in (streamed, whole):
+        assert req["path"] == "/v1/chat/completions" and req["headers"]["content-type"] == "application/json"
+        body = req["body"]
+        assert set(body) <= CHAT_FIELDS, set(body) - CHAT_FIELDS
+        assert body["model"] == "Qwen/Qwen3-VL-2B-Instruct" and isinstance(body["max_tokens"], int)
+        assert isinstance(body["temperature"], float) and isinstance(body["stream"], bool)
+        system, user = body["messages"]
+        assert system == {"role": "system", "content": "You are a support assistant."}  # a string content is valid
+        assert user["role"] == "user"
+        assert parts_of(user["content"]) == [("image", ("PNG", (160, 128))), ("text", "What is wrong?")]
+    assert streamed["body"]["stream"] is True and streamed["body"]["max_tokens"] == 64
+    assert streamed["body"]["temperature"] == 0.0 and "top_p" not in streamed["body"]  # greedy: no sampling knobs
+    assert whole["body"]["stream"] is False and whole["body"]["max_tokens"] == 32
+    assert whole["body"]["temperature"] == 0.7 and whole["body"]["top_p"] == 0.8 and whole["body"]["stop"] == ["\n\n"]
+
+
+OPENAI_400 = {"error": {"message": "Invalid 'max_tokens': integer below minimum value. Expected a value >= 1, but got 0 "
+                                   "instead.", "type": "invalid_request_error", "param": "max_tokens",
+                        "code": "integer_below_min_value"}}
+VLLM_400 = {"object": "error", "message": "This model's maximum context length is 8192 tokens. However, you requested "
+                                          "9000 tokens in the input for embedding generation. Please reduce the length "
+                                          "of the input.", "type": "BadRequestError", "param": None, "code": 400}
+FASTAPI_422 = {"detail": [{"type": "missing", "loc": ["body", "messages"], "msg": "Field required", "input": None},
+                          {"type": "float_type", "loc": ["body", "temperature"], "msg": "Input should be a valid number",
+                           "input": "hot"}]}
+VLLM_500 = {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                      "type": "InternalServerError", "param": None, "code": 500}}
+
+
+@pytest.mark.parametrize("role, status, body, ctype, error, pattern, attempts", [
+    ("generator", 400, OPENAI_400, "application/json", RemoteError,
+     r"generator server at http://127\.0\.0\.1:\d+/v1/chat/completions answered HTTP 400: Invalid 'max_tokens': "
+     r"integer below minimum value", 1),
+    ("embedder", 400, VLLM_400, "application/json", "EmbeddingError",
+     r"item 0 \(text='a very long manual'\): the embedding server refused it: .*answered HTTP 400: This model's "
+     r"maximum context length is 8192 tokens", 1),
+    ("reranker", 422, FASTAPI_422, "application/json", "RerankError",
+     r"document 0 \(text='d'\): the reranker server refused the pair: .*/classify answered HTTP 422: "
+     r"body\.messages: Field required; body\.temperature: Input should be a valid number$", 1),
+    ("generator", 500, VLLM_500, "application/json", RemoteError,
+     r"/v1/chat/completions answered HTTP 500: EngineCore encountered an issue", 2),
+    ("embedder", 503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+     "text/plain", RemoteError, r"/v1/embeddings answered HTTP 503: upstream connect error or disconnect/reset", 2),
+], ids=["openai-400", "vllm-400-old-shape", "fastapi-422", "vllm-500-retried", "proxy-503-text"])
+def test_wire_error_bodies_name_the_problem(scripted: ScriptedServer, role: str, status: int, body: Any, ctype: str,
+                                            error: Any, pattern: str, attempts: int) -> None:
+    """Documented error bodies become errors that carry the server's own explanation (and the item); client
+    errors (4xx) are not retried, server errors (5xx) are, up to the configured retries."""
+    from rag.models.embedder import EmbeddingError
+    from rag.models.reranker import RerankError
+
+    exc = {"EmbeddingError": EmbeddingError, "RerankError": RerankError}.get(error, error) if isinstance(error, str) else error
+    path = {"generator": "/v1/chat/completions", "embedder": "/v1/embeddings", "reranker": "/classify"}[role]
+    for _ in range(attempts):
+        scripted.reply(path, status, body, ctype)
+    ep = endpoint(scripted.url, role, retries=1)
+    with pytest.raises(exc) as e:
+        if role == "generator":
+            RemoteGenerator(ep, "m").generate([{"role": "user", "content": "hi"}], max_new_tokens=8)
+        elif role == "embedder":
+            RemoteEmbedder(ep, "m").embed(["a very long manual"])
+        else:
+            RemoteReranker(ep, "m").score({"text": "q"}, [{"text": "d"}])
+    assert _re.search(pattern, str(e.value)), str(e.value)
+    cause = e.value if isinstance(e.value, RemoteError) else e.value.__cause__
+    assert isinstance(cause, RemoteError) and cause.status == status
+    assert len(scripted.requests) == attempts
+
+
+@pytest.mark.parametrize("error_event", [
+    {"error": {"message": "CUDA out of memory while decoding", "type": "InternalServerError", "param": None,
+               "code": 500}},
+    {"object": "error", "message": "CUDA out of memory while decoding", "type": "InternalServerError", "param": None,
+     "code": 500},
+], ids=["error-envelope", "vllm-bare-error-response"])
+def test_wire_error_inside_the_stream(scripted: ScriptedServer, error_event: dict[str, Any]) -> None:
+    """A failure reported inside an SSE stream (after some text) ends the stream with the server's message, in both
+    the enveloped and vLLM's bare ``ErrorResponse`` shape, and is not retried (part of the answer was shown)."""
+    scripted.reply_sse("/v1/chat/completions", [_chunk({"role": "assistant", "content": ""}),
+                                                _chunk({"content": "Replace the "}), error_event, "[DONE]"])
+    gen = RemoteGenerator(endpoint(scripted.url, "generator", retries=2), "m")
+    got: list[str] = []
+    with pytest.raises(RemoteError, match=r"generator server at http://127\.0\.0\.1:\d+/v1/chat/completions failed "
+                                          r"mid-stream: CUDA out of memory while decoding") as e:
+        for chunk in gen.stream([{"role": "user", "content": "hi"}], max_new_tokens=16):
+            got.append(chunk)
+    assert e.value.status == 500
+    assert "".join(got) == "Replace the "  # the text received before the error, and nothing invented after it
+    assert len(scripted.requests) == 1

@@ -44,8 +44,22 @@ def normalise_base_url(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def _validation_errors(detail: list[Any]) -> str:
+    """FastAPI/pydantic request-validation errors (``[{"loc": ["body", "messages"], "msg": "Field required"}]``) as
+    ``body.messages: Field required; ...``, the field named, not a repr of the list."""
+    out = []
+    for d in detail:
+        if isinstance(d, dict) and d.get("msg"):
+            loc = ".".join(str(x) for x in d.get("loc") or [])
+            out.append(f"{loc}: {d['msg']}" if loc else str(d["msg"]))
+        else:
+            out.append(str(d))
+    return "; ".join(out)
+
+
 def error_message(response: httpx.Response) -> str:
-    """The server's own explanation: OpenAI ``{"error": {"message"}}``, vLLM ``{"message"}``, FastAPI ``{"detail"}``."""
+    """The server's own explanation: OpenAI ``{"error": {"message"}}``, vLLM's older ``{"object": "error",
+    "message"}``, FastAPI ``{"detail": str | [validation errors]}``; else the start of the body."""
     try:
         body = response.json()
     except ValueError:
@@ -54,6 +68,9 @@ def error_message(response: httpx.Response) -> str:
         err = body.get("error")
         if isinstance(err, dict) and err.get("message"):
             return str(err["message"])[:500]
+        detail = body.get("detail")
+        if isinstance(detail, list) and detail:
+            return _validation_errors(detail)[:500]
         for key in ("message", "detail", "error"):
             if body.get(key):
                 return str(body[key])[:500]
@@ -222,8 +239,14 @@ class HttpEndpoint:
             event = json.loads(text)
         except ValueError as e:
             raise RemoteError(f"{self.role} server at {url} sent an unreadable event: {text[:200]!r}", url=url) from e
+        # vLLM reports a failure inside the stream as an error event: ``{"error": {...}}``, or in older versions the
+        # bare ErrorResponse ``{"object": "error", "message": ..., "code": ...}``.
+        err: Any = None
         if isinstance(event, dict) and event.get("error"):
             err = event["error"]
+        elif isinstance(event, dict) and event.get("object") == "error":
+            err = event
+        if err is not None:
             msg = err.get("message") if isinstance(err, dict) else err
             raise RemoteError(f"{self.role} server at {url} failed mid-stream: {msg}", url=url,
                               status=err.get("code") if isinstance(err, dict) and isinstance(err.get("code"), int) else None)
