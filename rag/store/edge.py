@@ -174,7 +174,8 @@ class EdgeStore(VectorStore):
             meta.check_compatible(stored, str(vdir))
             if meta.quantization != stored.quantization:
                 log.warning(
-                    "store %s was built with quantization=%s; the configured %s applies after `ragvqa kb reindex`",
+                    "store %s was built with quantization=%s; the configured %s (RAGVQA_STORE_QUANTIZATION) applies after "
+                    "`ragvqa kb reindex`",
                     vdir, stored.quantization, meta.quantization,
                 )
         cfg = None

@@ -177,7 +177,8 @@ class ServerStore(VectorStore):
                 meta.check_compatible(stored, f"Qdrant collection {target!r} (alias {collection!r})")
                 if meta.quantization != stored.quantization:
                     log.warning(
-                        "collection %s was built with quantization=%s; the configured %s applies after reindex",
+                        "collection %s was built with quantization=%s; the configured %s (RAGVQA_STORE_QUANTIZATION) "
+                        "applies after `ragvqa kb reindex`",
                         target, stored.quantization, meta.quantization,
                     )
             return cls(client, collection, target, stored, owns_client=owns, create_opts=create_opts, **opts)
