@@ -329,3 +329,45 @@ def test_beir_corpus_run_through_the_pipeline(small_models, data_dir: Path, tmp_
     assert recs["b"]["retrieval"][0][0] == "page1"  # the query image is that page: cosine 1
     assert {d for d, _ in recs["a"]["retrieval"]} <= {r["_id"] for r in rows}
     assert out.summary["metrics"]["retrieval"]["hit_rate@1"] >= 0.5  # query b at least
+
+
+def test_sweep_int8_arm_searches_a_quantized_store(rag_run, small_models, data_dir: Path) -> None:
+    """Both arms of the sweep run: the int8 arm's store really holds int8 vectors (read from the engine's own shard
+    and segment configs), and its metrics are computed and close to the float arm's (rescored int8 search)."""
+    from eval.sweep import SWEEP_METRICS, run_sweep
+
+    emb, _, _ = small_models
+    out = data_dir / "sweep-int8"
+    res = run_sweep(_settings(data_dir), embedder=emb, out_dir=out, base=_cfg("retrieval"), dims=[emb.dim],
+                    quantizations=(False, True))
+    f32, i8 = res["points"]
+    assert (f32["quantization"], i8["quantization"]) == (False, True)
+
+    def engine(tag: str) -> tuple[str | None, int]:
+        """(quantization type in the shard config, number of segments with built int8 vectors) of a point's store."""
+        store_root = Path(json.loads((out / "points" / tag / "config.json").read_text())["store_dir"]) / "qdrant"
+        shard = store_root / (store_root / "ACTIVE").read_text().strip() / "shard"
+        qcfg = json.loads((shard / "edge_config.json").read_text()).get("quantization_config")
+        built = 0
+        for seg in (shard / "segments").iterdir():
+            vd = json.loads((seg / "segment.json").read_text())["config"]["vector_data"]["dense"]
+            if (vd.get("quantization_config") or {}).get("scalar", {}).get("type") == "int8":
+                built += (seg / "vector_storage-dense" / "quantized.data").is_file()
+        return (None if qcfg is None else qcfg["scalar"]["type"]), built
+
+    assert engine(f"d{emb.dim}-int8")[0] == "int8" and engine(f"d{emb.dim}-int8")[1] >= 1
+    assert engine(f"d{emb.dim}-float32") == (None, 0)
+    assert i8["n_points"] == f32["n_points"] > 40
+    assert all(i8["metrics"][m] is not None and 0 <= i8["metrics"][m] <= 1 for m in SWEEP_METRICS)
+    # rescoring with 2x oversampling: on 15 queries the int8 ranking may swap a near tie, no more
+    for m in SWEEP_METRICS:
+        assert abs(i8["metrics"][m] - f32["metrics"][m]) <= 0.07, (m, i8["metrics"], f32["metrics"])
+    # the rescored scores are float cosines: a case both arms rank first has the same score (1e-5)
+    recs = {tag: {r["id"]: r for r in read_results(out / "points" / tag / RESULTS_FILE)}
+            for tag in (f"d{emb.dim}-float32", f"d{emb.dim}-int8")}
+    a, b = recs[f"d{emb.dim}-float32"], recs[f"d{emb.dim}-int8"]
+    assert set(a) == set(b) and len(a) == 15
+    same_top = [q for q in a if a[q]["retrieval"][0][0] == b[q]["retrieval"][0][0]]
+    assert len(same_top) >= 13
+    for q in same_top:
+        assert b[q]["retrieval"][0][1] == pytest.approx(a[q]["retrieval"][0][1], abs=1e-5)

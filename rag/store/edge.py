@@ -13,6 +13,7 @@ for several processes use a Qdrant server (``ServerStore``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -400,6 +401,14 @@ class EdgeStore(VectorStore):
             "indexed_vectors": i.indexed_vectors_count,
             "payload_indexes": sorted(i.payload_schema),
         }
+
+    def engine_config(self) -> dict[str, Any]:
+        """The shard's index configuration as the engine persisted it (``edge_config.json``: HNSW, quantization,
+        optimizer thresholds), so tools report what the engine was given rather than what they meant to give it."""
+        try:
+            return json.loads((self.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise StoreError(f"cannot read the engine config of {self.shard_dir}: {e}") from e
 
     def close(self) -> None:
         if self._closed:
