@@ -399,12 +399,13 @@ def test_store_bench_smoke(tmp_path: Path) -> None:
     assert set(run["engines"]) == {
         "edge_exact", "edge_hnsw_f32", "edge_hnsw_int8_rescore", "edge_hnsw_int8_rescore_acorn", "client_local_mode"
     }
+    assert run["shipped_engine"] == "edge_hnsw_int8_rescore"
     for rows in run["engines"].values():
         assert set(rows) == {"unfiltered", "product_line", "equipment_model"}
         for r in rows.values():
             assert r["recall@10"] >= 0.99 and 0 < r["p50_ms"] <= r["p95_ms"]
     assert res["goal"] is None
-    assert "| edge_hnsw_int8_rescore | filter equipment_model |" in render_markdown(res)
+    assert "| edge_hnsw_int8_rescore (app) | filter equipment_model |" in render_markdown(res)
     jpath, mpath = write_report(res, tmp_path / "out")
     assert jpath.exists() and mpath.read_text().startswith("# Vector store benchmark")
 
@@ -540,3 +541,55 @@ def test_app_default_store_config_is_int8(tmp_path: Path) -> None:
         assert _engine_quantization(store)[0] == "int8"
     finally:
         store.close()
+
+
+def test_bench_store_measures_the_app_store_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ragvqa bench store`` with its defaults builds and searches the store the app ships: the same engine config
+    (HNSW m/ef_construct/full-scan threshold, int8, optimizers; read from the engine's ``edge_config.json``), the
+    same search breadth/oversampling/ACORN, and the app's exact search parameters among those it sent to the engine
+    (pass-through spies on the real shards)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from rag.config import Settings
+    from rag.store import store_kwargs_from_settings
+    from ui.cli import app as cli_app
+
+    dim = 64
+    kwargs = {**store_kwargs_from_settings(Settings(data_dir=tmp_path / "app")), "qdrant_url": None}
+    app_store = open_store(embedder_id="app", dim=dim, **kwargs)  # as ui/services.py opens it
+    assert isinstance(app_store, EdgeStore)
+    app_engine = json.loads((app_store.shard_dir / "edge_config.json").read_text())
+    app_spy = _Spy(app_store._shard, "query")
+    app_store._shard = app_spy  # type: ignore[assignment]
+    q = _unit(np.random.default_rng(0).normal(size=dim))
+    app_store.search(q, 10)
+    app_store.search(q, 10, filters={"product_line": "PL1"})
+    app_params = {repr(args[0].params) for args, _ in app_spy.calls}
+    app_search = (app_store.hnsw_ef, app_store.oversampling, app_store.acorn, app_store.meta.quantization)
+    app_store.close()
+
+    built: list[tuple[EdgeStore, dict]] = []
+    real_open = EdgeStore.open.__func__  # type: ignore[attr-defined]
+
+    def spy_open(cls, *args, **kw):
+        s = real_open(cls, *args, **kw)
+        built.append((s, json.loads((s.shard_dir / "edge_config.json").read_text())))
+        s._shard = _Spy(s._shard, "query")
+        return s
+
+    monkeypatch.setattr(EdgeStore, "open", classmethod(spy_open))
+    r = CliRunner().invoke(cli_app, ["bench", "store", "--size", "1500", "--dim", str(dim), "--queries", "20",
+                                     "--no-local", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    [(bench, bench_engine)] = built
+    assert bench_engine == app_engine
+    assert (bench.hnsw_ef, bench.oversampling, bench.acorn, bench.meta.quantization) == app_search
+    bench_params = {repr(args[0].params) for args, _ in bench._shard.calls}  # type: ignore[attr-defined]
+    assert app_params <= bench_params, (app_params, bench_params)
+    report = json.loads((tmp_path / "out" / "store_bench.json").read_text())
+    assert report["differs_from_defaults"] == {}
+    assert report["runs"][0]["store_config"]["engine"]["quantization_config"] == app_engine["quantization_config"]
+    md = (tmp_path / "out" / "store_bench.md").read_text()
+    assert "These are the shipped defaults" in md and "edge_hnsw_int8_rescore (app)" in md
