@@ -371,3 +371,23 @@ def test_sweep_int8_arm_searches_a_quantized_store(rag_run, small_models, data_d
     assert len(same_top) >= 13
     for q in same_top:
         assert b[q]["retrieval"][0][1] == pytest.approx(a[q]["retrieval"][0][1], abs=1e-5)
+
+
+def test_bench_ingest_refuses_a_ratio_when_dedup_did_less_work(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Two of four cases carry byte copies of case 0's photo: the import links them instead of embedding, so it does
+    6 items of work where the raw arm does 8. The bench must see that and print no ratio; without duplicates it
+    reports one, with equal work on both sides."""
+    from eval.bench_ingest import run_ingest_bench, to_markdown
+
+    kw = {"n_cases": 4, "images_per_case": 1, "image_size": (96, 72), "repeats": 1}
+    res = run_ingest_bench(tiny_model_dir, duplicate_cases=2, work_dir=tmp_path / "dup", **kw)
+    assert res["ratio"] is None and res["cpu"]["ratio"] is None and res["meets_goal"] is None, res
+    # the test's own accounting of its dataset: 4 case texts + 4 photos; 2 photos are exact copies of another case's
+    assert res["work"] == {"raw_embedded": 8, "import_embedded": [6], "import_written": [6]}
+    assert "no ratio" in res["ratio_refused"] and "embedded 8 items" in res["ratio_refused"]
+    md = to_markdown(res)
+    assert "no ratio: the arms did different work" in md and "% of the raw embedder" not in md
+
+    clean = run_ingest_bench(tiny_model_dir, work_dir=tmp_path / "clean", **kw)
+    assert clean["work"] == {"raw_embedded": 8, "import_embedded": [8], "import_written": [8]}
+    assert clean["ratio_refused"] is None and clean["ratio"] > 0 and "% of the raw embedder" in to_markdown(clean)
