@@ -531,6 +531,11 @@ def test_default_store_is_int8_and_searches_it_with_rescoring(kind: str, tmp_pat
             assert params.quantization.rescore is True and not params.quantization.ignore
             assert params.quantization.oversampling == pytest.approx(Settings().store_oversampling)
     finally:
+        if isinstance(store, ServerStore):
+            client = getattr(store.client, "_inner", store.client)
+            for c in client.get_collections().collections:
+                if c.name.startswith(store.alias):
+                    client.delete_collection(c.name)
         store.close()
 
 
