@@ -5,6 +5,11 @@ Why this exists: the app's retrieval budget is a few milliseconds per query, and
 (isotropic random vectors make HNSW look far worse than on real embeddings) with support-desk-like payloads, and
 recall@10 is measured against exact numpy search with the same filter.
 
+The Edge store is built from the app's own settings object (``rag.config.Settings`` -> ``open_store``, the
+``RAGVQA_STORE_*`` variables included), so the row marked *shipped* is the configuration the app runs; the other
+rows (exact, float32 HNSW, ACORN flipped) are baselines on the same shard. The report prints the store
+configuration it measured, as the engine holds it.
+
 Run: ``python -m eval.bench_store --sizes 100000 --dims 1024 --out bench-results/``
 """
 
@@ -28,8 +33,10 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from rag.store.base import Hit, StoreMeta, VectorPoint, check_query_vector, validate_filters
-from rag.store.edge import EdgeStore, _to_filter, write_atomic
+from rag.config import Settings
+from rag.store import open_store, store_kwargs_from_settings
+from rag.store.base import VECTOR_NAME, Hit, VectorPoint, check_query_vector, validate_filters
+from rag.store.edge import EdgeStore, to_filter, write_atomic
 from rag.store.server import ServerStore
 
 log = logging.getLogger(__name__)
@@ -150,28 +157,58 @@ def _masks(payloads: list[dict[str, Any]], key: str) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------------- one run
+#: Store settings the benchmark reports (and takes from the app's ``Settings``).
+STORE_SETTINGS = ("store_quantization", "store_hnsw_ef", "store_hnsw_m", "store_hnsw_ef_construct",
+                  "store_full_scan_threshold_kb", "store_oversampling", "store_acorn", "store_indexing_threshold_kb")
+
+
+def store_settings(settings: Settings) -> dict[str, Any]:
+    """The ``RAGVQA_STORE_*`` values of a settings object (what the app's store is built and searched with)."""
+    return {k: getattr(settings, k) for k in STORE_SETTINGS}
+
+
+def open_bench_store(settings: Settings, root: Path, dim: int) -> EdgeStore:
+    """An Edge store under ``root`` built exactly as the app builds its store from ``settings``.
+
+    Only the location changes: a Qdrant server URL in the settings is ignored (the benchmark never touches a
+    deployed collection) and the data dir is ``root``.
+    """
+    kwargs = store_kwargs_from_settings(settings.model_copy(update={"data_dir": root, "qdrant_url": None}))
+    store = open_store(embedder_id="bench", dim=dim, **kwargs)
+    assert isinstance(store, EdgeStore)
+    return store
+
+
+def measured_config(store: EdgeStore) -> dict[str, Any]:
+    """What the benchmark measured: the index config as the engine holds it and the store's search parameters."""
+    engine = store.engine_config()
+    return {
+        "engine": {"hnsw_config": engine.get("hnsw_config"), "quantization_config": engine.get("quantization_config"),
+                   "optimizers": engine.get("optimizers")},
+        "search": {"hnsw_ef": store.hnsw_ef, "quantization": store.meta.quantization,
+                   "rescore": store.meta.quantization, "oversampling": store.oversampling, "acorn": store.acorn},
+    }
+
+
 def bench_one(
     n: int,
     dim: int,
     *,
+    settings: Settings | None = None,
     n_queries: int = 200,
     n_queries_local: int = 20,
     k: int = 10,
-    hnsw_ef: int = 128,
-    hnsw_m: int = 16,
-    hnsw_ef_construct: int = 100,
-    full_scan_threshold_kb: int = 2000,
-    oversampling: float = 2.0,
-    acorn: bool = False,
     include_local: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Benchmark one (size, dim): Edge exact / HNSW float32 / HNSW int8+rescore, and qdrant-client local mode.
+    """Benchmark one (size, dim) on the app's store configuration (``settings``, default: the app's ``Settings()``).
 
-    One Edge shard is built with int8 quantization; the float32 rows search the same HNSW graph with quantization
-    ignored, so both rows share one (expensive) index build.
+    Rows: Edge exact, the shipped search (``VectorStore.search`` as the app calls it), float32 HNSW on the same
+    graph (int8 ignored; it is the shipped row when quantization is off), the shipped search with ACORN flipped,
+    and qdrant-client local mode. One shard serves every Edge row, so they share one (expensive) index build.
     """
+    settings = settings or Settings()
     x, payloads, _ = make_dataset(n, dim, seed=seed)
     queries, members = make_queries(x, n_queries, seed=seed + 1)
     modes = ("unfiltered", "product_line", "equipment_model")
@@ -188,11 +225,8 @@ def bench_one(
     out: dict[str, Any] = {"n": n, "dim": dim, "n_queries": n_queries, "engines": {}}
 
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="bench_store_") as tmp:
-        meta = StoreMeta(embedder_id="bench", dim=dim, quantization=True)
-        store = EdgeStore.open(
-            Path(tmp) / "edge", meta, hnsw_ef=hnsw_ef, oversampling=oversampling, acorn=acorn,
-            hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct, full_scan_threshold_kb=full_scan_threshold_kb,
-        )
+        store = open_bench_store(settings, Path(tmp) / "edge", dim)
+        meta = store.meta
         try:
             t0 = time.perf_counter()
             store.upsert(points, batch_size=512)
@@ -202,15 +236,20 @@ def bench_one(
             store.optimize()
             out["edge_optimize_s"] = round(time.perf_counter() - t0, 2)
             out["edge_info"] = store.info()
+            out["store_config"] = measured_config(store)
             log.info("edge %dx%d: upsert %.1fs, optimize %.1fs", n, dim, out["edge_upsert_s"], out["edge_optimize_s"])
 
+            quant = store.meta.quantization
+            shipped = "edge_hnsw_int8_rescore" if quant else "edge_hnsw_f32"
+            flipped = shipped + ("_no_acorn" if store.acorn else "_acorn")
             variants: dict[str, Callable[[np.ndarray, dict[str, str] | None], list[str]]] = {
                 "edge_exact": lambda q, f: [h.id for h in store.search(q, k, f, exact=True)],
-                "edge_hnsw_f32": lambda q, f: [h.id for h in _edge_float_search(store, q, k, f, hnsw_ef)],
-                "edge_hnsw_int8_rescore": lambda q, f: [h.id for h in store.search(q, k, f)],
+                shipped: lambda q, f: [h.id for h in store.search(q, k, f)],
             }
-            other = "edge_hnsw_int8_rescore_" + ("no_acorn" if acorn else "acorn")
-            variants[other] = lambda q, f: _toggled_acorn(store, q, k, f)
+            if quant:
+                variants["edge_hnsw_f32"] = lambda q, f: [h.id for h in _edge_float_search(store, q, k, f)]
+            variants[flipped] = lambda q, f: _toggled_acorn(store, q, k, f)
+            out["shipped_engine"] = shipped
             for name, fn in variants.items():
                 nq = n_queries if name != "edge_exact" else min(n_queries, 50)
                 out["engines"][name] = {
@@ -242,7 +281,7 @@ def bench_one(
 
 
 def _toggled_acorn(store: EdgeStore, q: np.ndarray, k: int, f: dict[str, str] | None) -> list[str]:
-    """The int8 row again with ACORN flipped, to show what it costs/buys on filtered queries."""
+    """The shipped row again with ACORN flipped, to show what it costs/buys on filtered queries."""
     store.acorn = not store.acorn
     try:
         return [h.id for h in store.search(q, k, f)]
@@ -250,20 +289,21 @@ def _toggled_acorn(store: EdgeStore, q: np.ndarray, k: int, f: dict[str, str] | 
         store.acorn = not store.acorn
 
 
-def _edge_float_search(store: EdgeStore, q: np.ndarray, k: int, f: dict[str, str] | None, ef: int) -> list[Hit]:
-    """HNSW search on the same shard with int8 ignored (the float32 baseline), through the engine directly."""
+def _edge_float_search(store: EdgeStore, q: np.ndarray, k: int, f: dict[str, str] | None) -> list[Hit]:
+    """HNSW search on the same shard with int8 ignored (the float32 baseline), through the engine directly; the
+    other search parameters (ef, ACORN) are the store's."""
     req = qe.QueryRequest(
         limit=k,
-        query=qe.Query.Nearest(check_query_vector(q, store.dim), using="dense"),
-        filter=_to_filter(validate_filters(f)),
+        query=qe.Query.Nearest(check_query_vector(q, store.dim), using=VECTOR_NAME),
+        filter=to_filter(validate_filters(f)),
         with_payload=True,
         params=qe.SearchParams(
-            hnsw_ef=ef,
+            hnsw_ef=store.hnsw_ef,
             quantization=qe.QuantizationSearchParams(ignore=True),
             acorn=qe.AcornSearchParams(enable=True) if f and store.acorn else None,
         ),
     )
-    return [Hit(id=str(r.id), score=float(r.score), payload=r.payload or {}) for r in store._shard.query(req)]
+    return [Hit(id=str(r.id), score=float(r.score), payload=r.payload or {}) for r in store.shard.query(req)]
 
 
 # ---------------------------------------------------------------------------------------------------- suite
@@ -278,19 +318,16 @@ def run_store_bench(
     sizes: Sequence[int] = (10_000, 100_000),
     dims: Sequence[int] = (1024, 2048),
     *,
+    settings: Settings | None = None,
     n_queries: int = 200,
     n_queries_local: int = 20,
-    hnsw_ef: int = 128,
-    hnsw_m: int = 16,
-    hnsw_ef_construct: int = 100,
-    full_scan_threshold_kb: int = 2000,
-    oversampling: float = 2.0,
-    acorn: bool = False,
     include_local: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Run :func:`bench_one` over sizes x dims; returns a JSON-able dict (see :func:`render_markdown`)."""
+    """Run :func:`bench_one` over sizes x dims on the app's store settings (``settings``, default ``Settings()``,
+    i.e. the ``RAGVQA_STORE_*`` environment); returns a JSON-able dict (see :func:`render_markdown`)."""
+    settings = settings or Settings()
     load_start = _loadavg()
     runs = []
     for n in sizes:
@@ -298,11 +335,12 @@ def run_store_bench(
             log.info("store bench: n=%d dim=%d", n, dim)
             runs.append(
                 bench_one(
-                    n, dim, n_queries=min(n_queries, n), n_queries_local=n_queries_local, hnsw_ef=hnsw_ef,
-                    hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct, full_scan_threshold_kb=full_scan_threshold_kb,
-                    oversampling=oversampling, acorn=acorn, include_local=include_local, work_dir=work_dir, seed=seed,
+                    n, dim, settings=settings, n_queries=min(n_queries, n), n_queries_local=n_queries_local,
+                    include_local=include_local, work_dir=work_dir, seed=seed,
                 )
             )
+    app_defaults = store_settings(Settings.model_construct())  # the code defaults, without the environment
+    measured = store_settings(settings)
     result = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "env": {
@@ -317,12 +355,14 @@ def run_store_bench(
             "loadavg_1m_end": _loadavg(),
         },
         "params": {
-            "k": 10, "hnsw_ef": hnsw_ef, "hnsw_m": hnsw_m, "hnsw_ef_construct": hnsw_ef_construct,
-            "full_scan_threshold_kb": full_scan_threshold_kb,
-            "oversampling": oversampling, "acorn": acorn, "n_queries": n_queries, "n_queries_local": n_queries_local,
+            "k": 10, "n_queries": n_queries, "n_queries_local": n_queries_local,
             "data": "200 gaussian clusters (spread 0.5), queries = member + noise 0.3; "
                     "product_line: 4 values (~25 %), equipment_model: 40 values (~2.5 %)",
         },
+        # the app's store settings this run used, and which of them differ from the shipped defaults
+        "store_settings": measured,
+        "differs_from_defaults": {k: {"measured": v, "default": app_defaults[k]}
+                                  for k, v in measured.items() if v != app_defaults[k]},
         "runs": runs,
     }
     result["goal"] = check_goal(result)
@@ -368,21 +408,27 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"qdrant-edge-py {env['qdrant_edge_py']} · qdrant-client {env['qdrant_client']} · "
         f"load average {env.get('loadavg_1m_start')} → {env.get('loadavg_1m_end')}",
         "",
-        f"top-{params['k']}, hnsw_ef={params['hnsw_ef']}, m={params['hnsw_m']}, "
-        f"ef_construct={params['hnsw_ef_construct']}, full_scan_threshold={params.get('full_scan_threshold_kb')} KB, "
-        f"int8 oversampling={params['oversampling']}, "
-        f"ACORN for filtered queries={params.get('acorn')}. "
-        f"Data: {params['data']}. Latency is measured through `VectorStore.search` (includes validation and "
-        "result conversion); CPU columns are the process CPU time per query, which other processes on a busy "
-        "machine do not inflate. Recall@10 is against exact numpy search with the same filter.",
+        f"top-{params['k']}. Data: {params['data']}. Latency is measured through `VectorStore.search` (includes "
+        "validation and result conversion); CPU columns are the process CPU time per query, which other processes on "
+        "a busy machine do not inflate. Recall@10 is against exact numpy search with the same filter.",
+        "",
+        "Store built from the app's settings (`RAGVQA_STORE_*`): "
+        + ", ".join(f"{k}={v}" for k, v in result["store_settings"].items())
+        + (". Differs from the shipped defaults: " + ", ".join(
+            f"{k} ({d['measured']} vs default {d['default']})" for k, d in result["differs_from_defaults"].items())
+           if result["differs_from_defaults"] else ". These are the shipped defaults."),
         "",
     ]
     for run in result["runs"]:
         lines += [
             f"## {run['n']:,} points × {run['dim']}",
             "",
-            f"Edge upsert {run.get('edge_upsert_s')} s, optimize (HNSW + int8) {run.get('edge_optimize_s')} s"
+            f"Edge upsert {run.get('edge_upsert_s')} s, optimize {run.get('edge_optimize_s')} s"
             + (f"; local-mode upsert {run['local_upsert_s']} s" if "local_upsert_s" in run else ""),
+            "",
+            f"Measured store (engine config): `{json.dumps(run['store_config']['engine'], sort_keys=True)}`; "
+            f"search: `{json.dumps(run['store_config']['search'], sort_keys=True)}`. "
+            f"The app's search path (the settings above): **{run['shipped_engine']}**.",
             "",
             "| engine | query | p50 ms | p95 ms | CPU p50 ms | CPU p95 ms | recall@10 | queries |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -390,8 +436,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         for engine, rows in run["engines"].items():
             for mode, r in rows.items():
                 label = "unfiltered" if mode == "unfiltered" else f"filter {mode}"
+                name = f"{engine} (app)" if engine == run.get("shipped_engine") else engine
                 lines.append(
-                    f"| {engine} | {label} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r.get('cpu_p50_ms', float('nan')):.3f} "
+                    f"| {name} | {label} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r.get('cpu_p50_ms', float('nan')):.3f} "
                     f"| {r.get('cpu_p95_ms', float('nan')):.3f} | {r['recall@10']:.4f} | {r['n']} |"
                 )
         lines.append("")
@@ -428,18 +475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dims", type=int, nargs="+", default=[1024, 2048])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--queries-local", type=int, default=20)
-    p.add_argument("--hnsw-ef", type=int, default=128)
     p.add_argument("--no-local", action="store_true", help="skip qdrant-client local mode")
-    p.add_argument("--acorn", action="store_true", help="ACORN for filtered queries (the row without it is added)")
-    p.add_argument("--full-scan-threshold-kb", type=int, default=2000)
     p.add_argument("--out", default="bench-results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = run_store_bench(
-        args.sizes, args.dims, n_queries=args.queries, n_queries_local=args.queries_local,
-        hnsw_ef=args.hnsw_ef, acorn=args.acorn, full_scan_threshold_kb=args.full_scan_threshold_kb,
-        include_local=not args.no_local,
-    )
+    # store options come from the app's settings (RAGVQA_STORE_* variables), as in the app
+    result = run_store_bench(args.sizes, args.dims, n_queries=args.queries, n_queries_local=args.queries_local,
+                             include_local=not args.no_local)
     for path in write_report(result, args.out):
         log.info("wrote %s", path)
     return 0

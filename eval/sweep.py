@@ -3,6 +3,10 @@
 Each point is a retrieval-only :class:`eval.runner.EvalRunner` run on its own eval store (dimension and quantization
 are store properties), so points are resumable and reuse their stores. The embedding cache holds full-size vectors,
 so the whole sweep embeds the KB and the queries once; every other dimension is a cut of the same vectors.
+
+Every point's store gets its HNSW (and int8) index built however small it is: below Qdrant's indexing threshold a
+store is searched by exact float scans, and an "int8" point would silently measure float32. A reused store built
+without that index (by a plain eval run) is rebuilt, and each point records what the engine holds.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from rag.config import Settings
 logger = logging.getLogger(__name__)
 
 SWEEP_METRICS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
+
+#: Index every segment of a sweep store (vector KB), so the int8 arm searches int8 vectors even on a small KB.
+SWEEP_INDEXING_THRESHOLD_KB = 1
 
 
 def default_dims(full: int) -> list[int]:
@@ -50,25 +57,36 @@ def run_sweep(settings: Settings, *, embedder: Any, out_dir: Path, base: RunConf
     base = base or RunConfig()
     points: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"models": base.models}
+    point_settings = settings.model_copy(update={"store_indexing_threshold_kb": SWEEP_INDEXING_THRESHOLD_KB})
     for dim in dims:
         for quant in quantizations:
             tag = f"d{dim}-{'int8' if quant else 'float32'}"
             cfg = base.model_copy(update={"mode": "retrieval", "embed_dim": None if dim == full else dim, "quantization": quant})
-            runner = EvalRunner(cfg, settings, embedder=cached, run_dir=out_dir / "points" / tag, cache=cache,
-                                optimize_store=True, write_report=False)
-            try:
-                res = runner.run()
-                n_points = runner.store.count()
-                runner.store.flush()
-                size = dir_size(runner.store_dir / "qdrant")
-                es = runner.eval_set
-            finally:
-                runner.close()
+            fresh = False
+            while True:
+                runner = EvalRunner(cfg, point_settings, embedder=cached, run_dir=out_dir / "points" / tag, cache=cache,
+                                    optimize_store=True, write_report=False, fresh_store=fresh, restart=fresh)
+                try:
+                    res = runner.run()
+                    n_points = runner.store.count()
+                    runner.store.flush()
+                    index = _index_state(runner.store)
+                    size = dir_size(runner.store_dir / "qdrant")
+                    es = runner.eval_set
+                finally:
+                    runner.close()
+                if fresh or _index_ok(index, n_points, quant):
+                    break
+                logger.warning("sweep %s: the reused store %s has no built %s index (%s); rebuilding it", tag,
+                               res.summary["run"]["store_dir"], "int8" if quant else "HNSW", index)
+                fresh = True
+            if not _index_ok(index, n_points, quant):
+                raise RuntimeError(f"sweep point {tag}: the store's index was not built as asked: {index}")
             metrics = res.summary["metrics"].get("retrieval", {})
             point = {"dim": dim, "quantization": quant, "metrics": {m: metrics.get(m) for m in SWEEP_METRICS},
                      "n_points": n_points, "index_bytes": size, "vector_ram_bytes": n_points * dim * (1 if quant else 4),
                      "query_latency_p50_ms": res.summary["latency"].get("total", {}).get("p50"),
-                     "cache": res.summary["run"]["cache"]}
+                     "cache": res.summary["run"]["cache"], "index": index}
             points.append(point)
             meta.update(source=es.source if es else "", n_queries=res.summary["n_answerable"], n_points=n_points)
             logger.info("sweep %s: recall@10 %.3f, mrr@10 %.3f, %d bytes on disk", tag, metrics.get("recall@10", 0.0),
@@ -79,6 +97,18 @@ def run_sweep(settings: Settings, *, embedder: Any, out_dir: Path, base: RunConf
     (out_dir / "sweep.md").write_text(sweep_markdown(points, meta) + "\n", "utf-8")
     logger.info("sweep report written to %s", out_dir / "sweep.md")
     return result
+
+
+def _index_state(store: Any) -> dict[str, Any]:
+    """What the engine holds for a sweep store: indexed vectors and the quantization of its config."""
+    info = store.info()
+    config = store.engine_config()
+    return {"indexed_vectors": info["indexed_vectors"], "quantization_config": config.get("quantization_config")}
+
+
+def _index_ok(index: dict[str, Any], n_points: int, quant: bool) -> bool:
+    scalar = (index.get("quantization_config") or {}).get("scalar") or {}
+    return index["indexed_vectors"] >= n_points and (scalar.get("type") == "int8") == quant
 
 
 def load_sweep(out_dir: Path) -> dict[str, Any]:

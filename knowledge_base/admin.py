@@ -112,10 +112,13 @@ class ReindexResult:
     embedder_id: str
     dim: int
     elapsed_s: float
+    #: int8 scalar quantization of the new store (``RAGVQA_STORE_QUANTIZATION`` unless overridden).
+    quantization: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"cases": self.cases, "points": self.points, "skipped_media": self.skipped_media,
-                "embedder_id": self.embedder_id, "dim": self.dim, "elapsed_s": round(self.elapsed_s, 3)}
+                "embedder_id": self.embedder_id, "dim": self.dim, "quantization": self.quantization,
+                "elapsed_s": round(self.elapsed_s, 3)}
 
 
 @dataclass
@@ -736,13 +739,20 @@ class KnowledgeBase:
 
     # -- re-embedding ---------------------------------------------------------------------------------------------
     def reindex(self, new_embedder: Any, *, dim: int | None = None, embedder_id: str | None = None,
-                chunk_cases: int | None = None, progress: bool = False) -> ReindexResult:
+                quantization: bool | None = None, chunk_cases: int | None = None,
+                progress: bool = False) -> ReindexResult:
         """Blue-green rebuild with ``new_embedder``: every case is re-embedded into a new store; the switch is
-        atomic and the old store keeps serving (and is kept) until then. On any error the new store is dropped."""
+        atomic and the old store keeps serving (and is kept) until then. On any error the new store is dropped.
+
+        The new store is built with the configured store settings, not the old store's: ``quantization`` defaults
+        to ``settings.store_quantization`` (``RAGVQA_STORE_QUANTIZATION``), which is what the store's open-time
+        warning promises a reindex applies; index options (HNSW m/ef_construct...) come from the settings the
+        store was opened with."""
         t0 = time.perf_counter()
         eid = embedder_id or self.embedder_id_of(new_embedder, self.settings)
         new_dim = dim or int(new_embedder.dim)
-        meta = StoreMeta(embedder_id=eid, dim=new_dim, quantization=self.store.meta.quantization)
+        quant = bool(self.settings.store_quantization if quantization is None else quantization)
+        meta = StoreMeta(embedder_id=eid, dim=new_dim, quantization=quant)
         n = chunk_cases or self.options.chunk_cases
         skipped: list[str] = []
         with self._lock:
@@ -795,8 +805,9 @@ class KnowledgeBase:
             self.embed_dim = new_dim
             self._index = None
         res = ReindexResult(cases=len(payloads), points=points, skipped_media=skipped, embedder_id=eid, dim=new_dim,
-                            elapsed_s=time.perf_counter() - t0)
-        log.info("reindexed %d cases (%d points) with %s (dim %d)", res.cases, res.points, eid, new_dim)
+                            elapsed_s=time.perf_counter() - t0, quantization=quant)
+        log.info("reindexed %d cases (%d points) with %s (dim %d, quantization=%s)", res.cases, res.points, eid,
+                 new_dim, quant)
         return res
 
     # -- first run ----------------------------------------------------------------------------------------------

@@ -333,6 +333,9 @@ def delete(
 def reindex(
     embedder_model: Annotated[Optional[str], typer.Option(help="New embedder (default: RAGVQA_EMBEDDER_MODEL).")] = None,
     embed_dim: Annotated[Optional[int], typer.Option(min=64, help="Matryoshka dimension (default: full).")] = None,
+    quantization: Annotated[Optional[bool], typer.Option(
+        "--quantization/--no-quantization",
+        help="int8 scalar quantization of the new store (default: RAGVQA_STORE_QUANTIZATION).")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     data_dir: DataDir = None,
     models: Models = "real",
@@ -340,7 +343,9 @@ def reindex(
 ) -> None:
     """Re-embed every case with the configured (or given) embedder into a new store and switch atomically.
 
-    The old store keeps serving until the switch. With Qdrant Edge, stop the app first (one process per store).
+    The new store gets the configured store settings (RAGVQA_STORE_QUANTIZATION, RAGVQA_STORE_HNSW_*), not the
+    old store's. The old store keeps serving until the switch. With Qdrant Edge, stop the app first (one process
+    per store).
     """
     from knowledge_base.admin import KnowledgeBase
     from rag.models.factory import load_models
@@ -351,24 +356,35 @@ def reindex(
         upd["embedder_model"] = embedder_model
     if embed_dim:
         upd["embed_dim"] = embed_dim
+    if quantization is not None:
+        upd["store_quantization"] = quantization
     settings = settings.model_copy(update=upd)
     new = load_models(settings, models, need=("embedder",)).embedder  # type: ignore[arg-type]
+    quant = bool(settings.store_quantization)
+
+    def kind(q: bool) -> str:
+        return "int8" if q else "float32"
+
     with KnowledgeBase.open(settings, new, strict=False) as kb:
         eid = KnowledgeBase.embedder_id_of(new, settings)
         dim = settings.embed_dim or int(new.dim)
-        if not yes and not typer.confirm(f"Re-embed {kb.count_cases()} case(s): {kb.store.meta.embedder_id} "
-                                         f"(dim {kb.dim}) → {eid} (dim {dim})?"):
+        old = kb.store.meta
+        if not yes and not typer.confirm(f"Re-embed {kb.count_cases()} case(s): {old.embedder_id} "
+                                         f"(dim {kb.dim}, {kind(old.quantization)}) → {eid} (dim {dim}, {kind(quant)})?"):
             raise typer.Exit(1)
-        res = kb.reindex(new, dim=dim, progress=sys.stderr.isatty())
+        res = kb.reindex(new, dim=dim, quantization=quant, progress=sys.stderr.isatty())
     if as_json:
         _dump(res.to_dict())
         return
     out.print(f"[green]reindexed[/green] {res.cases} case(s), {res.points} points with {res.embedder_id} "
-              f"(dim {res.dim}) in {res.elapsed_s:.1f} s", highlight=False)
+              f"(dim {res.dim}, {kind(res.quantization)}) in {res.elapsed_s:.1f} s", highlight=False)
     for s in res.skipped_media:
         out.print(f"[yellow]skipped[/yellow] {s}", highlight=False)
     if embedder_model or embed_dim:
         out.print("Set RAGVQA_EMBEDDER_MODEL / RAGVQA_EMBED_DIM accordingly for the app.", highlight=False)
+    if quantization is not None:
+        out.print("Set RAGVQA_STORE_QUANTIZATION accordingly for the app (it applies at the next reindex).",
+                  highlight=False)
 
 
 @kb_app.command("check")

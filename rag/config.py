@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     store_full_scan_threshold_kb: int = 2000
     #: ACORN fixes filtered recall too but costs 2–3× filtered latency here; the lower full-scan threshold is cheaper.
     store_acorn: bool = False
+    #: Vector KB a segment needs before the optimizer builds its HNSW and int8 index (None: Qdrant's default, many
+    #: MB). Smaller stores are searched by exact float scans, so the eval sweep sets 1 to measure the built index.
+    store_indexing_threshold_kb: int | None = None
 
     # -- pipeline (rag/pipeline) ----------------------------------------------------------------------------------
     retrieve_top_k: int = 20

@@ -422,3 +422,65 @@ def test_rag_run_judge_mean_is_the_mean_of_its_replies(rag_run) -> None:
         assert s["answers"]["judge_mean"] == pytest.approx(sum(grades) / len(grades), abs=1e-12)
     else:
         assert s["answers"]["judge_mean"] is None
+
+
+def test_sweep_int8_arm_searches_a_quantized_store(rag_run, small_models, data_dir: Path) -> None:
+    """Both arms of the sweep run: the int8 arm's store really holds int8 vectors (read from the engine's own shard
+    and segment configs), and its metrics are computed and close to the float arm's (rescored int8 search)."""
+    from eval.sweep import SWEEP_METRICS, run_sweep
+
+    emb, _, _ = small_models
+    out = data_dir / "sweep-int8"
+    res = run_sweep(_settings(data_dir), embedder=emb, out_dir=out, base=_cfg("retrieval"), dims=[emb.dim],
+                    quantizations=(False, True))
+    f32, i8 = res["points"]
+    assert (f32["quantization"], i8["quantization"]) == (False, True)
+
+    def engine(tag: str) -> tuple[str | None, int]:
+        """(quantization type in the shard config, number of segments with built int8 vectors) of a point's store."""
+        store_root = Path(json.loads((out / "points" / tag / "config.json").read_text())["store_dir"]) / "qdrant"
+        shard = store_root / (store_root / "ACTIVE").read_text().strip() / "shard"
+        qcfg = json.loads((shard / "edge_config.json").read_text()).get("quantization_config")
+        built = 0
+        for seg in (shard / "segments").iterdir():
+            vd = json.loads((seg / "segment.json").read_text())["config"]["vector_data"]["dense"]
+            if (vd.get("quantization_config") or {}).get("scalar", {}).get("type") == "int8":
+                built += (seg / "vector_storage-dense" / "quantized.data").is_file()
+        return (None if qcfg is None else qcfg["scalar"]["type"]), built
+
+    assert engine(f"d{emb.dim}-int8")[0] == "int8" and engine(f"d{emb.dim}-int8")[1] >= 1
+    assert engine(f"d{emb.dim}-float32") == (None, 0)
+    assert i8["n_points"] == f32["n_points"] > 40
+    assert all(i8["metrics"][m] is not None and 0 <= i8["metrics"][m] <= 1 for m in SWEEP_METRICS)
+    # rescoring with 2x oversampling: on 15 queries the int8 ranking may swap a near tie, no more
+    for m in SWEEP_METRICS:
+        assert abs(i8["metrics"][m] - f32["metrics"][m]) <= 0.07, (m, i8["metrics"], f32["metrics"])
+    # the rescored scores are float cosines: a case both arms rank first has the same score (1e-5)
+    recs = {tag: {r["id"]: r for r in read_results(out / "points" / tag / RESULTS_FILE)}
+            for tag in (f"d{emb.dim}-float32", f"d{emb.dim}-int8")}
+    a, b = recs[f"d{emb.dim}-float32"], recs[f"d{emb.dim}-int8"]
+    assert set(a) == set(b) and len(a) == 15
+    same_top = [q for q in a if a[q]["retrieval"][0][0] == b[q]["retrieval"][0][0]]
+    assert len(same_top) >= 13
+    for q in same_top:
+        assert b[q]["retrieval"][0][1] == pytest.approx(a[q]["retrieval"][0][1], abs=1e-5)
+
+
+def test_bench_ingest_refuses_a_ratio_when_dedup_did_less_work(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Two of four cases carry byte copies of case 0's photo: the import links them instead of embedding, so it does
+    6 items of work where the raw arm does 8. The bench must see that and print no ratio; without duplicates it
+    reports one, with equal work on both sides."""
+    from eval.bench_ingest import run_ingest_bench, to_markdown
+
+    kw = {"n_cases": 4, "images_per_case": 1, "image_size": (96, 72), "repeats": 1}
+    res = run_ingest_bench(tiny_model_dir, duplicate_cases=2, work_dir=tmp_path / "dup", **kw)
+    assert res["ratio"] is None and res["cpu"]["ratio"] is None and res["meets_goal"] is None, res
+    # the test's own accounting of its dataset: 4 case texts + 4 photos; 2 photos are exact copies of another case's
+    assert res["work"] == {"raw_embedded": 8, "import_embedded": [6], "import_written": [6]}
+    assert "no ratio" in res["ratio_refused"] and "embedded 8 items" in res["ratio_refused"]
+    md = to_markdown(res)
+    assert "no ratio: the arms did different work" in md and "% of the raw embedder" not in md
+
+    clean = run_ingest_bench(tiny_model_dir, work_dir=tmp_path / "clean", **kw)
+    assert clean["work"] == {"raw_embedded": 8, "import_embedded": [8], "import_written": [8]}
+    assert clean["ratio_refused"] is None and clean["ratio"] > 0 and "% of the raw embedder" in to_markdown(clean)

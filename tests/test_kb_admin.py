@@ -232,3 +232,89 @@ def test_cli_commands(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert r.exit_code == 1 and "not found" in r.output
     r = run(kb_app, ["show", "nope", *common])
     assert r.exit_code == 1
+
+
+# -- reindex applies the configured store settings (issue 11) ----------------------------------------------------------
+_SERVER_URL = __import__("os").environ.get("RAGVQA_QDRANT_URL")
+
+
+def _engine_store_config(store) -> dict:
+    """The new store's index config as the engine holds it: Edge's persisted shard config (``edge_config.json``,
+    written by the engine) or the server's collection info. Never the product's own StoreMeta."""
+    from rag.store import EdgeStore
+
+    if isinstance(store, EdgeStore):
+        cfg = json.loads((store.shard_dir / "edge_config.json").read_text())
+        return {"quantization": cfg.get("quantization_config"), "hnsw_m": cfg["hnsw_config"]["m"]}
+    info = store.client.get_collection(store.collection).config
+    q = info.quantization_config
+    return {"quantization": None if q is None else {"scalar": {"type": str(q.scalar.type.value)}},
+            "hnsw_m": info.hnsw_config.m}
+
+
+def _is_int8(cfg: dict) -> bool:
+    q = cfg["quantization"]
+    return q is not None and q["scalar"]["type"] == "int8"
+
+
+@pytest.mark.parametrize("backend", ["edge", pytest.param(
+    "server", marks=pytest.mark.skipif(not _SERVER_URL, reason="RAGVQA_QDRANT_URL not set (no Qdrant server to test)"))])
+def test_reindex_applies_configured_quantization(backend: str, tmp_path: Path, embedder) -> None:
+    """``reindex`` builds the new store with RAGVQA_STORE_QUANTIZATION (both directions) and the configured HNSW m,
+    as the open-time warning promises, instead of copying the old store's quantization."""
+    import uuid
+
+    extra = {} if backend == "edge" else {"qdrant_url": _SERVER_URL, "qdrant_collection": f"ragvqa_t_{uuid.uuid4().hex[:8]}"}
+    base = Settings(data_dir=tmp_path / "data", embed_batch_size=8, store_quantization=True, **extra)
+    kb = KnowledgeBase.open(base, embedder, options=OPTIONS)
+    try:
+        kb.import_path(make_source(tmp_path / "src", 2))
+        assert _is_int8(_engine_store_config(kb.store))
+        for quant, m in ((False, 8), (True, 12)):
+            kb.close()  # a configuration change = a new process with new settings
+            kb = KnowledgeBase.open(base.model_copy(update={"store_quantization": quant, "store_hnsw_m": m}), embedder,
+                                    options=OPTIONS, strict=False)
+            res = kb.reindex(embedder)
+            cfg = _engine_store_config(kb.store)
+            assert _is_int8(cfg) is quant, cfg
+            assert cfg["hnsw_m"] == m
+            assert res.quantization is quant and res.to_dict()["quantization"] is quant
+            assert kb.count_cases() == 2 and kb.check().problems == 0
+        # an explicit override wins over the setting
+        kb.reindex(embedder, quantization=False)
+        assert not _is_int8(_engine_store_config(kb.store))
+    finally:
+        if backend == "server":
+            client = kb.store.client
+            for c in client.get_collections().collections:
+                if c.name.startswith(extra["qdrant_collection"]):
+                    client.delete_collection(c.name)
+        kb.close()
+
+
+def test_cli_reindex_applies_configured_quantization(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``ragvqa kb reindex``: RAGVQA_STORE_QUANTIZATION=false turns an int8 store into a float one; the flag back."""
+    from knowledge_base.cli import kb_app
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_model_dir, data / "models" / "tiny")
+    common = ["--data-dir", str(data), "--models", "tiny"]
+    run = CliRunner().invoke
+
+    def shard_config() -> dict:
+        active = (data / "qdrant" / "ACTIVE").read_text().strip()
+        return json.loads((data / "qdrant" / active / "shard" / "edge_config.json").read_text())
+
+    r = run(kb_app, ["import", str(make_source(tmp_path / "src", 2)), *common], env={"RAGVQA_STORE_QUANTIZATION": "true"})
+    assert r.exit_code == 0, r.output
+    assert shard_config()["quantization_config"]["scalar"]["type"] == "int8"
+    r = run(kb_app, ["reindex", "--yes", "--json", *common], env={"RAGVQA_STORE_QUANTIZATION": "false"})
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["quantization"] is False
+    assert shard_config().get("quantization_config") is None
+    r = run(kb_app, ["reindex", "--quantization", *common], input="y\n", env={"RAGVQA_STORE_QUANTIZATION": "false"})
+    assert r.exit_code == 0, r.output
+    assert "float32) →" in r.output and "int8)?" in r.output  # the confirmation names the change
+    assert shard_config()["quantization_config"]["scalar"]["type"] == "int8"
+    r = run(kb_app, ["check", "--json", *common])
+    assert r.exit_code == 0 and json.loads(r.stdout)["problems"] == 0, r.output

@@ -399,11 +399,202 @@ def test_store_bench_smoke(tmp_path: Path) -> None:
     assert set(run["engines"]) == {
         "edge_exact", "edge_hnsw_f32", "edge_hnsw_int8_rescore", "edge_hnsw_int8_rescore_acorn", "client_local_mode"
     }
+    assert run["shipped_engine"] == "edge_hnsw_int8_rescore"
     for rows in run["engines"].values():
         assert set(rows) == {"unfiltered", "product_line", "equipment_model"}
         for r in rows.values():
             assert r["recall@10"] >= 0.99 and 0 < r["p50_ms"] <= r["p95_ms"]
     assert res["goal"] is None
-    assert "| edge_hnsw_int8_rescore | filter equipment_model |" in render_markdown(res)
+    assert "| edge_hnsw_int8_rescore (app) | filter equipment_model |" in render_markdown(res)
     jpath, mpath = write_report(res, tmp_path / "out")
     assert jpath.exists() and mpath.read_text().startswith("# Vector store benchmark")
+
+
+# ------------------------------------------------------------------------------------------------ int8 (issue 11)
+class _Spy:
+    """Pass-through spy around a real engine handle (Edge shard, qdrant-client): records the calls of one method and
+    forwards every call unchanged, so the engine still computes every result. Not a mock."""
+
+    def __init__(self, inner: object, method: str) -> None:
+        self._inner, self._method, self.calls = inner, method, []
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if name != self._method:
+            return attr
+
+        def recording(*args, **kwargs):
+            self.calls.append((args, kwargs))
+            return attr(*args, **kwargs)
+
+        return recording
+
+
+def _planted(n: int = 1500, dim: int = 64, seed: int = 3) -> np.ndarray:
+    """Unit vectors around 20 centres: structured like embeddings, so HNSW is exact enough to compare with numpy."""
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.normal(size=(20, dim)))
+    return _unit(centres[rng.integers(0, 20, size=n)] + 0.08 * rng.normal(size=(n, dim)))
+
+
+def _app_store(backend_kind: str, tmp_path: Path, dim: int, **overrides) -> VectorStore:
+    """A store opened the way the app opens it (Settings -> store_kwargs_from_settings -> open_store)."""
+    from rag.config import Settings
+    from rag.store import store_kwargs_from_settings
+
+    s = Settings(data_dir=tmp_path / "data", qdrant_url=SERVER_URL if backend_kind == "server" else None,
+                 qdrant_collection=f"ragvqa_int8_{uuid.uuid4().hex[:8]}")
+    return open_store(embedder_id="int8-test", dim=dim, **{**store_kwargs_from_settings(s), **overrides})
+
+
+def _engine_quantization(store: VectorStore) -> tuple[str | None, bool]:
+    """(quantization type in the engine's collection/shard config, whether built int8 vectors exist), from the
+    engine's own records: Edge's ``edge_config.json`` and segment configs, the server's collection info."""
+    import json
+
+    if isinstance(store, EdgeStore):
+        cfg = json.loads((store.shard_dir / "edge_config.json").read_text())
+        q = (cfg.get("quantization_config") or {}).get("scalar", {}).get("type")
+        built = False
+        for seg in (store.shard_dir / "segments").iterdir():
+            seg_cfg = json.loads((seg / "segment.json").read_text())["config"]["vector_data"]["dense"]
+            if (seg_cfg.get("quantization_config") or {}).get("scalar", {}).get("type") == "int8":
+                built = built or (seg / "vector_storage-dense" / "quantized.data").is_file()
+        return q, built
+    assert isinstance(store, ServerStore)
+    info = store.client.get_collection(store.collection)
+    q = info.config.quantization_config
+    return (None if q is None else str(q.scalar.type.value)), bool(info.indexed_vectors_count)
+
+
+def _raw_scores(store: VectorStore, q: np.ndarray, k: int, rescore: bool) -> dict[str, float]:
+    """Top-k straight from the engine with quantized search and rescoring on or off (not through the store)."""
+    if isinstance(store, EdgeStore):
+        import qdrant_edge as qe
+
+        req = qe.QueryRequest(limit=k, query=qe.Query.Nearest(q.tolist(), using="dense"), with_payload=False,
+                              params=qe.SearchParams(hnsw_ef=128, quantization=qe.QuantizationSearchParams(rescore=rescore)))
+        return {str(r.id): float(r.score) for r in store._shard.query(req)}
+    from qdrant_client import models as qm
+
+    assert isinstance(store, ServerStore)
+    res = store.client.query_points(store.collection, query=q.tolist(), using="dense", limit=k, search_params=qm.SearchParams(
+        hnsw_ef=128, quantization=qm.QuantizationSearchParams(rescore=rescore)))
+    return {str(p.id): float(p.score) for p in res.points}
+
+
+@pytest.mark.parametrize("kind", ["edge", pytest.param(
+    "server", marks=pytest.mark.skipif(not SERVER_URL, reason="RAGVQA_QDRANT_URL not set (no Qdrant server to test)"))])
+def test_default_store_is_int8_and_searches_it_with_rescoring(kind: str, tmp_path: Path) -> None:
+    """The shipped configuration really quantizes: the engine holds int8 vectors and searches them (raw int8 scores
+    are off by > 1e-4), the app's search asks for rescoring with the configured oversampling (seen by a pass-through
+    spy on the engine handle), and its results equal exact numpy search on planted data (scores within 1e-5,
+    recall@10 >= 0.98)."""
+    from rag.config import Settings
+
+    dim, k = 64, 10
+    x = _planted(dim=dim)
+    # indexing/full-scan thresholds of 1 KB: build the HNSW + int8 index on 1500 points (the defaults wait for MBs)
+    store = _app_store(kind, tmp_path, dim, store_indexing_threshold_kb=1, store_full_scan_threshold_kb=1)
+    try:
+        ids = [point_id(f"c{i}") for i in range(len(x))]
+        store.upsert([VectorPoint(id=pid, vector=v, payload={"case_id": f"c{i}", "kind": "text"})
+                      for i, (pid, v) in enumerate(zip(ids, x))])
+        store.optimize()
+        qtype, built = _engine_quantization(store)
+        assert qtype == "int8" and built, (qtype, built)
+
+        rng = np.random.default_rng(9)
+        queries = _unit(x[rng.choice(len(x), 30, replace=False)] + 0.05 * rng.normal(size=(30, dim)))
+        exact = queries.astype(np.float64) @ x.astype(np.float64).T
+        raw_err = max(abs(s - exact[0, ids.index(pid)]) for pid, s in _raw_scores(store, queries[0], k, False).items())
+        assert raw_err > 1e-4, "unrescored search returned exact scores: the engine has no int8 vectors"
+
+        if isinstance(store, EdgeStore):
+            spy = _Spy(store._shard, "query")
+            store._shard = spy  # type: ignore[assignment]
+        else:
+            spy = _Spy(store.client, "query_points")
+            store.client = spy  # type: ignore[assignment]
+        recalls = []
+        for qi, q in enumerate(queries):
+            hits = store.search(q, k)
+            truth = np.argsort(-exact[qi])[:k]
+            recalls.append(len({h.id for h in hits} & {ids[i] for i in truth}) / k)
+            for h in hits:  # rescored: the float cosine, not the int8 estimate
+                assert h.score == pytest.approx(exact[qi, ids.index(h.id)], abs=1e-5)
+        assert np.mean(recalls) >= 0.98, recalls
+        assert len(spy.calls) == len(queries)
+        for args, kwargs in spy.calls:
+            params = args[0].params if isinstance(store, EdgeStore) else kwargs["search_params"]
+            assert not params.exact and params.quantization is not None
+            assert params.quantization.rescore is True and not params.quantization.ignore
+            assert params.quantization.oversampling == pytest.approx(Settings().store_oversampling)
+    finally:
+        if isinstance(store, ServerStore):
+            client = getattr(store.client, "_inner", store.client)
+            for c in client.get_collections().collections:
+                if c.name.startswith(store.alias):
+                    client.delete_collection(c.name)
+        store.close()
+
+
+def test_app_default_store_config_is_int8(tmp_path: Path) -> None:
+    """The store the app opens with default settings is created with int8 scalar quantization in the engine."""
+    store = _app_store("edge", tmp_path, DIM)
+    try:
+        assert _engine_quantization(store)[0] == "int8"
+    finally:
+        store.close()
+
+
+def test_bench_store_measures_the_app_store_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ragvqa bench store`` with its defaults builds and searches the store the app ships: the same engine config
+    (HNSW m/ef_construct/full-scan threshold, int8, optimizers; read from the engine's ``edge_config.json``), the
+    same search breadth/oversampling/ACORN, and the app's exact search parameters among those it sent to the engine
+    (pass-through spies on the real shards)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from rag.config import Settings
+    from rag.store import store_kwargs_from_settings
+    from ui.cli import app as cli_app
+
+    dim = 64
+    kwargs = {**store_kwargs_from_settings(Settings(data_dir=tmp_path / "app")), "qdrant_url": None}
+    app_store = open_store(embedder_id="app", dim=dim, **kwargs)  # as ui/services.py opens it
+    assert isinstance(app_store, EdgeStore)
+    app_engine = json.loads((app_store.shard_dir / "edge_config.json").read_text())
+    app_spy = _Spy(app_store._shard, "query")
+    app_store._shard = app_spy  # type: ignore[assignment]
+    q = _unit(np.random.default_rng(0).normal(size=dim))
+    app_store.search(q, 10)
+    app_store.search(q, 10, filters={"product_line": "PL1"})
+    app_params = {repr(args[0].params) for args, _ in app_spy.calls}
+    app_search = (app_store.hnsw_ef, app_store.oversampling, app_store.acorn, app_store.meta.quantization)
+    app_store.close()
+
+    built: list[tuple[EdgeStore, dict]] = []
+    real_open = EdgeStore.open.__func__  # type: ignore[attr-defined]
+
+    def spy_open(cls, *args, **kw):
+        s = real_open(cls, *args, **kw)
+        built.append((s, json.loads((s.shard_dir / "edge_config.json").read_text())))
+        s._shard = _Spy(s._shard, "query")
+        return s
+
+    monkeypatch.setattr(EdgeStore, "open", classmethod(spy_open))
+    r = CliRunner().invoke(cli_app, ["bench", "store", "--size", "1500", "--dim", str(dim), "--queries", "20",
+                                     "--no-local", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    [(bench, bench_engine)] = built
+    assert bench_engine == app_engine
+    assert (bench.hnsw_ef, bench.oversampling, bench.acorn, bench.meta.quantization) == app_search
+    bench_params = {repr(args[0].params) for args, _ in bench._shard.calls}  # type: ignore[attr-defined]
+    assert app_params <= bench_params, (app_params, bench_params)
+    report = json.loads((tmp_path / "out" / "store_bench.json").read_text())
+    assert report["differs_from_defaults"] == {}
+    assert report["runs"][0]["store_config"]["engine"]["quantization_config"] == app_engine["quantization_config"]
+    md = (tmp_path / "out" / "store_bench.md").read_text()
+    assert "These are the shipped defaults" in md and "edge_hnsw_int8_rescore (app)" in md

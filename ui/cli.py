@@ -262,15 +262,23 @@ def bench_store(
     sizes: list[int] = typer.Option([10_000, 100_000], "--size", help="Number of points (repeatable)."),
     dims: list[int] = typer.Option([1024], "--dim", help="Vector dimension (repeatable)."),
     queries: int = typer.Option(200, min=1),
-    hnsw_ef: int = typer.Option(128, min=1),
+    hnsw_ef: Optional[int] = typer.Option(None, min=1, help="Override RAGVQA_STORE_HNSW_EF (default: as the app)."),
     local: bool = typer.Option(True, help="Also measure qdrant-client local mode."),
-    acorn: bool = typer.Option(True, help="ACORN for filtered searches."),
+    acorn: Optional[bool] = typer.Option(None, "--acorn/--no-acorn",
+                                         help="Override RAGVQA_STORE_ACORN (default: as the app)."),
+    quantization: Optional[bool] = typer.Option(None, "--quantization/--no-quantization",
+                                                help="Override RAGVQA_STORE_QUANTIZATION (default: as the app)."),
     out: Path = typer.Option(Path("bench-results"), help="Output folder for JSON + markdown."),
 ) -> None:
-    """Vector-store latency and recall (Qdrant Edge vs qdrant-client local mode)."""
+    """Vector-store latency and recall on the app's store settings (Qdrant Edge vs qdrant-client local mode)."""
+    from rag.config import Settings
+
     run = _import("eval.bench_store", "run_store_bench")
     write = _import("eval.bench_store", "write_report")
-    res = run(sizes, dims, n_queries=queries, hnsw_ef=hnsw_ef, include_local=local, acorn=acorn)
+    overrides = {k: v for k, v in {"store_hnsw_ef": hnsw_ef, "store_acorn": acorn,
+                                   "store_quantization": quantization}.items() if v is not None}
+    settings = Settings().model_copy(update=overrides)
+    res = run(sizes, dims, settings=settings, n_queries=queries, include_local=local)
     for path in write(res, out):
         console.print(f"wrote {path}")
 

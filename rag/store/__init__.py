@@ -39,13 +39,14 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "qdrant_write_consistency_factor": 1,
     "qdrant_on_disk_payload": True,
     "qdrant_timeout": None,
-    "store_quantization": False,
+    "store_quantization": True,
     "store_hnsw_ef": 128,
     "store_hnsw_m": 16,
     "store_hnsw_ef_construct": 100,
     "store_full_scan_threshold_kb": 2000,
     "store_oversampling": 2.0,
     "store_acorn": False,
+    "store_indexing_threshold_kb": None,
 }
 
 
@@ -70,6 +71,7 @@ def open_store(
     store_full_scan_threshold_kb: int = 2000,
     store_oversampling: float = 2.0,
     store_acorn: bool = False,
+    store_indexing_threshold_kb: int | None = None,
 ) -> VectorStore:
     """Open (or create) the app's vector store.
 
@@ -101,6 +103,7 @@ def open_store(
             hnsw_ef=store_hnsw_ef,
             oversampling=store_oversampling,
             acorn=store_acorn,
+            indexing_threshold_kb=store_indexing_threshold_kb,
             timeout=qdrant_timeout,
         )
     return EdgeStore.open(
@@ -112,6 +115,7 @@ def open_store(
         hnsw_m=store_hnsw_m,
         hnsw_ef_construct=store_hnsw_ef_construct,
         full_scan_threshold_kb=store_full_scan_threshold_kb,
+        indexing_threshold_kb=store_indexing_threshold_kb,
     )
 
 

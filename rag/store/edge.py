@@ -13,6 +13,7 @@ for several processes use a Qdrant server (``ServerStore``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -85,7 +86,8 @@ def _engine(what: str) -> Iterator[None]:
         raise StoreError(f"Qdrant Edge {what} failed: {e}{hint}") from e
 
 
-def _to_filter(filters: dict[str, list[str]]) -> qe.Filter | None:
+def to_filter(filters: dict[str, list[str]]) -> qe.Filter | None:
+    """Edge filter of validated filters (see ``validate_filters``); None for no constraint."""
     if not filters:
         return None
     must = [
@@ -174,7 +176,8 @@ class EdgeStore(VectorStore):
             meta.check_compatible(stored, str(vdir))
             if meta.quantization != stored.quantization:
                 log.warning(
-                    "store %s was built with quantization=%s; the configured %s applies after `ragvqa kb reindex`",
+                    "store %s was built with quantization=%s; the configured %s (RAGVQA_STORE_QUANTIZATION) applies after "
+                    "`ragvqa kb reindex`",
                     vdir, stored.quantization, meta.quantization,
                 )
         cfg = None
@@ -260,6 +263,12 @@ class EdgeStore(VectorStore):
         return store
 
     @property
+    def shard(self) -> qe.EdgeShard:
+        """The engine handle, for tools that query Qdrant Edge directly (the store benchmark's baselines)."""
+        self._check_open()
+        return self._shard
+
+    @property
     def shard_dir(self) -> Path:
         return self.root / self.version / SHARD_DIR
 
@@ -329,7 +338,7 @@ class EdgeStore(VectorStore):
         req = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(vector, using=VECTOR_NAME),
-            filter=_to_filter(filters),
+            filter=to_filter(filters),
             with_payload=payload_keys if payload_keys is not None else True,
             params=self._search_params(exact, hnsw_ef, bool(filters)),
         )
@@ -342,7 +351,7 @@ class EdgeStore(VectorStore):
             self._shard.update(qe.UpdateOperation.delete_points(ids))
 
     def _delete_by_filter(self, filters: dict[str, list[str]]) -> None:
-        flt = _to_filter(filters)
+        flt = to_filter(filters)
         assert flt is not None, "refusing to delete by an empty filter"
         with _engine("delete by filter"):
             self._shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
@@ -363,7 +372,7 @@ class EdgeStore(VectorStore):
         req = qe.ScrollRequest(
             offset=uuid.UUID(str(offset)) if offset is not None else None,
             limit=limit,
-            filter=_to_filter(filters),
+            filter=to_filter(filters),
             with_payload=payload_keys if payload_keys is not None else True,
             with_vector=[VECTOR_NAME] if with_vectors else False,
         )
@@ -374,7 +383,7 @@ class EdgeStore(VectorStore):
 
     def _count(self, filters: dict[str, list[str]]) -> int:
         with _engine("count"):
-            return int(self._shard.count(qe.CountRequest(exact=True, filter=_to_filter(filters))))
+            return int(self._shard.count(qe.CountRequest(exact=True, filter=to_filter(filters))))
 
     def optimize(self) -> None:
         """Build HNSW/quantized indexes now (blocking; ~1 min per 100k×1024 on 2 cores) so searches are fast."""
@@ -400,6 +409,14 @@ class EdgeStore(VectorStore):
             "payload_indexes": sorted(i.payload_schema),
         }
 
+    def engine_config(self) -> dict[str, Any]:
+        """The shard's index configuration as the engine persisted it (``edge_config.json``: HNSW, quantization,
+        optimizer thresholds), so tools report what the engine was given rather than what they meant to give it."""
+        try:
+            return json.loads((self.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise StoreError(f"cannot read the engine config of {self.shard_dir}: {e}") from e
+
     def close(self) -> None:
         if self._closed:
             return
@@ -422,4 +439,4 @@ def read_active_meta(root: str | os.PathLike[str]) -> StoreMeta | None:
     return None if active is None else EdgeStore._read_meta(root / active)
 
 
-__all__ = ["EdgeStore", "read_active_meta", "write_atomic"]
+__all__ = ["EdgeStore", "read_active_meta", "to_filter", "write_atomic"]

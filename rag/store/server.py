@@ -119,6 +119,7 @@ class ServerStore(VectorStore):
         hnsw_ef: int | None = None,
         oversampling: float = 2.0,
         acorn: bool = False,
+        indexing_threshold_kb: int | None = None,
         timeout: int | None = None,
     ) -> ServerStore:
         """Connect (``url``/``api_key``, or ``location=":memory:"``/``path=`` local mode, or a given ``client``)
@@ -141,6 +142,7 @@ class ServerStore(VectorStore):
             hnsw_m=hnsw_m,
             hnsw_ef_construct=hnsw_ef_construct,
             full_scan_threshold_kb=full_scan_threshold_kb,
+            indexing_threshold_kb=indexing_threshold_kb,
         )
         try:
             target = cls._alias_target(client, collection)
@@ -177,7 +179,8 @@ class ServerStore(VectorStore):
                 meta.check_compatible(stored, f"Qdrant collection {target!r} (alias {collection!r})")
                 if meta.quantization != stored.quantization:
                     log.warning(
-                        "collection %s was built with quantization=%s; the configured %s applies after reindex",
+                        "collection %s was built with quantization=%s; the configured %s (RAGVQA_STORE_QUANTIZATION) "
+                        "applies after `ragvqa kb reindex`",
                         target, stored.quantization, meta.quantization,
                     )
             return cls(client, collection, target, stored, owns_client=owns, create_opts=create_opts, **opts)
@@ -249,6 +252,8 @@ class ServerStore(VectorStore):
                     m=co["hnsw_m"], ef_construct=co["hnsw_ef_construct"], full_scan_threshold=co["full_scan_threshold_kb"]
                 ),
                 quantization_config=quant,
+                optimizers_config=(None if co.get("indexing_threshold_kb") is None
+                                   else qm.OptimizersConfigDiff(indexing_threshold=co["indexing_threshold_kb"])),
                 metadata={META_KEY: meta.model_dump(mode="json")},
             )
         try:
