@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from ui_helpers import ADMIN, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
+from ui_helpers import ADMIN, RecordingGenerator, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
 
 pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -22,7 +22,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
-    s = serve_app(tmp_path_factory.mktemp("ui-api"), embedder, reranker, generator)
+    # the real generator behind a pass-through spy: tests read the prompt it was given
+    s = serve_app(tmp_path_factory.mktemp("ui-api"), embedder, reranker, RecordingGenerator(generator))
     yield s
     stop_app(s)
 
@@ -79,6 +80,31 @@ def test_abstention_is_shown_distinctly(app: Served, client: Client) -> None:
     assert text_of(history[-1]).startswith("No similar case was found")
     assert "Cited cases" not in text_of(history[-1])
     assert gallery, "possibly related cases are still shown with thumbnails"
+
+
+def reference_ids(messages: list[dict], known: list[str]) -> list[str]:
+    """Case ids inside the reference block of the last user message the generator received."""
+    content = messages[-1]["content"]
+    text = " ".join(c.get("text", "") for c in content if c.get("type") == "text") if isinstance(content, list) else content
+    block = text[text.index("<reference_cases>"):text.rindex("</reference_cases>")]
+    return [cid for cid in known if f"[{cid}]" in block]
+
+
+def test_abstained_turn_hands_no_cases_to_the_follow_up(app: Served, client: Client) -> None:
+    """Turn 1 abstains (retrieval only, threshold above any cosine) and lists "possibly related" cases; turn 2 is
+    answered (reranked, hvac filter): the generator's reference block holds only turn 2's own case."""
+    known = sorted(app.images)
+    _, first = chat(client, "The coffee machine grinds loudly", rerank=False)
+    assert first[4]["visible"] is True, "turn 1 must abstain"
+    related = [cid for cid in known if any(f"[{cid}]" in g["caption"] for g in first[2])]
+    assert set(related) - {"hvac-f3"}, "turn 1 lists possibly related cases from other product lines"
+    spy: RecordingGenerator = app.services.pipeline.generate_stage.generator
+    n_calls = len(spy.calls)
+    _, second = chat(client, "unit trips", line="hvac")
+    assert "follow-up: 1 earlier turn" in second[5] and second[4].get("visible") is False
+    assert len(spy.calls) == n_calls + 1, "turn 2 was generated"
+    assert reference_ids(spy.calls[-1], known) == ["hvac-f3"]
+    assert [g["caption"] for g in second[2]] and all("[hvac-f3]" in g["caption"] for g in second[2])
 
 
 def test_filters_restrict_sources_and_unmatched_filter_abstains(app: Served, client: Client) -> None:

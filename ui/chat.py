@@ -187,8 +187,10 @@ class ChatTab:
         if not answer.abstained:
             body += citations_md(answer)
         history[-1] = {"role": "assistant", "content": body}
-        turns.append(Turn(question=text or "(photo)", answer=answer.text,
-                      case_ids=answer.cited or [c.case_id for c in answer.cases[:3]]).model_dump())
+        # An abstention's "possibly related" cases are below the threshold: the follow-up must not get them as
+        # reference cases, so an abstained turn carries none.
+        carried = [] if answer.abstained else (answer.cited or [c.case_id for c in answer.cases[:3]])
+        turns.append(Turn(question=text or "(photo)", answer=answer.text, case_ids=carried).model_dump())
         reason = answer.decision.reason if answer.decision else ""
         banner = gr.update(value=abstain_banner_html(answer.cases, reason), visible=True) if answer.abstained else gr.update(visible=False)
         last = {"question": text, "answer": answer.text, "cited": answer.cited, "abstained": answer.abstained,
