@@ -104,10 +104,10 @@ class ChatTab:
         notes: list[str] = []
         try:
             page = int(pdf_page or 1)
+            roots = upload_roots(self.s.upload_dir)
             media = prepare_uploads(files, pdf_page=max(1, page), out_dir=self.s.upload_dir,
-                                    budget=self.s.settings.vision, dpi=self.s.ui.pdf_dpi,
-                                    roots=upload_roots(self.s.upload_dir))
-            cropped = editor_image(crop)
+                                    budget=self.s.settings.vision, dpi=self.s.ui.pdf_dpi, roots=roots)
+            cropped = editor_image(crop, roots=roots)
             if cropped is not None:
                 path = save_image(cropped, self.s.upload_dir, "crop")
                 media.images = [path]
