@@ -276,3 +276,43 @@ def test_no_case_field_can_close_or_forge_the_reference_block(injection_kb, embe
         lo, hi = spans[case.id]
         assert all(lo < i < hi for i in where), (field, payload)
     assert user.rstrip().endswith("Question: What is wrong?")
+
+
+def test_local_generator_stops_within_one_decoding_step_after_cancel(tiny_model_dir) -> None:
+    """Cancel set while a decoding step runs: that step is the last one; the generation thread is gone when the
+    stream ends. The model is made to generate long (end-of-sequence suppressed via ``min_new_tokens``), so only the
+    cancel can end it before ``max_new_tokens``."""
+    import threading
+
+    from rag.models.generator import Generator
+
+    gen = Generator.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")  # own copy: its config changes
+    gen.model.generation_config.min_new_tokens = 100_000
+    cancel = threading.Event()
+    steps: list[int] = []
+    set_at: dict[str, int] = {}
+
+    def count(module, args, kwargs) -> None:  # one forward per decoding step (the first is the prefill)
+        steps.append(1)
+        if len(steps) == 25:
+            cancel.set()
+            set_at["step"] = len(steps)
+
+    handle = gen.model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        text = "".join(gen.stream([{"role": "user", "content": "Describe the fault in detail."}],
+                                  max_new_tokens=100_000, cancel=cancel))
+    finally:
+        handle.remove()
+    assert set_at["step"] == 25 and len(steps) == 25, f"{len(steps) - 25} decoding step(s) ran after the cancel"
+    assert not [t for t in threading.enumerate() if t.name == "generator-stream" and t.is_alive()]
+    assert text, "the answer up to the cancel is kept"
+    # the same generator without a cancel runs on past that point (the cancel, not the model, ended it)
+    steps.clear()
+    gen.model.generation_config.min_new_tokens = 40
+    handle = gen.model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        gen.generate([{"role": "user", "content": "Describe the fault in detail."}], max_new_tokens=40)
+    finally:
+        handle.remove()
+    assert len(steps) == 40
