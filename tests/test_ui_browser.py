@@ -98,6 +98,21 @@ def test_ask_with_photo_shows_answer_sources_and_case(page, app: Served, tmp_pat
     page.wait_for_function("() => document.querySelectorAll('#sources img').length >= 3")
     captions = page.locator("#sources").inner_text()
     assert "[prn-e13]" in captions
+    # every tile shows its own case's stored thumbnail (the served bytes decode to the same pixels) and a score
+    import re
+
+    import numpy as np
+
+    items = page.locator("#sources button.thumbnail-item, #sources .thumbnail-item")
+    page.wait_for_function("() => [...document.querySelectorAll('#sources img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert items.count() == len(app.images)
+    for i in range(items.count()):
+        m = re.search(r"\[([\w.-]+)\] · (-?\d+\.\d\d)", items.nth(i).inner_text())
+        assert m, items.nth(i).inner_text()
+        src = items.nth(i).locator("img").first.get_attribute("src")
+        served = np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+        thumb = app.services.media_root / app.services.kb.get(m.group(1)).media[0].thumbnail
+        assert np.array_equal(served, np.asarray(Image.open(thumb).convert("RGB"))), f"tile {m.group(1)}"
     # the chat shows the uploaded photo
     assert page.locator("#chatbot img").count() >= 1
     # open the case carrying markup: it must be shown as text, inert
