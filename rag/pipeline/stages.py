@@ -205,11 +205,24 @@ _BLOCK_TAG = re.compile(rf"[{_OPENERS}][\s/\\]*(?:reference|case|\|)[^{_OPENERS}
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _drop_format(m: re.Match[str]) -> str:
+    return "" if unicodedata.category(m.group(0)) == "Cf" else m.group(0)
+
+
 def _fold(text: str) -> str:
-    """NFKC, no invisible characters, HTML entities decoded: repeated until stable (``&amp;lt;``, ``&#xFF1C;``)."""
+    """NFKC, no invisible characters, HTML entities decoded: repeated until stable (``&amp;lt;``, ``&#xFF1C;``).
+
+    ASCII text (most case text) skips the Unicode steps: NFKC leaves it unchanged and it has no format characters.
+    """
     for _ in range(5):
-        folded = html.unescape(_IGNORABLE.sub("", "".join(
-            ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")))
+        folded = text
+        if not folded.isascii():
+            folded = _NON_ASCII.sub(_drop_format, _IGNORABLE.sub("", unicodedata.normalize("NFKC", folded)))
+        if "&" in folded:
+            folded = html.unescape(folded)
         if folded == text:
             break
         text = folded
