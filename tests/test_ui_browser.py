@@ -315,7 +315,8 @@ def test_stop_ends_generation_within_a_step_and_frees_the_slot(browser, long_app
         handle.remove()
         cfg.min_new_tokens, cfg.suppress_tokens = None, None
     # the one model slot is free: the next question is answered (short answers again)
-    long_app.services.pipeline.generate_stage.max_new_tokens = 8
+    stage = long_app.services.pipeline.generate_stage
+    stage.max_new_tokens = 8
     try:
         ask(page, "And the paper jam?")
         wait_answer(page)
@@ -323,3 +324,39 @@ def test_stop_ends_generation_within_a_step_and_frees_the_slot(browser, long_app
         assert long_app.demo._queue.event_queue_per_concurrency_id["models"].current_concurrency == 0
     finally:
         ctx.close()
+        stage.max_new_tokens = 20_000
+
+
+def test_closing_the_page_ends_its_generation(browser, long_app: Served) -> None:
+    """A page closed while its answer is being written: the model stops, it does not write on for nobody."""
+    gen = long_app.services.pipeline.generate_stage.generator
+    tok, cfg = gen.tokenizer, gen.model.generation_config
+    no_text = [i for i in range(len(tok)) if any(ch.isspace() or ord(ch) >= 0x2E80 for ch in tok.decode([i]))]
+    cfg.min_new_tokens, cfg.suppress_tokens = 1_000_000, no_text
+    steps = [0]
+
+    def slow(module, args) -> None:
+        steps[0] += 1
+        time.sleep(STEP_S)
+
+    handle = gen.model.register_forward_pre_hook(slow)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(long_app.url, wait_until="domcontentloaded")
+        page.wait_for_selector("#chat-input textarea")
+        ask(page, "What is wrong with the pump?")
+        deadline = time.time() + 60
+        while steps[0] < 4:
+            assert time.time() < deadline, "generation never started"
+            time.sleep(0.05)
+        at = steps[0]
+        ctx.close()
+        deadline = time.time() + 20
+        while _generation_threads():
+            assert time.time() < deadline, f"generation still running {steps[0] - at} steps after the page closed"
+            time.sleep(0.05)
+    finally:
+        handle.remove()
+        cfg.min_new_tokens, cfg.suppress_tokens = None, None
