@@ -141,7 +141,7 @@ def editor_image(value: Any, *, roots: list[Path] | None = None) -> Image.Image 
         if isinstance(comp, Image.Image):
             return comp
         if isinstance(comp, (str, Path)) and str(comp):
-            path = _confined(Path(comp), roots, "the image to crop")
+            path = _confined(Path(comp), roots, "The image to crop")
             if not path.is_file():
                 raise UploadError("The image to crop did not arrive; please upload it again.")
             try:

@@ -203,8 +203,6 @@ _CLOSERS = ">\u203a\u232a\u3009\u27e9\u02c3\u1433\u276d\u276f\u29fd\u2992"
 _BLOCK_TAG = re.compile(rf"[{_OPENERS}][\s/\\]*(?:reference|case|\|)[^{_OPENERS}{_CLOSERS}]{{0,200}}[{_CLOSERS}]?",
                         re.IGNORECASE)
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
-
-
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
@@ -241,8 +239,7 @@ def prompt_safe(text: str) -> str:
     Every case field reaches the prompt through here (see :meth:`Generate.context_block`). The text is folded
     (NFKC, invisible characters removed, entities decoded) so that look-alike spellings become plain ``<``/``>``,
     then the brackets of every tag-like sequence naming ``reference…`` or ``case…``, and of chat-template tokens
-    (``<|…|>``), become ``«``/``»``. Other
-    text, ``<`` in ``pressure < 2 bar`` included, is left as it reads.
+    (``<|…|>``), become ``«``/``»``. Other text, ``<`` in ``pressure < 2 bar`` included, is left as it reads.
     """
     return _BLOCK_TAG.sub(_defuse, _fold(text))
 
