@@ -282,7 +282,7 @@ def test_stop_ends_generation_within_a_step_and_frees_the_slot(browser, long_app
     gen = long_app.services.pipeline.generate_stage.generator
     tok, cfg = gen.tokenizer, gen.model.generation_config
     no_text = [i for i in range(len(tok)) if any(ch.isspace() or ord(ch) >= 0x2E80 for ch in tok.decode([i]))]
-    cfg.min_new_tokens, cfg.suppress_tokens = 1_000_000, no_text
+    cfg.min_new_tokens, cfg.suppress_tokens = 20_000, no_text  # = max_new_tokens: no end-of-sequence
     steps = [0]
 
     def slow(module, args) -> None:
@@ -332,7 +332,7 @@ def test_closing_the_page_ends_its_generation(browser, long_app: Served) -> None
     gen = long_app.services.pipeline.generate_stage.generator
     tok, cfg = gen.tokenizer, gen.model.generation_config
     no_text = [i for i in range(len(tok)) if any(ch.isspace() or ord(ch) >= 0x2E80 for ch in tok.decode([i]))]
-    cfg.min_new_tokens, cfg.suppress_tokens = 1_000_000, no_text
+    cfg.min_new_tokens, cfg.suppress_tokens = 20_000, no_text  # = max_new_tokens: no end-of-sequence
     steps = [0]
 
     def slow(module, args) -> None:
