@@ -437,6 +437,29 @@ def test_chat_handler_itself_refuses_paths_outside_the_upload_folders(app: Serve
     assert outs[-1][8] == {"images": [str(ok)], "video": None}
 
 
+def test_crop_editor_input_is_confined_to_the_upload_folders(app: Served, tmp_path: Path) -> None:
+    """The crop editor's composite/background given as a path: one outside the upload folders is refused with a clear
+    message before it is opened; one in the app's upload dir is used as the query image."""
+    from ui.chat import ChatTab
+
+    outside = tmp_path / "outside.png"
+    Image.open(next(iter(app.images.values()))).save(outside)
+    tab = ChatTab(app.services)
+    for value in ({"background": str(outside), "layers": [], "composite": str(outside)},
+                  {"background": str(outside), "layers": [], "composite": None},
+                  {"composite": {"path": str(outside)}}):
+        outs = list(tab.respond({"text": "what is in the crop?", "files": []}, [], [], {}, "", "", True, 1, value))
+        reply = outs[-1][0][-1]["content"]
+        assert reply.startswith("⚠️") and "image to crop is not accepted" in reply, (value, reply)
+        assert str(tmp_path) not in reply
+        assert outs[-1][8] == {}, "nothing from the refused path reached the conversation state"
+    inside = app.services.upload_dir / "crop-source.png"
+    Image.open(next(iter(app.images.values()))).save(inside)
+    outs = list(tab.respond({"text": "what is in the crop?", "files": []}, [], [], {}, "", "", True, 1,
+                            {"background": str(inside), "layers": [], "composite": str(inside)}))
+    assert "query image: the cropped region" in outs[-1][6]
+
+
 def test_inert_markdown_has_no_autolinks() -> None:
     """Bare URLs in case text or model output must not become links in the chat's Markdown (GFM autolinks)."""
     from ui.render import inert_md

@@ -7,14 +7,18 @@ Thresholds make both answer paths deterministic with random weights: reranked qu
 from __future__ import annotations
 
 import io
+import re
+import threading
+import time
 import uuid
 from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import httpx
 import pytest
 from PIL import Image
 
-from ui_helpers import ADMIN, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
+from ui_helpers import ADMIN, RecordingGenerator, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
 
 pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -22,7 +26,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
-    s = serve_app(tmp_path_factory.mktemp("ui-api"), embedder, reranker, generator)
+    # the real generator behind a pass-through spy: tests read the prompt it was given
+    s = serve_app(tmp_path_factory.mktemp("ui-api"), embedder, reranker, RecordingGenerator(generator))
     yield s
     stop_app(s)
 
@@ -54,21 +59,133 @@ def text_of(msg: dict) -> str:
     return " ".join(x.get("text", "") for x in c) if isinstance(c, list) else str(c)
 
 
+def served_pixels(url: str):
+    """The image the browser would get for a gallery tile, decoded."""
+    import numpy as np
+
+    r = httpx.get(url, timeout=30)
+    assert r.status_code == 200, url
+    return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+
+
 def test_image_question_streams_answer_and_sources(app: Served, client: Client, tmp_path: Path) -> None:
-    updates, out = chat(client, "What is wrong and how do I fix it?", [photo_of(app, "prn-e13", tmp_path)])
+    import numpy as np
+
+    from rag.pipeline import Query
+    from ui.media import load_query_image
+
+    photo = photo_of(app, "prn-e13", tmp_path)
+    # Long enough to stream: 48 tokens (end-of-sequence suppressed), each decoding step slowed to 20 ms so several
+    # renders (at most one per 50 ms) happen while the answer is written.
+    gen = app.services.pipeline.generate_stage.generator
+    cfg, stage = gen.model.generation_config, app.services.pipeline.generate_stage
+    saved = (cfg.min_new_tokens, stage.max_new_tokens)
+    cfg.min_new_tokens, stage.max_new_tokens = 48, 48
+    handle = gen.model.register_forward_pre_hook(lambda *_: time.sleep(0.02))
+    try:
+        updates, out = chat(client, "What is wrong and how do I fix it?", [photo])
+    finally:
+        handle.remove()
+        cfg.min_new_tokens, stage.max_new_tokens = saved
     history, _msg, gallery, detail, banner, timings, _crop, _fb = out
-    assert len(updates) >= 3, "expected intermediate streamed updates before the final answer"
     roles = [m["role"] for m in history]
     assert roles[-1] == "assistant" and "user" in roles
     answer = text_of(history[-1])
     assert "Cited cases" in answer or "Cases used" in answer
+    # streaming: several distinct partial answers, each a growing prefix of the final one
+    partials: list[str] = []
+    for u in updates:
+        msgs = u[0] if isinstance(u, (list, tuple)) else []
+        last = text_of(msgs[-1]) if msgs and msgs[-1]["role"] == "assistant" else ""
+        if last and not last.startswith("_") and "**Cited cases" not in last and "**Cases used" not in last:
+            if not partials or partials[-1] != last:
+                partials.append(last)
+    assert len(partials) >= 3, f"expected several partial answers while streaming, got {len(partials)}"
+    body = answer.split("\n\n**Cited cases")[0].split("\n\n**Cases used")[0]
+    for a, b in zip(partials, partials[1:] + [body]):
+        assert b.startswith(a) and len(b) > len(a), (a, b)
     assert any(isinstance(m["content"], list) and any(x.get("type") == "file" for x in m["content"]) for m in history)
-    captions = [g["caption"] for g in gallery]
+    # every source tile: the case's own stored thumbnail (not the placeholder) and the case's score
     assert len(gallery) == len(app.services.kb.list_cases().cases)
-    assert any("[prn-e13]" in c for c in captions)
-    assert all(g["image"] for g in gallery), "every source has a thumbnail"
+    q = Query(text="What is wrong and how do I fix it?", images=[load_query_image(photo, app.services.settings.vision)],
+              rerank=True)
+    cases, reranked = app.services.pipeline.retrieve(q)
+    assert reranked
+    scores = {c.case_id: c.score for c in cases}
+    for g in gallery:
+        cid = re.search(r"\[([\w.-]+)\] · (-?[\d.]+)$", g["caption"])
+        assert cid, g["caption"]
+        case_id, shown = cid.group(1), float(cid.group(2))
+        assert abs(shown - scores[case_id]) <= 0.005 + 1e-9, (case_id, shown, scores[case_id])
+        thumb = app.services.kb.get(case_id).media[0].thumbnail
+        assert thumb, f"{case_id} has a stored thumbnail"
+        expected = np.asarray(Image.open(app.services.media_root / thumb).convert("RGB"))
+        got = served_pixels(g["image"]["url"])
+        assert got.shape == expected.shape and np.array_equal(got, expected), f"tile of {case_id} is not its thumbnail"
+        assert got.reshape(-1, 3).std(axis=0).max() > 5, f"tile of {case_id} is a flat placeholder"
+    assert any("[prn-e13]" in g["caption"] for g in gallery)
     assert "| search |" in timings and "| embed |" in timings and "generate" in timings
     assert banner.get("visible") is False
+
+
+class ScriptedGenerator:
+    """Stand-in for the generator on the citation path only: the tiny random model never writes ``[case-id]``, so
+    citations could not be tested end to end with it. It has the generator's interface (stream/generate/
+    count_tokens, cancel honoured) and writes SCRIPT word by word; embedder, reranker, store, pipeline and Gradio
+    stay real."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, messages: Sequence[dict[str, Any]], max_new_tokens: int = 512, temperature: float = 0.0,
+                 top_p: float = 0.9, stop: Sequence[str] | None = None) -> str:
+        return "".join(self.stream(messages, max_new_tokens, temperature, top_p, stop))
+
+    def stream(self, messages: Sequence[dict[str, Any]], max_new_tokens: int = 512, temperature: float = 0.0,
+               top_p: float = 0.9, stop: Sequence[str] | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        self.calls.append(list(messages))
+        for word in re.findall(r"\S+\s*", self.script)[:max_new_tokens]:
+            if cancel is not None and cancel.is_set():
+                return
+            yield word
+
+
+#: Cites a case of the context (prn-e13), one outside the filtered context (hvac-f3) and one that does not exist.
+SCRIPT = "The fuser thermistor failed [prn-e13]. Replace it. This is not [hvac-f3] nor [no-such-case]."
+
+
+@pytest.fixture(scope="module")
+def cite_app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker) -> Served:
+    s = serve_app(tmp_path_factory.mktemp("ui-cite"), embedder, reranker, ScriptedGenerator(SCRIPT), max_new_tokens=64)
+    yield s
+    stop_app(s)
+
+
+def test_citations_end_to_end_from_generated_text_to_answer_and_footer(cite_app: Served) -> None:
+    from rag.pipeline import Query
+
+    c = Client(cite_app.url, verbose=False, download_files=False)
+    _, out = chat(c, "printer shows E13", line="printers")
+    history, _msg, gallery, *_ = out
+    answer = text_of(history[-1])
+    # the generated text reaches the chat (inert: brackets as entities), then the footer lists only real citations
+    assert "The fuser thermistor failed &#91;prn-e13&#93;" in answer
+    footer = re.search(r"\*\*(Cited cases|Cases used):\*\*\n(.*)$", answer, re.S)
+    assert footer and footer.group(1) == "Cited cases", answer
+    assert re.findall(r"^- &#91;([\w.-]+)&#93; (.*)$", footer.group(2), re.M) == [("prn-e13", "Fuser error E13 on laser printer")]
+    starred = [g["caption"] for g in gallery if g["caption"].startswith("★ ")]
+    assert len(starred) == 1 and "[prn-e13]" in starred[0]
+    assert all("[hvac-f3]" not in g["caption"] for g in gallery)
+    # Answer.cited from the pipeline itself, and the feedback record of the chat's answer
+    ans = cite_app.services.pipeline.answer(Query(text="printer shows E13", filters={"product_line": "printers"}))
+    assert not ans.abstained and ans.text == SCRIPT and ans.cited == ["prn-e13"]
+    c.predict("", api_name="/feedback_up")
+    assert cite_app.services.feedback.latest(limit=1)[0]["cited"] == ["prn-e13"]
 
 
 def test_abstention_is_shown_distinctly(app: Served, client: Client) -> None:
@@ -79,6 +196,31 @@ def test_abstention_is_shown_distinctly(app: Served, client: Client) -> None:
     assert text_of(history[-1]).startswith("No similar case was found")
     assert "Cited cases" not in text_of(history[-1])
     assert gallery, "possibly related cases are still shown with thumbnails"
+
+
+def reference_ids(messages: list[dict], known: list[str]) -> list[str]:
+    """Case ids inside the reference block of the last user message the generator received."""
+    content = messages[-1]["content"]
+    text = " ".join(c.get("text", "") for c in content if c.get("type") == "text") if isinstance(content, list) else content
+    block = text[text.index("<reference_cases>"):text.rindex("</reference_cases>")]
+    return [cid for cid in known if f"[{cid}]" in block]
+
+
+def test_abstained_turn_hands_no_cases_to_the_follow_up(app: Served, client: Client) -> None:
+    """Turn 1 abstains (retrieval only, threshold above any cosine) and lists "possibly related" cases; turn 2 is
+    answered (reranked, hvac filter): the generator's reference block holds only turn 2's own case."""
+    known = sorted(app.images)
+    _, first = chat(client, "The coffee machine grinds loudly", rerank=False)
+    assert first[4]["visible"] is True, "turn 1 must abstain"
+    related = [cid for cid in known if any(f"[{cid}]" in g["caption"] for g in first[2])]
+    assert set(related) - {"hvac-f3"}, "turn 1 lists possibly related cases from other product lines"
+    spy: RecordingGenerator = app.services.pipeline.generate_stage.generator
+    n_calls = len(spy.calls)
+    _, second = chat(client, "unit trips", line="hvac")
+    assert "follow-up: 1 earlier turn" in second[5] and second[4].get("visible") is False
+    assert len(spy.calls) == n_calls + 1, "turn 2 was generated"
+    assert reference_ids(spy.calls[-1], known) == ["hvac-f3"]
+    assert [g["caption"] for g in second[2]] and all("[hvac-f3]" in g["caption"] for g in second[2])
 
 
 def test_filters_restrict_sources_and_unmatched_filter_abstains(app: Served, client: Client) -> None:

@@ -98,6 +98,21 @@ def test_ask_with_photo_shows_answer_sources_and_case(page, app: Served, tmp_pat
     page.wait_for_function("() => document.querySelectorAll('#sources img').length >= 3")
     captions = page.locator("#sources").inner_text()
     assert "[prn-e13]" in captions
+    # every tile shows its own case's stored thumbnail (the served bytes decode to the same pixels) and a score
+    import re
+
+    import numpy as np
+
+    items = page.locator("#sources button.thumbnail-item, #sources .thumbnail-item")
+    page.wait_for_function("() => [...document.querySelectorAll('#sources img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert items.count() == len(app.images)
+    for i in range(items.count()):
+        m = re.search(r"\[([\w.-]+)\] · (-?\d+\.\d\d)", items.nth(i).inner_text())
+        assert m, items.nth(i).inner_text()
+        src = items.nth(i).locator("img").first.get_attribute("src")
+        served = np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+        thumb = app.services.media_root / app.services.kb.get(m.group(1)).media[0].thumbnail
+        assert np.array_equal(served, np.asarray(Image.open(thumb).convert("RGB"))), f"tile {m.group(1)}"
     # the chat shows the uploaded photo
     assert page.locator("#chatbot img").count() >= 1
     # open the case carrying markup: it must be shown as text, inert
@@ -235,3 +250,113 @@ def test_admin_refuses_without_login_then_adds_a_case_found_from_chat(page, app:
     assert "Espresso grinder jams" in page.locator("#sources").inner_text()
     assert_inert(page)
     shot(page, "chat_finds_new_case")
+
+
+# -- Stop ---------------------------------------------------------------------------------------------------------------
+STEP_S = 0.25  # each decoding step of the long-generating model is slowed to this, so "one step" is measurable
+
+
+@pytest.fixture(scope="module")
+def long_app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, tiny_model_dir) -> Served:
+    """A served app whose generator (its own instance) can be made to write an endless answer, one concurrency slot."""
+    from rag.models.generator import Generator
+
+    gen = Generator.from_pretrained(tiny_model_dir, dtype="float32", device="cpu")
+    s = serve_app(tmp_path_factory.mktemp("ui-stop"), embedder, reranker, gen, max_new_tokens=20_000)
+    assert s.services.ui.concurrency_limit == 1
+    yield s
+    stop_app(s)
+
+
+def _generation_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "generator-stream" and t.is_alive()]
+
+
+def test_stop_ends_generation_within_a_step_and_frees_the_slot(browser, long_app: Served) -> None:
+    """Stop while the model writes: generation ends after the decoding step in progress and the next question is
+    answered. The model writes no end-of-sequence and no whitespace (so the chat handler receives no text at all:
+    the text streamer releases text only at word boundaries, as with a long part number or URL) and each step takes
+    STEP_S: only a cancel that reaches the model itself can stop it; closing the handler's generator cannot."""
+    gen = long_app.services.pipeline.generate_stage.generator
+    tok, cfg = gen.tokenizer, gen.model.generation_config
+    no_text = [i for i in range(len(tok)) if any(ch.isspace() or ord(ch) >= 0x2E80 for ch in tok.decode([i]))]
+    cfg.min_new_tokens, cfg.suppress_tokens = 20_000, no_text  # = max_new_tokens: no end-of-sequence
+    steps = [0]
+
+    def slow(module, args) -> None:
+        steps[0] += 1
+        time.sleep(STEP_S)
+
+    handle = gen.model.register_forward_pre_hook(slow)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(long_app.url, wait_until="domcontentloaded")
+        page.wait_for_selector("#chat-input textarea")
+        ask(page, "What is wrong with the fuser?")
+        deadline = time.time() + 60
+        while steps[0] < 4:  # prefill and a few decoding steps done: the model is writing
+            assert time.time() < deadline, "generation never started"
+            time.sleep(0.05)
+        stop = page.locator("#chat-input button.stop-button")
+        stop.wait_for(state="visible")
+        at = steps[0]
+        stop.click()
+        deadline = time.time() + 10
+        while _generation_threads():
+            assert time.time() < deadline, f"generation still running {steps[0] - at} steps after Stop"
+            time.sleep(0.05)
+        assert steps[0] - at <= 2, f"{steps[0] - at} decoding steps ran after Stop (one is in flight when it arrives)"
+        shot(page, "chat_stopped")
+    finally:
+        handle.remove()
+        cfg.min_new_tokens, cfg.suppress_tokens = None, None
+    # the one model slot is free: the next question is answered (short answers again)
+    stage = long_app.services.pipeline.generate_stage
+    stage.max_new_tokens = 8
+    try:
+        ask(page, "And the paper jam?")
+        wait_answer(page)
+        assert "And the paper jam?" in page.locator("#chatbot").inner_text()
+        assert long_app.demo._queue.event_queue_per_concurrency_id["models"].current_concurrency == 0
+    finally:
+        ctx.close()
+        stage.max_new_tokens = 20_000
+
+
+def test_closing_the_page_ends_its_generation(browser, long_app: Served) -> None:
+    """A page closed while its answer is being written: the model stops, it does not write on for nobody."""
+    gen = long_app.services.pipeline.generate_stage.generator
+    tok, cfg = gen.tokenizer, gen.model.generation_config
+    no_text = [i for i in range(len(tok)) if any(ch.isspace() or ord(ch) >= 0x2E80 for ch in tok.decode([i]))]
+    cfg.min_new_tokens, cfg.suppress_tokens = 20_000, no_text  # = max_new_tokens: no end-of-sequence
+    steps = [0]
+
+    def slow(module, args) -> None:
+        steps[0] += 1
+        time.sleep(STEP_S)
+
+    handle = gen.model.register_forward_pre_hook(slow)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(long_app.url, wait_until="domcontentloaded")
+        page.wait_for_selector("#chat-input textarea")
+        ask(page, "What is wrong with the pump?")
+        deadline = time.time() + 60
+        while steps[0] < 4:
+            assert time.time() < deadline, "generation never started"
+            time.sleep(0.05)
+        at = steps[0]
+        ctx.close()
+        deadline = time.time() + 20
+        while _generation_threads():
+            assert time.time() < deadline, f"generation still running {steps[0] - at} steps after the page closed"
+            time.sleep(0.05)
+    finally:
+        handle.remove()
+        cfg.min_new_tokens, cfg.suppress_tokens = None, None

@@ -6,9 +6,9 @@ import json
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import httpx
 
@@ -25,6 +25,29 @@ UI_CASES = [
     ("xss-case", "<img src=x onerror=\"window.__xss=1\">Evil title", "printers", "LP-500",
      "<script>window.__xss=2</script> Toner <b>smears</b> [click](javascript:window.__xss=3)", (90, 90, 90)),
 ]
+
+
+@dataclass
+class RecordingGenerator:
+    """A pass-through spy on the real generator: every call goes to it unchanged; the messages it was given are kept
+    so a test can read the prompt the generator actually received."""
+
+    inner: Any
+    calls: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    def stream(self, messages: Sequence[dict[str, Any]], *args: Any, **kwargs: Any) -> Iterator[str]:
+        self.calls.append(list(messages))
+        return self.inner.stream(messages, *args, **kwargs)
+
+    def generate(self, messages: Sequence[dict[str, Any]], *args: Any, **kwargs: Any) -> str:
+        self.calls.append(list(messages))
+        return self.inner.generate(messages, *args, **kwargs)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 @dataclass

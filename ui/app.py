@@ -49,6 +49,7 @@ def build_app(services: Services) -> gr.Blocks:
             with gr.Tab("Admin", id="admin", elem_id="tab-admin"):
                 admin.build()
         demo.load(chat.on_load, None, chat.load_outputs, api_visibility="private")
+        demo.unload(chat.on_stop)  # a closed page stops the answer it was waiting for
     demo.queue(default_concurrency_limit=8, max_size=services.ui.queue_max_size)
     return demo
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -37,6 +38,34 @@ class ChatTab:
     def __init__(self, services: Services) -> None:
         self.s = services
         self._placeholder: str | None = None
+        #: session hash -> cancel events of that browser session's running answers (set by Stop)
+        self._running: dict[str, set[threading.Event]] = {}
+        self._running_lock = threading.Lock()
+
+    # -- stop ---------------------------------------------------------------------------------------------------
+    def _track(self, session: str | None, cancel: threading.Event, running: bool) -> None:
+        if session is None:
+            return
+        with self._running_lock:
+            events = self._running.setdefault(session, set())
+            if running:
+                events.add(cancel)
+            else:
+                events.discard(cancel)
+                if not events:
+                    del self._running[session]
+
+    def on_stop(self, request: gr.Request | None = None) -> None:
+        """Stop: trip the cancel event of the session's running answer, so generation ends after the decoding step
+        in progress. Gradio's own cancel only closes the handler's generator, which waits until the handler next
+        yields (text reaches it only at word boundaries) and leaves the model running until then."""
+        session = getattr(request, "session_hash", None)
+        with self._running_lock:
+            events = list(self._running.get(session, ())) if session else []
+        for ev in events:
+            ev.set()
+        if events:
+            logger.info("stop: cancelled %d running answer(s)", len(events))
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def placeholder(self) -> str:
@@ -86,9 +115,13 @@ class ChatTab:
 
     def respond(self, message: dict[str, Any] | str | None, history: list[dict[str, Any]] | None,
                 turns: list[dict[str, Any]] | None, media_state: dict[str, Any] | None, product_line: str | None,
-                equipment_model: str | None, rerank: bool, pdf_page: float | None, crop: Any) -> Iterator[tuple]:
+                equipment_model: str | None, rerank: bool, pdf_page: float | None, crop: Any,
+                request: gr.Request | None = None) -> Iterator[tuple]:
         """Stream one answer. Outputs: chatbot, textbox, gallery, sources, detail, banner, timings, turns, media,
-        last answer, crop editor, feedback status."""
+        last answer, crop editor, feedback status.
+
+        Generation gets a cancel event that Stop (:meth:`on_stop`) trips, and that is tripped when Gradio closes this
+        generator (Stop, a closed page): the model stops after its current decoding step either way."""
         history = list(history or [])
         turns = list(turns or [])
         media_state = dict(media_state or {})
@@ -104,10 +137,10 @@ class ChatTab:
         notes: list[str] = []
         try:
             page = int(pdf_page or 1)
+            roots = upload_roots(self.s.upload_dir)
             media = prepare_uploads(files, pdf_page=max(1, page), out_dir=self.s.upload_dir,
-                                    budget=self.s.settings.vision, dpi=self.s.ui.pdf_dpi,
-                                    roots=upload_roots(self.s.upload_dir))
-            cropped = editor_image(crop)
+                                    budget=self.s.settings.vision, dpi=self.s.ui.pdf_dpi, roots=roots)
+            cropped = editor_image(crop, roots=roots)
             if cropped is not None:
                 path = save_image(cropped, self.s.upload_dir, "crop")
                 media.images = [path]
@@ -154,8 +187,11 @@ class ChatTab:
         answer: Answer | None = None
         cases: list[CaseCandidate] = []
         renderer = StreamRenderer()
+        cancel = threading.Event()
+        session = getattr(request, "session_hash", None)
+        self._track(session, cancel, True)
         try:
-            for ev in self.s.pipeline.stream(query):
+            for ev in self.s.pipeline.stream(query, cancel=cancel):
                 if ev.type == "sources":
                     cases = ev.cases
                     banner = gr.update(value=abstain_banner_html(cases, ""), visible=True) if ev.abstained else gr.update(visible=False)
@@ -181,14 +217,19 @@ class ChatTab:
                            "Please try again; if it persists, tell the administrator this reference."}
             yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
             return
+        finally:  # also on GeneratorExit (Gradio closing this generator): never leave the model running
+            cancel.set()
+            self._track(session, cancel, False)
         assert answer is not None
         # 3. final message, state, timings
         body = inert_md(answer.text) if answer.text else "_(empty answer)_"
         if not answer.abstained:
             body += citations_md(answer)
         history[-1] = {"role": "assistant", "content": body}
-        turns.append(Turn(question=text or "(photo)", answer=answer.text,
-                      case_ids=answer.cited or [c.case_id for c in answer.cases[:3]]).model_dump())
+        # An abstention's "possibly related" cases are below the threshold: the follow-up must not get them as
+        # reference cases, so an abstained turn carries none.
+        carried = [] if answer.abstained else (answer.cited or [c.case_id for c in answer.cases[:3]])
+        turns.append(Turn(question=text or "(photo)", answer=answer.text, case_ids=carried).model_dump())
         reason = answer.decision.reason if answer.decision else ""
         banner = gr.update(value=abstain_banner_html(answer.cases, reason), visible=True) if answer.abstained else gr.update(visible=False)
         last = {"question": text, "answer": answer.text, "cited": answer.cited, "abstained": answer.abstained,
@@ -308,6 +349,8 @@ class ChatTab:
         ev = msg.submit(self.respond, ins, outs, api_name="chat", concurrency_limit=s.ui.concurrency_limit,
                         concurrency_id="models", show_progress="minimal", show_progress_on=[chatbot])
         msg.stop(None, None, None, cancels=[ev], api_visibility="private")
+        # queue=False: runs at once, not behind the busy model slot it is meant to free
+        msg.stop(self.on_stop, None, None, queue=False, api_visibility="private")
         gallery.select(self.on_select, [sources], [detail, case_media], api_name="open_case")
         product_line.change(self.on_line_change, [product_line], [equipment_model], api_visibility="private")
         up.click(lambda c, l: self.on_feedback(1, c, l), [comment, last], [fb_status, comment], api_name="feedback_up")

@@ -133,8 +133,12 @@ def save_image(img: Image.Image, out_dir: Path, prefix: str = "crop") -> str:
     return str(out)
 
 
-def editor_image(value: Any) -> Image.Image | None:
-    """The cropped/edited result of a ``gr.ImageEditor`` value (its composite), or None when it is empty."""
+def editor_image(value: Any, *, roots: list[Path] | None = None) -> Image.Image | None:
+    """The cropped/edited result of a ``gr.ImageEditor`` value (its composite), or None when it is empty.
+
+    A value given as a file path (composite or background) is confined like a message file: with ``roots`` (the web
+    app passes :func:`upload_roots`) a path outside them is refused before it is opened.
+    """
     if value is None:
         return None
     if isinstance(value, Image.Image):
@@ -143,11 +147,27 @@ def editor_image(value: Any) -> Image.Image | None:
         comp = value.get("composite")
         if comp is None:
             comp = value.get("background")
+        if isinstance(comp, dict):  # a FileData-shaped value
+            comp = comp.get("path")
         if isinstance(comp, Image.Image):
             return comp
-        if isinstance(comp, (str, Path)) and Path(comp).exists():
-            return Image.open(comp)
+        if isinstance(comp, (str, Path)) and str(comp):
+            path = _confined(Path(comp), roots, "The image to crop")
+            if not path.is_file():
+                raise UploadError("The image to crop did not arrive; please upload it again.")
+            try:
+                return Image.open(path)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                raise UploadError(f"The image to crop cannot be used: not a readable image ({type(e).__name__}).") from e
     return None
+
+
+def _confined(path: Path, roots: list[Path] | None, what: str) -> Path:
+    """``path`` if it lies inside one of ``roots`` (links resolved), else :class:`UploadError`; no check for None."""
+    if roots is not None and not any(path.resolve().is_relative_to(r) for r in roots):
+        logger.warning("refused a chat file outside the upload folders: %s", path)
+        raise UploadError(f"{what} is not accepted: only files uploaded in this chat can be used.")
+    return path
 
 
 def load_query_image(src: str | Path | Image.Image, budget: VisionBudget) -> Image.Image:
@@ -218,9 +238,7 @@ def prepare_uploads(files: list[Any], *, pdf_page: int, out_dir: Path, budget: V
             continue
         path = Path(str(raw))
         name = display_name(path)
-        if roots is not None and not any(path.resolve().is_relative_to(r) for r in roots):
-            logger.warning("refused a chat file outside the upload folders: %s", path)
-            raise UploadError(f"'{name}' is not accepted: only files uploaded in this chat can be used.")
+        _confined(path, roots, f"'{name}'")
         if not path.is_file():
             raise UploadError(f"'{name}' did not arrive; please attach it again.")
         kind = sniff(path, budget)
