@@ -291,8 +291,9 @@ class Generate:
     def messages(self, query: Query, cases: Sequence[CaseCandidate]) -> list[dict[str, Any]]:
         msgs: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
         for turn in self.trim_history(query.history):
-            msgs.append({"role": "user", "content": turn.question})
-            msgs.append({"role": "assistant", "content": turn.answer})
+            # earlier turns are user text too: they must not end their turn or open a block either
+            msgs.append({"role": "user", "content": prompt_safe(turn.question)})
+            msgs.append({"role": "assistant", "content": prompt_safe(turn.answer)})
         content: list[dict[str, Any]] = []
         if query.video is not None:
             content.append({"type": "video", "video": query.video})
