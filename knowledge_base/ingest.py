@@ -40,6 +40,7 @@ from knowledge_base.pdf import PdfError, is_pdf, render_pdf_pages
 from knowledge_base.schema import Case, CaseInput, CaseLink, MediaItem
 from rag.models.embedder import EmbeddingError
 from rag.store import VectorPoint, VectorStore, point_id
+from rag.store.base import check_payload
 from rag.validation import InputRejected, Limits, check_pdf
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -701,7 +702,7 @@ class _Run:
                 if stored is None:
                     media_points.append(VectorPoint(id=point_id(case.id, m.id), vector=w.vectors[m.id], payload=payload))
                 elif not same_payload(stored, payload):  # e.g. new tags: the vector it has stays as it is
-                    payload_only[point_id(case.id, m.id)] = payload
+                    payload_only[point_id(case.id, m.id)] = check_payload(payload)  # checked before any write
             text_points.append(VectorPoint(id=point_id(case.id), vector=w.text_vector,
                                            payload=text_payload(case, w.content_hash, eid)))
             keep = {point_id(case.id, m.id) for m in case.media}
