@@ -15,7 +15,7 @@ from kb_support import OPTIONS, case_dict, jpeg_bytes, kb_state, make_source, op
 from knowledge_base.admin import CaseNotFoundError, CaseRejectedError, KnowledgeBase
 from knowledge_base.schema import CaseInput
 from rag.config import Settings
-from rag.store import StoreMismatchError, VectorPoint, open_store, point_id
+from rag.store import StoreError, StoreMismatchError, VectorPoint, open_store, point_id
 
 
 @pytest.fixture(params=["edge", "local"])
@@ -109,6 +109,23 @@ def test_add_update_delete_round_trip(kb: KnowledgeBase, tmp_path: Path, media_d
     assert kb.store.count({"case_id": "case-01"}) == 0 and not list(kb.media.iter_files())
     assert kb.delete("case-01") is False
     assert kb.get("case-02") is not None
+
+
+def test_overwrite_payload_checks_everything_first(kb: KnowledgeBase, tmp_path: Path) -> None:
+    """The payload-only write behind updates: all payloads checked before the first write, vectors untouched."""
+    kb.add_case(case_dict(1), media=[("one.jpg", jpeg_bytes(scene(1)))])
+    mid = kb.get("case-01").media[0].id  # type: ignore[union-attr]
+    pid = point_id("case-01", mid)
+    (before,) = kb.store.retrieve([pid], with_vectors=True)
+    good = {**before.payload, "tags": ["new"]}
+    with pytest.raises(ValueError, match=r"payload\['tags'\] must be a list of strings"):
+        kb.store.overwrite_payload({pid: good, point_id("case-01"): {**good, "tags": "not-a-list"}})
+    assert kb.store.retrieve([pid])[0].payload == before.payload  # the valid one was not written either
+    with pytest.raises(StoreError):
+        kb.store.overwrite_payload({point_id("case-01", "no-such-media"): good})  # only existing points
+    assert kb.store.overwrite_payload({pid: before.payload}) == 1
+    (after,) = kb.store.retrieve([pid], with_vectors=True)
+    np.testing.assert_allclose(after.vector, before.vector, rtol=0, atol=1e-6)
 
 
 def test_list_filters_search_and_stats(kb: KnowledgeBase, tmp_path: Path, embedder) -> None:
