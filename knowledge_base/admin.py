@@ -461,7 +461,9 @@ class KnowledgeBase:
 
         ``case`` is a case id, or a ``CaseInput`` whose fields replace the stored ones and whose media files are
         added (stored media are kept unless removed). Re-embeds only what changed (new media; the text vector
-        only if the embedded text changed); bumps ``version`` and ``updated_at``.
+        only if the embedded text changed). Kept media points are not rewritten: left alone when their payload is
+        unchanged, payload-only when a case field they carry for filtering changed (tags, product line, model,
+        title); their stored vectors never pass through the store again. Bumps ``version`` and ``updated_at``.
         Raises :class:`CaseNotFoundError` / :class:`CaseRejectedError` (nothing written).
         """
         if isinstance(case, CaseInput):

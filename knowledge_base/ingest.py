@@ -8,7 +8,9 @@ Why this shape:
   deterministic).
 * **Idempotent, resumable.** The text point carries a ``content_hash`` of the input (case fields + media hashes);
   an unchanged case is skipped without touching the model, a changed one re-embeds only what changed (vectors of
-  unchanged media and an unchanged case text are reused from the store).
+  unchanged media and an unchanged case text are reused from the store). A media point whose vector is reused is not
+  rewritten: left alone, or only its payload replaced when a case field it carries changed (fewer writes, and a
+  stored vector never passes through the engine's normalisation twice).
 * **Throughput.** Media of many cases go to the embedder in one call (it buckets by length), and the next chunk's
   file work (hashing, copying, PDF rendering, thumbnails) runs in a background thread while the model computes.
 * **A rejected item writes nothing** that stays: files it created are removed at the end of the run unless
@@ -21,7 +23,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,6 +40,7 @@ from knowledge_base.pdf import PdfError, is_pdf, render_pdf_pages
 from knowledge_base.schema import Case, CaseInput, CaseLink, MediaItem
 from rag.models.embedder import EmbeddingError
 from rag.store import VectorPoint, VectorStore, point_id
+from rag.store.base import check_payload
 from rag.validation import InputRejected, Limits, check_pdf
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -207,6 +210,11 @@ def media_payload(case: Case, item: MediaItem, embedder_id: str) -> dict[str, An
             "embedder": embedder_id}
 
 
+def same_payload(stored: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
+    """Whether a payload read back from the store equals ``payload`` once stored (JSON round trip)."""
+    return dict(stored) == json.loads(json.dumps(payload))
+
+
 def embed_item(media: MediaStore, item: MediaItem, label: str) -> dict[str, Any]:
     """Embedder input for a stored media item (PDF pages are stored as images)."""
     key = "video" if item.kind == "video" else "image"
@@ -243,6 +251,7 @@ class _Work:
     created: list[tuple[str, str]] = field(default_factory=list)  # (sha256, rel path) of files this record created
     new_ids: set[str] = field(default_factory=set)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    reused: dict[str, dict[str, Any]] = field(default_factory=dict)  # media id -> payload of its reused stored point
     text_vector: np.ndarray | None = None
     links: list[CaseLink] = field(default_factory=list)
     case: Case | None = None
@@ -567,6 +576,7 @@ class _Run:
             w, m = want[p.id]
             if p.vector is not None and p.payload.get("sha256") == m.sha256 and p.payload.get("embedder") == self.kb.embedder_id:
                 w.vectors[m.id] = p.vector
+                w.reused[m.id] = p.payload
                 w.report.media_reused += 1
 
     def _case_text(self, w: _Work) -> str:
@@ -682,12 +692,17 @@ class _Run:
             if p.payload.get("media_id"):
                 before.setdefault(p.payload["case_id"], {})[p.id] = p.payload.get("sha256") or ""
         media_points, text_points, stale = [], [], []
+        payload_only: dict[str, dict[str, Any]] = {}
         for w in todo:
             case = w.case
             assert case is not None and w.text_vector is not None
             for m in case.media:
-                media_points.append(VectorPoint(id=point_id(case.id, m.id), vector=w.vectors[m.id],
-                                                payload=media_payload(case, m, eid)))
+                payload = media_payload(case, m, eid)
+                stored = w.reused.get(m.id)
+                if stored is None:
+                    media_points.append(VectorPoint(id=point_id(case.id, m.id), vector=w.vectors[m.id], payload=payload))
+                elif not same_payload(stored, payload):  # e.g. new tags: the vector it has stays as it is
+                    payload_only[point_id(case.id, m.id)] = check_payload(payload)  # checked before any write
             text_points.append(VectorPoint(id=point_id(case.id), vector=w.text_vector,
                                            payload=text_payload(case, w.content_hash, eid)))
             keep = {point_id(case.id, m.id) for m in case.media}
@@ -698,8 +713,11 @@ class _Run:
             if w.existing is not None and w.existing.case is not None:
                 self.cleanup.update(m.sha256 for m in w.existing.case.media)
             self.cleanup.update(sha for sha, _ in w.created)
-        # The order is the crash-safety contract: media points, then text points, then removals.
+        # The order is the crash-safety contract: media points, then text points, then removals. A media point whose
+        # vector was reused is not rewritten: unchanged, it is left alone; with new case fields, only its payload.
         self.store.upsert(media_points)
+        if payload_only:
+            self.store.overwrite_payload(payload_only)
         self.store.upsert(text_points)
         if stale:
             self.store.delete_points(stale)

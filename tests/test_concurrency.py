@@ -30,7 +30,6 @@ from PIL import Image
 from conftest import case_picture
 from ui_helpers import ADMIN, Served, fn_index_for, serve_app, stop_app
 
-pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.utils import QueueError, Status  # noqa: E402
 

@@ -15,7 +15,7 @@ from kb_support import OPTIONS, case_dict, jpeg_bytes, kb_state, make_source, op
 from knowledge_base.admin import CaseNotFoundError, CaseRejectedError, KnowledgeBase
 from knowledge_base.schema import CaseInput
 from rag.config import Settings
-from rag.store import StoreMismatchError, VectorPoint, open_store, point_id
+from rag.store import StoreError, StoreMismatchError, VectorPoint, open_store, point_id
 
 
 @pytest.fixture(params=["edge", "local"])
@@ -28,7 +28,26 @@ def kb(request, tmp_path: Path, embedder):
     kb.close()
 
 
-def test_add_update_delete_round_trip(kb: KnowledgeBase, tmp_path: Path, media_dir: Path) -> None:
+def spy_writes(store, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Pass-through spy on the real store's two point-writing engine calls: records the ids each one writes."""
+    seen: dict[str, list[str]] = {"upsert": [], "payload": []}
+    upsert, overwrite = store._upsert, store._overwrite_payload
+
+    def _upsert(points):
+        seen["upsert"] += [p.id for p in points]
+        return upsert(points)
+
+    def _overwrite_payload(pid, payload):
+        seen["payload"].append(pid)
+        return overwrite(pid, payload)
+
+    monkeypatch.setattr(store, "_upsert", _upsert)
+    monkeypatch.setattr(store, "_overwrite_payload", _overwrite_payload)
+    return seen
+
+
+def test_add_update_delete_round_trip(kb: KnowledgeBase, tmp_path: Path, media_dir: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     scene(1).save(tmp_path / "one.png")
     r = kb.add_case(case_dict(1, ["one.png"]), media=[("two.jpg", jpeg_bytes(scene(2)))], base_dir=tmp_path)
     assert (r.status, r.media_embedded) == ("added", 2)
@@ -36,16 +55,28 @@ def test_add_update_delete_round_trip(kb: KnowledgeBase, tmp_path: Path, media_d
     case = kb.get("case-01")
     assert case is not None and case.version == 1 and [m.source_file for m in case.media] == ["one.png", "two.jpg"]
 
-    # Text-only change: the text vector is recomputed, media vectors are reused.
+    # Text-only change: the text vector is recomputed, media vectors are reused and their points are not rewritten
+    # at all (a rewrite sends the stored vector through the engine's normalisation again: last-bit changes on some
+    # CPUs, and one more write to lose in a crash).
+    text_pid, media_pids = point_id("case-01"), {point_id("case-01", m.id) for m in case.media}
+    writes = spy_writes(kb.store, monkeypatch)
     before = {p.id: p.vector for p in kb.store.scroll(filters={"case_id": "case-01"}, with_vectors=True)}
     r = kb.update("case-01", {"symptom": "Now it beeps three times before stopping."})
     assert (r.status, r.media_embedded, r.media_reused) == ("updated", 0, 2)
+    assert writes == {"upsert": [text_pid], "payload": []}
     after = {p.id: p.vector for p in kb.store.scroll(filters={"case_id": "case-01"}, with_vectors=True)}
-    assert not np.allclose(before[point_id("case-01")], after[point_id("case-01")])
-    for m in case.media:
-        np.testing.assert_array_equal(before[point_id("case-01", m.id)], after[point_id("case-01", m.id)])
-    # Payload-only change (tags): nothing embedded at all.
+    assert not np.allclose(before[text_pid], after[text_pid])
+    for pid in media_pids:  # untouched points: 1e-6 absolute (unit vectors, a few float32 ulps), no bit-exactness
+        np.testing.assert_allclose(after[pid], before[pid], rtol=0, atol=1e-6)
+    # Payload-only change (tags): nothing embedded; the media points carry the tags for filtered search, so only
+    # their payload is replaced (vectors untouched) and a tag filter finds them.
+    writes.update(upsert=[], payload=[])
     assert kb.update("case-01", {"tags": ["x"]}).media_embedded == 0
+    assert writes["upsert"] == [text_pid] and sorted(writes["payload"]) == sorted(media_pids)
+    tagged = {p.id: p for p in kb.store.scroll(filters={"case_id": "case-01", "tags": "x"}, with_vectors=True)}
+    assert set(tagged) == media_pids | {text_pid}
+    for pid in media_pids:
+        np.testing.assert_allclose(tagged[pid].vector, before[pid], rtol=0, atol=1e-6)
     assert kb.update("case-01", {"tags": ["x"]}).status == "skipped"  # no change
 
     # Add a video, remove an image by file name: one embedding, one point and one file gone.
@@ -78,6 +109,23 @@ def test_add_update_delete_round_trip(kb: KnowledgeBase, tmp_path: Path, media_d
     assert kb.store.count({"case_id": "case-01"}) == 0 and not list(kb.media.iter_files())
     assert kb.delete("case-01") is False
     assert kb.get("case-02") is not None
+
+
+def test_overwrite_payload_checks_everything_first(kb: KnowledgeBase, tmp_path: Path) -> None:
+    """The payload-only write behind updates: all payloads checked before the first write, vectors untouched."""
+    kb.add_case(case_dict(1), media=[("one.jpg", jpeg_bytes(scene(1)))])
+    mid = kb.get("case-01").media[0].id  # type: ignore[union-attr]
+    pid = point_id("case-01", mid)
+    (before,) = kb.store.retrieve([pid], with_vectors=True)
+    good = {**before.payload, "tags": ["new"]}
+    with pytest.raises(ValueError, match=r"payload\['tags'\] must be a list of strings"):
+        kb.store.overwrite_payload({pid: good, point_id("case-01"): {**good, "tags": "not-a-list"}})
+    assert kb.store.retrieve([pid])[0].payload == before.payload  # the valid one was not written either
+    with pytest.raises(StoreError):
+        kb.store.overwrite_payload({point_id("case-01", "no-such-media"): good})  # only existing points
+    assert kb.store.overwrite_payload({pid: before.payload}) == 1
+    (after,) = kb.store.retrieve([pid], with_vectors=True)
+    np.testing.assert_allclose(after.vector, before.vector, rtol=0, atol=1e-6)
 
 
 def test_list_filters_search_and_stats(kb: KnowledgeBase, tmp_path: Path, embedder) -> None:

@@ -24,7 +24,6 @@ from PIL import Image
 
 from ui_helpers import ADMIN, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
 
-pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 GRADIO_MAX = 3 * 1024 * 1024  # RAGVQA_UI_MAX_FILE_SIZE=3mb: Gradio refuses larger uploads while receiving them

@@ -227,7 +227,8 @@ def test_search_cases_groups_per_case(store: VectorStore) -> None:
     # only the payload fields asked for (case_id always, for the grouping), same cases and scores
     slim = store.search_cases(target.vector, limit_cases=5, exact=True, payload_keys=["kind"])
     full = store.search_cases(target.vector, limit_cases=5, exact=True)
-    assert [(c.case_id, c.score) for c in slim] == [(c.case_id, c.score) for c in full]
+    assert [c.case_id for c in slim] == [c.case_id for c in full]
+    assert [c.score for c in slim] == pytest.approx([c.score for c in full], abs=1e-6)  # same search, not bit-exact
     assert all(set(h.payload) <= {"case_id", "kind"} and "case_id" in h.payload for c in slim for h in c.hits)
     assert set(store.search(target.vector, limit=1, payload_keys=["product_line"])[0].payload) == {"product_line"}
     with pytest.raises(ValueError, match="payload_keys"):

@@ -20,7 +20,6 @@ from PIL import Image
 
 from ui_helpers import ADMIN, RecordingGenerator, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
 
-pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 

@@ -111,6 +111,29 @@ class StoreMeta(BaseModel):
             )
 
 
+def check_payload(p: dict[str, Any]) -> dict[str, Any]:
+    """The payload contract every point satisfies (upserts and payload-only rewrites alike)."""
+    case_id = p.get("case_id")
+    if not isinstance(case_id, str) or not case_id:
+        raise ValueError(f"payload['case_id'] must be a non-empty string, got {case_id!r}")
+    if p.get("kind") not in KINDS:
+        raise ValueError(f"payload['kind'] must be one of {list(KINDS)}, got {p.get('kind')!r}")
+    media_id = p.get("media_id")
+    if media_id is not None and not isinstance(media_id, str):
+        raise ValueError(f"payload['media_id'] must be a string or None, got {media_id!r}")
+    for key in ("product_line", "equipment_model"):
+        if p.get(key) is not None and not isinstance(p[key], str):
+            raise ValueError(f"payload[{key!r}] must be a string or None, got {p[key]!r}")
+    tags = p.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ValueError(f"payload['tags'] must be a list of strings, got {tags!r}")
+    try:  # the engines store JSON: catch datetimes, sets, NaN... before anything is written
+        json.dumps(p, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"payload of case {case_id!r} is not plain JSON ({e}); convert values to str/number/list") from None
+    return p
+
+
 class VectorPoint(BaseModel):
     """One vector to store: a case text, an image, a video or a PDF page of a case."""
 
@@ -143,25 +166,7 @@ class VectorPoint(BaseModel):
     @field_validator("payload")
     @classmethod
     def _check_payload(cls, p: dict[str, Any]) -> dict[str, Any]:
-        case_id = p.get("case_id")
-        if not isinstance(case_id, str) or not case_id:
-            raise ValueError(f"payload['case_id'] must be a non-empty string, got {case_id!r}")
-        if p.get("kind") not in KINDS:
-            raise ValueError(f"payload['kind'] must be one of {list(KINDS)}, got {p.get('kind')!r}")
-        media_id = p.get("media_id")
-        if media_id is not None and not isinstance(media_id, str):
-            raise ValueError(f"payload['media_id'] must be a string or None, got {media_id!r}")
-        for key in ("product_line", "equipment_model"):
-            if p.get(key) is not None and not isinstance(p[key], str):
-                raise ValueError(f"payload[{key!r}] must be a string or None, got {p[key]!r}")
-        tags = p.get("tags", [])
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise ValueError(f"payload['tags'] must be a list of strings, got {tags!r}")
-        try:  # the engines store JSON: catch datetimes, sets, NaN... before anything is written
-            json.dumps(p, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"payload of case {case_id!r} is not plain JSON ({e}); convert values to str/number/list") from None
-        return p
+        return check_payload(p)
 
 
 class StoredPoint(BaseModel):
@@ -322,6 +327,9 @@ class VectorStore(abc.ABC):
     ) -> list[Hit]: ...
 
     @abc.abstractmethod
+    def _overwrite_payload(self, point_id: str, payload: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
     def _delete_ids(self, ids: list[str]) -> None: ...
 
     @abc.abstractmethod
@@ -444,6 +452,16 @@ class VectorStore(abc.ABC):
                     log.warning("search_cases stopped at %d points with %d/%d cases", fetch, len(groups), limit_cases)
                 return sorted(groups.values(), key=lambda g: -g.score)[:limit_cases]
             fetch = min(self.GROUP_MAX_FETCH, fetch * 2)
+
+    def overwrite_payload(self, payloads: Mapping[str, dict[str, Any]]) -> int:
+        """Replace the payload of existing points (id -> payload), leaving their vectors untouched: a payload-only
+        change does not rewrite a vector (no second pass through the engine's normalisation, less to lose on a
+        crash). All payloads are validated before the first write; returns how many."""
+        self._check_open()
+        checked = dict(zip(normalize_ids(payloads), (check_payload(p) for p in payloads.values())))
+        for pid, payload in checked.items():
+            self._overwrite_payload(pid, payload)
+        return len(checked)
 
     def delete_points(self, ids: Iterable[str]) -> None:
         """Delete points by id (missing ids are ignored)."""

@@ -346,6 +346,10 @@ class EdgeStore(VectorStore):
             res = self._shard.query(req)
         return [Hit(id=str(r.id), score=float(r.score), payload=r.payload or {}) for r in res]
 
+    def _overwrite_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        with _engine("overwrite payload"):
+            self._shard.update(qe.UpdateOperation.overwrite_payload([point_id], payload))
+
     def _delete_ids(self, ids: list[str]) -> None:
         with _engine("delete"):
             self._shard.update(qe.UpdateOperation.delete_points(ids))

@@ -371,6 +371,10 @@ class ServerStore(VectorStore):
             )
         return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in res.points]
 
+    def _overwrite_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        with _engine("overwrite payload"):
+            self.client.overwrite_payload(self._name, payload=payload, points=[point_id], wait=True)
+
     def _delete_ids(self, ids: list[str]) -> None:
         with _engine("delete"):
             self.client.delete(self._name, points_selector=qm.PointIdsList(points=ids), wait=True)
