@@ -387,8 +387,7 @@ class _Counter:
         ]
 
     def _lm(self, _mod: object, args: tuple, kwargs: dict) -> None:
-        embeds = kwargs.get("inputs_embeds")
-        shape = embeds.shape if embeds is not None else (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape
+        shape = kwargs["inputs_embeds"].shape  # Qwen3VLModel hands the text model embeddings (vision merged in)
         self.lm_tokens.append(int(shape[0]) * int(shape[1]))
 
     def _vision(self, _mod: object, args: tuple, kwargs: dict) -> None:
@@ -446,6 +445,30 @@ def test_rerank_shared_prefix_runs_the_prefix_once(reranker: Reranker, ref_reran
         counter.close()
     assert counter.lm_tokens == [prefix, len(docs) * max(len(x) - prefix for x in ids)]
     assert sum(counter.vision_patches) == q_patches + sum(doc_patches)
+
+
+def test_reference_is_independent_of_the_product() -> None:
+    """The oracle imports only the published stack, never the code it judges."""
+    import ast
+
+    import reference_qwen3vl
+
+    tree = ast.parse(Path(reference_qwen3vl.__file__).read_text())
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert roots <= {"__future__", "os", "unicodedata", "pathlib", "typing", "numpy", "torch", "PIL", "qwen_vl_utils",
+                     "transformers"}, roots
+
+
+def test_bench_models_uses_the_test_reference(tmp_path: Path) -> None:
+    """One copy of the reference: ``bench models`` loads this very file, and says so when a checkout lacks it."""
+    import reference_qwen3vl
+
+    from eval.bench_models import ReferenceUnavailable, load_reference
+
+    assert Path(load_reference().__file__).resolve() == Path(reference_qwen3vl.__file__).resolve()
+    with pytest.raises(ReferenceUnavailable, match=r"reference_qwen3vl.py.*source checkout"):
+        load_reference(tmp_path / "tests" / "reference_qwen3vl.py")
 
 
 # -- generator ---------------------------------------------------------------------------------------------------------
