@@ -1,4 +1,5 @@
-"""Model layer on the tiny checkpoint: official prompt layout, batching parity, MRL, streaming, clear errors."""
+"""Model layer on the tiny checkpoint: official prompt layout, equality with the independent reference, MRL,
+streaming, clear errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from conftest import noise_image
-from eval.bench_models import official_embed, official_rerank
+from reference_qwen3vl import ReferenceEmbedder, ReferenceReranker
 from rag.config import VisionBudget
 from rag.models.embedder import Embedder, EmbeddingError, normalise_instruction
 from rag.models.reranker import Reranker, RerankError
@@ -21,6 +22,17 @@ VID = "<|vision_start|><|video_pad|><|vision_end|>"
 JUDGE = ('<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the '
          'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n')
 INSTRUCT = "<Instruct>: Given a search query, retrieve relevant candidates that answer the query."
+
+
+@pytest.fixture(scope="module")
+def ref_embedder(tiny_model_dir: Path) -> ReferenceEmbedder:
+    """The independent reference (tests/reference_qwen3vl.py), loaded by transformers itself, not by the product."""
+    return ReferenceEmbedder.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def ref_reranker(tiny_model_dir: Path) -> ReferenceReranker:
+    return ReferenceReranker.from_pretrained(tiny_model_dir)
 
 
 # -- prompt layout (STACK.md §4) ------------------------------------------------------------------------------------
@@ -83,13 +95,16 @@ def test_embed_shapes_and_normalisation(embedder: Embedder, media_dir: Path) -> 
     assert np.abs(v[1] - v[5]).max() > 1e-3, "different images must give different vectors"
 
 
-def test_embed_batch_equals_single_and_official(embedder: Embedder, media_dir: Path) -> None:
+def test_embed_batch_equals_single_and_official(embedder: Embedder, ref_embedder: ReferenceEmbedder,
+                                                media_dir: Path) -> None:
     items = _items(media_dir)
     batched = embedder.embed(items, batch_size=4)
     single = np.stack([embedder.embed([it])[0] for it in items])
     assert np.abs(batched - single).max() <= 1e-5
-    official = official_embed(embedder, items)
+    official = ref_embedder.embed(items)  # one item per forward
     assert np.abs(batched - official).max() <= 1e-5
+    official_batch = ref_embedder.embed(items, batch_size=len(items))  # the official strategy: one padded batch
+    assert np.abs(batched - official_batch).max() <= 1e-5
 
 
 def test_embed_pools_last_token_of_generation_prompt(embedder: Embedder) -> None:
@@ -196,22 +211,20 @@ def _pair_docs(media_dir: Path) -> tuple[dict, list[dict]]:
     return query, docs
 
 
-def test_rerank_score_is_sigmoid_of_yes_minus_no_logit(tiny_model_dir: Path, reranker: Reranker) -> None:
-    from transformers import AutoModelForImageTextToText
-
-    lm = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    _, encoded = reranker.encode_pairs({"text": "E13"}, [{"text": "fuser error"}])
-    e = encoded[0]
+def test_rerank_score_is_sigmoid_of_yes_minus_no_logit(ref_reranker: ReferenceReranker, reranker: Reranker) -> None:
+    lm = ref_reranker.model  # the full LM head, not the reference's hand-made score vector
+    e = ref_reranker.inputs({"text": "E13"}, {"text": "fuser error"})
     with torch.inference_mode():
-        logits = lm(input_ids=e.input_ids[None], mm_token_type_ids=e.mm_token_type_ids[None]).logits[0, -1]
+        logits = lm(input_ids=e["input_ids"], mm_token_type_ids=e["mm_token_type_ids"]).logits[0, -1]
     vocab = reranker.processor.tokenizer.get_vocab()
     expected = torch.sigmoid(logits[vocab["yes"]] - logits[vocab["no"]]).item()
     assert reranker.score({"text": "E13"}, [{"text": "fuser error"}])[0] == pytest.approx(expected, abs=1e-5)
 
 
-def test_rerank_batched_and_shared_prefix_equal_official(reranker: Reranker, media_dir: Path) -> None:
+def test_rerank_batched_and_shared_prefix_equal_official(reranker: Reranker, ref_reranker: ReferenceReranker,
+                                                         media_dir: Path) -> None:
     query, docs = _pair_docs(media_dir)
-    official = np.array(official_rerank(reranker, query, docs))
+    official = np.array(ref_reranker.score(query, docs))
     assert ((official > 0) & (official < 1)).all()
     batched = np.array(reranker.score(query, docs, batch_size=4, share_prefix=False))
     shared = np.array(reranker.score(query, docs, batch_size=4, share_prefix=True))
@@ -223,11 +236,12 @@ def test_rerank_batched_and_shared_prefix_equal_official(reranker: Reranker, med
 
 
 @pytest.mark.parametrize("query", [{"text": "only text"}, {"video": "CLIP"}, {}])
-def test_rerank_shared_prefix_other_query_kinds(reranker: Reranker, media_dir: Path, query: dict) -> None:
+def test_rerank_shared_prefix_other_query_kinds(reranker: Reranker, ref_reranker: ReferenceReranker, media_dir: Path,
+                                                query: dict) -> None:
     if query.get("video") == "CLIP":
         query = {"video": str(media_dir / "clip.mp4"), "text": "what now"}
     _, docs = _pair_docs(media_dir)
-    official = np.array(official_rerank(reranker, query, docs))
+    official = np.array(ref_reranker.score(query, docs))
     shared = np.array(reranker.score(query, docs, batch_size=3))
     assert np.abs(shared - official).max() <= 1e-4
 
@@ -238,6 +252,226 @@ def test_rerank_errors_name_document(reranker: Reranker, media_dir: Path) -> Non
         reranker.score({"text": "q"}, [{"text": "ok"}, {"image": str(media_dir / "missing.jpg")}])
     with pytest.raises(RerankError, match=r"query .*corrupt"):
         reranker.score({"image": str(media_dir / "corrupt.png")}, [{"text": "ok"}])
+
+
+# -- equality with the independent reference (tests/reference_qwen3vl.py) ----------------------------------------
+# Tolerances: both sides run the same kernels in one process on float32 weights, so the only differences are
+# summation orders (batching, padding, the reranker's KV-cache split): ≤1e-5 on unit vectors, ≤1e-4 on P(yes).
+EMBED_ATOL, EMBED_MIN_COSINE, SCORE_ATOL = 1e-5, 1 - 1e-6, 1e-4
+
+
+def _embed_cases(media_dir: Path) -> dict[str, dict]:
+    frames_dir = media_dir / "frames"
+    if not frames_dir.exists():
+        frames_dir.mkdir()
+        for i in range(4):
+            noise_image(40 + i, 96, 64).save(frames_dir / f"f{i}.png")
+    clip = str(media_dir / "clip.mp4")
+    return {
+        "text": {"text": "printer shows E13 and the amber LED blinks"},
+        "texts": {"text": ["first line", "second line"]},
+        "image_path": {"image": str(media_dir / "b.jpg")},
+        "image_pil": {"image": noise_image(30, 200, 90)},
+        "image_small": {"image": noise_image(31, 20, 20)},  # below min_pixels: upscaled
+        "image_text": {"image": str(media_dir / "a.png"), "text": "what is wrong"},
+        "images": {"image": [noise_image(32, 64, 96), str(media_dir / "a.png")], "text": "two photos"},
+        "video_path": {"video": clip, "text": "blinking"},
+        "video_frames": {"video": [noise_image(i, 64, 64) for i in range(5)]},  # odd count
+        "video_frame_paths": {"video": [str(p) for p in sorted(frames_dir.glob("*.png"))]},
+        "videos": {"video": [clip, clip]},
+        "everything": {"video": clip, "image": noise_image(33), "text": "all of it"},
+        "empty": {},
+    }
+
+
+def _assert_vectors_close(ours: np.ndarray, ref: np.ndarray) -> None:
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(np.linalg.norm(ref, axis=1), 1.0, atol=1e-5)
+    assert np.abs(ours - ref).max() <= EMBED_ATOL
+    assert (ours * ref).sum(axis=1).min() >= EMBED_MIN_COSINE
+
+
+@pytest.mark.parametrize("case", ["text", "texts", "image_path", "image_pil", "image_small", "image_text", "images",
+                                  "video_path", "video_frames", "video_frame_paths", "videos", "everything", "empty"])
+def test_embedder_equals_reference(embedder: Embedder, ref_embedder: ReferenceEmbedder, media_dir: Path,
+                                   case: str) -> None:
+    item = _embed_cases(media_dir)[case]
+    ref_inputs = ref_embedder.inputs([item])
+    enc = embedder.encode_item(item)
+    # same tokens and the same vision tensors as the official preparation (qwen-vl-utils + the processor) ...
+    assert enc.input_ids.tolist() == ref_inputs["input_ids"][0].tolist()
+    for key in ("image_grid_thw", "video_grid_thw"):
+        assert (getattr(enc, key) is None) == (key not in ref_inputs)
+        if key in ref_inputs:
+            assert getattr(enc, key).tolist() == ref_inputs[key].tolist()
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in ref_inputs:
+            assert torch.allclose(getattr(enc, key), ref_inputs[key], atol=1e-6)
+    # ... and the same vector
+    _assert_vectors_close(embedder.embed([item]), ref_embedder.embed([item]))
+
+
+def test_embedder_batches_equal_reference(embedder: Embedder, ref_embedder: ReferenceEmbedder, media_dir: Path) -> None:
+    items = list(_embed_cases(media_dir).values())
+    ref = ref_embedder.embed(items)
+    _assert_vectors_close(embedder.embed(items, batch_size=4, window=5), ref)  # padded batches across windows
+
+
+@pytest.mark.parametrize("instruction", [None, "Retrieve the matching fault case", "  Find cases? ", "查找故障。",
+                                         "   ", "Represent the user's input."])
+def test_embedder_instructions_equal_reference(embedder: Embedder, ref_embedder: ReferenceEmbedder,
+                                               instruction: str | None) -> None:
+    items = [{"text": "E13 on the display"}, {"image": noise_image(34), "text": "fault"}]
+    ref = ref_embedder.embed([{**it, "instruction": instruction} for it in items])
+    _assert_vectors_close(embedder.embed(items, instruction=instruction), ref)  # call-level instruction
+    _assert_vectors_close(embedder.embed([{**it, "instruction": instruction} for it in items]), ref)  # per item
+    if instruction and instruction.strip():
+        assert np.abs(ref - ref_embedder.embed(items)).max() > 1e-4 or instruction == "Represent the user's input."
+
+
+def _rerank_cases(media_dir: Path) -> tuple[dict[str, dict], list[dict]]:
+    clip = str(media_dir / "clip.mp4")
+    queries = {
+        "image_text": {"image": noise_image(10), "text": "printer shows E13"},
+        "images": {"image": [noise_image(14, 96, 64), noise_image(15, 64, 96)], "text": "both sides"},
+        "video": {"video": clip, "text": "what now"},
+        "frames": {"video": [noise_image(i, 64, 64) for i in range(4)], "text": "this clip"},
+        "text": {"text": "only text"},
+        "empty": {},
+    }
+    docs = [
+        {"text": "Paper jam in tray 2: open the rear door"},
+        {"image": noise_image(11), "text": "Fuser error E13: replace the fuser unit"},  # images on both sides
+        {"image": str(media_dir / "a.png")},
+        {"image": [noise_image(12, 64, 96), noise_image(13, 96, 64)], "text": "two photos"},
+        {"video": clip, "text": "LED blinking pattern"},
+        {"video": [noise_image(20 + i, 64, 64) for i in range(3)]},
+        {},
+    ]
+    return queries, docs
+
+
+@pytest.mark.parametrize("query_kind", ["image_text", "images", "video", "frames", "text", "empty"])
+def test_reranker_equals_reference(reranker: Reranker, ref_reranker: ReferenceReranker, media_dir: Path,
+                                   query_kind: str) -> None:
+    queries, docs = _rerank_cases(media_dir)
+    query = queries[query_kind]
+    _, encoded = reranker.encode_pairs(query, docs)
+    for enc, doc in zip(encoded, docs):
+        assert enc.input_ids.tolist() == ref_reranker.inputs(query, doc)["input_ids"][0].tolist()
+    ref = np.array(ref_reranker.score(query, docs))
+    assert ((ref > 0) & (ref < 1)).all() and np.ptp(ref) > 1e-4, "scores must depend on the document"
+    configs: list[dict] = [{}, {"batch_size": 1}]  # shared prefix: batched (the default) and one document at a time
+    if query_kind in ("image_text", "video"):  # the plain padded path (costly with videos: two query kinds suffice)
+        configs.append({"share_prefix": False, "batch_size": 3})
+    for kwargs in configs:
+        ours = np.array(reranker.score(query, docs, **kwargs))
+        assert np.abs(ours - ref).max() <= SCORE_ATOL, kwargs
+
+
+@pytest.mark.parametrize("instruction", [None, "Find the case that fixes this fault", "Is this the same device?"])
+def test_reranker_instructions_equal_reference(reranker: Reranker, ref_reranker: ReferenceReranker,
+                                               instruction: str | None) -> None:
+    query = {"image": noise_image(16), "text": "E13"}
+    docs = [{"text": "fuser"}, {"image": noise_image(17), "text": "tray"}]
+    ref = np.array(ref_reranker.score(query, docs, instruction=instruction))
+    assert np.abs(np.array(reranker.score(query, docs, instruction=instruction)) - ref).max() <= SCORE_ATOL
+
+
+class _Counter:
+    """Forward hooks that record what the language model and the vision tower are given."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.lm_tokens: list[int] = []  # batch × sequence of every language-model forward
+        self.vision_patches: list[int] = []  # pixel rows (16×16×2 patches) of every vision-tower forward
+        self._handles = [
+            model.language_model.register_forward_pre_hook(self._lm, with_kwargs=True),
+            model.visual.register_forward_pre_hook(self._vision, with_kwargs=True),
+        ]
+
+    def _lm(self, _mod: object, args: tuple, kwargs: dict) -> None:
+        shape = kwargs["inputs_embeds"].shape  # Qwen3VLModel hands the text model embeddings (vision merged in)
+        self.lm_tokens.append(int(shape[0]) * int(shape[1]))
+
+    def _vision(self, _mod: object, args: tuple, kwargs: dict) -> None:
+        pixels = args[0] if args else kwargs["hidden_states"]
+        self.vision_patches.append(int(pixels.shape[0]))
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def test_rerank_shared_prefix_runs_the_prefix_once(reranker: Reranker, ref_reranker: ReferenceReranker,
+                                                   media_dir: Path) -> None:
+    """The query prefix (judge prompt, instruction, query image) goes through the model once for N documents."""
+    query = {"image": noise_image(10), "text": "printer shows E13"}
+    docs = [
+        {"text": "Paper jam in tray 2: open the rear door"},
+        {"image": noise_image(11), "text": "Fuser error E13"},
+        {"text": "Blinking amber LED means low toner"},
+        {"image": str(media_dir / "a.png")},
+        {"video": str(media_dir / "clip.mp4"), "text": "pump"},
+    ]
+    # expected counts from the reference's own tokenisation of each full pair
+    pair_inputs = [ref_reranker.inputs(query, d) for d in docs]
+    ids = [x["input_ids"][0].tolist() for x in pair_inputs]
+    prefix = 0
+    while all(len(x) > prefix + 1 for x in ids) and len({x[prefix] for x in ids}) == 1:
+        prefix += 1
+    tok = ref_reranker.processor.tokenizer
+    assert tok.decode(ids[0][:prefix]).endswith("\n<Document>:"), "premise: the documents differ from their first token"
+    q_patches = int(pair_inputs[0]["image_grid_thw"][0].prod())
+    doc_patches = []
+    for x in pair_inputs:
+        grids = [g for key in ("image_grid_thw", "video_grid_thw") if key in x for g in x[key]]
+        doc_patches.append(sum(int(g.prod()) for g in grids) - q_patches)
+
+    counter = _Counter(reranker.model)
+    try:
+        scores = reranker.score(query, docs, batch_size=1)
+    finally:
+        counter.close()
+    assert np.abs(np.array(scores) - np.array(ref_reranker.score(query, docs))).max() <= SCORE_ATOL
+    # one forward for the prefix, then one per document with only its suffix
+    assert counter.lm_tokens[0] == prefix
+    assert sorted(counter.lm_tokens[1:]) == sorted(len(x) - prefix for x in ids)
+    assert sum(counter.lm_tokens) == prefix + sum(len(x) - prefix for x in ids) < sum(len(x) for x in ids)
+    # the query image is encoded once, each document's media once
+    assert sum(counter.vision_patches) == q_patches + sum(doc_patches)
+
+    # batched documents: still one prefix pass; each batch is as wide as its longest suffix
+    counter = _Counter(reranker.model)
+    try:
+        reranker.score(query, docs, batch_size=len(docs))
+    finally:
+        counter.close()
+    assert counter.lm_tokens == [prefix, len(docs) * max(len(x) - prefix for x in ids)]
+    assert sum(counter.vision_patches) == q_patches + sum(doc_patches)
+
+
+def test_reference_is_independent_of_the_product() -> None:
+    """The oracle imports only the published stack, never the code it judges."""
+    import ast
+
+    import reference_qwen3vl
+
+    tree = ast.parse(Path(reference_qwen3vl.__file__).read_text())
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert roots <= {"__future__", "os", "unicodedata", "pathlib", "typing", "numpy", "torch", "PIL", "qwen_vl_utils",
+                     "transformers"}, roots
+
+
+def test_bench_models_uses_the_test_reference(tmp_path: Path) -> None:
+    """One copy of the reference: ``bench models`` loads this very file, and says so when a checkout lacks it."""
+    import reference_qwen3vl
+
+    from eval.bench_models import ReferenceUnavailable, load_reference
+
+    assert Path(load_reference().__file__).resolve() == Path(reference_qwen3vl.__file__).resolve()
+    with pytest.raises(ReferenceUnavailable, match=r"reference_qwen3vl.py.*source checkout"):
+        load_reference(tmp_path / "tests" / "reference_qwen3vl.py")
 
 
 # -- generator ---------------------------------------------------------------------------------------------------------

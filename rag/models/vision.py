@@ -242,7 +242,13 @@ def read_video_frames(path: str, fps: float, max_frames: int, budget: VisionBudg
 
 
 def _resize_video(video: torch.Tensor, budget: VisionBudget) -> torch.Tensor:
-    """qwen-vl-utils' per-frame budget: min 128 tokens, max min(frame cap, total/n·2)."""
+    """qwen-vl-utils' per-frame budget: min 128 tokens, max min(frame cap, total/n·2).
+
+    The official code passes the total budget for frame lists only; for a video *file* it leaves qwen-vl-utils'
+    128k-token default, so a file with n > 20 sampled frames keeps frames up to 768·32² pixels where the total budget
+    allows 20·768/n·32², and 64 such frames need 24k tokens, beyond max_length. Files keep the total budget here;
+    within it both give the same frames (the tests compare with an independent reference).
+    """
     from torchvision import transforms
     from torchvision.transforms import InterpolationMode
 
