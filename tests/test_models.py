@@ -272,7 +272,7 @@ def _embed_cases(media_dir: Path) -> dict[str, dict]:
         "texts": {"text": ["first line", "second line"]},
         "image_path": {"image": str(media_dir / "b.jpg")},
         "image_pil": {"image": noise_image(30, 200, 90)},
-        "image_small": {"image": noise_image(31, 20, 20)},  # below min_pixels: upscaled
+        "image_small": {"image": noise_image(31, 32, 32)},  # below min_pixels (64x64) but at the minimum side: upscaled
         "image_text": {"image": str(media_dir / "a.png"), "text": "what is wrong"},
         "images": {"image": [noise_image(32, 64, 96), str(media_dir / "a.png")], "text": "two photos"},
         "video_path": {"video": clip, "text": "blinking"},
