@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import zipfile
@@ -54,6 +53,7 @@ from knowledge_base.ingest import (
 from knowledge_base.media_store import MediaError, MediaStore
 from knowledge_base.schema import Case, CaseInput, MediaItem
 from rag.config import Settings
+from rag.fileio import atomic_writer
 from rag.store import EdgeStore, StoreError, StoreMeta, StoreMismatchError, VectorPoint, VectorStore, open_store, point_id, store_kwargs_from_settings
 from rag.validation import InputRejected, confine_path
 
@@ -582,23 +582,15 @@ class KnowledgeBase:
         manifest = {"format": BACKUP_FORMAT, "version": 1, "exported_at": _now().isoformat(), "cases": len(cases),
                     "media_files": len(paths), "store": self.store.meta.model_dump(mode="json"),
                     "content_hashes": hashes}
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr("manifest.json", json.dumps(manifest, indent=2))
-                zf.writestr("cases.jsonl", "".join(c.model_dump_json() + "\n" for c in cases))
-                for rel in paths:
-                    src = self.media.path(rel)
-                    if not src.is_file():
-                        log.warning("export: media file %s is missing; run `ragvqa kb check`", rel)
-                        continue
-                    zf.write(src, f"media/{rel}", compress_type=zipfile.ZIP_STORED)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_writer(dest) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("manifest.json", json.dumps(manifest, indent=2))
+            zf.writestr("cases.jsonl", "".join(c.model_dump_json() + "\n" for c in cases))
+            for rel in paths:
+                src = self.media.path(rel)
+                if not src.is_file():
+                    log.warning("export: media file %s is missing; run `ragvqa kb check`", rel)
+                    continue
+                zf.write(src, f"media/{rel}", compress_type=zipfile.ZIP_STORED)
         log.info("exported %d cases and %d media files to %s", len(cases), len(paths), dest)
         return dest
 

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field, ValidationError
+from pydantic import Field, JsonValue, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from knowledge_base.archive import MediaSource, SourceCase, format_validation_error
@@ -39,6 +39,7 @@ from knowledge_base.media_store import MediaError, MediaStore
 from knowledge_base.pdf import PdfError, is_pdf, render_pdf_pages
 from knowledge_base.schema import Case, CaseInput, CaseLink, MediaItem
 from rag.models.embedder import EmbeddingError
+from rag.payload import MediaPointPayload, TextPointPayload
 from rag.store import VectorPoint, VectorStore, point_id
 from rag.store.base import check_payload
 from rag.validation import InputRejected, Limits, check_pdf
@@ -192,22 +193,26 @@ def case_content_hash(case: Case) -> str:
     return "sha256:" + hashlib.sha256(_canon({"v": RECIPE_VERSION, "case": fields, "media": media})).hexdigest()
 
 
-def _common(case: Case) -> dict[str, Any]:
+def _common(case: Case) -> dict[str, str | list[str]]:
     return {"case_id": case.id, "product_line": case.product_line, "equipment_model": case.equipment_model,
             "tags": list(case.tags), "title": case.title}
 
 
-def text_payload(case: Case, content_hash: str, embedder_id: str) -> dict[str, Any]:
-    """Payload of a case's text point (the pipeline reads ``case`` and ``document`` from it)."""
-    return {**_common(case), "media_id": None, "kind": "text", "case": case.model_dump(mode="json"),
-            "document": case.document_text(), "content_hash": content_hash, "embedder": embedder_id}
+def text_payload(case: Case, content_hash: str, embedder_id: str) -> dict[str, JsonValue]:
+    """Payload of a case's text point (``rag.payload.TextPointPayload`` as stored JSON)."""
+    return TextPointPayload.model_validate({
+        **_common(case), "case": case.model_dump(mode="json"), "document": case.document_text(),
+        "content_hash": content_hash, "embedder": embedder_id,
+    }).model_dump(mode="json")
 
 
-def media_payload(case: Case, item: MediaItem, embedder_id: str) -> dict[str, Any]:
-    """Payload of a media point; paths are relative to the media root (``data_dir/media``)."""
-    return {**_common(case), "media_id": item.id, "kind": item.kind, "media_path": item.path,
-            "thumbnail": item.thumbnail, "caption": item.caption, "page": item.page, "sha256": item.sha256,
-            "embedder": embedder_id}
+def media_payload(case: Case, item: MediaItem, embedder_id: str) -> dict[str, JsonValue]:
+    """Payload of a media point (``rag.payload.MediaPointPayload``); paths are relative to the media root."""
+    return MediaPointPayload.model_validate({
+        **_common(case), "media_id": item.id, "kind": item.kind, "media_path": item.path,
+        "thumbnail": item.thumbnail, "caption": item.caption, "page": item.page, "sha256": item.sha256,
+        "embedder": embedder_id,
+    }).model_dump(mode="json")
 
 
 def same_payload(stored: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:

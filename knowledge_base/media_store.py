@@ -27,6 +27,7 @@ from typing import BinaryIO, Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from knowledge_base.schema import MediaItem, MediaKind
+from rag.fileio import replace_durably, write_atomic
 from rag.validation import MIN_IMAGE_SIDE, InputRejected, check_image_size, display_size, to_8bit
 
 __all__ = ["MediaError", "MediaStore", "StoredKind", "StoredMedia", "THUMB_DIR"]
@@ -237,8 +238,7 @@ class MediaStore:
         created = not final.is_file()
         if created:
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            replace_durably(tmp, final)
             log.info("stored %s as %s (%s, %s)", name, rel, probe.mime, _mb(size))
         else:
             log.debug("%s already stored as %s", name, rel)
@@ -285,18 +285,7 @@ class MediaStore:
         return n
 
     def _write_atomic(self, rel: str, data: bytes) -> None:
-        tmp = self._tmp_path()
-        try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            final = self.root / rel
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
-        finally:
-            _unlink_quiet(tmp)
+        write_atomic(self.root / rel, data, tmp=self._tmp_path())
 
     # ----------------------------------------------------------------------------------- sniffing
 
@@ -578,17 +567,3 @@ def _unlink_quiet(p: Path) -> None:
         p.unlink()
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(d: Path) -> None:
-    """Persist the directory entry of a rename (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

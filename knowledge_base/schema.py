@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rag.payload import MediaKind
+
 __all__ = [
     "CASE_ID_PATTERN",
     "LIMITS",
@@ -33,7 +35,6 @@ __all__ = [
     "slugify",
 ]
 
-MediaKind = Literal["image", "video", "pdf_page"]
 Severity = Literal["low", "medium", "high", "critical"]
 LinkRelation = Literal["near_duplicate", "related", "supersedes", "superseded_by"]
 

@@ -144,3 +144,76 @@ def test_deterministic(kb: SampleKB, tmp_path: Path) -> None:
     assert first == second, sorted(k for k in first if first[k] != second.get(k))
     for rel, digest in first.items():
         assert _sha(kb.root / rel) == digest
+
+
+#: sha256 of the text files built from the case specs when they were still Python (commit 7e5e245); the media
+#: bytes depend on Pillow/PyAV/zlib versions, these do not. Changing ``cases.json`` on purpose changes them: update
+#: both values in the same commit.
+GOLDEN_TEXT_SHA256 = {
+    "cases.jsonl": "a2f0af74c0a462fefac4f2cac2ecc1ac2c62f7ca3d58812c69c54ac26306b356",
+    "eval.jsonl": "acac9a5db740101fc3be0216526323e39cb16e888ec0cb893c3f954f8b6311db",
+}
+
+
+def test_cases_and_eval_text_unchanged_since_specs_became_data(kb: SampleKB) -> None:
+    got = {name: _sha(kb.root / name) for name in GOLDEN_TEXT_SHA256}
+    assert got == GOLDEN_TEXT_SHA256
+
+
+def test_reading_the_catalog_does_not_import_the_drawing_code() -> None:
+    """Specs are data: the app and tools read them without Pillow drawing code; only building renders."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, knowledge_base.sample as s\n"
+        "from knowledge_base.sample.catalog import load_catalog\n"
+        "c = load_catalog()\n"
+        "drawing = {'knowledge_base.sample.scenes', 'knowledge_base.sample.draw', 'knowledge_base.sample.augment',\n"
+        "           'knowledge_base.sample.builder'}\n"
+        "print(len(c.cases), sorted(drawing & set(sys.modules)))\n"
+        "s.build_sample_kb\n"
+        "print(sorted(drawing & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["47 []", "['knowledge_base.sample.augment', 'knowledge_base.sample.builder', "
+                   "'knowledge_base.sample.draw', 'knowledge_base.sample.scenes']"]
+
+
+def _catalog_dict() -> dict:
+    from knowledge_base.sample.catalog import CATALOG_JSON
+
+    return json.loads(CATALOG_JSON.read_text("utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda d: d["cases"].append(d["cases"][0]), "duplicate case ids: ['prn-lx4200-e204-tray2-jam']"),
+        (lambda d: d["cases"][1].update(links=[{"case_id": "nope", "relation": "related"}]), "links to unknown case(s) ['nope']"),
+        (lambda d: d["cases"][2].update(product_line="Toasters"), "product line 'Toasters' is not in product_lines"),
+        (lambda d: d["cases"][3].update(severity="urgent"), "severity"),
+        (lambda d: d["cases"][4].update(colour="red"), "colour"),
+        (lambda d: d["manual_pages"][0].update(case_id="gone"), "unknown case(s) ['gone']"),
+    ],
+)
+def test_bad_catalog_file_is_refused_with_the_reason(tmp_path: Path, break_it, message: str) -> None:
+    from knowledge_base.sample.catalog import load_catalog
+
+    d = _catalog_dict()
+    break_it(d)
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps(d), "utf-8")
+    with pytest.raises(ValueError) as e:
+        load_catalog(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_shipped_catalog_round_trips(tmp_path: Path) -> None:
+    """The shipped file is valid and loading a copy of it gives the same specs (no hidden defaults)."""
+    from knowledge_base.sample.catalog import load_catalog
+
+    path = tmp_path / "copy.json"
+    path.write_text(json.dumps(_catalog_dict()), "utf-8")
+    assert load_catalog(path) == load_catalog()
+    assert len(load_catalog().cases) == 47

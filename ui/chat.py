@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from rag.payload import PICTURE_KINDS
 from rag.pipeline import Answer, CaseCandidate, Query, QueryError, Turn
 from ui.media import (QueryMedia, UploadError, display_name, editor_image, load_query_image, prepare_uploads, save_image,
                       upload_roots)
@@ -82,7 +83,7 @@ class ChatTab:
     def gallery(self, cases: list[CaseCandidate], cited: list[str] | None = None) -> list[tuple[str, str]]:
         out = []
         for c in cases:
-            img = c.thumbnail or (c.media_path if c.media_kind in ("image", "pdf_page") else None)
+            img = c.thumbnail or (c.media_path if c.media_kind in PICTURE_KINDS else None)
             if not img or not Path(img).exists():
                 img = self.placeholder()
             out.append((img, caption(c, cited or [])))
@@ -263,7 +264,7 @@ class ChatTab:
 
         out = []
         for m in (c.case or {}).get("media", [])[:12]:
-            thumb = resolve_media(self.s.media_root, m.get("thumbnail") or (m.get("path") if m.get("kind") != "video" else None))
+            thumb = resolve_media(self.s.media_root, m.get("thumbnail") or (m.get("path") if m.get("kind") in PICTURE_KINDS else None))
             if thumb and Path(thumb).exists():
                 label = m.get("kind", "")
                 if m.get("page"):

@@ -33,15 +33,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from knowledge_base.sample import augment
-from knowledge_base.sample.catalog import (
-    ABSTAIN_IMAGES,
-    ABSTAIN_TEXT,
-    CASE_BY_ID,
-    CASES,
-    MANUAL_PAGES,
-    PRODUCT_LINES,
-    Spec,
-)
+from knowledge_base.sample.catalog import Catalog, Spec, load_catalog
 from knowledge_base.sample.scenes import render, render_pump_gauge_frames
 from knowledge_base.schema import CaseInput, EvalQuery
 
@@ -137,14 +129,15 @@ def build_sample_kb(dest: Path | str, *, seed: int = 0, workers: int | None = No
     ``workers`` = threads for rendering/encoding (default: CPU count, max 8); output does not depend on it.
     """
     t0 = time.perf_counter()
+    cat = load_catalog()
     root = Path(dest).resolve()
     root.mkdir(parents=True, exist_ok=True)
     w = _Writer(root)
     jobs: list[Job] = []
 
     # ---- KB pictures
-    media_rel: dict[str, list[dict[str, Any]]] = {c.id: [] for c in CASES}
-    for case in CASES:
+    media_rel: dict[str, list[dict[str, Any]]] = {c.id: [] for c in cat.cases}
+    for case in cat.cases:
         for k, im in enumerate(case.images, 1):
             rel = f"media/{case.id}_{k}.png"
             jobs.append(partial(_kb_image_job, rel, im.scene, im.params, seed, case.id, k))
@@ -152,32 +145,32 @@ def build_sample_kb(dest: Path | str, *, seed: int = 0, workers: int | None = No
 
     # ---- service manual (multi-page PDF); each page belongs to a case
     manual_rel = f"media/{MANUAL_NAME}"
-    pages = _manual_pages(seed)
+    pages = _manual_pages(cat, seed)
     jobs.append(lambda: [(manual_rel, _pdf(pages))])
-    for page_no, (case_id, spec) in enumerate(MANUAL_PAGES, 1):
-        media_rel[case_id].append(
-            {"path": manual_rel, "kind": "pdf_page", "page": page_no, "caption": f"{MANUAL_TITLE}, p. {page_no}: {spec['title']}"}
+    for page_no, mp in enumerate(cat.manual_pages, 1):
+        media_rel[mp.case_id].append(
+            {"path": manual_rel, "kind": "pdf_page", "page": page_no, "caption": f"{MANUAL_TITLE}, p. {page_no}: {mp.page['title']}"}
         )
 
     # ---- video clips
     hvac_rel = f"media/{HVAC_VIDEO_CASE}_blink.mp4"
-    jobs.append(lambda: [(hvac_rel, _mp4(_hvac_blink_frames(_rng(seed, "kb", HVAC_VIDEO_CASE, "video")), VIDEO_FPS))])
+    jobs.append(lambda: [(hvac_rel, _mp4(_hvac_blink_frames(cat, _rng(seed, "kb", HVAC_VIDEO_CASE, "video")), VIDEO_FPS))])
     media_rel[HVAC_VIDEO_CASE].append(
         {"path": hvac_rel, "kind": "video", "caption": "Clip: RTU-48 board, red FAULT LED flashing 3 times then pausing (HP)"})
     pump_rel = f"media/{PUMP_VIDEO_CASE}_gauges.mp4"
-    jobs.append(lambda: [(pump_rel, _mp4(_pump_frames(_rng(seed, "kb", PUMP_VIDEO_CASE, "video"), phase=0.0), VIDEO_FPS))])
+    jobs.append(lambda: [(pump_rel, _mp4(_pump_frames(cat, _rng(seed, "kb", PUMP_VIDEO_CASE, "video"), phase=0.0), VIDEO_FPS))])
     media_rel[PUMP_VIDEO_CASE].append(
         {"path": pump_rel, "kind": "video", "caption": "Clip: CP-150 discharge needle fluctuating 3-5 bar, suction in vacuum"})
 
     # ---- cases.jsonl (validated through the schema so the catalog cannot drift from it)
     rows = []
-    for case in CASES:
+    for case in cat.cases:
         row = _case_row(case, media_rel[case.id])
         CaseInput.model_validate(row)
         rows.append(json.dumps(row, ensure_ascii=False))
 
     # ---- eval set (query media are produced by jobs too)
-    queries = _eval_queries(jobs, seed, pages)
+    queries = _eval_queries(cat, jobs, seed, pages)
     lines = []
     for q in queries:
         EvalQuery.model_validate(q)
@@ -191,7 +184,7 @@ def build_sample_kb(dest: Path | str, *, seed: int = 0, workers: int | None = No
     manifest = dict(sorted(w.hashes.items()))
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", "utf-8")
     log.info("sample KB: %d cases, %d eval queries, %d files in %.1fs -> %s",
-             len(CASES), len(queries), len(manifest), time.perf_counter() - t0, root)
+             len(cat.cases), len(queries), len(manifest), time.perf_counter() - t0, root)
     return SampleKB(
         root=root,
         cases_jsonl=root / "cases.jsonl",
@@ -202,7 +195,7 @@ def build_sample_kb(dest: Path | str, *, seed: int = 0, workers: int | None = No
         video=root / hvac_rel,
         videos=[root / hvac_rel, root / pump_rel],
         manifest=root / "manifest.json",
-        n_cases=len(CASES),
+        n_cases=len(cat.cases),
         n_queries=len(queries),
     )
 
@@ -227,8 +220,8 @@ def _case_row(case: Spec, media: list[dict[str, Any]]) -> dict[str, Any]:
         "tags": case.tags,
         "severity": case.severity,
         "source": "sample-kb",
-        "links": [{"case_id": cid, "relation": rel} for cid, rel in case.links],
-        "created_at": f"{case.created}T09:00:00Z",
+        "links": [link.model_dump() for link in case.links],
+        "created_at": f"{case.created.isoformat()}T09:00:00Z",
         "media": media,
     }
 
@@ -236,13 +229,13 @@ def _case_row(case: Spec, media: list[dict[str, Any]]) -> dict[str, Any]:
 # ============================================================================================ manual
 
 
-def _manual_pages(seed: int) -> list[Image.Image]:
+def _manual_pages(cat: Catalog, seed: int) -> list[Image.Image]:
     pages = []
-    for n, (_case_id, spec) in enumerate(MANUAL_PAGES, 1):
-        p = dict(spec)
-        scene, params = p.pop("diagram")
-        p["diagram"] = render(scene, params, _rng(seed, "manual-figure", n))
-        p.update(manual=MANUAL_TITLE, section=f"Section {spec['title'].split()[0]}", page_label=f"Page {n} of {len(MANUAL_PAGES)}",
+    n_pages = len(cat.manual_pages)
+    for n, mp in enumerate(cat.manual_pages, 1):
+        p: dict[str, Any] = dict(mp.page)
+        p["diagram"] = render(mp.diagram.scene, mp.diagram.params, _rng(seed, "manual-figure", n))
+        p.update(manual=MANUAL_TITLE, section=f"Section {str(mp.page['title']).split()[0]}", page_label=f"Page {n} of {n_pages}",
                  footer="For authorised service personnel only - rev. C")
         pages.append(render("manual_page", p, _rng(seed, "manual", n)))
     return pages
@@ -261,10 +254,10 @@ def _pdf(pages: list[Image.Image]) -> bytes:
 # ============================================================================================ video
 
 
-def _hvac_blink_frames(rng: random.Random, size: tuple[int, int] = (384, 272), fps: int = VIDEO_FPS,
+def _hvac_blink_frames(cat: Catalog, rng: random.Random, size: tuple[int, int] = (384, 272), fps: int = VIDEO_FPS,
                        seconds: float = 2.6) -> list[Image.Image]:
     """RTU-48 board with the FAULT LED flashing 3 times, then a pause (flash code 3 = high pressure)."""
-    spec = CASE_BY_ID[HVAC_VIDEO_CASE].images[0].params
+    spec = cat.case_by_id[HVAC_VIDEO_CASE].images[0].params
     scene_seed = rng.getrandbits(32)  # same incidental details in both renderings: only the LED changes
     on_p = dict(spec, leds=[("STATUS", "green", "on"), ("FAULT", "red", "on"), ("ECON", "amber", "off")])
     off_p = dict(spec, leds=[("STATUS", "green", "on"), ("FAULT", "red", "off"), ("ECON", "amber", "off")])
@@ -278,10 +271,10 @@ def _hvac_blink_frames(rng: random.Random, size: tuple[int, int] = (384, 272), f
     return frames
 
 
-def _pump_frames(rng: random.Random, phase: float, size: tuple[int, int] = (384, 240), fps: int = VIDEO_FPS,
+def _pump_frames(cat: Catalog, rng: random.Random, phase: float, size: tuple[int, int] = (384, 240), fps: int = VIDEO_FPS,
                  seconds: float = 2.5) -> list[Image.Image]:
     """CP-150 gauges: discharge needle swinging 3-5 bar, suction flickering around -0.6 bar (cavitation)."""
-    p = CASE_BY_ID[PUMP_VIDEO_CASE].images[0].params
+    p = cat.case_by_id[PUMP_VIDEO_CASE].images[0].params
     n = int(seconds * fps)
     jitter = [rng.uniform(-0.25, 0.25) for _ in range(n)]
     dis = [4.0 + 0.9 * math.sin(2 * math.pi * 1.3 * i / fps + phase) + jitter[i] for i in range(n)]
@@ -357,8 +350,8 @@ def _mp4(frames: list[Image.Image], fps: int) -> bytes:
 
 def _relevant(case: Spec) -> dict[str, int]:
     rel = {case.id: 2}
-    for cid, _relation in case.links:
-        rel.setdefault(cid, 1)
+    for link in case.links:
+        rel.setdefault(link.case_id, 1)
     return rel
 
 
@@ -367,7 +360,7 @@ def _reference(case: Spec) -> str:
     return f"This matches case {case.id}: {case.title}. Cause: {case.cause} Fix: {steps}"
 
 
-def _eval_queries(jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -> list[dict[str, Any]]:
+def _eval_queries(cat: Catalog, jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -> list[dict[str, Any]]:
     """Build the eval rows; media generation is appended to ``jobs``.
 
     Every picture query ends up as JPEG (all recipes encode JPEG), so file names are known before the jobs run.
@@ -410,7 +403,7 @@ def _eval_queries(jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -
         return rel, augment.DESCRIPTIONS[recipe]
 
     # 1) one picture query per case: a re-rendering (other incidental details) + a photo-like recipe
-    for i, case in enumerate(CASES):
+    for i, case in enumerate(cat.cases):
         k = 0 if len(case.images) == 1 else i % 2
         im = case.images[k]
         recipe = "rescaled_jpeg" if im.scene == "pos_dialog" and i % 2 else augment.RECIPES[i % len(augment.RECIPES)]
@@ -421,18 +414,18 @@ def _eval_queries(jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -
             image=rel, relevant=_relevant(case), case=case, filters=filters, variant=f"re-rendered; {how}")
 
     # 2) text-only questions, worded differently from the case text
-    for i, case in enumerate(c for c in CASES if c.ask):
+    for i, case in enumerate(c for c in cat.cases if c.ask):
         filters = {"product_line": case.product_line} if i % 4 == 1 else None
         add("text", text=case.ask, relevant=_relevant(case), case=case, filters=filters, variant="paraphrased question")
 
     # 3) video queries: the same faults filmed differently
-    hv = CASE_BY_ID[HVAC_VIDEO_CASE]
+    hv = cat.case_by_id[HVAC_VIDEO_CASE]
     for j, question in enumerate((None, "What does this blinking red light mean?")):
         rel = f"eval_media/{next_id()}.mp4"
 
         def hvac_job(rel: str = rel, j: int = j) -> list[tuple[str, bytes]]:
             rng = _rng(seed, "query-video", hv.id, j)
-            frames = _hvac_blink_frames(rng, size=(352, 256))
+            frames = _hvac_blink_frames(cat, rng, size=(352, 256))
             frames = frames[3 * (j + 1):] + frames[: 3 * (j + 1)]  # start at another point of the blink cycle
             frames, _how = augment.transform_frames(frames, rng)
             return [(rel, _mp4(frames, VIDEO_FPS))]
@@ -440,12 +433,12 @@ def _eval_queries(jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -
         jobs.append(hvac_job)
         add("video", text=question, video=rel, relevant=_relevant(hv), case=hv,
             variant=f"re-rendered, phase-shifted; {augment.CLIP_DESCRIPTION}")
-    pc = CASE_BY_ID[PUMP_VIDEO_CASE]
+    pc = cat.case_by_id[PUMP_VIDEO_CASE]
     rel = f"eval_media/{next_id()}.mp4"
 
     def pump_job(rel: str = rel) -> list[tuple[str, bytes]]:
         rng = _rng(seed, "query-video", pc.id)
-        frames, _how = augment.transform_frames(_pump_frames(rng, phase=1.1, size=(360, 224)), rng)
+        frames, _how = augment.transform_frames(_pump_frames(cat, rng, phase=1.1, size=(360, 224)), rng)
         return [(rel, _mp4(frames, VIDEO_FPS))]
 
     jobs.append(pump_job)
@@ -454,20 +447,20 @@ def _eval_queries(jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -
 
     # 4) photos of manual pages
     for page_no in (2, 4):
-        case = CASE_BY_ID[MANUAL_PAGES[page_no - 1][0]]
+        case = cat.case_by_id[cat.manual_pages[page_no - 1].case_id]
         page = manual_pages[page_no - 1]
         rel, how = picture(next_id(), lambda _rng_, page=page: page, "phone_photo", (seed, "query-manual", page_no))
         add("image+text", text="Found this page in the service binder - which fault is it about and what do I do?", image=rel,
             relevant=_relevant(case), case=case, variant=f"photo of manual page {page_no}; {how}")
 
     # 5) out-of-KB questions: the app should say it has no matching case
-    for text in ABSTAIN_TEXT:
+    for text in cat.abstain_text:
         add("text", text=text, variant="out of KB")
-    for j, (params, question) in enumerate(ABSTAIN_IMAGES):
+    for j, oob in enumerate(cat.abstain_images):
         recipe = augment.RECIPES[j % len(augment.RECIPES)]
-        rel, how = picture(next_id(), partial(render, "appliance", params), recipe, (seed, "query-abstain", j))
-        add("image+text" if question else "image", text=question, image=rel, variant=f"out of KB; {how}")
+        rel, how = picture(next_id(), partial(render, "appliance", oob.params), recipe, (seed, "query-abstain", j))
+        add("image+text" if oob.question else "image", text=oob.question, image=rel, variant=f"out of KB; {how}")
 
-    assert {c for q in queries for c in q["relevant"]} <= set(CASE_BY_ID), "eval references an unknown case"
-    assert len({c.product_line for c in CASES}) == len(PRODUCT_LINES)
+    assert {c for q in queries for c in q["relevant"]} <= set(cat.case_by_id), "eval references an unknown case"
+    assert len({c.product_line for c in cat.cases}) == len(cat.product_lines)
     return queries

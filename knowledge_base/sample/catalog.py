@@ -1,32 +1,55 @@
-"""The sample fault cases: texts, how their pictures are drawn, paraphrased questions and key facts.
+"""The sample fault cases as data: ``cases.json`` (texts, how their pictures are drawn, questions, key facts).
 
 Equipment and brands are fictional (Printek, Climatec, Hydra, PayStation) but faults, codes and fixes follow
 real service practice, so retrieval and generation are exercised on realistic language.
+
+The specs live in a data file so that cases (other languages, fault families, related pairs) are added without
+touching code, and so that reading them never imports the drawing code (``scenes``/``draw``): only
+``builder.build_sample_kb`` renders pictures.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import json
+from datetime import date
+from functools import cached_property, lru_cache
+from pathlib import Path
 
-PRINTERS = "Office laser printers"
-HVAC = "HVAC rooftop units & thermostats"
-PUMPS = "Industrial centrifugal pumps"
-POS = "POS terminals"
-PRODUCT_LINES = (PRINTERS, HVAC, PUMPS, POS)
+from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError, model_validator
+
+from knowledge_base.schema import LinkRelation, Severity
+
+__all__ = ["CATALOG_JSON", "Catalog", "Img", "Link", "ManualPage", "OutOfKBImage", "Spec", "load_catalog"]
+
+#: The shipped catalog (package data, next to this module).
+CATALOG_JSON = Path(__file__).with_name("cases.json")
+
+#: Parameters of one scene renderer (``scenes.render(scene, params, rng)``); each scene documents its own keys.
+SceneParams = dict[str, JsonValue]
 
 
-@dataclass(frozen=True)
-class Img:
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Img(_Frozen):
     """One picture of a case: scene renderer name, its parameters and the caption stored with it."""
 
     scene: str
-    params: dict[str, Any]
+    params: SceneParams
     caption: str
 
 
-@dataclass(frozen=True)
-class Spec:
+class Link(_Frozen):
+    """A typed link to another case (written to ``cases.jsonl`` as is; linked cases count as partly relevant)."""
+
+    case_id: str
+    relation: LinkRelation
+
+
+class Spec(_Frozen):
+    """One fault case: the ``CaseInput`` fields plus what the generator needs (pictures, eval question, key facts)."""
+
     id: str
     title: str
     product_line: str
@@ -36,1137 +59,93 @@ class Spec:
     solution: list[str]
     error_codes: list[str]
     tags: list[str]
-    severity: str
+    severity: Severity
     images: list[Img]
+    #: Phrases a correct answer mentions (answer evaluation).
     key_facts: list[str]
-    created: str
+    #: Day the case was written (``created_at`` = that day, 09:00 UTC).
+    created: date
+    #: A paraphrased text-only eval question, if any.
     ask: str | None = None
-    links: list[tuple[str, str]] = field(default_factory=list)
+    links: list[Link] = []
 
 
-LX4200, CX3100, LX5600 = "Printek LX-4200", "Printek CX-3100", "Printek LX-5600 MFP"
-RTU48, RTU60, T600 = "Climatec RTU-48", "Climatec RTU-60", "Climatec T-600 thermostat"
-CP150, CP80, HD7 = "Hydra CP-150", "Hydra CP-80", "Hydra Drive HD-7 VFD"
-P10, M3 = "PayStation P10", "PayStation M3"
+class Diagram(_Frozen):
+    """The figure drawn on a manual page."""
 
-_RED_ZONE = (230, 60, 40)
-_GREEN_ZONE = (60, 170, 80)
+    scene: str
+    params: SceneParams
 
 
-def _board(code: str, fault: str, status: str = "on", comm: str = "off", layout: str = "rtu48", flashes: int | None = None, model: str = RTU48) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "model": model,
-        "code": code,
-        "layout": layout,
-        "leds": [("STATUS", "green", status), ("FAULT", "red", fault), ("ECON" if layout == "rtu48" else "COMM", "amber", comm)],
-    }
-    if flashes:
-        p["flashes"] = flashes
-    return p
+class ManualPage(_Frozen):
+    """One page of the LX-4200 service manual and the case it belongs to; ``page`` goes to the ``manual_page`` scene."""
+
+    case_id: str
+    page: SceneParams
+    diagram: Diagram
 
 
-def _pump(model: str, s: float, dsc: float, *, smin: float = -1, smax: float = 3, dmax: float = 16, s_ghost=None, d_ghost=None, note: str = "") -> dict[str, Any]:
-    return {
-        "model": model,
-        "suction": {"value": s, "min": smin, "max": smax, "zones": [(smin, -0.3, _RED_ZONE)], "ghost": s_ghost},
-        "discharge": {"value": dsc, "min": 0, "max": dmax, "zones": [(5, 8, _GREEN_ZONE), (dmax * 0.8, dmax, _RED_ZONE)], "ghost": d_ghost},
-        "plate": [model.upper(), "Q 120 m3/h  H 55 m" if "150" in model else "Q 40 m3/h  H 42 m"],
-        "note": note,
-    }
+class OutOfKBImage(_Frozen):
+    """A picture of equipment the KB does not cover (``appliance`` scene), with an optional question."""
+
+    params: SceneParams
+    question: str | None = None
 
 
-CASES: list[Spec] = [
-    # ================================================================================ printers
-    Spec(
-        id="prn-lx4200-e204-tray2-jam",
-        title="E-204 paper jam at Tray 2 pickup",
-        product_line=PRINTERS,
-        equipment_model=LX4200,
-        symptom="Printer stops with E-204 PAPER JAM TRAY 2 on the LCD, usually on the first sheet of a job. "
-        "The sheet is found half-fed at the tray 2 pickup area and the error comes back several times a day after clearing.",
-        cause="Worn tray 2 pickup roller and separation pad (rubber glazed after about 150,000 pages) slip and feed the "
-        "sheet late, so the paper-path sensor PS2 times out.",
-        solution=[
-            "Open tray 2 and remove the partly fed sheet; check for torn pieces behind the tray.",
-            "Clean the pickup roller and separation pad with a lint-free cloth dampened with water.",
-            "If more than 150,000 pages were printed since the last service, replace the tray 2 roller kit RK-4200-T2.",
-            "Check that the paper guides touch the stack and that the paper is 60-105 g/m2 and fanned.",
-            "Print 20 test pages from tray 2 to confirm.",
-        ],
-        error_codes=["E-204"],
-        tags=["paper jam", "tray 2", "pickup roller", "paper feed"],
-        severity="medium",
-        images=[
-            Img("printer_lcd", {"model": "LX-4200", "lines": ["E-204 PAPER JAM", "TRAY 2", "OPEN TRAY 2 AND", "REMOVE PAPER"], "backlight": "green", "leds": {"ready": "off", "attention": "on"}}, "LX-4200 control panel LCD showing E-204 PAPER JAM TRAY 2"),
-            Img("jam_diagram", {"model": "Printek LX-4200 paper path", "title": "E-204 Paper jam: Tray 2 pickup", "location": "tray2", "code": "E-204", "door": "Open tray 2"}, "Paper path diagram with the jam at the tray 2 pickup roller"),
-        ],
-        key_facts=["pickup roller", "separation pad", "RK-4200-T2"],
-        created="2024-01-15",
-        ask="Printer keeps reporting a jam in the second drawer even though I pulled the paper out. Which part should I replace?",
-        links=[("prn-cx3100-e204-tray2-jam", "near_duplicate")],
-    ),
-    Spec(
-        id="prn-lx4200-e212-fuser-jam",
-        title="E-212 paper jam in fuser area - sheet wrapped around fuser",
-        product_line=PRINTERS,
-        equipment_model=LX4200,
-        symptom="LCD shows E-212 JAM INSIDE / FUSER AREA. Paper comes out creased or stays wrapped around the fuser roller, "
-        "mostly when printing labels or glossy paper.",
-        cause="Media type left on Plain while printing heavy or glossy stock: fuser temperature is too low, toner sticks and "
-        "the sheet wraps around the fuser roller. A worn fuser film makes it worse.",
-        solution=[
-            "Switch the printer off and let the fuser cool for 30 minutes (it runs at about 200 C).",
-            "Open the rear door, lower the two green fuser release levers and pull the sheet out straight; never use tools.",
-            "Set the correct paper type (Heavy or Labels) in the driver and for the tray.",
-            "If sheets still wrap with plain paper, replace the fuser unit FU-4200.",
-        ],
-        error_codes=["E-212"],
-        tags=["paper jam", "fuser", "rear door", "labels"],
-        severity="medium",
-        images=[
-            Img("printer_lcd", {"model": "LX-4200", "lines": ["E-212 JAM INSIDE", "FUSER AREA", "OPEN REAR DOOR", "CAUTION: HOT!"], "backlight": "amber", "leds": {"ready": "off", "attention": "blink"}}, "LX-4200 LCD: E-212 JAM INSIDE, FUSER AREA, OPEN REAR DOOR"),
-            Img("jam_diagram", {"model": "Printek LX-4200 paper path", "title": "E-212 Jam inside: fuser area", "location": "fuser", "code": "E-212", "door": "Open rear door"}, "Paper path diagram with the sheet jammed in the fuser"),
-        ],
-        key_facts=["fuser", "let it cool", "paper type"],
-        created="2024-02-02",
-        ask="Labels get stuck and wrap around the hot roller inside the LX-4200, code E212. How do I get them out safely?",
-    ),
-    Spec(
-        id="prn-lx4200-e501-fuser-temp",
-        title="E-501 fuser temperature error - fuser does not heat",
-        product_line=PRINTERS,
-        equipment_model=LX4200,
-        symptom="About a minute after power-on the printer shows E-501 FUSER ERROR / CALL SERVICE. Cycling the power does not "
-        "clear it and nothing prints.",
-        cause="Fuser heater lamp open circuit or failed fuser thermistor (fuser unit at end of life); occasionally a loose "
-        "fuser connector CN12 after a jam repair.",
-        solution=[
-            "Switch off, wait 10 minutes, then reseat the fuser unit and its connector CN12.",
-            "Measure the heater lamp at the fuser connector: 10-20 ohm is normal, open circuit means the lamp has failed.",
-            "Replace the fuser unit FU-4200 with the right voltage version (120 V or 230 V).",
-            "Clear the error: hold OK + Stop while switching on and choose Reset E-501.",
-        ],
-        error_codes=["E-501"],
-        tags=["fuser", "heater lamp", "thermistor", "call service"],
-        severity="high",
-        images=[
-            Img("printer_lcd", {"model": "LX-4200", "lines": ["E-501 FUSER ERROR", "CALL SERVICE", "TURN OFF, THEN ON", ""], "backlight": "blue", "leds": {"ready": "off", "attention": "on"}}, "LX-4200 LCD (blue backlight): E-501 FUSER ERROR, CALL SERVICE"),
-        ],
-        key_facts=["fuser unit", "heater lamp", "thermistor"],
-        created="2024-02-20",
-        ask="The LX-4200 warms up for a minute and then says fuser error call service. Restarting doesn't help.",
-    ),
-    Spec(
-        id="prn-lx4200-e070-drum-end",
-        title="E-070 drum unit end of life - faint, streaky prints",
-        product_line=PRINTERS,
-        equipment_model=LX4200,
-        symptom="LCD shows E-070 REPLACE DRUM. Prints are light, with grey vertical streaks and small dots repeating every 94 mm down the page.",
-        cause="The drum (OPC) unit has reached its rated life of 50,000 pages and the photosensitive coating is worn; marks "
-        "repeating every 94 mm match the drum circumference.",
-        solution=[
-            "Replace the drum unit DR-4200 (the toner cartridge can stay).",
-            "Reset the drum counter: Menu > Machine Info > Reset Drum Counter.",
-            "Print the Print Quality test page to confirm the streaks are gone.",
-        ],
-        error_codes=["E-070"],
-        tags=["drum", "print quality", "streaks", "consumable"],
-        severity="low",
-        images=[
-            Img("printer_lcd", {"model": "LX-4200", "lines": ["E-070 REPLACE DRUM", "PRINTS MAY BE LIGHT", "DRUM LIFE: 0%", "READY"], "backlight": "white", "leds": {"ready": "on", "attention": "blink"}}, "LX-4200 LCD: E-070 REPLACE DRUM, DRUM LIFE 0%"),
-            Img("print_defect", {"model": "Printek LX-4200", "defect": "streaks", "streak_x": (150, 310, 445), "fade": 0.55, "period_px": 150}, "Test page: faint print, vertical grey streaks, dots repeating every 94 mm"),
-        ],
-        key_facts=["drum unit", "DR-4200", "reset the drum counter"],
-        created="2024-03-04",
-        ask="Prints come out faded with grey lines down the page and a dot that repeats. What consumable is worn?",
-    ),
-    Spec(
-        id="prn-lx4200-e013-toner-not-detected",
-        title="E-013 toner cartridge not detected after replacement",
-        product_line=PRINTERS,
-        equipment_model=LX4200,
-        symptom="Right after a new toner cartridge is installed the LCD shows E-013 NO TONER / CHECK CARTRIDGE and the printer refuses to print.",
-        cause="The orange shipping lock and sealing tape were left on the new cartridge, or a cartridge for another sales "
-        "region was fitted and its chip is rejected; rarely dirty chip contacts.",
-        solution=[
-            "Take the cartridge out and remove the orange shipping lock and the sealing tape.",
-            "Check the region code on the box: an EU LX-4200 needs TN-4200E cartridges.",
-            "Wipe the chip contacts with a dry cloth and reinstall the cartridge until it clicks.",
-            "Switch the printer off and on.",
-        ],
-        error_codes=["E-013"],
-        tags=["toner", "cartridge", "consumable", "chip"],
-        severity="low",
-        images=[
-            Img("printer_lcd", {"model": "LX-4200", "lines": ["E-013 NO TONER", "CHECK CARTRIDGE", "REMOVE SHIPPING", "LOCK (ORANGE)"], "backlight": "green", "leds": {"ready": "off", "attention": "blink"}}, "LX-4200 LCD: E-013 NO TONER, CHECK CARTRIDGE"),
-        ],
-        key_facts=["shipping lock", "sealing tape", "region"],
-        created="2024-03-18",
-        ask="Just swapped the toner and now the printer says there is no toner. What did we do wrong?",
-    ),
-    Spec(
-        id="prn-lx4200-e049-firmware",
-        title="E-049 firmware error - printer stuck at INITIALIZING",
-        product_line=PRINTERS,
-        equipment_model=LX4200,
-        symptom="After a network firmware push the printer hangs on INITIALIZING... and then shows E-049 FW ERROR; its web page is unreachable.",
-        cause="The firmware update was interrupted (power loss or network drop while flashing), leaving a corrupted firmware image.",
-        solution=[
-            "Switch off and unplug the network cable.",
-            "Copy firmware 3.12 or later to a FAT32 USB stick as LX4200.bin.",
-            "Hold Back + OK while switching on to enter recovery mode, insert the stick and confirm Update.",
-            "Do not switch off for 10 minutes; the printer restarts by itself.",
-        ],
-        error_codes=["E-049"],
-        tags=["firmware", "boot", "recovery mode", "network"],
-        severity="high",
-        images=[
-            Img("printer_lcd", {"model": "LX-4200", "lines": ["INITIALIZING...", "E-049 FW ERROR", "RECOVERY: HOLD", "BACK + OK AT POWER"], "backlight": "orange", "leds": {"ready": "blink", "data": "on", "attention": "on"}}, "LX-4200 LCD: INITIALIZING... E-049 FW ERROR"),
-        ],
-        key_facts=["recovery mode", "USB stick", "firmware"],
-        created="2024-04-09",
-    ),
-    Spec(
-        id="prn-cx3100-e204-tray2-jam",
-        title="E-204 double feed / jam at optional Tray 2 on CX-3100",
-        product_line=PRINTERS,
-        equipment_model=CX3100,
-        symptom="CX-3100 with the optional 550-sheet tray shows E-204 JAM TRAY2; sheets double-feed or stop at the tray entrance.",
-        cause="Glazed separation pad in the optional tray lets two sheets feed together; the tray connector is sometimes not "
-        "latched after the printer was moved.",
-        solution=[
-            "Remove the jammed sheets and check that the optional tray is latched under the printer.",
-            "Replace the separation pad SP-3100 and clean the pickup roller.",
-            "Fan the paper and do not fill the tray above the max mark.",
-        ],
-        error_codes=["E-204"],
-        tags=["paper jam", "tray 2", "double feed", "separation pad"],
-        severity="medium",
-        images=[
-            Img("printer_lcd", {"model": "CX-3100", "cols": 16, "lines": ["E-204 JAM TRAY2", "OPEN TRAY 2"], "backlight": "amber", "toner_leds": "0000", "leds": {"ready": "off", "attention": "on"}}, "CX-3100 2-line LCD: E-204 JAM TRAY2"),
-        ],
-        key_facts=["separation pad", "SP-3100", "latched"],
-        created="2024-04-22",
-        links=[("prn-lx4200-e204-tray2-jam", "near_duplicate")],
-    ),
-    Spec(
-        id="prn-cx3100-e420-laser-scanner",
-        title="E-420 laser scanner unit error with whining noise",
-        product_line=PRINTERS,
-        equipment_model=CX3100,
-        symptom="A high-pitched whine for a few seconds after a job starts, then E-420 LSU ERROR; sometimes a blank page comes out first.",
-        cause="The polygon mirror motor in the laser scanner unit (LSU) does not reach speed because its bearing is worn.",
-        solution=[
-            "Check that the LSU connector and flat cable are seated.",
-            "Replace the laser scanner unit LS-3100.",
-            "After replacement run Colour Registration and Colour Calibration from the Maintenance menu.",
-        ],
-        error_codes=["E-420"],
-        tags=["laser scanner", "lsu", "noise", "polygon motor"],
-        severity="high",
-        images=[
-            Img("printer_lcd", {"model": "CX-3100", "cols": 16, "lines": ["E-420 LSU ERROR", "CALL SERVICE"], "backlight": "blue", "toner_leds": "0000", "leds": {"ready": "off", "attention": "on"}}, "CX-3100 LCD (blue): E-420 LSU ERROR, CALL SERVICE"),
-        ],
-        key_facts=["laser scanner unit", "polygon motor", "LS-3100"],
-        created="2024-05-07",
-        ask="Colour laser makes a high whining sound when a job starts and then errors out with LSU error.",
-    ),
-    Spec(
-        id="prn-cx3100-e310-registration",
-        title="E-310 colour registration error - colour fringing",
-        product_line=PRINTERS,
-        equipment_model=CX3100,
-        symptom="E-310 REGIST. appears after a toner change; colour prints show cyan and magenta fringes about 0.5 mm off around black text.",
-        cause="The registration (CTD) sensor window above the transfer belt is covered with toner dust, so automatic calibration fails.",
-        solution=[
-            "Open the front cover and clean the registration sensor window with a dry cotton swab.",
-            "Run Menu > Maintenance > Colour Calibration, then Registration.",
-            "If it still fails, check the transfer belt for scratches and replace it (TB-3100).",
-        ],
-        error_codes=["E-310"],
-        tags=["colour registration", "print quality", "calibration", "sensor"],
-        severity="low",
-        images=[
-            Img("printer_lcd", {"model": "CX-3100", "cols": 16, "lines": ["E-310 REGIST.", "CLEAN SENSOR"], "backlight": "green", "toner_leds": "0100", "leds": {"ready": "on", "attention": "on"}}, "CX-3100 LCD: E-310 REGIST. CLEAN SENSOR"),
-            Img("print_defect", {"model": "Printek CX-3100", "defect": "misregistration", "offset": 3, "header": "Colour test page"}, "Colour print with cyan/magenta fringes around black text"),
-        ],
-        key_facts=["registration sensor", "clean", "colour calibration"],
-        created="2024-05-21",
-    ),
-    Spec(
-        id="prn-lx5600-j701-adf-jam",
-        title="J-701 document feeder (ADF) jam",
-        product_line=PRINTERS,
-        equipment_model=LX5600,
-        symptom="Originals jam in the automatic document feeder with J-701 on the touchscreen; multi-page originals skew or stop halfway. Scanning from the glass works.",
-        cause="Dirty or worn ADF pickup and separation rollers (paper dust), mostly after scanning recycled paper.",
-        solution=[
-            "Open the ADF top cover and remove the originals.",
-            "Clean the ADF rollers with a damp lint-free cloth.",
-            "If more than 100,000 scans were done, replace the ADF roller kit ADF-5600.",
-            "Load at most 50 sheets and no stapled originals.",
-        ],
-        error_codes=["J-701"],
-        tags=["adf", "document feeder", "scanner", "paper jam"],
-        severity="medium",
-        images=[
-            Img("mfp_screen", {"model": LX5600, "title": "Document feeder jam", "code": "J-701", "highlight": "adf", "accent": (30, 110, 200), "steps": ["Open the document feeder top cover.", "Remove the jammed originals.", "Close the cover and press OK."]}, "LX-5600 touchscreen: J-701 document feeder jam"),
-        ],
-        key_facts=["ADF rollers", "clean", "ADF-5600"],
-        created="2024-06-03",
-        ask="The scanner feeder on top of the big MFP chews up the originals, code J701.",
-    ),
-    Spec(
-        id="prn-lx5600-sc101-scanner",
-        title="SC-101 scanner error - copy and scan disabled",
-        product_line=PRINTERS,
-        equipment_model=LX5600,
-        symptom="Copy and scan are disabled and the touchscreen shows SC-101 Scanner error; printing still works. The scanner clicks at power on.",
-        cause="The scanner carriage lock is engaged (machine was moved) or the scanner LED lamp / CCD flat cable has failed.",
-        solution=[
-            "Check the scanner lock switch at the left of the glass and set it to unlocked.",
-            "Switch off and on and listen for the carriage moving.",
-            "If the error stays, reseat the CCD flat cable and replace the scanner lamp unit SL-5600.",
-        ],
-        error_codes=["SC-101"],
-        tags=["scanner", "lamp", "carriage lock", "copy"],
-        severity="medium",
-        images=[
-            Img("mfp_screen", {"model": LX5600, "title": "Scanner error", "code": "SC-101", "highlight": "scanner", "icon": "error", "accent": (190, 40, 40), "steps": ["Turn the machine off and on.", "If the message appears again, call service.", "Printing is still available."], "buttons": ("Print only", "OK")}, "LX-5600 touchscreen: SC-101 Scanner error (red banner)"),
-        ],
-        key_facts=["scanner lock", "lamp", "CCD cable"],
-        created="2024-06-19",
-        ask="After we moved the multifunction printer to another floor, copying and scanning stopped working but printing is fine.",
-    ),
-    Spec(
-        id="prn-lx5600-j231-duplex-jam",
-        title="J-231 jam in duplex unit",
-        product_line=PRINTERS,
-        equipment_model=LX5600,
-        symptom="Two-sided jobs stop with J-231 Paper jam in duplex unit; the sheet is visible behind the right-hand door.",
-        cause="Dirty duplex reversing roller, or paper that is too light or curled (below 64 g/m2).",
-        solution=[
-            "Open the right door, pull down the duplex guide and remove the sheet.",
-            "Clean the duplex rollers with a damp cloth.",
-            "Use 75 g/m2 paper stored flat.",
-            "Update the firmware to 2.4 or later (improved duplex timing).",
-        ],
-        error_codes=["J-231"],
-        tags=["paper jam", "duplex", "right door"],
-        severity="medium",
-        images=[
-            Img("mfp_screen", {"model": LX5600, "title": "Paper jam in duplex unit", "code": "J-231", "highlight": "duplex", "accent": (225, 120, 20), "steps": ["Open the right-hand door.", "Pull down the duplex guide and remove the paper.", "Close the door."]}, "LX-5600 touchscreen: J-231 paper jam in duplex unit (orange)"),
-            Img("jam_diagram", {"model": "Printek LX-5600 paper path", "title": "J-231 Jam: duplex unit", "location": "duplex", "code": "J-231", "door": "Open right door"}, "Paper path diagram: jam in the duplex unit"),
-        ],
-        key_facts=["duplex", "right door", "paper weight"],
-        created="2024-07-01",
-    ),
-    # ================================================================================ HVAC
-    Spec(
-        id="hvac-rtu48-hp-lockout",
-        title="High-pressure lockout (HP, 3 red flashes) on RTU-48",
-        product_line=HVAC,
-        equipment_model=RTU48,
-        symptom="Cooling stops on hot afternoons. The control board shows HP and the red FAULT LED flashes 3 times, then pauses. "
-        "The compressor only restarts after a power reset.",
-        cause="Poor condenser airflow: the condenser coil is clogged with dirt and cottonwood, or the condenser fan motor / run "
-        "capacitor has failed, so head pressure exceeds 610 psi and the high-pressure switch opens.",
-        solution=[
-            "Check that the condenser fan runs whenever the compressor runs; test the fan run capacitor (5 uF +/-6%).",
-            "Switch off power and clean the condenser coil from the inside out with coil cleaner and low-pressure water.",
-            "Reset the lockout by removing the thermostat call or cycling power.",
-            "Verify head pressure under load stays below 450 psi (R-410A) on a hot day.",
-        ],
-        error_codes=["HP", "FLASH 3"],
-        tags=["high pressure", "lockout", "condenser coil", "cooling"],
-        severity="high",
-        images=[
-            Img("hvac_board", _board("HP", "blink", flashes=3), "RTU-48 control board: display HP, red FAULT LED flashing 3 times"),
-            Img("condenser_coil", {"debris": 0.75}, "Condenser coil clogged with dirt and cottonwood"),
-        ],
-        key_facts=["condenser coil", "fan capacitor", "high-pressure switch"],
-        created="2024-06-12",
-        ask="Rooftop unit stops cooling every hot afternoon and only comes back after a power reset. Red light blinks three times.",
-        links=[("hvac-rtu60-hp-lockout", "near_duplicate")],
-    ),
-    Spec(
-        id="hvac-rtu48-lp-trip",
-        title="Low-pressure switch trip (LP, 2 red flashes)",
-        product_line=HVAC,
-        equipment_model=RTU48,
-        symptom="The unit short-cycles: the compressor runs a few minutes and stops; the board shows LP and the red LED flashes twice. Ice forms on the suction line.",
-        cause="Low refrigerant charge from a leak (often at Schrader valves or the evaporator coil), or a frozen evaporator from a dirty filter / failed blower.",
-        solution=[
-            "Check filters and that the indoor blower runs.",
-            "Connect gauges: suction below 90 psig with normal load confirms undercharge.",
-            "Leak-search with an electronic detector and bubbles, repair the leak.",
-            "Evacuate to 500 microns and weigh in the nameplate charge.",
-        ],
-        error_codes=["LP", "FLASH 2"],
-        tags=["low pressure", "refrigerant leak", "short cycling", "ice"],
-        severity="high",
-        images=[
-            Img("hvac_board", _board("LP", "blink", flashes=2), "RTU-48 board: display LP, red LED 2 flashes"),
-            Img("manifold", {"low": 62, "high": 215, "note": "SUCTION 62 PSIG - LOW"}, "Manifold gauges: low side 62 psig, high side 215 psig"),
-        ],
-        key_facts=["refrigerant leak", "low charge", "leak search"],
-        created="2024-07-08",
-        ask="Rooftop AC compressor short cycles and the suction line is icing, board shows LP.",
-    ),
-    Spec(
-        id="hvac-rtu48-ignition-failure",
-        title="Ignition failure / no flame sense (IF, 6 flashes)",
-        product_line=HVAC,
-        equipment_model=RTU48,
-        symptom="No heat: the burners light for 2-3 seconds and go out; after three tries the board locks out with IF on the display and 6 red flashes.",
-        cause="Dirty or oxidised flame sensor rod gives a flame current below 0.5 uA, so the board closes the gas valve.",
-        solution=[
-            "Turn off power and gas and remove the flame sensor (one screw).",
-            "Clean the rod with fine steel wool or a scouring pad (not sandpaper) and reinstall it.",
-            "Check the flame current with a microamp meter: 2-6 uA is normal.",
-            "Check the board ground wire and the burner ground.",
-        ],
-        error_codes=["IF", "FLASH 6"],
-        tags=["ignition", "flame sensor", "no heat", "gas"],
-        severity="medium",
-        images=[Img("hvac_board", _board("IF", "blink", flashes=6), "RTU-48 board: display IF, red LED 6 flashes")],
-        key_facts=["flame sensor", "clean", "microamp"],
-        created="2024-11-05",
-        ask="Gas heat on the rooftop unit lights for two seconds and then shuts off, three tries then lockout.",
-    ),
-    Spec(
-        id="hvac-rtu48-rollout",
-        title="Flame rollout switch open (rO, 7 flashes) - do not reset repeatedly",
-        product_line=HVAC,
-        equipment_model=RTU48,
-        symptom="Heating locked out with rO on the display and 7 red flashes; scorch marks around the burner box entrance.",
-        cause="Blocked heat exchanger or flue (or a failed inducer) pushes flames out of the burner box and opens the manual-reset rollout switch.",
-        solution=[
-            "Do not reset the rollout switch more than once; keep the heat off until inspected.",
-            "Inspect the flue outlet and the inducer motor; remove nests or debris.",
-            "Inspect the heat exchanger tubes with a camera for blockage or cracks.",
-            "Replace the rollout switch only after the cause is fixed and do a CO test of the flue gas.",
-        ],
-        error_codes=["rO", "FLASH 7"],
-        tags=["rollout", "heat exchanger", "flue", "safety"],
-        severity="critical",
-        images=[Img("hvac_board", _board("rO", "on", status="off", flashes=7), "RTU-48 board: display rO, red LED 7 flashes, status LED off")],
-        key_facts=["rollout switch", "flue", "heat exchanger", "CO test"],
-        created="2024-12-02",
-    ),
-    Spec(
-        id="hvac-rtu48-economizer",
-        title="Economizer damper stuck (EC, amber ECON LED)",
-        product_line=HVAC,
-        equipment_model=RTU48,
-        symptom="Space is too warm in mild weather; the outdoor-air damper stays closed; the board shows EC and the amber ECON LED is on.",
-        cause="The damper actuator has failed or its 2-10 V control signal is missing (broken wire at AC+/AC-).",
-        solution=[
-            "Measure 24 VAC at the actuator and the 2-10 V signal at AC+/AC-.",
-            "Command the damper open from the test menu and watch the linkage.",
-            "Replace the actuator if it has power and signal but does not move; re-set minimum position to 20%.",
-        ],
-        error_codes=["EC"],
-        tags=["economizer", "damper", "actuator", "free cooling"],
-        severity="low",
-        images=[Img("hvac_board", _board("EC", "off", comm="on"), "RTU-48 board: display EC, amber ECON LED on")],
-        key_facts=["actuator", "2-10 V signal", "damper"],
-        created="2024-04-17",
-        ask="Outside air damper on the rooftop unit never opens when it's mild outside, amber LED lit.",
-    ),
-    Spec(
-        id="hvac-rtu60-comp-overload",
-        title="Compressor internal overload trip (CO, 4 flashes)",
-        product_line=HVAC,
-        equipment_model=RTU60,
-        symptom="The compressor hums and stops, its shell is very hot; the board shows CO with 4 flashes while the condenser fan keeps running.",
-        cause="A failed start/run capacitor or low supply voltage at start stalls the compressor until its internal overload opens.",
-        solution=[
-            "Let the compressor cool for about an hour so the internal overload resets.",
-            "Test the run capacitor (45/5 uF); replace it if more than 6% below rating.",
-            "Measure supply voltage during start: it must stay above 197 V.",
-            "Fit a hard-start kit if voltage is marginal.",
-        ],
-        error_codes=["CO", "FLASH 4"],
-        tags=["compressor", "overload", "capacitor", "voltage"],
-        severity="high",
-        images=[Img("hvac_board", _board("CO", "blink", layout="rtu60", flashes=4, model=RTU60), "RTU-60 board (blue PCB): display CO, 4 red flashes")],
-        key_facts=["run capacitor", "internal overload", "supply voltage"],
-        created="2024-08-14",
-        ask="Compressor on the 5 ton rooftop hums, gets very hot and trips, fan keeps running.",
-    ),
-    Spec(
-        id="hvac-rtu60-phase-reversal",
-        title="Phase monitor trip - reversed or missing phase (PH)",
-        product_line=HVAC,
-        equipment_model=RTU60,
-        symptom="After utility work the unit will not start: PH on the display and the phase monitor shows REVERSED in red. "
-        "A scroll compressor that did start was loud and drew little current.",
-        cause="Phase sequence reversed (or one phase lost). Three-phase scroll compressors run backwards and are damaged within minutes.",
-        solution=[
-            "Do not bypass the phase monitor.",
-            "Lock out power and swap any two incoming supply legs (L1 and L2) at the unit disconnect.",
-            "Confirm PHASE OK on the monitor and normal suction/discharge pressures after start.",
-        ],
-        error_codes=["PH"],
-        tags=["phase reversal", "three-phase", "scroll compressor", "phase monitor"],
-        severity="critical",
-        images=[
-            Img("hvac_board", _board("PH", "on", layout="rtu60", model=RTU60), "RTU-60 board: display PH, red LED on"),
-            Img("phase_monitor", {"leds": {"POWER": "on", "REVERSED": "on"}}, "Phase monitor relay: POWER and REVERSED LEDs lit"),
-        ],
-        key_facts=["swap two phases", "phase monitor", "scroll compressor"],
-        created="2024-09-03",
-        ask="After the utility did work on the line, our three-phase rooftop unit won't start and the compressor sounded loud.",
-    ),
-    Spec(
-        id="hvac-rtu60-dirty-filter",
-        title="Clogged filter switch (dF, 1 flash)",
-        product_line=HVAC,
-        equipment_model=RTU60,
-        symptom="Weak airflow at the diffusers; the board shows dF and a single red flash; the unit keeps running at reduced capacity.",
-        cause="Return-air filters loaded beyond 0.5 in. w.c. pressure drop trip the differential pressure (dirty filter) switch.",
-        solution=[
-            "Replace the return-air filters (4 x 20x25x2 MERV 8).",
-            "Check the filter switch tubing for kinks.",
-            "The alarm resets by itself once the pressure drop is normal.",
-        ],
-        error_codes=["dF", "FLASH 1"],
-        tags=["filter", "airflow", "maintenance"],
-        severity="low",
-        images=[
-            Img("hvac_board", _board("dF", "blink", layout="rtu60", flashes=1, model=RTU60), "RTU-60 board: display dF, 1 red flash"),
-            Img("filter", {"dirt": 0.85, "reading": "dP 0.62 in. w.c."}, "Loaded return-air filter, pressure drop 0.62 in. w.c."),
-        ],
-        key_facts=["replace filters", "pressure drop"],
-        created="2024-10-10",
-    ),
-    Spec(
-        id="hvac-t600-err23-sensor",
-        title="Err 23 indoor temperature sensor fault on T-600",
-        product_line=HVAC,
-        equipment_model=T600,
-        symptom="The thermostat shows ERR 23 and -- instead of the room temperature; the rooftop unit runs all the time or not at all.",
-        cause="The remote indoor sensor on terminals S1/S2 is open or shorted - often a wire pinched behind the wall plate - or the 10 kOhm NTC sensor failed.",
-        solution=[
-            "Check the S1/S2 wiring at the thermostat and the sensor.",
-            "Measure the sensor: about 10 kOhm at 25 C.",
-            "Replace the sensor; meanwhile set installer option 21 to Internal sensor.",
-        ],
-        error_codes=["ERR 23"],
-        tags=["thermostat", "temperature sensor", "wiring"],
-        severity="medium",
-        images=[Img("thermostat", {"model": "Climatec T-600", "temp": "--", "message": "ERR 23", "mode": "COOL", "setpoint": "72"}, "T-600 thermostat showing -- and ERR 23")],
-        key_facts=["remote sensor", "S1/S2", "10 kOhm"],
-        created="2024-05-28",
-        ask="Wall thermostat shows two dashes instead of the temperature and an error 23.",
-    ),
-    Spec(
-        id="hvac-t600-no-comm",
-        title="E-05 NO COMM - thermostat lost communication with the RTU",
-        product_line=HVAC,
-        equipment_model=T600,
-        symptom="T-600 shows E-05 NO COMM with a crossed-out link icon; the unit ignores setpoint changes.",
-        cause="Loose or swapped data wires (D+/D-) or a missing 24 V common (C) after the wall was repainted.",
-        solution=[
-            "Check 24 VAC between R and C at the thermostat.",
-            "Check D+/D- polarity at both the thermostat and the RTU board; use shielded cable, max 150 m.",
-            "Power-cycle the thermostat and the unit.",
-        ],
-        error_codes=["E-05"],
-        tags=["thermostat", "communication", "wiring"],
-        severity="medium",
-        images=[Img("thermostat", {"model": "Climatec T-600", "temp": "71", "message": "E-05 NO COMM", "mode": "HEAT", "link_lost": True, "backlight": "orange"}, "T-600 thermostat: E-05 NO COMM, crossed link icon")],
-        key_facts=["D+/D-", "C wire", "24 VAC"],
-        created="2024-08-26",
-    ),
-    Spec(
-        id="hvac-t600-blank-display",
-        title="Thermostat display blank or flashing battery icon",
-        product_line=HVAC,
-        equipment_model=T600,
-        symptom="The screen goes blank now and then, only the battery icon flashes, and calls for cooling drop out.",
-        cause="No common (C) wire: the thermostat runs on its AA batteries only and they are depleted; the RTU board does not support power stealing.",
-        solution=[
-            "Replace the batteries (2 x AA lithium).",
-            "Install a C wire or an add-a-wire kit.",
-            "Check the 24 V transformer output.",
-        ],
-        error_codes=[],
-        tags=["thermostat", "battery", "c wire", "power"],
-        severity="low",
-        images=[Img("thermostat", {"model": "Climatec T-600", "blank": True, "battery": 0.05}, "T-600 thermostat with blank display, only the empty battery icon")],
-        key_facts=["batteries", "C wire"],
-        created="2024-02-14",
-        ask="Thermostat screen keeps going blank with just a battery symbol blinking.",
-    ),
-    Spec(
-        id="hvac-rtu60-hp-lockout",
-        title="High-pressure lockout (HP) on RTU-60 - seized condenser fan motor",
-        product_line=HVAC,
-        equipment_model=RTU60,
-        symptom="RTU-60 locks out on HP within 10 minutes of a cooling call; the condenser fan does not turn and the motor is hot.",
-        cause="Condenser fan motor bearings seized, so there is no condenser airflow and head pressure rises until the high-pressure switch opens.",
-        solution=[
-            "Switch off and spin the fan by hand: a stiff or seized fan means the motor bearings are gone.",
-            "Replace the condenser fan motor (1/3 HP, 1075 rpm) and its run capacitor.",
-            "Reset the lockout and check head pressure below 450 psi under load.",
-        ],
-        error_codes=["HP"],
-        tags=["high pressure", "lockout", "condenser fan", "motor"],
-        severity="high",
-        images=[
-            Img("hvac_board", _board("HP", "on", layout="rtu60", model=RTU60), "RTU-60 board: display HP, red LED on"),
-            Img("condenser_coil", {"debris": 0.15, "fan_stopped": True}, "Condenser section with the fan not running"),
-        ],
-        key_facts=["condenser fan motor", "seized", "run capacitor"],
-        created="2024-07-30",
-        links=[("hvac-rtu48-hp-lockout", "near_duplicate")],
-    ),
-    # ================================================================================ pumps
-    Spec(
-        id="pump-cp150-cavitation",
-        title="Cavitation: low suction pressure and gravel noise",
-        product_line=PUMPS,
-        equipment_model=CP150,
-        symptom="The pump sounds like it is pumping gravel. The suction gauge reads about -0.6 bar (vacuum) and the discharge needle "
-        "fluctuates between 3 and 5 bar instead of a steady 6.5 bar.",
-        cause="Insufficient NPSH available: a clogged suction Y-strainer and a partly closed suction valve raise suction losses until the liquid vaporises at the impeller eye.",
-        solution=[
-            "Check that the suction isolation valve is fully open.",
-            "Clean the suction Y-strainer basket and fit a differential pressure gauge across it.",
-            "Check the suction tank level is above the minimum submergence.",
-            "If needed, throttle the discharge or reduce speed to move back onto the curve.",
-            "Inspect the impeller for pitting at the next stop.",
-        ],
-        error_codes=[],
-        tags=["cavitation", "npsh", "suction strainer", "noise"],
-        severity="high",
-        images=[Img("pump_gauges", _pump(CP150, -0.6, 4.0, d_ghost=(3.0, 5.0), note="GRAVEL NOISE AT PUMP"), "CP-150 gauges: suction -0.6 bar (vacuum), discharge fluctuating 3-5 bar")],
-        key_facts=["NPSH", "suction strainer", "suction valve"],
-        created="2024-03-11",
-        ask="Centrifugal pump is noisy like gravel going through, suction gauge in vacuum and discharge pressure jumping around.",
-        links=[("pump-cp80-cavitation", "near_duplicate")],
-    ),
-    Spec(
-        id="pump-cp150-deadhead",
-        title="Dead-heading: discharge at shut-off pressure, pump overheating",
-        product_line=PUMPS,
-        equipment_model=CP150,
-        symptom="Discharge gauge stands at about 13 bar (shut-off head), suction is normal, there is no flow downstream; the casing is too hot to touch and the seal spits steam.",
-        cause="The pump is running against a closed discharge valve or a stuck check valve (dead-head); all the energy heats the liquid.",
-        solution=[
-            "Stop the pump immediately.",
-            "Open the discharge valve and check the check valve is not stuck closed.",
-            "Install a minimum-flow bypass line or a low-flow trip.",
-            "After overheating, inspect the mechanical seal before restarting.",
-        ],
-        error_codes=[],
-        tags=["dead head", "closed valve", "overheating", "no flow"],
-        severity="critical",
-        images=[Img("pump_gauges", _pump(CP150, 0.8, 13.2, note="NO FLOW - CASING HOT"), "CP-150 gauges: discharge 13 bar in the red zone, suction 0.8 bar")],
-        key_facts=["closed discharge valve", "stop the pump", "minimum flow"],
-        created="2024-04-02",
-        ask="Pump discharge pressure is way up near the max, no flow downstream and the casing is scorching hot.",
-    ),
-    Spec(
-        id="pump-cp150-impeller-wear",
-        title="Low discharge pressure from worn impeller and wear rings",
-        product_line=PUMPS,
-        equipment_model=CP150,
-        symptom="Flow and pressure dropped gradually over months: discharge 3.8 bar at full speed (design 6.5 bar), suction normal, motor current below nameplate.",
-        cause="Abrasive solids wore the impeller and wear rings; clearance above 0.8 mm causes internal recirculation.",
-        solution=[
-            "Measure the wear-ring clearance: new 0.35 mm, replace above 0.7 mm.",
-            "Replace the impeller and wear rings.",
-            "Install a strainer or hydrocyclone upstream to remove solids.",
-        ],
-        error_codes=[],
-        tags=["impeller", "wear rings", "low pressure", "performance"],
-        severity="medium",
-        images=[
-            Img("pump_gauges", _pump(CP150, 0.8, 3.8, note="DESIGN 6.5 BAR"), "CP-150 gauges: discharge only 3.8 bar, suction 0.8 bar"),
-            Img("pump_schematic", {"title": "CP-150 cutaway: worn impeller vanes", "highlight": "impeller", "reading": "clearance 0.9 mm"}, "Cutaway: worn impeller vanes, wear-ring clearance 0.9 mm"),
-        ],
-        key_facts=["wear rings", "impeller", "clearance"],
-        created="2024-05-15",
-    ),
-    Spec(
-        id="pump-cp150-seal-leak",
-        title="Mechanical seal leaking at the shaft",
-        product_line=PUMPS,
-        equipment_model=CP150,
-        symptom="A steady drip from the seal area between the casing and the bearing housing, more than 10 drops per minute, with a puddle on the baseplate.",
-        cause="Seal faces damaged by dry running at start-up (pump not vented), or seal elastomers not rated for the liquid temperature.",
-        solution=[
-            "Isolate and drain the pump, then replace the mechanical seal (type M7N, 45 mm).",
-            "Check the seal faces and elastomers match the liquid and temperature (EPDM up to 120 C).",
-            "Always fill and vent the casing before starting.",
-        ],
-        error_codes=[],
-        tags=["mechanical seal", "leak", "dry running"],
-        severity="medium",
-        images=[Img("pump_schematic", {"title": "CP-150: leak at the mechanical seal", "highlight": "seal", "caption": "Leak rate > 10 drops/min at the shaft seal"}, "Pump schematic: water dripping from the mechanical seal")],
-        key_facts=["mechanical seal", "dry running", "vent"],
-        created="2024-06-25",
-        ask="Water keeps dripping from where the shaft goes into the pump casing, puddle under the pump.",
-    ),
-    Spec(
-        id="pump-cp150-bearing-overheat",
-        title="Bearing housing overheating (95 C)",
-        product_line=PUMPS,
-        equipment_model=CP150,
-        symptom="An IR thermometer reads 95 C on the drive-end bearing housing (normal is below 70 C); grease seeps from the lip seal and the bearing noise is rising.",
-        cause="Over-greasing (housing packed full) or contaminated grease; misalignment adds load.",
-        solution=[
-            "Remove the grease relief plug and run the pump to purge excess grease.",
-            "Regrease per schedule only: 15 g every 2,000 hours.",
-            "Check coupling alignment.",
-            "Replace the bearing if noise or temperature stays high.",
-        ],
-        error_codes=[],
-        tags=["bearing", "overheating", "grease", "temperature"],
-        severity="high",
-        images=[Img("pump_schematic", {"title": "CP-150: hot drive-end bearing", "highlight": "bearing", "reading": "95.3 °C"}, "Pump schematic with IR thermometer reading 95.3 C at the bearing housing")],
-        key_facts=["over-greasing", "relief plug", "alignment"],
-        created="2024-07-22",
-    ),
-    Spec(
-        id="pump-cp150-misalignment",
-        title="High vibration from coupling misalignment (11 mm/s)",
-        product_line=PUMPS,
-        equipment_model=CP150,
-        symptom="Vibration meter shows 11.2 mm/s RMS at the motor drive-end bearing (alarm at 7.1 mm/s); black rubber dust under the coupling guard.",
-        cause="Angular and parallel misalignment between motor and pump after maintenance; soft foot was not corrected.",
-        solution=[
-            "Lock out the motor and check for soft foot (max 0.05 mm).",
-            "Laser-align motor to pump within 0.05 mm offset and 0.05 mm/100 mm angularity.",
-            "Replace the coupling elastomer insert.",
-            "Re-measure vibration: target below 4.5 mm/s.",
-        ],
-        error_codes=[],
-        tags=["vibration", "misalignment", "coupling", "soft foot"],
-        severity="high",
-        images=[
-            Img("vibration_meter", {"reading": "11.2", "alarm": True, "point": "MOTOR DE  H"}, "Vibration meter: 11.2 mm/s RMS, ALARM, at motor drive end"),
-            Img("pump_schematic", {"title": "CP-150: coupling misalignment", "highlight": "coupling", "reading": "offset 0.6 mm"}, "Pump schematic: misaligned coupling, 0.6 mm offset"),
-        ],
-        key_facts=["laser alignment", "soft foot", "coupling insert"],
-        created="2024-08-08",
-        ask="Vibration reading on the pump motor is over 11 mm/s since the last overhaul, and there is black rubber dust under the coupling guard.",
-    ),
-    Spec(
-        id="pump-cp80-air-lock",
-        title="Pump runs but delivers nothing - air lock / not primed",
-        product_line=PUMPS,
-        equipment_model=CP80,
-        symptom="After maintenance the CP-80 runs but both gauges read close to 0 bar; the casing gets warm and no water reaches the tank.",
-        cause="Casing and suction line were not primed; air is trapped at a high point of the suction line, or the foot valve leaks back.",
-        solution=[
-            "Stop the pump.",
-            "Fill the casing through the priming plug and vent at the top until water flows without bubbles.",
-            "Check the foot valve holds and that the suction line rises steadily towards the pump.",
-        ],
-        error_codes=[],
-        tags=["priming", "air lock", "no flow", "foot valve"],
-        severity="medium",
-        images=[Img("pump_gauges", _pump(CP80, 0.0, 0.2, dmax=10, note="NO FLOW AFTER SERVICE"), "CP-80 gauges: suction 0 bar, discharge 0.2 bar")],
-        key_facts=["prime", "vent", "foot valve"],
-        created="2024-09-16",
-        ask="Small centrifugal pump is spinning but both pressure gauges sit at zero after we changed the seal.",
-    ),
-    Spec(
-        id="pump-cp80-reverse-rotation",
-        title="Low head after motor replacement - wrong rotation direction",
-        product_line=PUMPS,
-        equipment_model=CP80,
-        symptom="After a motor swap the CP-80 delivers only about 40% of normal head (2.1 bar instead of 5 bar); the rotation seen at the fan cover is opposite to the arrow on the casing.",
-        cause="Two of the three motor phases were swapped when the new motor was connected, so the impeller runs backwards.",
-        solution=[
-            "Lock out and swap two phases at the motor terminal box.",
-            "Bump-start and check rotation against the arrow on the casing.",
-            "Confirm discharge pressure is back to about 5 bar.",
-        ],
-        error_codes=[],
-        tags=["rotation", "motor", "wiring", "low head"],
-        severity="medium",
-        images=[
-            Img("pump_schematic", {"title": "CP-80: shaft turns against the casing arrow", "highlight": "rotation"}, "Pump schematic: actual rotation opposite to the required arrow"),
-            Img("pump_gauges", _pump(CP80, 0.5, 2.1, dmax=10, note="NEW MOTOR FITTED"), "CP-80 gauges: discharge 2.1 bar, suction 0.5 bar"),
-        ],
-        key_facts=["swap two phases", "rotation arrow"],
-        created="2024-10-21",
-        ask="We replaced the motor on a small end-suction pump and now it only gives about half the pressure.",
-    ),
-    Spec(
-        id="pump-hd7-oc1-overcurrent",
-        title="OC1 overcurrent trip during acceleration",
-        product_line=PUMPS,
-        equipment_model=HD7,
-        symptom="The drive trips with OC1 within 2 seconds of a start command; the pump never reaches speed and every reset repeats the trip.",
-        cause="Acceleration ramp too short for the pump and water column (P1-08 = 1 s), or a seized pump / motor insulation fault.",
-        solution=[
-            "Check that the pump turns freely by hand.",
-            "Megger the motor and cable: above 100 MOhm to earth.",
-            "Increase acceleration time P1-08 to 10 s.",
-            "Check motor nameplate parameters P2-01 to P2-05.",
-        ],
-        error_codes=["OC1"],
-        tags=["vfd", "overcurrent", "acceleration", "drive trip"],
-        severity="high",
-        images=[Img("vfd", {"model": HD7, "code": "OC1", "leds": {"FAULT": "on"}, "pot_angle": 250}, "HD-7 drive keypad: OC1, FAULT LED on")],
-        key_facts=["acceleration time", "P1-08", "megger"],
-        created="2024-11-12",
-        ask="Variable speed drive on the pump trips on overcurrent right after start, every time.",
-    ),
-    Spec(
-        id="pump-hd7-ou2-overvoltage",
-        title="OU2 DC-bus overvoltage trip while stopping",
-        product_line=PUMPS,
-        equipment_model=HD7,
-        symptom="The drive trips OU2 when the pump is stopped or slowed down quickly; starting and running are fine.",
-        cause="Deceleration ramp too short: the motor regenerates energy into the DC bus faster than the drive can absorb it.",
-        solution=[
-            "Increase deceleration time P1-09 to 20 s.",
-            "Or set the stop mode to coast (P1-05 = 1) for pumps.",
-            "Fit a braking resistor if fast stops are required.",
-        ],
-        error_codes=["OU2"],
-        tags=["vfd", "overvoltage", "deceleration", "drive trip"],
-        severity="medium",
-        images=[Img("vfd", {"model": HD7, "code": "OU2", "leds": {"FAULT": "on", "Hz": "on"}, "pot_angle": 200, "sticker": ["P1-08 10s", "P1-09 5s"]}, "HD-7 drive keypad: OU2, FAULT LED on")],
-        key_facts=["deceleration time", "P1-09", "braking resistor"],
-        created="2024-12-09",
-    ),
-    Spec(
-        id="pump-hd7-phl-phase-loss",
-        title="PHL input phase loss on the pump drive",
-        product_line=PUMPS,
-        equipment_model=HD7,
-        symptom="The drive shows PHL and trips under load; at light load it runs but the DC bus voltage ripples.",
-        cause="One supply phase missing: a blown supply fuse or a loose terminal at L2.",
-        solution=[
-            "Measure the three input voltages at L1/L2/L3 under load.",
-            "Check and replace blown supply fuses (same rating, class J).",
-            "Re-tighten input terminals to 2.5 Nm.",
-        ],
-        error_codes=["PHL"],
-        tags=["vfd", "phase loss", "fuse", "supply"],
-        severity="high",
-        images=[Img("vfd", {"model": HD7, "code": "PHL", "leds": {"FAULT": "on", "RUN": "off", "A": "on"}, "pot_angle": 330}, "HD-7 drive keypad: PHL, FAULT LED on")],
-        key_facts=["blown fuse", "input voltages", "terminal"],
-        created="2025-01-13",
-        ask="Pump drive says PHL and trips when loaded.",
-    ),
-    Spec(
-        id="pump-cp80-cavitation",
-        title="Cavitation on CP-80 from low suction tank level",
-        product_line=PUMPS,
-        equipment_model=CP80,
-        symptom="CP-80 rattles and its discharge pressure swings; the suction gauge shows -0.7 bar whenever the feed tank is low.",
-        cause="Tank level falls below the minimum submergence, so vortexing and low suction pressure cause cavitation.",
-        solution=[
-            "Raise the low-level cut-out in the feed tank by 0.5 m.",
-            "Fit an anti-vortex plate at the suction inlet.",
-            "Check the suction strainer.",
-        ],
-        error_codes=[],
-        tags=["cavitation", "tank level", "vortex", "npsh"],
-        severity="medium",
-        images=[Img("pump_gauges", _pump(CP80, -0.7, 2.5, dmax=10, s_ghost=(-0.8, -0.5), d_ghost=(1.8, 3.2), note="FEED TANK LEVEL LOW"), "CP-80 gauges: suction -0.7 bar, both needles unsteady")],
-        key_facts=["tank level", "submergence", "anti-vortex"],
-        created="2025-01-27",
-        links=[("pump-cp150-cavitation", "near_duplicate")],
-    ),
-    # ================================================================================ POS
-    Spec(
-        id="pos-p10-card-reader-0x1f",
-        title="ERR 0x1F card reader not detected",
-        product_line=POS,
-        equipment_model=P10,
-        symptom="Card payments fail with the dialog Card reader not detected, error code ERR 0x1F; cash sales work.",
-        cause="The USB cable between the P10 and the card reader is loose, or the reader firmware hung after a power dip.",
-        solution=[
-            "Reseat the card reader USB cable at both ends (use the rear powered port).",
-            "Power-cycle the card reader (unplug 10 s).",
-            "In Settings > Devices tap Restart payment service.",
-            "If it persists, update the reader firmware from Settings > Devices > Card reader.",
-        ],
-        error_codes=["ERR 0x1F"],
-        tags=["card reader", "usb", "payment"],
-        severity="high",
-        images=[Img("pos_dialog", {"title": "Card reader not detected", "message": "The card reader is not responding. Check the USB cable and restart the payment service.", "code": "ERR 0x1F", "icon": "error", "accent": (0, 120, 215)}, "P10 screen: dialog Card reader not detected, ERR 0x1F")],
-        key_facts=["USB cable", "restart payment service", "reader firmware"],
-        created="2024-02-08",
-        ask="Till says it can't find the card reader, customers can only pay cash.",
-    ),
-    Spec(
-        id="pos-p10-printer-offline",
-        title="PRN-03 receipt printer offline or out of paper",
-        product_line=POS,
-        equipment_model=P10,
-        symptom="After each sale the dialog Receipt printer offline (PRN-03) appears and no receipt is printed.",
-        cause="Paper roll empty or cover not closed, or the printer powered off / cable loose.",
-        solution=[
-            "Open the printer cover, load an 80 mm thermal roll with the shiny side towards the print head and close firmly.",
-            "Check the printer power LED and cable.",
-            "Tap Retry; reprint the last receipt from the Sales history.",
-        ],
-        error_codes=["PRN-03"],
-        tags=["receipt printer", "paper", "thermal printer"],
-        severity="medium",
-        images=[Img("pos_dialog", {"title": "Receipt printer offline", "message": "No receipt was printed. The printer is out of paper or the cover is open.", "code": "PRN-03", "icon": "warning", "accent": (0, 140, 110), "buttons": ("Retry", "Skip receipt")}, "P10 screen: warning Receipt printer offline, PRN-03")],
-        key_facts=["paper roll", "cover", "reprint"],
-        created="2024-03-27",
-    ),
-    Spec(
-        id="pos-p10-host-unreachable",
-        title="NET-101 cannot reach payment host",
-        product_line=POS,
-        equipment_model=P10,
-        symptom="Card payments time out with Cannot reach payment host (NET-101); the Wi-Fi icon is crossed out.",
-        cause="Network outage, router DHCP exhausted or a DNS problem; sometimes the store firewall blocks port 443 to the host.",
-        solution=[
-            "Check the network icon and test Settings > Network > Connection test.",
-            "Restart the store router; check that the P10 gets an IP address.",
-            "Switch to offline (store-and-forward) mode for small amounts while the network is down.",
-            "Ask IT to allow outbound TCP 443 to the payment host.",
-        ],
-        error_codes=["NET-101"],
-        tags=["network", "payment host", "offline mode", "wifi"],
-        severity="high",
-        images=[Img("pos_dialog", {"title": "Cannot reach payment host", "message": "The terminal is offline. Card payments are not possible until the connection is restored.", "code": "NET-101", "icon": "error", "accent": (90, 60, 170), "offline": True, "theme": "dark", "buttons": ("Retry", "Offline mode")}, "P10 screen (dark theme): Cannot reach payment host, NET-101, Wi-Fi crossed out")],
-        key_facts=["network", "router", "offline mode"],
-        created="2024-04-30",
-        ask="Card payments keep timing out and the wifi symbol on the till has a line through it.",
-    ),
-    Spec(
-        id="pos-p10-cert-expired",
-        title="SEC-220 TLS certificate error after power outage (clock reset)",
-        product_line=POS,
-        equipment_model=P10,
-        symptom="After a power outage every payment fails with Secure connection failed - certificate not valid (SEC-220); the clock shows 01/01/2000.",
-        cause="The real-time clock battery (CR2032) is flat, so the date reset to 2000 and the host certificate looks not yet valid.",
-        solution=[
-            "Set the correct date and time in Settings > Date & time and enable network time (NTP).",
-            "Replace the CR2032 RTC battery on the mainboard at the next visit.",
-            "Retry the payment.",
-        ],
-        error_codes=["SEC-220"],
-        tags=["certificate", "tls", "clock", "rtc battery"],
-        severity="high",
-        images=[Img("pos_dialog", {"title": "Secure connection failed", "message": "Certificate not valid. Check the date and time of the terminal. 01/01/2000 00:03", "code": "SEC-220", "icon": "warning", "accent": (200, 90, 0), "buttons": ("Settings", "Cancel")}, "P10 screen: Secure connection failed, certificate not valid, SEC-220")],
-        key_facts=["date and time", "RTC battery", "NTP"],
-        created="2024-06-06",
-        ask="After the power cut the till refuses all payments with a certificate error, and the date says year 2000.",
-    ),
-    Spec(
-        id="pos-p10-cash-drawer",
-        title="DRW-02 cash drawer does not open",
-        product_line=POS,
-        equipment_model=P10,
-        symptom="At the end of a cash sale the message Cash drawer did not open (DRW-02) appears; the drawer stays shut.",
-        cause="The RJ12 drawer cable is plugged into the wrong port or loose at the receipt printer's kick-out port; rarely a failed 24 V solenoid.",
-        solution=[
-            "Check the RJ12 cable goes from the drawer to the DK port of the receipt printer.",
-            "Test with Settings > Devices > Open drawer.",
-            "Open with the key if needed; replace the drawer solenoid if 24 V arrives but it does not fire.",
-        ],
-        error_codes=["DRW-02"],
-        tags=["cash drawer", "rj12", "solenoid"],
-        severity="low",
-        images=[Img("pos_dialog", {"title": "Cash drawer did not open", "message": "Check the drawer cable at the receipt printer and try again.", "code": "DRW-02", "icon": "info", "accent": (40, 140, 60), "buttons": ("Try again", "Close")}, "P10 screen: Cash drawer did not open, DRW-02")],
-        key_facts=["RJ12 cable", "kick-out port", "solenoid"],
-        created="2024-07-18",
-    ),
-    Spec(
-        id="pos-p10-update-failed",
-        title="UPD-500 software update failed and rolled back",
-        product_line=POS,
-        equipment_model=P10,
-        symptom="At start-up the P10 reports Update failed - previous version restored (UPD-500) and it keeps retrying every night.",
-        cause="Internal storage is full (old log files and offline transactions), so the update package cannot be unpacked.",
-        solution=[
-            "Upload pending offline transactions first (Sales > Sync).",
-            "Settings > Storage > Clear logs; at least 2 GB must be free.",
-            "Start the update manually from Settings > Software update.",
-        ],
-        error_codes=["UPD-500"],
-        tags=["software update", "storage", "rollback"],
-        severity="medium",
-        images=[Img("pos_dialog", {"title": "Update failed", "message": "The update could not be installed. The previous version was restored. Not enough storage space.", "code": "UPD-500", "icon": "info", "accent": (60, 90, 120), "theme": "dark", "buttons": ("Details", "OK")}, "P10 screen (dark theme): Update failed, previous version restored, UPD-500")],
-        key_facts=["storage", "clear logs", "sync"],
-        created="2024-09-11",
-    ),
-    Spec(
-        id="pos-p10-db-locked",
-        title="DB-409 sales database locked",
-        product_line=POS,
-        equipment_model=P10,
-        symptom="Sales cannot be saved: Sales database is locked (DB-409). It started after the app was opened twice from the taskbar.",
-        cause="A second instance of the POS app holds the database lock.",
-        solution=[
-            "Close all POS windows; end the remaining PayStation process in Task Manager.",
-            "Restart the app once; it repairs the journal automatically.",
-            "If it persists, restart the P10.",
-        ],
-        error_codes=["DB-409"],
-        tags=["database", "lock", "app"],
-        severity="medium",
-        images=[Img("pos_dialog", {"title": "Sales database is locked", "message": "Another PayStation window is using the database. Close it and try again.", "code": "DB-409", "icon": "warning", "accent": (170, 30, 90), "buttons": ("Try again", "Cancel")}, "P10 screen: Sales database is locked, DB-409")],
-        key_facts=["second instance", "restart the app"],
-        created="2024-10-29",
-    ),
-    Spec(
-        id="pos-m3-tamper",
-        title="T-01 TAMPER DETECTED - M3 terminal locked",
-        product_line=POS,
-        equipment_model=M3,
-        symptom="The handheld M3 shows TAMPER DETECTED / Terminal locked / T-01 on a red screen and refuses all transactions.",
-        cause="The tamper mesh or case switch was triggered (drop, opened case or battery fully drained with a flat backup cell); keys are erased for security.",
-        solution=[
-            "Do not use or open the terminal; take it out of service.",
-            "Check for signs of skimming devices or case damage and report to security.",
-            "Request an RMA swap; the terminal must be re-keyed at the repair centre.",
-        ],
-        error_codes=["T-01"],
-        tags=["tamper", "security", "rma", "locked"],
-        severity="critical",
-        images=[Img("pos_terminal", {"heading": "TAMPER", "lines": ["TAMPER DETECTED", "Terminal locked", "T-01"], "icon": "lock", "header": (200, 30, 30)}, "M3 handheld terminal: TAMPER DETECTED, Terminal locked, T-01")],
-        key_facts=["take out of service", "RMA", "skimming"],
-        created="2024-05-02",
-        ask="Handheld card machine shows a red tamper screen and is locked.",
-    ),
-    Spec(
-        id="pos-m3-card-read-e61",
-        title="E-61 card read error on the magstripe",
-        product_line=POS,
-        equipment_model=M3,
-        symptom="Swiped cards fail with CARD READ ERROR - Use chip (E-61); chip and contactless payments work.",
-        cause="Dirty magnetic stripe reader head.",
-        solution=[
-            "Clean the magstripe reader with a cleaning card (swipe 3-4 times).",
-            "Ask customers to use chip or contactless.",
-            "Replace the reader module if errors continue after cleaning.",
-        ],
-        error_codes=["E-61"],
-        tags=["magstripe", "card reader", "cleaning"],
-        severity="low",
-        images=[Img("pos_terminal", {"heading": "CARD ERROR", "lines": ["CARD READ ERROR", "Please insert chip", "E-61"], "icon": "card", "header": (230, 140, 0), "contactless_lit": 1}, "M3 terminal: CARD READ ERROR, please insert chip, E-61")],
-        key_facts=["cleaning card", "magstripe"],
-        created="2024-08-20",
-        ask="Swiping cards on the handheld fails but tapping works, says use chip.",
-    ),
-    Spec(
-        id="pos-m3-battery-b12",
-        title="B-12 battery critically low - terminal not charging in dock",
-        product_line=POS,
-        equipment_model=M3,
-        symptom="The M3 shows Battery critically low (B-12) and shuts down although it sat in its charging dock overnight.",
-        cause="Dirty or bent pogo-pin contacts in the charging dock, or a worn battery pack (> 500 cycles).",
-        solution=[
-            "Clean the dock pogo pins and the terminal contacts with isopropyl alcohol.",
-            "Check the charging LED lights when the terminal is seated.",
-            "Charge with the USB-C cable to tell dock from battery problems.",
-            "Replace the battery pack BP-M3 if it does not hold charge.",
-        ],
-        error_codes=["B-12"],
-        tags=["battery", "charging", "dock"],
-        severity="medium",
-        images=[Img("pos_terminal", {"heading": "BATTERY", "lines": ["Battery critically low", "Place on charger", "B-12"], "icon": "battery", "header": (60, 60, 60), "battery": 0.05}, "M3 terminal: Battery critically low, B-12")],
-        key_facts=["pogo pins", "battery pack", "USB-C"],
-        created="2024-11-26",
-    ),
-    Spec(
-        id="pos-m3-keys-k03",
-        title="K-03 KEYS NOT LOADED after repair",
-        product_line=POS,
-        equipment_model=M3,
-        symptom="A repaired M3 shows KEYS NOT LOADED (K-03) and cannot accept PIN transactions.",
-        cause="The encryption keys were not injected after the repair (the secure module was replaced).",
-        solution=[
-            "Do not try to load keys on site.",
-            "Send the terminal back for key injection at the certified key-loading facility.",
-            "Use a spare terminal meanwhile.",
-        ],
-        error_codes=["K-03"],
-        tags=["encryption keys", "key injection", "pin"],
-        severity="high",
-        images=[Img("pos_terminal", {"heading": "SECURITY", "lines": ["KEYS NOT LOADED", "Contact support", "K-03"], "icon": "key", "header": (30, 80, 160)}, "M3 terminal: KEYS NOT LOADED, K-03")],
-        key_facts=["key injection", "send back"],
-        created="2025-02-03",
-    ),
-]
+class Catalog(_Frozen):
+    """Everything the sample generator draws and writes; ids and cross references are checked on load."""
 
-CASE_BY_ID: dict[str, Spec] = {c.id: c for c in CASES}
+    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
 
-#: Pages of the LX-4200 service manual: (case id the page belongs to, page content).
-MANUAL_PAGES: list[tuple[str, dict[str, Any]]] = [
-    (
-        "prn-lx4200-e204-tray2-jam",
-        {
-            "title": "7.3 Tray 2 pickup roller kit replacement (E-204)",
-            "paragraphs": ["Repeated E-204 jams at tray 2 indicate glazed pickup and separation rollers. Replace the roller kit RK-4200-T2 every 150,000 pages."],
-            "table": [("Code", "Meaning", "Action"), ("E-202", "Jam at tray 1 pickup", "Clean tray 1 rollers"), ("E-204", "Jam at tray 2 pickup", "Replace RK-4200-T2"), ("E-212", "Jam in fuser area", "See 7.6")],
-            "highlight_codes": ("E-204",),
-            "diagram": ("jam_diagram", {"model": "Tray 2 pickup assembly", "title": "Fig. 7-3 Tray 2 rollers", "location": "tray2", "code": "E-204"}),
-            "figure": "Fig. 7-3  Pickup roller (A) and separation pad (B) of tray 2",
-            "steps": ["Pull out tray 2 completely.", "Press the release tab and slide the pickup roller off its shaft.", "Remove the separation pad (2 screws).", "Fit the new parts and reset the counter in Service > Counters."],
-        },
-    ),
-    (
-        "prn-lx4200-e501-fuser-temp",
-        {
-            "title": "8.1 Fuser unit errors (E-501 to E-503)",
-            "paragraphs": ["The engine controller reads the fuser thermistor every 100 ms. If the fuser does not reach 150 C within 60 s after power-on, E-501 is raised."],
-            "table": [("Code", "Meaning", "Check"), ("E-501", "Fuser warm-up timeout", "Lamp 10-20 ohm, CN12"), ("E-502", "Fuser over temperature", "Thermistor, relay RL1"), ("E-503", "Thermistor open", "Replace FU-4200")],
-            "highlight_codes": ("E-501",),
-            "diagram": ("fuser_figure", {}),
-            "figure": "Fig. 8-1  Fuser unit FU-4200 and connector CN12",
-            "steps": ["Switch off and let the fuser cool for 30 minutes.", "Remove the rear cover (4 screws) and disconnect CN12.", "Measure the heater lamp between pins 1 and 2.", "Replace the fuser unit if open circuit."],
-        },
-    ),
-    (
-        "prn-lx4200-e070-drum-end",
-        {
-            "title": "5.2 Drum unit replacement (E-070)",
-            "paragraphs": ["The drum unit DR-4200 is rated for 50,000 pages. Defects repeating every 94 mm on the page are caused by the drum."],
-            "table": [("Pitch", "Component", "Action"), ("94 mm", "Drum (OPC)", "Replace DR-4200"), ("57 mm", "Developer roller", "Replace toner"), ("79 mm", "Fuser roller", "Replace FU-4200")],
-            "highlight_codes": ("94 mm",),
-            "diagram": ("print_defect", {"model": "Printek LX-4200", "defect": "streaks", "streak_x": (150, 310, 445), "fade": 0.55, "period_px": 150}),
-            "figure": "Fig. 5-2  Typical drum end-of-life print",
-            "steps": ["Open the front cover and pull out the drum and toner assembly.", "Separate the toner cartridge and fit it into the new drum.", "Reset the drum counter: Menu > Machine Info > Reset Drum Counter."],
-        },
-    ),
-    (
-        "prn-lx4200-e212-fuser-jam",
-        {
-            "title": "7.6 Clearing jams in the fuser area (E-212)",
-            "paragraphs": ["WARNING: the fuser is hot. Wait 30 minutes after switching off before touching it. Paper wrapped around the fuser roller usually means the paper type setting is wrong."],
-            "table": [("Code", "Location", "Door"), ("E-212", "Fuser", "Rear door"), ("E-214", "Exit rollers", "Rear door"), ("E-231", "Duplex", "Rear door + duplex guide")],
-            "highlight_codes": ("E-212",),
-            "diagram": ("jam_diagram", {"model": "Rear door open", "title": "Fig. 7-6 Fuser release levers", "location": "fuser", "code": "E-212", "door": "Rear door"}),
-            "figure": "Fig. 7-6  Lower the green fuser release levers before pulling the sheet",
-            "steps": ["Open the rear door.", "Lower both green release levers.", "Pull the sheet out straight, with both hands.", "Raise the levers and close the door."],
-        },
-    ),
-]
+    product_lines: list[str]
+    cases: list[Spec]
+    manual_pages: list[ManualPage]
+    #: Out-of-KB text questions (the app should say it has no matching case).
+    abstain_text: list[str]
+    abstain_images: list[OutOfKBImage]
 
-#: Out-of-KB queries: other equipment or faults the KB does not cover.
-ABSTAIN_TEXT: list[str] = [
-    "Forklift hydraulic mast slowly drifts down when carrying a load. What seal should we change?",
-    "Espresso machine shows DESCALE and the pump is very loud, coffee comes out cold.",
-    "Projector lamp indicator blinks red three times and the image does not come on.",
-    "Elevator stops between floors and shows DOOR LOCK FAULT on the car panel.",
-    "Solar inverter displays Grid fault F-07 every afternoon around 2 pm.",
-    "3D printer nozzle keeps clogging with PLA after a few layers.",
-    "Dishwasher in the staff kitchen leaves standing water and shows E24.",
-]
+    @cached_property
+    def case_by_id(self) -> dict[str, Spec]:
+        return {c.id: c for c in self.cases}
 
-ABSTAIN_IMAGES: list[tuple[dict[str, Any], str | None]] = [
-    ({"label": "BARISTA PRO 3", "lines": ["DESCALE", "NEEDED"], "cols": 10, "backlight": "white", "body": (60, 40, 30)}, None),
-    ({"label": "SMART-UPS 1500", "lines": ["BATTERY FAULT", "REPLACE BATT"], "cols": 14, "backlight": "blue", "leds": [("red", "on"), ("green", "off")]}, None),
-    ({"label": "MAKERBOT-ISH X1", "screen": "oled", "lines": ["THERMAL RUNAWAY", "Heater T0 stopped", "PRINTER HALTED"], "fg": (255, 90, 60), "body": (30, 30, 30)}, None),
-    ({"label": "SUNGRID 5K INVERTER", "screen": "seg", "lines": ["F-07"], "body": (220, 220, 225), "seg_color": (40, 220, 90)}, "Our inverter on the roof shows this code, what does it mean?"),
-    ({"label": "LIFT CAR PANEL", "screen": "seg", "lines": ["DL"], "body": (170, 170, 175), "seg_color": (255, 140, 0), "buttons": 2}, None),
-]
+    @model_validator(mode="after")
+    def _references(self) -> Catalog:
+        ids = [c.id for c in self.cases]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate case ids: {dup}")
+        known = set(ids)
+        for c in self.cases:
+            if c.product_line not in self.product_lines:
+                raise ValueError(f"case {c.id}: product line {c.product_line!r} is not in product_lines")
+            if not c.images:
+                raise ValueError(f"case {c.id} has no picture")
+            bad = [link.case_id for link in c.links if link.case_id not in known]
+            if bad:
+                raise ValueError(f"case {c.id} links to unknown case(s) {bad}")
+        bad = [p.case_id for p in self.manual_pages if p.case_id not in known]
+        if bad:
+            raise ValueError(f"manual pages belong to unknown case(s) {bad}")
+        return self
+
+
+def load_catalog(path: Path | str | None = None) -> Catalog:
+    """Read and validate a catalog file (default: the shipped ``cases.json``, parsed once per process).
+
+    A bad file raises ``ValueError`` naming the file and the problem.
+    """
+    if path is None:
+        return _shipped()
+    return _load(Path(path))
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> Catalog:
+    return _load(CATALOG_JSON)
+
+
+def _load(path: Path) -> Catalog:
+    try:
+        return Catalog.model_validate(json.loads(path.read_text("utf-8")))
+    except (OSError, json.JSONDecodeError, ValidationError) as e:
+        raise ValueError(f"sample catalog {path}: {e}") from e

@@ -13,6 +13,9 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from pydantic import ValidationError
+
+from rag.payload import CaseTextFields, MediaFields
 from rag.pipeline.types import Answer, CaseCandidate, Decision, Query, Trace, Turn
 from rag.store.base import VectorStore, point_id
 
@@ -71,7 +74,7 @@ def resolve_media(media_root: Path | None, rel: str | None) -> str | None:
 
 
 #: Payload fields the search needs from each hit (the case itself comes from its text point).
-SEARCH_PAYLOAD = ["case_id", "media_id", "kind", "media_path", "thumbnail"]
+SEARCH_PAYLOAD = MediaFields.keys()
 
 
 class Retrieve:
@@ -103,23 +106,26 @@ class Retrieve:
         texts = {p.payload.get("case_id"): p.payload for p in self.store.retrieve([point_id(g[0], None) for g in groups])}
         out = []
         for case_id, score, payloads, ids in groups:
-            doc = texts.get(case_id)
-            if doc is None:
+            try:
+                doc = CaseTextFields.model_validate(texts[case_id])
+                hit = next((MediaFields.model_validate(p) for p in payloads if p.get("media_id")), None)
+            except KeyError:
                 logger.warning("case %s has no text point; skipped", case_id)
                 continue
-            media = next((p for p in payloads if p.get("media_id")), None)
-            if media is None:  # the text matched best: show the case's first image, if it has one
-                first = next((m for m in doc.get("case", {}).get("media", []) if m.get("kind") in ("image", "pdf_page")), None)
-                media = {"media_path": first.get("path"), "thumbnail": first.get("thumbnail"), "kind": first.get("kind")} if first else {}
+            except ValidationError as e:
+                logger.warning("case %s has an unreadable payload; skipped (%s)", case_id, e.errors()[0]["msg"])
+                continue
+            # the text matched best: show the case's first picture, if it has one
+            media = hit or doc.first_picture() or MediaFields()
             out.append(CaseCandidate(
                 case_id=case_id,
-                title=doc.get("title") or doc.get("case", {}).get("title", ""),
+                title=doc.case_title(),
                 retrieval_score=score,
-                document=doc.get("document", ""),
-                case=doc.get("case", {}),
-                media_path=resolve_media(self.media_root, media.get("media_path")),
-                thumbnail=resolve_media(self.media_root, media.get("thumbnail")),
-                media_kind=media.get("kind"),
+                document=doc.document,
+                case=doc.case,
+                media_path=resolve_media(self.media_root, media.media_path),
+                thumbnail=resolve_media(self.media_root, media.thumbnail),
+                media_kind=media.kind if media.kind != "text" else None,
                 matched=ids,
             ))
         return out

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-#: Payload keys every store point carries (written by knowledge_base ingestion).
-#: Text point (media_id None): ``case`` (full case JSON) and ``document`` (compact text for rerank/generation).
-#: Media points: ``media_path`` (relative to the media root), ``thumbnail``, ``caption``, ``page``.
+from rag.payload import MediaKind
+
+#: The store payloads the stages read are defined in ``rag.payload`` (text point, media point).
 MAX_QUESTION_CHARS = 4000
 
 
@@ -76,7 +76,7 @@ class CaseCandidate(BaseModel):
     #: Best-matching media point of this case (absolute path), if any.
     media_path: str | None = None
     thumbnail: str | None = None
-    media_kind: str | None = None
+    media_kind: MediaKind | None = None
     matched: list[str] = Field(default_factory=list, description="ids of the points that matched")
 
     @property

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rag.payload import POINT_KINDS
+
 log = logging.getLogger(__name__)
 
 #: Bump when the payload layout or index set changes in a way that needs ``ragvqa kb reindex``.
@@ -31,7 +33,7 @@ VECTOR_NAME = "dense"
 FILTER_KEYS: tuple[str, ...] = ("product_line", "equipment_model", "tags", "case_id", "kind")
 
 #: Allowed values of ``payload["kind"]``.
-KINDS: tuple[str, ...] = ("text", "image", "video", "pdf_page")
+KINDS: tuple[str, ...] = POINT_KINDS
 
 #: Namespace for deterministic point ids, so re-ingesting a case overwrites its points instead of duplicating them.
 POINT_NAMESPACE = uuid.UUID("6f1c7e2a-3b5d-5e8f-9a41-52d0c3b7e9a1")

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from rag.fileio import write_atomic
 from rag.store.base import (
     stored_points,
     FILTER_KEYS,
@@ -45,33 +45,6 @@ ACTIVE_FILE = "ACTIVE"
 META_FILE = "store_meta.json"
 SHARD_DIR = "shard"
 _VERSION_RE = re.compile(r"^v(\d{6})$")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so readers see the old or the new content, never a torn one (tmp + fsync + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist a rename (POSIX needs the directory fsynced); best effort where directories can't be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from rag.fileio import atomic_writer, write_atomic
 from rag.store.base import (
     SCHEMA_VERSION,
     StoredPoint,
@@ -202,15 +203,6 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def export_snapshot(store: VectorStore, path: str | os.PathLike[str], *, chunk_size: int = 4096,
                     progress: Progress | None = None) -> SnapshotManifest:
     """Write every point of ``store`` to a portable snapshot file at ``path`` (``.tar``, or gzipped ``.tar.gz``).
@@ -220,44 +212,32 @@ def export_snapshot(store: VectorStore, path: str | os.PathLike[str], *, chunk_s
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = store.meta
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
     chunks: list[ChunkInfo] = []
     total = store.count()
     done = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tarfile.open(fileobj=f, mode=_tar_mode(path, write=True)) as tar:  # type: ignore[call-overload]
-                for batch in _batches(store.scroll(with_vectors=True, batch_size=min(chunk_size, 1024)), chunk_size):
-                    vectors = np.stack([p.to_vector_point().vector for p in batch]).astype(np.float32, copy=False)
-                    if vectors.shape[1] != meta.dim:
-                        raise SnapshotError(f"{store!r} returned vectors of length {vectors.shape[1]}, meta says {meta.dim}")
-                    buf = io.BytesIO()
-                    np.save(buf, vectors, allow_pickle=False)
-                    vec_bytes = buf.getvalue()
-                    lines = "".join(json.dumps({"id": p.id, "payload": p.payload}, ensure_ascii=False, allow_nan=False)
-                                    + "\n" for p in batch).encode("utf-8")
-                    name = f"chunks/{len(chunks):06d}"
-                    _add_member(tar, name + ".npy", vec_bytes)
-                    _add_member(tar, name + ".jsonl", lines)
-                    chunks.append(ChunkInfo(name=name, points=len(batch),
-                                            vectors_sha256=hashlib.sha256(vec_bytes).hexdigest(), vectors_bytes=len(vec_bytes),
-                                            payloads_sha256=hashlib.sha256(lines).hexdigest(), payloads_bytes=len(lines)))
-                    done += len(batch)
-                    if progress is not None:
-                        progress(done, total)
-                manifest = SnapshotManifest(store_meta=meta, points=done, dim=meta.dim, chunks=chunks, source=repr(store))
-                _add_member(tar, MANIFEST, manifest.model_dump_json(indent=2).encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    with atomic_writer(path) as f:
+        with tarfile.open(fileobj=f, mode=_tar_mode(path, write=True)) as tar:  # type: ignore[call-overload]
+            for batch in _batches(store.scroll(with_vectors=True, batch_size=min(chunk_size, 1024)), chunk_size):
+                vectors = np.stack([p.to_vector_point().vector for p in batch]).astype(np.float32, copy=False)
+                if vectors.shape[1] != meta.dim:
+                    raise SnapshotError(f"{store!r} returned vectors of length {vectors.shape[1]}, meta says {meta.dim}")
+                buf = io.BytesIO()
+                np.save(buf, vectors, allow_pickle=False)
+                vec_bytes = buf.getvalue()
+                lines = "".join(json.dumps({"id": p.id, "payload": p.payload}, ensure_ascii=False, allow_nan=False)
+                                + "\n" for p in batch).encode("utf-8")
+                name = f"chunks/{len(chunks):06d}"
+                _add_member(tar, name + ".npy", vec_bytes)
+                _add_member(tar, name + ".jsonl", lines)
+                chunks.append(ChunkInfo(name=name, points=len(batch),
+                                        vectors_sha256=hashlib.sha256(vec_bytes).hexdigest(), vectors_bytes=len(vec_bytes),
+                                        payloads_sha256=hashlib.sha256(lines).hexdigest(), payloads_bytes=len(lines)))
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
+            manifest = SnapshotManifest(store_meta=meta, points=done, dim=meta.dim, chunks=chunks, source=repr(store))
+            _add_member(tar, MANIFEST, manifest.model_dump_json(indent=2).encode("utf-8"))
     log.info("exported %d points of %r to %s (%d chunks)", done, store, path, len(chunks))
     return manifest
 
@@ -383,7 +363,7 @@ def restore_edge_from_server(url: str, collection: str, root: str | os.PathLike[
     import httpx
     import qdrant_edge as qe
 
-    from rag.store.edge import ACTIVE_FILE, META_FILE, SHARD_DIR, EdgeStore, write_atomic
+    from rag.store.edge import ACTIVE_FILE, META_FILE, SHARD_DIR, EdgeStore
     from rag.store.server import META_KEY
 
     base = url.rstrip("/")

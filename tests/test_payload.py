@@ -1,0 +1,270 @@
+"""The point payload contract (rag.payload): payloads written by the old dict-building code still validate, the
+writers produce them unchanged, and retrieval reads them into candidates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from knowledge_base.ingest import media_payload, text_payload
+from knowledge_base.schema import Case
+from rag.payload import (
+    MEDIA_KINDS,
+    POINT_KINDS,
+    CaseTextFields,
+    MediaFields,
+    MediaPointPayload,
+    TextPointPayload,
+    parse_payload,
+)
+
+#: ``store.scroll()`` of an Edge store filled by ``KnowledgeBase.import_path`` before the payload model existed
+#: (commit 7e5e245): one case with a picture, page 2 of a PDF and a clip. Only ``embedder`` was edited (it held a
+#: temp path of the tiny test checkpoint).
+OLD_TEXT = json.loads(r"""
+{
+ "case_id": "case-01",
+ "product_line": "pump",
+ "equipment_model": "M1",
+ "tags": [
+  "synthetic",
+  "t1"
+ ],
+ "title": "Fault number 1 on the unit",
+ "media_id": null,
+ "kind": "text",
+ "case": {
+  "title": "Fault number 1 on the unit",
+  "product_line": "pump",
+  "equipment_model": "M1",
+  "symptom": "The unit shows fault pattern 1 and stops after a few minutes of operation.",
+  "cause": "Component 1 wears out.",
+  "solution": [
+   "Replace component 1.",
+   "Restart the unit."
+  ],
+  "error_codes": [
+   "E01"
+  ],
+  "tags": [
+   "synthetic",
+   "t1"
+  ],
+  "severity": "high",
+  "source": "",
+  "links": [],
+  "id": "case-01",
+  "media": [
+   {
+    "id": "m-23872f440f7de7b1",
+    "kind": "image",
+    "sha256": "23872f440f7de7b1844b370a949bd7dab9e690d901c47883eac14117a3d78fb4",
+    "path": "23/87/23872f440f7de7b1844b370a949bd7dab9e690d901c47883eac14117a3d78fb4.png",
+    "mime": "image/png",
+    "caption": "the panel",
+    "source_file": "a.png",
+    "page": null,
+    "width": 192,
+    "height": 144,
+    "duration_s": null,
+    "thumbnail": "thumbs/23/87/23872f440f7de7b1844b370a949bd7dab9e690d901c47883eac14117a3d78fb4-256.jpg"
+   },
+   {
+    "id": "m-d4343df53d99907f-p2",
+    "kind": "pdf_page",
+    "sha256": "d4343df53d99907f56c6a29b8e9690f0f8e1ec49ca61bdabb7900674a1863e48",
+    "path": "d4/34/d4343df53d99907f56c6a29b8e9690f0f8e1ec49ca61bdabb7900674a1863e48.png",
+    "mime": "image/png",
+    "caption": "manual p2",
+    "source_file": "m.pdf",
+    "page": 2,
+    "width": 192,
+    "height": 256,
+    "duration_s": null,
+    "thumbnail": "thumbs/d4/34/d4343df53d99907f56c6a29b8e9690f0f8e1ec49ca61bdabb7900674a1863e48-256.jpg"
+   },
+   {
+    "id": "m-5d4649142874226d",
+    "kind": "video",
+    "sha256": "5d4649142874226d145aa5da594f37f53aa7c1372f8bd086b13d51401c57a412",
+    "path": "5d/46/5d4649142874226d145aa5da594f37f53aa7c1372f8bd086b13d51401c57a412.mp4",
+    "mime": "video/mp4",
+    "caption": "",
+    "source_file": "v.mp4",
+    "page": null,
+    "width": 64,
+    "height": 64,
+    "duration_s": 2.0,
+    "thumbnail": "thumbs/5d/46/5d4649142874226d145aa5da594f37f53aa7c1372f8bd086b13d51401c57a412-256.jpg"
+   }
+  ],
+  "created_at": "2026-11-29T20:29:52Z",
+  "updated_at": "2026-11-29T20:29:52Z",
+  "version": 1
+ },
+ "document": "[case:case-01] Fault number 1 on the unit\nEquipment: pump / M1 | Severity: high\nError codes: E01\nSymptom: The unit shows fault pattern 1 and stops after a few minutes of operation.\nCause: Component 1 wears out.\nSolution: 1) Replace component 1. 2) Restart the unit.\nMedia: the panel; manual p2",
+ "content_hash": "sha256:f4bd5276722073246736a7d4074d8640ec6e2db2a3483097d4f1e10cc424cce3",
+ "embedder": "Qwen/Qwen3-VL-Embedding-2B"
+}
+""")
+
+OLD_MEDIA = json.loads(r"""
+[
+ {
+  "case_id": "case-01",
+  "product_line": "pump",
+  "equipment_model": "M1",
+  "tags": [
+   "synthetic",
+   "t1"
+  ],
+  "title": "Fault number 1 on the unit",
+  "media_id": "m-23872f440f7de7b1",
+  "kind": "image",
+  "media_path": "23/87/23872f440f7de7b1844b370a949bd7dab9e690d901c47883eac14117a3d78fb4.png",
+  "thumbnail": "thumbs/23/87/23872f440f7de7b1844b370a949bd7dab9e690d901c47883eac14117a3d78fb4-256.jpg",
+  "caption": "the panel",
+  "page": null,
+  "sha256": "23872f440f7de7b1844b370a949bd7dab9e690d901c47883eac14117a3d78fb4",
+  "embedder": "Qwen/Qwen3-VL-Embedding-2B"
+ },
+ {
+  "case_id": "case-01",
+  "product_line": "pump",
+  "equipment_model": "M1",
+  "tags": [
+   "synthetic",
+   "t1"
+  ],
+  "title": "Fault number 1 on the unit",
+  "media_id": "m-d4343df53d99907f-p2",
+  "kind": "pdf_page",
+  "media_path": "d4/34/d4343df53d99907f56c6a29b8e9690f0f8e1ec49ca61bdabb7900674a1863e48.png",
+  "thumbnail": "thumbs/d4/34/d4343df53d99907f56c6a29b8e9690f0f8e1ec49ca61bdabb7900674a1863e48-256.jpg",
+  "caption": "manual p2",
+  "page": 2,
+  "sha256": "d4343df53d99907f56c6a29b8e9690f0f8e1ec49ca61bdabb7900674a1863e48",
+  "embedder": "Qwen/Qwen3-VL-Embedding-2B"
+ },
+ {
+  "case_id": "case-01",
+  "product_line": "pump",
+  "equipment_model": "M1",
+  "tags": [
+   "synthetic",
+   "t1"
+  ],
+  "title": "Fault number 1 on the unit",
+  "media_id": "m-5d4649142874226d",
+  "kind": "video",
+  "media_path": "5d/46/5d4649142874226d145aa5da594f37f53aa7c1372f8bd086b13d51401c57a412.mp4",
+  "thumbnail": "thumbs/5d/46/5d4649142874226d145aa5da594f37f53aa7c1372f8bd086b13d51401c57a412-256.jpg",
+  "caption": "",
+  "page": null,
+  "sha256": "5d4649142874226d145aa5da594f37f53aa7c1372f8bd086b13d51401c57a412",
+  "embedder": "Qwen/Qwen3-VL-Embedding-2B"
+ }
+]
+""")
+
+
+def test_old_payloads_validate_into_the_models_and_dump_unchanged() -> None:
+    text = parse_payload(OLD_TEXT)
+    assert isinstance(text, TextPointPayload) and text.case_id == "case-01" and text.media_id is None
+    assert text.model_dump(mode="json") == OLD_TEXT
+    assert list(text.model_dump(mode="json")) == list(OLD_TEXT)  # same field order as the stores hold
+    for old in OLD_MEDIA:
+        media = parse_payload(old)
+        assert isinstance(media, MediaPointPayload) and media.kind == old["kind"]
+        assert media.model_dump(mode="json") == old and list(media.model_dump(mode="json")) == list(old)
+    assert {parse_payload(m).kind for m in OLD_MEDIA} == set(MEDIA_KINDS)
+
+
+def test_writers_produce_the_old_payloads() -> None:
+    """Ingestion's payload builders, fed the stored case record, write exactly what the old code wrote."""
+    case = Case.model_validate(OLD_TEXT["case"])
+    eid = OLD_TEXT["embedder"]
+    assert text_payload(case, OLD_TEXT["content_hash"], eid) == OLD_TEXT
+    by_id = {m.id: m for m in case.media}
+    for old in OLD_MEDIA:
+        assert media_payload(case, by_id[old["media_id"]], eid) == old
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"kind": "gif"}, "kind"),
+        ({"media_path": None}, "media_path"),
+        ({"page": "two"}, "page"),
+        ({"case_id": ""}, "case_id"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_media_payload_names_the_field(change: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        parse_payload({**OLD_MEDIA[0], **change})
+    assert field in str(e.value)
+
+
+def test_text_payload_needs_its_record_and_document() -> None:
+    for missing in ("case", "document", "content_hash"):
+        with pytest.raises(ValidationError, match=missing):
+            parse_payload({k: v for k, v in OLD_TEXT.items() if k != missing})
+    with pytest.raises(ValidationError, match="media_id"):
+        parse_payload({**OLD_TEXT, "media_id": "m-0123456789abcdef"})
+
+
+def test_read_views_are_subsets_of_the_written_payloads() -> None:
+    """Retrieval fetches only some fields: every one of them is a field the writers write."""
+    from rag.pipeline.stages import SEARCH_PAYLOAD
+
+    assert SEARCH_PAYLOAD == ["case_id", "media_id", "kind", "media_path", "thumbnail"]
+    assert set(SEARCH_PAYLOAD) <= set(MediaPointPayload.model_fields)
+    assert set(CaseTextFields.model_fields) <= set(TextPointPayload.model_fields)
+    assert set(MediaFields.model_fields) <= set(TextPointPayload.model_fields) | set(MediaPointPayload.model_fields)
+
+
+def test_one_kind_vocabulary() -> None:
+    import knowledge_base.schema as schema
+    from rag.store.base import KINDS
+
+    assert schema.MediaKind is __import__("rag.payload", fromlist=["MediaKind"]).MediaKind
+    assert KINDS == POINT_KINDS == ("text", "image", "video", "pdf_page")
+
+
+def test_retrieve_reads_old_payloads_from_a_real_store(tmp_path: Path) -> None:
+    from rag.pipeline.stages import Retrieve
+    from rag.pipeline.types import Trace
+    from rag.store import VectorPoint, open_store, point_id
+
+    dim = 16
+    media_root = tmp_path / "media"
+    for p in OLD_MEDIA:
+        for rel in (p["media_path"], p["thumbnail"]):
+            (media_root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (media_root / rel).write_bytes(b"x")
+    rng = np.random.default_rng(0)
+    vectors = {pid: rng.standard_normal(dim) for pid in ["text", *(m["media_id"] for m in OLD_MEDIA)]}
+    store = open_store(embedder_id="e", dim=dim, data_dir=tmp_path / "data")
+    try:
+        store.upsert([VectorPoint(id=point_id("case-01", None), vector=vectors["text"], payload=OLD_TEXT)]
+                     + [VectorPoint(id=point_id("case-01", m["media_id"]), vector=vectors[m["media_id"]], payload=m)
+                        for m in OLD_MEDIA])
+        retrieve = Retrieve(None, store, media_root=media_root)
+
+        (fetched,) = retrieve.fetch(["case-01"])  # no hit of its own: the record's first picture is shown
+        assert (fetched.title, fetched.document, fetched.case) == (OLD_TEXT["title"], OLD_TEXT["document"], OLD_TEXT["case"])
+        first = OLD_TEXT["case"]["media"][0]
+        assert fetched.media_kind == "image" and fetched.media_path == str(media_root / first["path"])
+        assert fetched.thumbnail == str(media_root / first["thumbnail"])
+
+        video = OLD_MEDIA[2]
+        (found,) = retrieve.search(vectors[video["media_id"]], None, Trace())
+        assert found.media_kind == "video" and found.media_path == str(media_root / video["media_path"])
+        assert point_id("case-01", video["media_id"]) == found.matched[0]
+    finally:
+        store.close()
