@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     generator_model: str = "Qwen/Qwen3-VL-2B-Instruct"
 
     device: str = "auto"
-    #: ``auto`` is bf16 on CUDA and on CPU too (three 2B models in fp32 need ≈25 GB); fp32 for parity tests.
+    #: ``auto``: bf16 on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16); elsewhere float32 per role while it fits
+    #: in memory (bf16 is emulated there, ≈5× slower), bf16 for the roles that do not fit (rag.models.loading).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     #: ``auto`` picks flash_attention_2 when it is installed and the device is CUDA, else sdpa.
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"

@@ -1,0 +1,112 @@
+"""Hardware-aware dtype choice and low-peak checkpoint loading (issue 16).
+
+The decision is a pure function of stated hardware facts, so its table is tested with facts written here (no mocking
+of torch or the model); loading is tested on the real tiny checkpoint against transformers' own loader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rag.models.loading import HardwareFacts, choose_dtype, plan_dtypes
+
+GB = 1024**3
+
+
+def cpu(**kw) -> HardwareFacts:
+    base = dict(device="cpu", cpu_capability="AVX2", cores=2, mem_available_bytes=22 * GB, mem_total_bytes=24 * GB)
+    base.update(kw)
+    return HardwareFacts(**base)
+
+
+@pytest.mark.parametrize(
+    ("facts", "fp32_bytes", "expected", "reason_has"),
+    [
+        (HardwareFacts(device="cuda", cuda_bf16=True, gpu_name="H200"), 8 * GB, "bfloat16", "CUDA"),
+        (HardwareFacts(device="cuda", cuda_bf16=False, gpu_name="T4"), 8 * GB, "float16", "without bf16"),
+        (cpu(cpu_capability="AVX512", cpu_amx=True), 8 * GB, "bfloat16", "AMX"),
+        (cpu(cpu_capability="AVX512", cpu_avx512_bf16=True), 8 * GB, "bfloat16", "AVX512-BF16"),
+        # AVX-512 without its BF16 extension is still emulated bf16
+        (cpu(cpu_capability="AVX512"), 8 * GB, "float32", "fit"),
+        (cpu(), 8 * GB, "float32", "fit"),
+        (cpu(mem_available_bytes=10 * GB), 8 * GB, "bfloat16", "do not fit"),
+        (cpu(), None, "float32", "no native bf16"),
+        (cpu(mem_available_bytes=None), 30 * GB, "float32", "no native bf16"),
+    ],
+)
+def test_dtype_decision_table(facts: HardwareFacts, fp32_bytes: int | None, expected: str, reason_has: str) -> None:
+    choice = choose_dtype(facts, fp32_bytes)
+    assert choice.dtype == expected
+    assert reason_has in choice.reason
+
+
+def test_three_2b_roles_on_a_24gb_cpu_without_bf16_fall_back_per_role() -> None:
+    """8.5 GB per 2B role in fp32: all three (25.5 GB) do not fit in 22 GB, so the first role keeps fp32, the rest bf16."""
+    size = 8_510_128_128
+    plan = plan_dtypes(cpu(), {"embedder": size, "reranker": size, "generator": size})
+    assert [plan[r].dtype for r in ("embedder", "reranker", "generator")] == ["float32", "bfloat16", "bfloat16"]
+    assert "do not fit" in plan["generator"].reason
+    # with 64 GB all three fit in fp32; with native bf16 all are bf16 whatever the memory
+    big = plan_dtypes(cpu(mem_available_bytes=64 * GB), {"embedder": size, "reranker": size, "generator": size})
+    assert {c.dtype for c in big.values()} == {"float32"}
+    native = plan_dtypes(cpu(cpu_avx512_bf16=True, mem_available_bytes=64 * GB), {"embedder": size})
+    assert native["embedder"].dtype == "bfloat16"
+
+
+def test_auto_dtype_follows_this_machine() -> None:
+    """`auto` resolves to what torch's own checks say about this CPU (the bf16 default is no longer unconditional)."""
+    from rag.models.loading import detect_hardware, resolve_dtype
+
+    facts = detect_hardware("cpu")
+    native = bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    assert facts.native_bf16_cpu == native
+    assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
+
+
+def test_checkpoint_size_from_headers(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    from rag.models.loading import checkpoint_fp32_bytes
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    n = sum(t.numel() for t in model.state_dict().values())  # tiny is untied: every tensor is saved once
+    assert checkpoint_fp32_bytes(tiny_model_dir) == 4 * n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_peak_loading_gives_transformers_weights(tiny_model_dir: Path, dtype: torch.dtype) -> None:
+    """The tensor-by-tensor loader (chunked casts forced with a tiny chunk) gives exactly the weights transformers'
+    own loader gives (a float32→bf16 cast is deterministic round-to-nearest-even), and keeps the generation config."""
+    from transformers import AutoModelForImageTextToText
+
+    from rag.models import loading
+
+    ref = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=dtype)
+    old = loading.CHUNK_BYTES
+    loading.CHUNK_BYTES = 4096  # every matrix wider than 1k floats goes through the chunked path
+    try:
+        sd = loading.read_state_dict(tiny_model_dir, dtype, chunk_bytes=4096)
+        ours = loading.load_model(AutoModelForImageTextToText, tiny_model_dir, dtype, torch.device("cpu"), "sdpa")
+    finally:
+        loading.CHUNK_BYTES = old
+    assert sd is not None and all(t.dtype == dtype for t in sd.values())
+    a, b = ref.state_dict(), ours.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k].dtype == dtype, k
+        assert torch.equal(a[k], b[k]), k
+    assert ours.generation_config.eos_token_id == ref.generation_config.eos_token_id
+
+
+def test_factory_logs_choice_and_reason(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from rag.config import Settings
+    from rag.models.factory import plan_role_dtypes
+
+    s = Settings(embedder_model=str(tiny_model_dir), reranker_model=str(tiny_model_dir))
+    plan = plan_role_dtypes(s, {"embedder": str(tiny_model_dir), "reranker": str(tiny_model_dir)})
+    assert set(plan) == {"embedder", "reranker"} and all(c.reason for c in plan.values())
+    fixed = plan_role_dtypes(s.model_copy(update={"dtype": "float32"}), {"embedder": str(tiny_model_dir)})
+    assert fixed["embedder"].dtype == "float32" and "RAGVQA_DTYPE" in fixed["embedder"].reason
