@@ -296,5 +296,42 @@ def bench_ingest(ctx: typer.Context) -> None:
     _run_typer(_import("eval.bench_ingest", "app"), list(ctx.args), "ragvqa bench ingest")
 
 
+@bench_app.command("query")
+def bench_query(
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint dir; default: a random one of --size, built once in --cache-dir."),
+    size: str = typer.Option("full-2b", help="tiny | bench | full-2b (the real 2B shape) when no --checkpoint."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Where built checkpoints are kept (default ~/.cache/ragvqa/bench-checkpoints)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    dtype: str = typer.Option("auto", help="auto (by hardware, as the app) | bfloat16 | float16 | float32."),
+    attn: str = typer.Option("auto", help="auto | sdpa | eager | flash_attention_2."),
+    docs: int = typer.Option(2, min=1, help="Case documents reranked (top-k)."),
+    new_tokens: int = typer.Option(8, min=1, help="Answer tokens timed after the first."),
+    case_images: int = typer.Option(2, min=0, help="Case photos in the generator prompt."),
+    query_max_pixels: Optional[int] = typer.Option(None, min=1, help="Pixel budget of the query photo (default: official)."),
+    quantize: str = typer.Option("none", help="none | int8 (dynamic int8 linear layers; CPU float32 only)."),
+    stage: list[str] = typer.Option(["embed", "rerank", "generate"], "--stage", help="Stages to run (repeatable)."),
+    compare: bool = typer.Option(False, help="Also run float32 at the official budget and report the quality cost."),
+    out: Path = typer.Option(Path("bench-results"), help="Output folder for JSON + markdown."),
+    name: str = typer.Option("bench-query", help="File name stem of the results."),
+) -> None:
+    """Model time of one real query (embed photo + question, rerank top-k, answer), per stage, with peak RSS."""
+    from pydantic import ValidationError
+
+    from eval.bench_query import DEFAULT_CACHE, QueryBenchConfig, render_markdown, run_query_bench, write_report
+
+    try:
+        cfg = QueryBenchConfig(checkpoint=checkpoint, size=size, cache_dir=cache_dir or DEFAULT_CACHE, device=device,
+                               dtype=dtype, attn_implementation=attn, docs=docs, new_tokens=new_tokens,
+                               case_images=case_images, query_max_pixels=query_max_pixels, quantize=quantize,
+                               stages=tuple(stage), compare=compare)
+        res = run_query_bench(cfg)
+    except (ValidationError, ValueError, FileNotFoundError) as e:
+        console.print(f"[red]{e}")
+        raise typer.Exit(2) from None
+    console.print(render_markdown(res), markup=False)
+    for path in write_report(res, out, name=name):
+        console.print(f"wrote {path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
