@@ -57,6 +57,7 @@ class QueryBenchConfig(BaseModel):
     quantize: Literal["none", "int8"] = "none"
     stages: tuple[str, ...] = STAGES
     compare: bool = Field(False, description="also run float32 at the full budget and report the levers' quality cost")
+    warmup: bool = Field(False, description="run each stage's forward once untimed first (GPUs: lazy kernel set-up)")
 
 
 # -- memory ---------------------------------------------------------------------------------------------------------
@@ -70,8 +71,19 @@ def _status_gb(key: str) -> float | None:
     return None
 
 
+def _cuda_ready() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 def reset_peak() -> bool:
-    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM); False where unsupported."""
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM; and the CUDA peak); False where
+    the RSS peak cannot be reset."""
+    if _cuda_ready():
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -80,7 +92,12 @@ def reset_peak() -> bool:
 
 
 def rss_gb() -> dict[str, float | None]:
-    return {"peak_rss_gb": _status_gb("VmHWM"), "rss_gb": _status_gb("VmRSS")}
+    out = {"peak_rss_gb": _status_gb("VmHWM"), "rss_gb": _status_gb("VmRSS")}
+    if _cuda_ready():
+        import torch
+
+        out["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+    return out
 
 
 # -- workload -------------------------------------------------------------------------------------------------------
@@ -193,6 +210,8 @@ def stage_embed(ckpt: Path, cfg: QueryBenchConfig) -> tuple[dict[str, Any], np.n
     load_s = time.perf_counter() - t
     item = query_item(cfg)
     tokens = _vision_tokens(emb, item)
+    if cfg.warmup:
+        emb.embed([item])
     _sync(cfg.device)
     t = time.perf_counter()
     vec = emb.embed([item])
@@ -212,6 +231,8 @@ def stage_rerank(ckpt: Path, cfg: QueryBenchConfig) -> tuple[dict[str, Any], lis
     rr = _load(Reranker, ckpt, cfg, _budget(cfg, query=True))
     load_s = time.perf_counter() - t
     query, docs = query_item(cfg), case_documents(cfg.docs)
+    if cfg.warmup:
+        rr.score(query, docs)
     _sync(cfg.device)
     t = time.perf_counter()
     scores = rr.score(query, docs)
@@ -260,6 +281,9 @@ def stage_generate(ckpt: Path, cfg: QueryBenchConfig) -> dict[str, Any]:
     # the tiny/random models may emit EOS at once: forbid stopping early so N tokens are always timed
     kw = dict(max_new_tokens=cfg.new_tokens + 1, min_new_tokens=cfg.new_tokens + 1, do_sample=False,
               temperature=None, top_p=None, top_k=None, streamer=clock)
+    if cfg.warmup:
+        with torch.inference_mode():
+            gen.model.generate(**inputs, **{**kw, "max_new_tokens": 2, "min_new_tokens": 2, "streamer": None})
     _sync(cfg.device)
     t0 = time.perf_counter()
     with torch.inference_mode():

@@ -74,3 +74,34 @@ def test_int8_quantization_keeps_embeddings_close(tiny_model_dir: Path) -> None:
     bf16 = Embedder.from_pretrained(tiny_model_dir, dtype="bfloat16", device="cpu")
     with pytest.raises(QuantizationError, match="float32"):
         quantize_wrapper(bf16)
+
+
+@pytest.mark.slow
+def test_gpu_run_script_on_cpu_with_tiny_checkpoint(tmp_path: Path) -> None:
+    """The GPU run's single command, on CPU with a tiny checkpoint and tiny counts: every step runs, nothing fails,
+    and the JSON and markdown hold the query stages, the throughput rows and the time to first token."""
+    from eval import gpu_run
+
+    out = tmp_path / "out"
+    rc = gpu_run.main(["--out", str(out), "--device", "cpu", "--size", "tiny", "--work-dir", str(tmp_path),
+                       "--docs", "2", "--new-tokens", "2", "--batch-sizes", "1", "--models-docs", "2",
+                       "--repeats", "1"])
+    res = json.loads((out / "gpu-run.json").read_text())
+    assert rc == 0 and res["errors"] == [] and res["skipped"] == []
+    q = res["query"]["sdpa"]["stages"]
+    assert set(q) == {"embed", "rerank", "generate"} and q["generate"]["ttft_s"] > 0
+    m = res["models"]["1"]
+    assert m["embed"]["max_abs_diff"] < 1e-4 and m["rerank"]["documents"] == 2
+    md = (out / "gpu-run.md").read_text()
+    assert "time to first token" in md and "| 1 |" in md
+
+
+def test_gpu_run_refuses_cuda_without_gpu(tmp_path: Path) -> None:
+    import torch
+
+    from eval import gpu_run
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit):
+        gpu_run.parse_args(["--out", str(tmp_path)])
