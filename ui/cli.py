@@ -333,5 +333,91 @@ def bench_query(
         console.print(f"wrote {path}")
 
 
+#: Above this model time for one query, ``ragvqa doctor`` warns that answers take minutes here.
+SLOW_QUERY_S = 60.0
+
+
+def doctor_report(settings: Any, bench: Optional[Path]) -> dict[str, Any]:
+    """What ``ragvqa doctor`` prints: hardware, the dtype and budgets the app would use, a measured query time."""
+    from rag.models.factory import ROLES, plan_role_dtypes
+    from rag.models.loading import detect_hardware, resolve_attn, resolve_device
+
+    dev = resolve_device(settings.device)
+    hw = detect_hardware(dev)
+    from rag.models.remote.settings import RemoteSettings
+
+    remote = RemoteSettings()
+    local = {r: getattr(settings, f"{r}_model") for r in ROLES if getattr(remote, f"{r}_backend") == "local"}
+    plan = plan_role_dtypes(settings, local)
+    measured = None
+    if bench is not None and bench.is_file():
+        try:
+            data = json.loads(bench.read_text())
+            measured = {"path": str(bench), "model_s_total": float(data["model_s_total"]),
+                        "stages": {k: float(v["model_s"]) for k, v in data.get("stages", {}).items()},
+                        "created_at": data.get("created_at"), "config": data.get("config", {})}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            measured = {"path": str(bench), "error": f"unreadable bench result: {e}"}
+    warnings: list[str] = []
+    if dev.type == "cpu" and local:
+        slow = measured is not None and measured.get("model_s_total", 0.0) > SLOW_QUERY_S
+        if slow or measured is None or "error" in measured:
+            what = (f"one query took {measured['model_s_total']:.0f} s of model time here" if slow else
+                    "a 2B Qwen3-VL model on CPU takes tens of seconds to minutes per stage")
+            warnings.append(
+                f"CPU-only: {what}, so an answer will take minutes. Use a GPU (RAGVQA_DEVICE=cuda) or move the "
+                f"models to servers (RAGVQA_<ROLE>_BACKEND=vllm/openai, see 'Models on servers' in the README); "
+                f"measure with `ragvqa bench query`.")
+    return {
+        "hardware": json.loads(hw.model_dump_json()),
+        "device": str(dev),
+        "attention": resolve_attn(settings.attn_implementation, dev),
+        "dtypes": {r: {"dtype": c.dtype, "reason": c.reason} for r, c in plan.items()},
+        "remote_roles": [r for r in ROLES if r not in local],
+        "budgets": {"max_pixels": settings.vision.max_pixels, "min_pixels": settings.vision.min_pixels,
+                    "video_max_frames": settings.vision.video_max_frames,
+                    "video_frame_max_pixels": settings.vision.video_frame_max_pixels},
+        "measured": measured,
+        "warnings": warnings,
+    }
+
+
+@app.command()
+def doctor(
+    bench: Path = typer.Option(Path("bench-results") / "bench-query.json", help="A `ragvqa bench query` result to report."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Hardware, the dtype and budgets the app would use here, the measured one-query time, and warnings."""
+    rep = doctor_report(_settings(None), bench)
+    if as_json:
+        sys.stdout.write(json.dumps(rep) + "\n")
+        return
+    hw, gb = rep["hardware"], 1024**3
+    out = Console(highlight=False, soft_wrap=True)
+    native = " (native bf16: " + ("AMX" if hw["cpu_amx"] else "AVX512-BF16") + ")" if hw["cpu_amx"] or hw["cpu_avx512_bf16"] else " (no native bf16)"
+    mem = (f"{hw['mem_available_bytes'] / gb:.1f} GB available of {hw['mem_total_bytes'] / gb:.1f} GB"
+           if hw["mem_available_bytes"] is not None and hw["mem_total_bytes"] is not None else "unknown")
+    out.print(f"CPU: {hw['cpu_capability']}{native}, {hw['cores']} cores; memory: {mem}", markup=False)
+    out.print("GPU: " + (f"{hw['gpu_name']} ({hw['gpu_mem_bytes'] / gb:.0f} GB)" if hw["gpu_name"] else "none"), markup=False)
+    out.print(f"device: {rep['device']}; attention: {rep['attention']}", markup=False)
+    for role, c in rep["dtypes"].items():
+        out.print(f"{role}: {c['dtype']} ({c['reason']})", markup=False)
+    for role in rep["remote_roles"]:
+        out.print(f"{role}: model server", markup=False)
+    b = rep["budgets"]
+    out.print(f"image budget: {b['min_pixels']}-{b['max_pixels']} pixels ({b['max_pixels'] // 1024} vision tokens max); "
+              f"video: {b['video_max_frames']} frames of at most {b['video_frame_max_pixels']} pixels", markup=False)
+    m = rep["measured"]
+    if m is None:
+        out.print(f"one-query time: not measured (no {bench}; run `ragvqa bench query`)", markup=False)
+    elif "error" in m:
+        out.print(f"one-query time: {m['error']} ({m['path']})", markup=False)
+    else:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in m["stages"].items())
+        out.print(f"one-query model time (measured {m['created_at']}): {m['model_s_total']:.1f} s ({stages})", markup=False)
+    for w in rep["warnings"]:
+        out.print(f"[bold yellow]warning:[/] {w}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
