@@ -409,3 +409,69 @@ def write_report(res: dict[str, Any], out_dir: str | os.PathLike[str], name: str
     js.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     md.write_text(render_markdown(res), encoding="utf-8")
     return js, md
+
+
+# -- adaptive rerank depth, measured offline on an eval run -----------------------------------------------------
+def rerank_depth_study(run_dir: str | os.PathLike[str], margins: list[float], min_depth: int | None = None,
+                       metrics: tuple[str, ...] = ("mrr@10", "recall@5", "ndcg@10")) -> dict[str, Any]:
+    """Ranking quality and rerank work of ``Rerank.adaptive_depth`` for each margin, from one ``ragvqa eval run
+    --mode rerank`` folder.
+
+    The run reranked every retrieved case and recorded both rankings; the reranker scores each (query, case) pair on
+    its own (batched scores equal one-pair scores within 1e-4), so the ranking a smaller depth gives is exactly the
+    top-``depth`` retrieved cases ordered by their recorded rerank scores, then the rest in retrieval order. The work
+    saved is the share of (query, case) pairs not scored.
+    """
+    from eval.metrics import build_qrels, build_run, compare_runs, evaluate
+    from rag.pipeline.stages import Rerank
+
+    folder = Path(run_dir)
+    records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
+    records = [r for r in records if r.get("rerank") and r.get("retrieval") and not r.get("error")]
+    if not records:
+        raise ValueError(f"{folder} has no reranked queries: run `ragvqa eval run --mode rerank` first")
+    cfg = json.loads((folder / "config.json").read_text()).get("config", {}) if (folder / "config.json").is_file() else {}
+    min_depth = min_depth or int(cfg.get("top_n", 5))
+    qrels = build_qrels(records)
+
+    def simulate(margin: float | None) -> tuple[list[dict[str, Any]], float]:
+        out, pairs, full = [], 0, 0
+        for r in records:
+            rscore = {d: s for d, s in r["rerank"]}
+            order = [d for d, _ in r["retrieval"]]
+            depth = Rerank.adaptive_depth([s for _, s in r["retrieval"]], margin, min_depth)
+            head = sorted(order[:depth], key=lambda d: -rscore.get(d, 0.0))
+            ranking = [[d, float(len(order) - i)] for i, d in enumerate(head + order[depth:])]
+            out.append({"id": r["id"], "rerank": ranking})
+            pairs, full = pairs + depth, full + len(order)
+        return out, pairs / max(1, full)
+
+    base_records, _ = simulate(None)
+    base_run = build_run(base_records, "rerank", name="all")
+    rows = [{"margin": None, "rerank_share": 1.0, **evaluate(qrels, base_run, metrics)}]
+    runs = [base_run]
+    for m in margins:
+        recs, share = simulate(m)
+        run = build_run(recs, "rerank", name=f"margin={m}")
+        runs.append(run)
+        rows.append({"margin": m, "rerank_share": share, **evaluate(qrels, run, metrics)})
+    try:
+        significance = compare_runs(qrels, runs, metrics=list(metrics))
+    except Exception as e:  # the table is the result; significance is a bonus
+        significance = {"error": repr(e)}
+    return {"run_dir": str(folder), "queries": len(records), "judged_queries": len(qrels.keys()),
+            "min_depth": min_depth, "models": cfg.get("models"), "rows": rows, "significance": significance}
+
+
+def render_depth_markdown(res: dict[str, Any]) -> str:
+    metrics = [k for k in res["rows"][0] if k not in ("margin", "rerank_share")]
+    base = res["rows"][0]
+    lines = ["# Adaptive rerank depth", "",
+             f"Run `{res['run_dir']}` ({res['queries']} reranked queries, {res['judged_queries']} with judgements, models "
+             f"{res['models']}); depth = retrieved cases within the margin of the best cosine, at least {res['min_depth']}.", "",
+             "| margin | pairs reranked | " + " | ".join(metrics) + " | Δ MRR@10 |", "|---|---:|" + "---:|" * (len(metrics) + 1)]
+    for r in res["rows"]:
+        delta = r.get("mrr@10", 0.0) - base.get("mrr@10", 0.0)
+        lines.append(f"| {'all' if r['margin'] is None else r['margin']} | {r['rerank_share']:.0%} | "
+                     + " | ".join(f"{r[m]:.4f}" for m in metrics) + f" | {delta:+.4f} |")
+    return "\n".join(lines) + "\n"

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     retrieve_top_k: int = 20
     rerank_top_n: int = 5
     rerank_enabled: bool = True
+    #: Adaptive rerank depth: rerank only the retrieved cases within this cosine margin of the best one (at least
+    #: rerank_top_n); None reranks all retrieve_top_k. Measured offline with `ragvqa bench rerank-depth` (README).
+    rerank_adaptive_margin: float | None = Field(default=None, ge=0.0)
     #: Below this best reranker score the app abstains (no diagnosis, only "possibly related" cases).
     abstain_rerank_threshold: float = 0.5
     #: Used instead when reranking is off: best cosine similarity of the query to a case.

@@ -6,6 +6,7 @@ of torch or the model); loading is tested on the real tiny checkpoint against tr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,62 @@ def test_factory_logs_choice_and_reason(tiny_model_dir: Path, caplog: pytest.Log
     assert set(plan) == {"embedder", "reranker"} and all(c.reason for c in plan.values())
     fixed = plan_role_dtypes(s.model_copy(update={"dtype": "float32"}), {"embedder": str(tiny_model_dir)})
     assert fixed["embedder"].dtype == "float32" and "RAGVQA_DTYPE" in fixed["embedder"].reason
+
+
+# -- adaptive rerank depth -------------------------------------------------------------------------------------------
+def test_adaptive_depth_rule() -> None:
+    from rag.pipeline.stages import Rerank
+
+    scores = [0.90, 0.88, 0.80, 0.79, 0.60, 0.50]
+    assert Rerank.adaptive_depth(scores, None, 2) == 6  # off: all
+    assert Rerank.adaptive_depth(scores, 0.05, 1) == 2  # 0.90, 0.88 within 0.05
+    assert Rerank.adaptive_depth(scores, 0.05, 3) == 3  # never below the minimum
+    assert Rerank.adaptive_depth(scores, 0.15, 1) == 4
+    assert Rerank.adaptive_depth(scores, 1.0, 1) == 6
+    assert Rerank.adaptive_depth(scores[:2], 0.0, 5) == 2  # never above what was retrieved
+    assert Rerank.adaptive_depth([], 0.1, 3) == 0
+
+
+def test_rerank_stage_scores_only_the_adaptive_depth(reranker, tmp_path: Path) -> None:
+    """With a margin, only the decisive head is sent to the real reranker; the trace says how many."""
+    from rag.pipeline.stages import Rerank
+    from rag.pipeline.types import CaseCandidate, Query, Trace
+
+    seen: list[int] = []
+
+    class Counting:
+        """The real tiny reranker, counting the documents it is given."""
+
+        def score(self, query, documents, **kw):
+            seen.append(len(documents))
+            return reranker.score(query, documents, **kw)
+
+    cands = [CaseCandidate(case_id=f"c{i}", retrieval_score=s, document=f"case {i} fuser error E1{i}")
+             for i, s in enumerate([0.9, 0.89, 0.7, 0.6, 0.5])]
+    trace = Trace()
+    out = Rerank(Counting(), top_n=1, adaptive_margin=0.05).run(Query(text="fuser error"), cands, trace)
+    assert seen == [2] and len(out) == 1 and out[0].case_id in ("c0", "c1") and out[0].rerank_score is not None
+    assert trace.stages[-1].detail["depth"] == 2 and trace.stages[-1].detail["candidates"] == 5
+    Rerank(Counting(), top_n=1).run(Query(text="fuser error"), cands, Trace())
+    assert seen[-1] == 5
+
+
+def test_rerank_depth_study_matches_hand_computed_mrr(tmp_path: Path) -> None:
+    """Two judged queries; hand-computed MRR@10: reranking all puts both relevant cases first (MRR 1.0). With margin
+    0.05 and min depth 1, q1's head is {a, b} (relevant b reranked first: RR 1) and q2's head is {x} only (relevant z
+    stays at retrieval rank 3: RR 1/3), so MRR@10 = (1 + 1/3) / 2 and 3 of 6 pairs are reranked."""
+    from eval.bench_query import rerank_depth_study
+
+    recs = [
+        {"id": "q1", "relevant": {"b": 1}, "retrieval": [["a", 0.90], ["b", 0.88], ["c", 0.50]],
+         "rerank": [["b", 0.9], ["a", 0.2], ["c", 0.1]]},
+        {"id": "q2", "relevant": {"z": 1}, "retrieval": [["x", 0.90], ["y", 0.70], ["z", 0.60]],
+         "rerank": [["z", 0.95], ["x", 0.3], ["y", 0.2]]},
+    ]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"top_n": 1, "models": "tiny"}}))
+    res = rerank_depth_study(tmp_path, [0.05, 1.0])
+    rows = {r["margin"]: r for r in res["rows"]}
+    assert rows[None]["mrr@10"] == pytest.approx(1.0) and rows[None]["rerank_share"] == 1.0
+    assert rows[0.05]["mrr@10"] == pytest.approx((1 + 1 / 3) / 2) and rows[0.05]["rerank_share"] == pytest.approx(0.5)
+    assert rows[1.0]["mrr@10"] == pytest.approx(1.0)

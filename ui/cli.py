@@ -333,6 +333,28 @@ def bench_query(
         console.print(f"wrote {path}")
 
 
+@bench_app.command("rerank-depth")
+def bench_rerank_depth(
+    run_dir: Path = typer.Argument(..., help="A `ragvqa eval run --mode rerank` folder (every retrieved case reranked)."),
+    margin: list[float] = typer.Option([0.02, 0.05, 0.1, 0.2], "--margin", help="Cosine margins to try (repeatable)."),
+    out: Path = typer.Option(Path("bench-results"), help="Output folder for JSON + markdown."),
+) -> None:
+    """Adaptive rerank depth: ranking quality (ranx) and rerank work saved per margin, from one eval run."""
+    from eval.bench_query import render_depth_markdown, rerank_depth_study
+
+    try:
+        res = rerank_depth_study(run_dir, list(margin))
+    except (OSError, ValueError) as e:
+        console.print(f"[red]{e}")
+        raise typer.Exit(2) from None
+    md = render_depth_markdown(res)
+    console.print(md, markup=False)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench-rerank-depth.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    (out / "bench-rerank-depth.md").write_text(md)
+    console.print(f"wrote {out / 'bench-rerank-depth.json'} and {out / 'bench-rerank-depth.md'}")
+
+
 #: Above this model time for one query, ``ragvqa doctor`` warns that answers take minutes here.
 SLOW_QUERY_S = 60.0
 
