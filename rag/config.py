@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     #: ``auto``: bf16 on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16); elsewhere float32 per role while it fits
     #: in memory (bf16 is emulated there, ≈5× slower), bf16 for the roles that do not fit (rag.models.loading).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    #: ``int8``: dynamic int8 linear layers for the local roles that run in float32 on CPU (rag.models.quant);
+    #: ``none`` keeps float weights. Quality cost and speed: ``ragvqa bench query --quantize int8 --compare``.
+    cpu_quantization: Literal["none", "int8"] = "none"
     #: ``auto`` picks flash_attention_2 when it is installed and the device is CUDA, else sdpa.
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 

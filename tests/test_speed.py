@@ -170,3 +170,16 @@ def test_rerank_depth_study_matches_hand_computed_mrr(tmp_path: Path) -> None:
     assert rows[None]["mrr@10"] == pytest.approx(1.0) and rows[None]["rerank_share"] == 1.0
     assert rows[0.05]["mrr@10"] == pytest.approx((1 + 1 / 3) / 2) and rows[0.05]["rerank_share"] == pytest.approx(0.5)
     assert rows[1.0]["mrr@10"] == pytest.approx(1.0)
+
+
+def test_factory_applies_cpu_int8_only_to_float32_cpu_roles(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.config import Settings
+    from rag.models.factory import load_models
+
+    for role in ("EMBEDDER", "RERANKER", "GENERATOR"):
+        monkeypatch.delenv(f"RAGVQA_{role}_BACKEND", raising=False)
+    base = dict(embedder_model=str(tiny_model_dir), device="cpu", cpu_quantization="int8")
+    q = load_models(Settings(dtype="float32", **base), need=("embedder",)).embedder
+    assert not any(type(m) is torch.nn.Linear for m in q.model.modules())
+    b = load_models(Settings(dtype="bfloat16", **base), need=("embedder",)).embedder
+    assert any(type(m) is torch.nn.Linear for m in b.model.modules())  # bf16 is left alone (int8 needs fp32)

@@ -125,8 +125,23 @@ def load_models(settings: Settings, which: ModelChoice = "real",
     dtypes = plan_role_dtypes(settings, local)
     for role, name in local.items():
         log.info("loading %s %s (%s: %s)", role, name, dtypes[role].dtype, dtypes[role].reason)
-        setattr(out, role, classes[role].from_pretrained(name, dtype=dtypes[role].dtype, **kw))
+        model = classes[role].from_pretrained(name, dtype=dtypes[role].dtype, **kw)
+        if settings.cpu_quantization == "int8":
+            _quantize_if_cpu_fp32(role, model)
+        setattr(out, role, model)
     return out
+
+
+def _quantize_if_cpu_fp32(role: str, model: Any) -> None:
+    import torch
+
+    from rag.models.quant import quantize_wrapper
+
+    p = next(model.model.parameters())
+    if p.device.type == "cpu" and p.dtype == torch.float32:
+        quantize_wrapper(model)
+    else:
+        log.info("RAGVQA_CPU_QUANTIZATION=int8 ignored for %s: it runs in %s on %s", role, p.dtype, p.device)
 
 
 def plan_role_dtypes(settings: Settings, models: dict[str, str]) -> dict[str, "DtypeChoice"]:
