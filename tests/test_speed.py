@@ -183,3 +183,20 @@ def test_factory_applies_cpu_int8_only_to_float32_cpu_roles(tiny_model_dir: Path
     assert not any(type(m) is torch.nn.Linear for m in q.model.modules())
     b = load_models(Settings(dtype="bfloat16", **base), need=("embedder",)).embedder
     assert any(type(m) is torch.nn.Linear for m in b.model.modules())  # bf16 is left alone (int8 needs fp32)
+
+
+@pytest.mark.slow
+def test_low_peak_loading_ties_the_lm_head(tmp_path: Path) -> None:
+    """Tied checkpoints (the 2B shape) save no lm_head: the reranker's yes/no vector must come from the tied
+    embedding, as with transformers' own loader, not from a random init."""
+    from transformers import AutoModelForImageTextToText
+
+    from rag.models import loading
+    from rag.models.tiny import make_checkpoint
+
+    d = make_checkpoint(tmp_path / "bench", size="bench")
+    ref = AutoModelForImageTextToText.from_pretrained(d, dtype=torch.bfloat16)
+    ours = loading.load_model(AutoModelForImageTextToText, d, torch.bfloat16, torch.device("cpu"), "sdpa")
+    assert ours.lm_head.weight.data_ptr() == ours.model.language_model.embed_tokens.weight.data_ptr()
+    a, b = ref.state_dict(), ours.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
