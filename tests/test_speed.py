@@ -78,28 +78,32 @@ def test_checkpoint_size_from_headers(tiny_model_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_low_peak_loading_gives_transformers_weights(tiny_model_dir: Path, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("auto_cls", ["AutoModelForImageTextToText", "AutoModel"])
+def test_low_peak_loading_gives_transformers_weights(tiny_model_dir: Path, dtype: torch.dtype, auto_cls: str) -> None:
     """The tensor-by-tensor loader (chunked casts forced with a tiny chunk) gives exactly the weights transformers'
-    own loader gives (a float32→bf16 cast is deterministic round-to-nearest-even), and keeps the generation config."""
-    from transformers import AutoModelForImageTextToText
+    own loader gives (a float32→bf16 cast is deterministic round-to-nearest-even), for the generator/reranker class
+    and the embedder's bare model (checkpoint keys renamed the same way), and keeps the generation config."""
+    import transformers
 
     from rag.models import loading
 
-    ref = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=dtype)
-    old = loading.CHUNK_BYTES
-    loading.CHUNK_BYTES = 4096  # every matrix wider than 1k floats goes through the chunked path
-    try:
-        sd = loading.read_state_dict(tiny_model_dir, dtype, chunk_bytes=4096)
-        ours = loading.load_model(AutoModelForImageTextToText, tiny_model_dir, dtype, torch.device("cpu"), "sdpa")
-    finally:
-        loading.CHUNK_BYTES = old
+    cls = getattr(transformers, auto_cls)
+    ref = cls.from_pretrained(tiny_model_dir, dtype=dtype)
+    sd = loading.read_state_dict(tiny_model_dir, dtype, chunk_bytes=4096)  # every matrix > 1k floats is chunked
     assert sd is not None and all(t.dtype == dtype for t in sd.values())
+    old = loading.CHUNK_BYTES
+    loading.read_state_dict.__defaults__ = (4096,)
+    try:
+        ours = loading.load_model(cls, tiny_model_dir, dtype, torch.device("cpu"), "sdpa")
+    finally:
+        loading.read_state_dict.__defaults__ = (old,)
     a, b = ref.state_dict(), ours.state_dict()
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         assert b[k].dtype == dtype, k
         assert torch.equal(a[k], b[k]), k
-    assert ours.generation_config.eos_token_id == ref.generation_config.eos_token_id
+    if auto_cls == "AutoModelForImageTextToText":
+        assert ours.generation_config.eos_token_id == ref.generation_config.eos_token_id
 
 
 def test_factory_logs_choice_and_reason(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
