@@ -346,7 +346,7 @@ def run_query_bench(cfg: QueryBenchConfig) -> dict[str, Any]:
                                          "stages": tuple(s for s in cfg.stages if s in ("embed", "rerank")),
                                          "checkpoint": ckpt, "compare": False})
         quality: dict[str, Any] = {"reference": "float32, official pixel budget, no quantization",
-                                   "random_weights": cfg.checkpoint is None}
+                                   "random_weights": (ckpt / "RANDOM_WEIGHTS").is_file()}
         if vec is not None:
             ref_stage, ref_vec = stage_embed(ckpt, ref_cfg)
             quality["embed_cosine"] = float(np.dot(vec, ref_vec) / (np.linalg.norm(vec) * np.linalg.norm(ref_vec)))

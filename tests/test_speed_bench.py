@@ -26,7 +26,7 @@ def test_bench_query_smoke(tiny_model_dir: Path, tmp_path: Path) -> None:
         assert s["model_s"] > 0 and s["peak_rss_gb"] > 0
     q = res["quality"]
     assert -1.0 <= q["embed_cosine"] <= 1.0 + 1e-6 and q["embed_cosine"] < 1.0 - 1e-6  # the budget changed the input
-    assert -1.0 <= q["rerank_kendall_tau"] <= 1.0
+    assert -1.0 <= q["rerank_kendall_tau"] <= 1.0 and q["random_weights"] is True
     js, md = write_report(res, tmp_path)
     assert json.loads(js.read_text())["stages"]["rerank"]["documents"] == 3
     assert "| rerank |" in md.read_text() and "TTFT" in render_markdown(res)

@@ -212,6 +212,8 @@ def make_checkpoint(out_dir: str | Path, size: CheckpointSize = "tiny", seed: in
     model.eval()
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    # benchmarks say so next to quality figures measured on it
+    (out / "RANDOM_WEIGHTS").write_text(f"random {size} Qwen3-VL checkpoint (rag.models.tiny, seed {seed})\n")
     n = sum(p.numel() for p in model.parameters())
     logger.info("saved %s Qwen3-VL checkpoint (%.1fM parameters) to %s", size, n / 1e6, out)
     return out
