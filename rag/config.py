@@ -52,8 +52,12 @@ class Settings(BaseSettings):
     generator_model: str = "Qwen/Qwen3-VL-2B-Instruct"
 
     device: str = "auto"
-    #: ``auto`` is bf16 on CUDA and on CPU too (three 2B models in fp32 need ≈25 GB); fp32 for parity tests.
+    #: ``auto``: bf16 on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16); elsewhere float32 per role while it fits
+    #: in memory (bf16 is emulated there, ≈5× slower), bf16 for the roles that do not fit (rag.models.loading).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    #: ``int8``: dynamic int8 linear layers for the local roles that run in float32 on CPU (rag.models.quant);
+    #: ``none`` keeps float weights. Quality cost and speed: ``ragvqa bench query --quantize int8 --compare``.
+    cpu_quantization: Literal["none", "int8"] = "none"
     #: ``auto`` picks flash_attention_2 when it is installed and the device is CUDA, else sdpa.
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 
@@ -92,6 +96,9 @@ class Settings(BaseSettings):
     retrieve_top_k: int = 20
     rerank_top_n: int = 5
     rerank_enabled: bool = True
+    #: Adaptive rerank depth: rerank only the retrieved cases within this cosine margin of the best one (at least
+    #: rerank_top_n); None reranks all retrieve_top_k. Measured offline with `ragvqa bench rerank-depth` (README).
+    rerank_adaptive_margin: float | None = Field(default=None, ge=0.0)
     #: Below this best reranker score the app abstains (no diagnosis, only "possibly related" cases).
     abstain_rerank_threshold: float = 0.5
     #: Used instead when reranking is off: best cosine similarity of the query to a case.

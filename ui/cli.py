@@ -307,5 +307,150 @@ def bench_ingest(ctx: typer.Context) -> None:
     _run_typer(_import("eval.bench_ingest", "app"), list(ctx.args), "ragvqa bench ingest")
 
 
+@bench_app.command("query")
+def bench_query(
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint dir; default: a random one of --size, built once in --cache-dir."),
+    size: str = typer.Option("full-2b", help="tiny | bench | full-2b (the real 2B shape) when no --checkpoint."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Where built checkpoints are kept (default ~/.cache/ragvqa/bench-checkpoints)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    dtype: str = typer.Option("auto", help="auto (by hardware, as the app) | bfloat16 | float16 | float32."),
+    attn: str = typer.Option("auto", help="auto | sdpa | eager | flash_attention_2."),
+    docs: int = typer.Option(2, min=1, help="Case documents reranked (top-k)."),
+    new_tokens: int = typer.Option(8, min=1, help="Answer tokens timed after the first."),
+    case_images: int = typer.Option(2, min=0, help="Case photos in the generator prompt."),
+    query_max_pixels: Optional[int] = typer.Option(None, min=1, help="Pixel budget of the query photo (default: official)."),
+    quantize: str = typer.Option("none", help="none | int8 (dynamic int8 linear layers; CPU float32 only)."),
+    stage: list[str] = typer.Option(["embed", "rerank", "generate"], "--stage", help="Stages to run (repeatable)."),
+    compare: bool = typer.Option(False, help="Also run float32 at the official budget and report the quality cost."),
+    out: Path = typer.Option(Path("bench-results"), help="Output folder for JSON + markdown."),
+    name: str = typer.Option("bench-query", help="File name stem of the results."),
+) -> None:
+    """Model time of one real query (embed photo + question, rerank top-k, answer), per stage, with peak RSS."""
+    from pydantic import ValidationError
+
+    from eval.bench_query import DEFAULT_CACHE, QueryBenchConfig, render_markdown, run_query_bench, write_report
+
+    try:
+        cfg = QueryBenchConfig(checkpoint=checkpoint, size=size, cache_dir=cache_dir or DEFAULT_CACHE, device=device,
+                               dtype=dtype, attn_implementation=attn, docs=docs, new_tokens=new_tokens,
+                               case_images=case_images, query_max_pixels=query_max_pixels, quantize=quantize,
+                               stages=tuple(stage), compare=compare)
+        res = run_query_bench(cfg)
+    except (ValidationError, ValueError, FileNotFoundError) as e:
+        console.print(f"[red]{e}")
+        raise typer.Exit(2) from None
+    console.print(render_markdown(res), markup=False)
+    for path in write_report(res, out, name=name):
+        console.print(f"wrote {path}")
+
+
+@bench_app.command("rerank-depth")
+def bench_rerank_depth(
+    run_dir: Path = typer.Argument(..., help="A `ragvqa eval run --mode rerank` folder (every retrieved case reranked)."),
+    margin: list[float] = typer.Option([0.02, 0.05, 0.1, 0.2], "--margin", help="Cosine margins to try (repeatable)."),
+    out: Path = typer.Option(Path("bench-results"), help="Output folder for JSON + markdown."),
+) -> None:
+    """Adaptive rerank depth: ranking quality (ranx) and rerank work saved per margin, from one eval run."""
+    from eval.bench_query import render_depth_markdown, rerank_depth_study
+
+    try:
+        res = rerank_depth_study(run_dir, list(margin))
+    except (OSError, ValueError) as e:
+        console.print(f"[red]{e}")
+        raise typer.Exit(2) from None
+    md = render_depth_markdown(res)
+    console.print(md, markup=False)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench-rerank-depth.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    (out / "bench-rerank-depth.md").write_text(md)
+    console.print(f"wrote {out / 'bench-rerank-depth.json'} and {out / 'bench-rerank-depth.md'}")
+
+
+#: Above this model time for one query, ``ragvqa doctor`` warns that answers take minutes here.
+SLOW_QUERY_S = 60.0
+
+
+def doctor_report(settings: Any, bench: Optional[Path]) -> dict[str, Any]:
+    """What ``ragvqa doctor`` prints: hardware, the dtype and budgets the app would use, a measured query time."""
+    from rag.models.factory import ROLES, plan_role_dtypes
+    from rag.models.loading import detect_hardware, resolve_attn, resolve_device
+
+    dev = resolve_device(settings.device)
+    hw = detect_hardware(dev)
+    from rag.models.remote.settings import RemoteSettings
+
+    remote = RemoteSettings()
+    local = {r: getattr(settings, f"{r}_model") for r in ROLES if getattr(remote, f"{r}_backend") == "local"}
+    plan = plan_role_dtypes(settings, local)
+    measured = None
+    if bench is not None and bench.is_file():
+        try:
+            data = json.loads(bench.read_text())
+            measured = {"path": str(bench), "model_s_total": float(data["model_s_total"]),
+                        "stages": {k: float(v["model_s"]) for k, v in data.get("stages", {}).items()},
+                        "created_at": data.get("created_at"), "config": data.get("config", {})}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            measured = {"path": str(bench), "error": f"unreadable bench result: {e}"}
+    warnings: list[str] = []
+    if dev.type == "cpu" and local:
+        slow = measured is not None and measured.get("model_s_total", 0.0) > SLOW_QUERY_S
+        if slow or measured is None or "error" in measured:
+            what = (f"one query took {measured['model_s_total']:.0f} s of model time here" if slow else
+                    "a 2B Qwen3-VL model on CPU takes tens of seconds to minutes per stage")
+            warnings.append(
+                f"CPU-only: {what}, so an answer will take minutes. Use a GPU (RAGVQA_DEVICE=cuda) or move the "
+                f"models to servers (RAGVQA_<ROLE>_BACKEND=vllm/openai, see 'Models on servers' in the README); "
+                f"measure with `ragvqa bench query`.")
+    return {
+        "hardware": json.loads(hw.model_dump_json()),
+        "device": str(dev),
+        "attention": resolve_attn(settings.attn_implementation, dev),
+        "dtypes": {r: {"dtype": c.dtype, "reason": c.reason} for r, c in plan.items()},
+        "remote_roles": [r for r in ROLES if r not in local],
+        "budgets": {"max_pixels": settings.vision.max_pixels, "min_pixels": settings.vision.min_pixels,
+                    "video_max_frames": settings.vision.video_max_frames,
+                    "video_frame_max_pixels": settings.vision.video_frame_max_pixels},
+        "measured": measured,
+        "warnings": warnings,
+    }
+
+
+@app.command()
+def doctor(
+    bench: Path = typer.Option(Path("bench-results") / "bench-query.json", help="A `ragvqa bench query` result to report."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Hardware, the dtype and budgets the app would use here, the measured one-query time, and warnings."""
+    rep = doctor_report(_settings(None), bench)
+    if as_json:
+        sys.stdout.write(json.dumps(rep) + "\n")
+        return
+    hw, gb = rep["hardware"], 1024**3
+    out = Console(highlight=False, soft_wrap=True)
+    native = " (native bf16: " + ("AMX" if hw["cpu_amx"] else "AVX512-BF16") + ")" if hw["cpu_amx"] or hw["cpu_avx512_bf16"] else " (no native bf16)"
+    mem = (f"{hw['mem_available_bytes'] / gb:.1f} GB available of {hw['mem_total_bytes'] / gb:.1f} GB"
+           if hw["mem_available_bytes"] is not None and hw["mem_total_bytes"] is not None else "unknown")
+    out.print(f"CPU: {hw['cpu_capability']}{native}, {hw['cores']} cores; memory: {mem}", markup=False)
+    out.print("GPU: " + (f"{hw['gpu_name']} ({hw['gpu_mem_bytes'] / gb:.0f} GB)" if hw["gpu_name"] else "none"), markup=False)
+    out.print(f"device: {rep['device']}; attention: {rep['attention']}", markup=False)
+    for role, c in rep["dtypes"].items():
+        out.print(f"{role}: {c['dtype']} ({c['reason']})", markup=False)
+    for role in rep["remote_roles"]:
+        out.print(f"{role}: model server", markup=False)
+    b = rep["budgets"]
+    out.print(f"image budget: {b['min_pixels']}-{b['max_pixels']} pixels ({b['max_pixels'] // 1024} vision tokens max); "
+              f"video: {b['video_max_frames']} frames of at most {b['video_frame_max_pixels']} pixels", markup=False)
+    m = rep["measured"]
+    if m is None:
+        out.print(f"one-query time: not measured (no {bench}; run `ragvqa bench query`)", markup=False)
+    elif "error" in m:
+        out.print(f"one-query time: {m['error']} ({m['path']})", markup=False)
+    else:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in m["stages"].items())
+        out.print(f"one-query model time (measured {m['created_at']}): {m['model_s_total']:.1f} s ({stages})", markup=False)
+    for w in rep["warnings"]:
+        out.print(f"[bold yellow]warning:[/] {w}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

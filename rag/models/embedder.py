@@ -31,7 +31,7 @@ from rag.models.encoding import (
     to_device,
     truncate,
 )
-from rag.models.loading import load_kwargs, resolve_device, resolve_model_path
+from rag.models.loading import load_model, resolve_device, resolve_model_path
 from rag.models.vision import VisionInputError
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Embedder(TokenizedModel):
 
         path = resolve_model_path(name_or_path, "embedder")
         dev = resolve_device(device)
-        model = AutoModel.from_pretrained(path, **load_kwargs(dtype, dev, attn_implementation))
+        model = load_model(AutoModel, path, dtype, dev, attn_implementation)
         processor = AutoProcessor.from_pretrained(path)
         return cls(model.to(dev), processor, name=str(name_or_path), budget=budget, **kwargs)
 

@@ -15,11 +15,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 from rag.config import Settings
 
-__all__ = ["LoadedModels", "ModelChoice", "load_models", "tiny_checkpoint", "tiny_embedder_id"]
+if TYPE_CHECKING:
+    from rag.models.loading import DtypeChoice
+
+__all__ = ["LoadedModels", "ModelChoice", "load_models", "plan_role_dtypes", "tiny_checkpoint", "tiny_embedder_id"]
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +114,49 @@ def load_models(settings: Settings, which: ModelChoice = "real",
         return out
     from rag.models.remote import load_remote_or_none
 
-    kw = {"device": settings.device, "dtype": settings.dtype, "attn_implementation": settings.attn_implementation,
-          "budget": settings.vision}
+    kw = {"device": settings.device, "attn_implementation": settings.attn_implementation, "budget": settings.vision}
+    local: dict[str, Any] = {}
     for role in need:
         remote = load_remote_or_none(role, settings)  # RAGVQA_<ROLE>_BACKEND selects a model server
         if remote is not None:
             setattr(out, role, remote)
-            continue
-        name = getattr(settings, f"{role}_model")
-        log.info("loading %s %s", role, name)
-        setattr(out, role, classes[role].from_pretrained(name, **kw))
+        else:
+            local[role] = getattr(settings, f"{role}_model")
+    dtypes = plan_role_dtypes(settings, local)
+    for role, name in local.items():
+        log.info("loading %s %s (%s: %s)", role, name, dtypes[role].dtype, dtypes[role].reason)
+        model = classes[role].from_pretrained(name, dtype=dtypes[role].dtype, **kw)
+        if settings.cpu_quantization == "int8":
+            _quantize_if_cpu_fp32(role, model)
+        setattr(out, role, model)
     return out
+
+
+def _quantize_if_cpu_fp32(role: str, model: Any) -> None:
+    import torch
+
+    from rag.models.quant import quantize_wrapper
+
+    p = next(model.model.parameters())
+    if p.device.type == "cpu" and p.dtype == torch.float32:
+        quantize_wrapper(model)
+    else:
+        log.info("RAGVQA_CPU_QUANTIZATION=int8 ignored for %s: it runs in %s on %s", role, p.dtype, p.device)
+
+
+def plan_role_dtypes(settings: Settings, models: dict[str, str]) -> dict[str, "DtypeChoice"]:
+    """The dtype of each local role: the setting when explicit; for ``auto``, :func:`rag.models.loading.plan_dtypes`
+    on this machine with the checkpoints' sizes (query-time roles first: embedder, reranker, then generator)."""
+    from rag.models.loading import (DtypeChoice, checkpoint_fp32_bytes, detect_hardware, plan_dtypes,
+                                    resolve_model_path)
+
+    if settings.dtype != "auto":
+        return {r: DtypeChoice(dtype=settings.dtype, reason="set by RAGVQA_DTYPE") for r in models}
+    sizes: dict[str, int | None] = {}
+    for role in ROLES:
+        if role in models:
+            try:
+                sizes[role] = checkpoint_fp32_bytes(resolve_model_path(models[role], role))
+            except Exception:  # a missing model fails with its own clear message when it is loaded
+                sizes[role] = None
+    return plan_dtypes(detect_hardware(settings.device), sizes)

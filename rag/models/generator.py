@@ -12,7 +12,7 @@ import torch
 
 from rag.config import VisionBudget
 from rag.models.encoding import to_device
-from rag.models.loading import load_kwargs, resolve_device, resolve_model_path
+from rag.models.loading import load_model, resolve_device, resolve_model_path
 from rag.models.vision import PreparedVideo, VisionInputError, prepare_image, prepare_video
 from PIL import Image
 
@@ -56,7 +56,7 @@ class Generator:
 
         path = resolve_model_path(name_or_path, "generator")
         dev = resolve_device(device)
-        model = AutoModelForImageTextToText.from_pretrained(path, **load_kwargs(dtype, dev, attn_implementation)).to(dev)
+        model = load_model(AutoModelForImageTextToText, path, dtype, dev, attn_implementation).to(dev)
         return cls(model, AutoProcessor.from_pretrained(path), name=str(name_or_path), budget=budget)
 
     @property

@@ -23,7 +23,7 @@ import torch
 
 from rag.config import VisionBudget
 from rag.models.encoding import Encoded, Item, TokenizedModel, Vision, collate, encode, has_input, item_name, media_content, to_device, truncate
-from rag.models.loading import load_kwargs, resolve_device, resolve_model_path
+from rag.models.loading import load_model, resolve_device, resolve_model_path
 from rag.models.vision import VisionInputError
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Reranker(TokenizedModel):
 
         path = resolve_model_path(name_or_path, "reranker")
         dev = resolve_device(device)
-        lm = AutoModelForImageTextToText.from_pretrained(path, **load_kwargs(dtype, dev, attn_implementation)).to(dev)
+        lm = load_model(AutoModelForImageTextToText, path, dtype, dev, attn_implementation).to(dev)
         processor = AutoProcessor.from_pretrained(path)
         vocab = processor.tokenizer.get_vocab()
         missing = [t for t in ("yes", "no") if t not in vocab]

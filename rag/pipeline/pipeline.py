@@ -39,7 +39,8 @@ class RagPipeline:
         media_root = media_root or (Path(s.data_dir) / "media")
         return cls(
             Retrieve(embedder, store, media_root=media_root, top_k=s.retrieve_top_k, dim=store.dim),
-            Rerank(reranker, top_n=s.rerank_top_n, batch_size=s.rerank_batch_size) if reranker is not None else None,
+            Rerank(reranker, top_n=s.rerank_top_n, batch_size=s.rerank_batch_size,
+                   adaptive_margin=s.rerank_adaptive_margin) if reranker is not None else None,
             Abstain(s.abstain_rerank_threshold, s.abstain_retrieval_threshold),
             Generate(generator, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                      history_token_budget=s.history_token_budget, case_images=s.context_case_images),

@@ -140,8 +140,20 @@ class Retrieve:
 class Rerank:
     """Qwen3-VL-Reranker over the top-k: the query's media + text against each case's text and best media."""
 
-    def __init__(self, reranker: Any, *, top_n: int = 5, instruction: str = RERANK_INSTRUCTION, batch_size: int = 8) -> None:
+    def __init__(self, reranker: Any, *, top_n: int = 5, instruction: str = RERANK_INSTRUCTION, batch_size: int = 8,
+                 adaptive_margin: float | None = None) -> None:
         self.reranker, self.top_n, self.instruction, self.batch_size = reranker, top_n, instruction, batch_size
+        #: Adaptive depth (issue 16): rerank only the candidates within this retrieval-score margin of the best one
+        #: (at least top_n); None reranks all. The rest keep their retrieval order after the reranked ones.
+        self.adaptive_margin, self.min_depth = adaptive_margin, top_n
+
+    @staticmethod
+    def adaptive_depth(retrieval_scores: Sequence[float], margin: float | None, min_depth: int) -> int:
+        """How many of the retrieval-ordered candidates to rerank: those scoring ≥ best − margin, at least min_depth."""
+        if margin is None or not retrieval_scores:
+            return len(retrieval_scores)
+        best = max(retrieval_scores)
+        return min(len(retrieval_scores), max(min_depth, sum(1 for s in retrieval_scores if s >= best - margin)))
 
     @staticmethod
     def document(c: CaseCandidate) -> dict[str, Any]:
@@ -156,13 +168,16 @@ class Rerank:
         if not candidates:
             trace.add("rerank", 0.0, scores={})
             return []
+        depth = self.adaptive_depth([c.retrieval_score for c in candidates], self.adaptive_margin, self.min_depth)
+        todo, rest = list(candidates)[:depth], list(candidates)[depth:]
         with _Timer() as t:
-            scores = self.reranker.score(query.embed_item(), [self.document(c) for c in candidates],
+            scores = self.reranker.score(query.embed_item(), [self.document(c) for c in todo],
                                          instruction=self.instruction, batch_size=self.batch_size)
-        ranked = sorted((c.model_copy(update={"rerank_score": s}) for c, s in zip(candidates, scores)),
+        ranked = sorted((c.model_copy(update={"rerank_score": s}) for c, s in zip(todo, scores)),
                         key=lambda c: -(c.rerank_score or 0.0))
-        trace.add("rerank", t.ms, scores={c.case_id: round(c.rerank_score or 0.0, 4) for c in ranked})
-        return ranked[: self.top_n]
+        trace.add("rerank", t.ms, scores={c.case_id: round(c.rerank_score or 0.0, 4) for c in ranked},
+                  depth=depth, candidates=len(candidates))
+        return (ranked + rest)[: self.top_n]
 
 
 class Abstain:
