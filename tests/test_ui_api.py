@@ -270,6 +270,84 @@ def test_bad_uploads_get_a_clear_message(app: Served, client: Client, tmp_path: 
         assert "Traceback" not in reply and str(tmp_path) not in reply
 
 
+class RaisingEmbedder:
+    """Pass-through wrapper around the real embedder whose ``embed`` raises ``error`` (everything else delegates)."""
+
+    def __init__(self, inner: Any, error: Exception) -> None:
+        self.inner, self.error = inner, error
+
+    def embed(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+SERVER_ERROR = re.compile(r"Something went wrong on the server \(reference [0-9a-f]{8}\)")
+
+
+def test_error_inside_the_pipeline_is_a_server_error_unless_it_is_the_users(app: Served, client: Client) -> None:
+    """Only the UserInputError branch is shown as the user's fault. A bare ValueError from deep code (here: the real
+    embedder asked for a Matryoshka size it cannot give, a bad internal state) is a server error: a reference id,
+    not its message."""
+    from rag.models.embedder import EmbeddingError
+
+    stage = app.services.pipeline.retrieve_stage
+    saved_dim = stage.dim
+    stage.dim = 32  # below the 64-dim Matryoshka minimum: mrl_truncate raises a bare ValueError
+    try:
+        _, out = chat(client, "The printer shows E13")
+    finally:
+        stage.dim = saved_dim
+    reply = text_of(out[0][-1])
+    assert SERVER_ERROR.search(reply), reply
+    assert "dim must be between" not in reply
+
+    saved_embedder = stage.embedder
+    stage.embedder = RaisingEmbedder(saved_embedder, EmbeddingError("query: the photo is blank, retake it"))
+    try:
+        _, out = chat(client, "The printer shows E13")
+    finally:
+        stage.embedder = saved_embedder
+    reply = text_of(out[0][-1])
+    assert reply == "⚠️ query: the photo is blank, retake it", reply
+    _, out = chat(client, "The printer shows E13")  # the app is fine again afterwards
+    assert not text_of(out[0][-1]).startswith("⚠️")
+
+
+class RaisingKB:
+    """Pass-through wrapper around the real knowledge base whose ``near_duplicates`` raises ``error``."""
+
+    def __init__(self, inner: Any, error: Exception) -> None:
+        self.inner, self.error = inner, error
+
+    def near_duplicates(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_admin_errors_user_message_or_server_reference(app: Served) -> None:
+    """Admin handlers: a bare ValueError from deep code is a server error with a reference id (its message is not
+    shown); a UserInputError shows its message."""
+    from rag.validation import InputRejected
+
+    c, idx = admin_client(app)
+    saved = app.services.kb
+    try:
+        app.services.kb = RaisingKB(saved, ValueError("index 7 is out of bounds for axis 0"))
+        with pytest.raises(Exception) as info:
+            c.predict(0.95, fn_index=idx["dup-btn"])
+        assert SERVER_ERROR.search(str(info.value)), str(info.value)
+        assert "out of bounds" not in str(info.value)
+        app.services.kb = RaisingKB(saved, InputRejected("bad_threshold", "threshold must be in (0, 1]"))
+        with pytest.raises(Exception, match=r"threshold must be in \(0, 1\]"):
+            c.predict(0.95, fn_index=idx["dup-btn"])
+    finally:
+        app.services.kb = saved
+
+
 def test_pdf_page_becomes_the_query_image(app: Served, client: Client, tmp_path: Path) -> None:
     pdf = tmp_path / "manual.pdf"
     _one_page_pdf(pdf)

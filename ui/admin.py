@@ -7,15 +7,19 @@ time: tables are filled by authorised calls only.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gradio as gr
 
+from rag.errors import UserInputError
 from ui.auth import AuthError, admin_only
-from ui.render import esc, plain
+from ui.render import esc, plain, server_error_text, user_error_text
 from ui.services import Services
 
 logger = logging.getLogger(__name__)
@@ -32,6 +36,45 @@ def _lines(text: str | None) -> list[str]:
 
 def _csv(text: str | None) -> list[str]:
     return [x.strip() for x in (text or "").replace("\n", ",").split(",") if x.strip()]
+
+
+def shown_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn what an admin handler raises into what the page shows: ``gr.Error`` as it is, a
+    :class:`rag.errors.UserInputError` as its message, anything else as a server error with a reference id (logged
+    with the traceback; its message never reaches the page). Works for plain and generator handlers; the wrapped
+    signature is kept so Gradio still injects ``gr.Progress``."""
+
+    def _server_error(e: Exception) -> gr.Error:
+        ref = uuid.uuid4().hex[:8]
+        logger.error("admin request failed (ref %s)", ref, exc_info=e)
+        return gr.Error(server_error_text(ref))
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except UserInputError as e:
+                raise gr.Error(plain(user_error_text(e), 600)) from None
+            except Exception as e:
+                raise _server_error(e) from None
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except UserInputError as e:
+            raise gr.Error(plain(user_error_text(e), 600)) from None
+        except Exception as e:
+            raise _server_error(e) from None
+
+    return wrapper
 
 
 class AdminTab:
@@ -51,9 +94,10 @@ class AdminTab:
 
     def on(self, trigger: Callable[..., Any], fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any],
            **kwargs: Any) -> Any:
-        """Register an admin handler: token state first in the inputs, checked server-side on every call."""
+        """Register an admin handler: token state first in the inputs, checked server-side on every call; errors
+        shown as :func:`shown_errors` says."""
         kwargs.setdefault("api_visibility", "private")
-        return trigger(self.guard(fn), [self.token, *inputs], list(outputs), **kwargs)
+        return trigger(self.guard(shown_errors(fn)), [self.token, *inputs], list(outputs), **kwargs)
 
     # -- login -------------------------------------------------------------------------------------------------
     def login(self, user: str, password: str) -> tuple[Any, ...]:
@@ -141,8 +185,6 @@ class AdminTab:
 
     # -- bulk import -------------------------------------------------------------------------------------------
     def bulk_import(self, token: str, path: str | None, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
-        from knowledge_base.archive import IngestInputError
-
         if not path:
             raise gr.Error("Choose a .zip, .jsonl or .csv file first.")
         progress(0, desc="reading the file")
@@ -152,7 +194,7 @@ class AdminTab:
 
         try:
             result = self.kb.import_path(Path(path), progress=cb)
-        except (IngestInputError, ValueError) as e:
+        except UserInputError as e:  # the source as a whole is unusable (IngestInputError and kin)
             raise gr.Error(f"Import refused, nothing was written: {plain(e, 600)}") from None
         self.s.invalidate_choices()
         data = result.to_dict()

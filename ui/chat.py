@@ -8,7 +8,6 @@ with the photo it is about).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import uuid
@@ -17,19 +16,21 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from rag.pipeline import Answer, CaseCandidate, Query, QueryError, Turn
+from rag.errors import UserInputError
+from rag.pipeline import Answer, CaseCandidate, Query, Turn
 from ui.media import (QueryMedia, UploadError, display_name, editor_image, load_query_image, prepare_uploads, save_image,
                       upload_roots)
 from ui.render import (StreamRenderer, abstain_banner_html, caption, case_detail_html, citations_md, inert_md, plain,
-                       timings_md)
+                       server_error_text, timings_md, user_error_text)
 from ui.services import Services
 
 logger = logging.getLogger(__name__)
 
 ANY = ""
-USER_ERRORS: tuple[type[BaseException], ...] = (UploadError, QueryError, ValueError)
+#: Errors shown to the user as their own fault (the message as is). Everything else, a bare ``ValueError`` from deep
+#: in the code included, is a server error: logged with a reference id, never shown.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserInputError,)
 PLACEHOLDER_COLOUR = (225, 228, 232)
-_PATH_RE = re.compile(r"(?:/[^\s'\"/]+){2,}")
 
 
 class ChatTab:
@@ -207,14 +208,13 @@ class ChatTab:
                     answer = ev.answer
         except USER_ERRORS as e:
             logger.info("query refused: %s", e)
-            history[-1] = {"role": "assistant", "content": "⚠️ " + inert_md(_user_text(e))}
+            history[-1] = {"role": "assistant", "content": "⚠️ " + inert_md(user_error_text(e))}
             yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
             return
         except Exception:
             ref = uuid.uuid4().hex[:8]
             logger.exception("chat request failed (ref %s)", ref)
-            history[-1] = {"role": "assistant", "content": f"⚠️ Something went wrong on the server (reference {ref}). "
-                           "Please try again; if it persists, tell the administrator this reference."}
+            history[-1] = {"role": "assistant", "content": "⚠️ " + server_error_text(ref)}
             yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
             return
         finally:  # also on GeneratorExit (Gradio closing this generator): never leave the model running
@@ -358,8 +358,3 @@ class ChatTab:
         clear.click(self.on_clear, None, outs + [case_media], api_name="new_conversation")
         self.load_outputs = [product_line, equipment_model]
 
-
-def _user_text(e: BaseException) -> str:
-    """The message of a user-facing error without internal paths."""
-    msg = _PATH_RE.sub(lambda m: m.group(0).rsplit("/", 1)[-1], str(e))
-    return msg if len(msg) <= 500 else msg[:497] + "…"

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from PIL import Image, ImageOps
 
 from rag.config import VisionBudget
+from rag.errors import UserInputError
 from rag.models.vision import VisionInputError, load_image, to_rgb
 from rag.validation import InputRejected, Limits, check_file, check_image_size
 
@@ -24,8 +25,10 @@ logger = logging.getLogger(__name__)
 Kind = Literal["image", "video", "pdf"]
 
 
-class UploadError(ValueError):
+class UploadError(UserInputError, ValueError):
     """A file the chat cannot use; the message is shown to the user as is."""
+
+    code = "bad_upload"
 
 
 @dataclass

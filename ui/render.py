@@ -15,6 +15,7 @@ from rag.pipeline.types import Answer, CaseCandidate, Trace
 
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _AUTOLINK = re.compile(r"(?i)[a-z][a-z0-9+.-]*://|\bwww\.")
+_PATH_RE = re.compile(r"(?:/[^\s'\"/]+){2,}")
 
 
 def esc(value: Any) -> str:
@@ -162,3 +163,15 @@ def timings_md(trace: Trace | None, extra: dict[str, float] | None = None, notes
         out.append("")
         out += [f"- {inert_md(n)}" for n in notes]
     return "\n".join(out)
+
+
+def user_error_text(e: BaseException, limit: int = 500) -> str:
+    """The message of a user-facing error (:class:`rag.errors.UserInputError`) without internal paths, trimmed."""
+    msg = _PATH_RE.sub(lambda m: m.group(0).rsplit("/", 1)[-1], str(e))
+    return msg if len(msg) <= limit else msg[: limit - 3] + "…"
+
+
+def server_error_text(ref: str) -> str:
+    """What the user sees for any error that is not theirs: no detail, a reference to find it in the server log."""
+    return (f"Something went wrong on the server (reference {ref}). "
+            "Please try again; if it persists, tell the administrator this reference.")
