@@ -71,8 +71,8 @@ def served_pixels(url: str):
 def test_image_question_streams_answer_and_sources(app: Served, client: Client, tmp_path: Path) -> None:
     import numpy as np
 
+    from rag.models.query_image import load_query_image
     from rag.pipeline import Query
-    from ui.media import load_query_image
 
     photo = photo_of(app, "prn-e13", tmp_path)
     # Long enough to stream: 48 tokens (end-of-sequence suppressed), each decoding step slowed to 20 ms so several
@@ -574,8 +574,8 @@ def test_query_image_decoded_once_matches_the_official_path(tmp_path: Path) -> N
     import numpy as np
 
     from rag.config import VisionBudget
+    from rag.models.query_image import QueryImageError, load_query_image
     from rag.models.vision import prepare_image
-    from ui.media import UploadError, load_query_image
 
     b = VisionBudget()
     rng = np.random.RandomState(0)
@@ -587,5 +587,5 @@ def test_query_image_decoded_once_matches_the_official_path(tmp_path: Path) -> N
     decoded = load_query_image(big, b)
     assert decoded.size[0] * decoded.size[1] >= b.max_pixels and decoded.size[0] < 4000  # DCT-domain downscale
     assert prepare_image(decoded, b).size == prepare_image(big, b).size
-    with pytest.raises(UploadError, match="no longer available"):
+    with pytest.raises(QueryImageError, match="no longer available"):
         load_query_image(tmp_path / "gone.png", b)

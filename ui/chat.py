@@ -17,10 +17,11 @@ from typing import Any, Iterator
 import gradio as gr
 
 from rag.errors import UserInputError
+from rag.models.query_image import QueryImageError, display_name, load_query_image
 from rag.pipeline import Answer, CaseCandidate, Query, Turn
-from ui.media import (QueryMedia, UploadError, display_name, editor_image, load_query_image, prepare_uploads, save_image,
-                      upload_roots)
-from ui.render import (StreamRenderer, abstain_banner_html, caption, case_detail_html, citations_md, inert_md, plain,
+from rag.pipeline.render import StreamRenderer
+from ui.media import QueryMedia, UploadError, editor_image, prepare_uploads, save_image, upload_roots
+from ui.render import (abstain_banner_html, caption, case_detail_html, citations_md, inert_md, plain,
                        server_error_text, timings_md, user_error_text)
 from ui.services import Services
 
@@ -147,7 +148,7 @@ class ChatTab:
                 media.images = [path]
                 media.decoded = {path: load_query_image(cropped, self.s.settings.vision)}
                 media.notes.append("query image: the cropped region")
-        except UploadError as e:
+        except (UploadError, QueryImageError) as e:
             history += self._user_message(text, [])
             history.append({"role": "assistant", "content": "⚠️ " + inert_md(str(e))})
             yield (history, None, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
@@ -160,7 +161,7 @@ class ChatTab:
         try:  # decoded once here; the three models reuse these PIL images instead of decoding the files again
             images = [query_media.decoded.get(p) or load_query_image(p, self.s.settings.vision)
                       for p in query_media.images]
-        except UploadError as e:  # an earlier file that vanished (uploads are pruned after a day)
+        except QueryImageError as e:  # an earlier file that vanished (uploads are pruned after a day)
             history += self._user_message(text, [])
             history.append({"role": "assistant", "content": "⚠️ " + inert_md(str(e)) + " Start a new conversation."})
             yield (history, None, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
