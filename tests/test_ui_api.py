@@ -348,6 +348,20 @@ def test_admin_errors_user_message_or_server_reference(app: Served) -> None:
         app.services.kb = saved
 
 
+def test_new_conversation_resets_every_output_in_order(app: Served, client: Client, tmp_path: Path) -> None:
+    """The handlers return ``{component: value}`` updates; API clients still read the outputs positionally, in the
+    event's output order (States are not sent): chatbot, textbox, sources gallery, case detail, banner, timings,
+    crop editor, feedback status, case media."""
+    chat(client, "What is wrong?", [photo_of(app, "prn-e13", tmp_path)])
+    out = client.predict(api_name="/new_conversation")
+    assert len(out) == 9, out
+    history, msg, gallery, detail, banner, timings, crop, fb, case_media = out
+    assert history == [] and gallery == [] and case_media == [] and fb == ""
+    assert msg in (None, {"text": "", "files": []}, {"text": None, "files": []}), msg
+    assert "Select a source" in detail and banner.get("visible") is False and timings == "_No timings yet._"
+    assert crop is None or not crop.get("composite"), crop
+
+
 def test_pdf_page_becomes_the_query_image(app: Served, client: Client, tmp_path: Path) -> None:
     pdf = tmp_path / "manual.pdf"
     _one_page_pdf(pdf)
