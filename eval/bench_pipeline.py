@@ -256,8 +256,8 @@ def bench_size(n_cases: int, *, dim: int, n_queries: int, n_tokens: int, generat
                seed: int = 0) -> dict[str, Any]:
     from rag.config import Settings
     from rag.pipeline import Query, RagPipeline, Turn
-    from ui.media import load_query_image
-    from ui.render import StreamRenderer
+    from rag.models.query_image import load_query_image
+    from rag.pipeline.render import StreamRenderer
 
     root = work_dir / f"pipeline-{n_cases}-{dim}"
     store, text_vecs, lines, info = build_store(root, n_cases, dim, seed=seed)

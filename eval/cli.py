@@ -21,11 +21,8 @@ _NEEDS = {"retrieval": ("embedder",), "rerank": ("embedder", "reranker"), "rag":
 
 
 def load_models(settings: Any, which: str, need: tuple[str, ...]) -> dict[str, Any]:
-    """The project's one loading policy (``rag.models.factory``), falling back to the UI's loader."""
-    try:
-        from rag.models.factory import load_models as factory  # type: ignore[import-not-found]
-    except ImportError:
-        from ui.services import load_models as factory  # type: ignore[no-redef]
+    """The project's one loading policy (``rag.models.factory``)."""
+    from rag.models.factory import load_models as factory
     if which == "tiny":
         settings = settings.model_copy(update={"device": "cpu", "dtype": "float32"})
     loaded = factory(settings, which=which, need=need)

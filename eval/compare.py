@@ -12,12 +12,15 @@ from typing import Any
 
 from eval import metrics as M
 from eval.runner import RESULTS_FILE, read_results
+from rag.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
 
-class CompareError(ValueError):
+class CompareError(UserInputError, ValueError):
     """Runs that cannot be compared; the message says why."""
+
+    code = "incomparable_runs"
 
 
 def _load(path: Path) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:

@@ -28,12 +28,15 @@ from typing import Any, Iterable, Iterator
 from pydantic import ValidationError
 
 from knowledge_base.schema import EvalQuery
+from rag.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserInputError, ValueError):
     """An eval file that cannot be used; the message names the file and line."""
+
+    code = "bad_eval_data"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from eval.cache import CachedEmbedder, EmbeddingCache
 from eval.data import EvalItem, EvalSet, load_eval_set, load_jsonl
 from eval import metrics as M
 from rag.config import Settings
+from rag.errors import RagvqaError
 from rag.pipeline import CaseCandidate, Query, RagPipeline, Trace
 from rag.pipeline.stages import Rerank, Retrieve
 
@@ -43,8 +44,10 @@ CONFIG_FILE = "config.json"
 GENERIC_INSTRUCTION = "Retrieve images or text relevant to the user's query."
 
 
-class EvalError(RuntimeError):
+class EvalError(RagvqaError, RuntimeError):
     """An eval run that cannot start or continue; the message says what to do."""
+
+    code = "eval_failed"
 
 
 class RunConfig(BaseModel):

@@ -53,6 +53,7 @@ from knowledge_base.ingest import (
 from knowledge_base.media_store import MediaError, MediaStore
 from knowledge_base.schema import Case, CaseInput, MediaItem
 from rag.config import Settings
+from rag.errors import UserInputError
 from rag.fileio import atomic_writer
 from rag.store import EdgeStore, StoreError, StoreMeta, StoreMismatchError, VectorPoint, VectorStore, open_store, point_id, store_kwargs_from_settings
 from rag.validation import InputRejected, confine_path
@@ -80,14 +81,14 @@ MediaLike = MediaSource | str | os.PathLike[str] | bytes | tuple[str, bytes]
 Progress = bool | Callable[[int, int], Any]
 
 
-class CaseNotFoundError(KeyError):
+class CaseNotFoundError(UserInputError, KeyError):
     """No case with this id."""
 
     def __str__(self) -> str:
         return f"no case with id {self.args[0]!r}"
 
 
-class CaseRejectedError(ValueError):
+class CaseRejectedError(UserInputError, ValueError):
     """A single add/update was refused; ``report`` says why (and nothing was written)."""
 
     def __init__(self, report: ItemReport) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from rag.errors import UserInputError
+
 __all__ = ["PdfError", "RenderedPage", "images_to_pdf", "is_pdf", "pdf_page_count", "render_pdf_pages"]
 
 log = logging.getLogger(__name__)
@@ -22,8 +24,10 @@ log = logging.getLogger(__name__)
 MAX_SCALE = 8.0
 
 
-class PdfError(ValueError):
+class PdfError(UserInputError, ValueError):
     """A PDF (or one of its pages) could not be read; the message names the file and the page."""
+
+    code = "bad_pdf"
 
 
 @dataclass(frozen=True)

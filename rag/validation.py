@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Iterable, Literal
 
+from rag.errors import UserInputError
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
@@ -26,12 +28,14 @@ Kind = Literal["image", "video", "pdf", "zip", "text", "unknown"]
 MIN_IMAGE_SIDE = 32
 
 
-class InputRejected(ValueError):
-    """An input refused by validation. ``code`` names the rule, ``where`` the place (file, row, page)."""
+class InputRejected(UserInputError, ValueError):
+    """An input refused by validation. ``code`` names the rule, ``where`` the place (file, row, page); ``params``
+    holds both (with the problem) for callers that should not parse the message."""
 
     def __init__(self, code: str, problem: str, where: str = "") -> None:
-        self.code, self.problem, self.where = code, problem, where
-        super().__init__(f"{where}: {problem}" if where else problem)
+        self.problem, self.where = problem, where
+        super().__init__(f"{where}: {problem}" if where else problem, code=code,
+                         params={"problem": problem, "where": where})
 
     def at(self, where: str) -> "InputRejected":
         """The same rejection, located more precisely (e.g. an archive member inside a zip)."""

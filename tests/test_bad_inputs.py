@@ -593,7 +593,8 @@ def test_query_inputs_rejected(embedder, tmp_path: Path) -> None:
 def test_chat_upload_too_small_refused(tmp_path: Path) -> None:
     """The chat's upload path (its own decoder, not load_image) applies the same minimum size, for photos, PDF pages,
     videos and the cropped region, and says the limit; the smallest accepted size (32×32) still goes through."""
-    from ui.media import UploadError, load_query_image, prepare_uploads
+    from rag.models.query_image import QueryImageError, load_query_image
+    from ui.media import UploadError, prepare_uploads
 
     budget = VisionBudget()
     (tmp_path / "dot.png").write_bytes(tiny_png())
@@ -606,7 +607,7 @@ def test_chat_upload_too_small_refused(tmp_path: Path) -> None:
                           ("small.mp4", r"each frame of 'small\.mp4' is 16×16 pixels.*at least 32")):
         with pytest.raises(UploadError, match=pattern):
             prepare_uploads([str(tmp_path / name)], pdf_page=1, out_dir=out, budget=budget, dpi=72)
-    with pytest.raises(UploadError, match=r"cropped region.*5×4 pixels.*at least 32"):
+    with pytest.raises(QueryImageError, match=r"cropped region.*5×4 pixels.*at least 32"):
         load_query_image(Image.new("RGB", (5, 4)), budget)
     assert prepare_uploads([str(tmp_path / "ok.png")], pdf_page=1, out_dir=out, budget=budget).images
     # The limit is a deployment setting (RAGVQA_VISION_MIN_IMAGE_SIDE): a stricter one refuses 32×32 too.

@@ -425,15 +425,15 @@ def test_chat_handler_itself_refuses_paths_outside_the_upload_folders(app: Serve
     tab = ChatTab(app.services)
     for path in ("/etc/passwd", str(outside), str(media_file), str(app.services.upload_dir / ".." / "feedback.sqlite3")):
         outs = list(tab.respond({"text": "read this", "files": [path]}, [], [], {}, "", "", True, 1, None))
-        reply = outs[-1][0][-1]["content"]
+        reply = outs[-1].history[-1]["content"]
         assert reply.startswith("⚠️") and "not accepted" in reply, (path, reply)
         assert str(Path(path).parent) not in reply
-        assert outs[-1][8] == {}, "nothing from the refused path reached the conversation state"
+        assert outs[-1].media_state == {}, "nothing from the refused path reached the conversation state"
     # a file in the app's upload dir (rendered PDF pages, crops) is fine
     ok = app.services.upload_dir / "ok.png"
     Image.open(next(iter(app.images.values()))).save(ok)
     outs = list(tab.respond({"text": "what is it?", "files": [str(ok)]}, [], [], {}, "", "", True, 1, None))
-    assert outs[-1][8] == {"images": [str(ok)], "video": None}
+    assert outs[-1].media_state == {"images": [str(ok)], "video": None}
 
 
 def test_crop_editor_input_is_confined_to_the_upload_folders(app: Served, tmp_path: Path) -> None:
@@ -448,15 +448,15 @@ def test_crop_editor_input_is_confined_to_the_upload_folders(app: Served, tmp_pa
                   {"background": str(outside), "layers": [], "composite": None},
                   {"composite": {"path": str(outside)}}):
         outs = list(tab.respond({"text": "what is in the crop?", "files": []}, [], [], {}, "", "", True, 1, value))
-        reply = outs[-1][0][-1]["content"]
+        reply = outs[-1].history[-1]["content"]
         assert reply.startswith("⚠️") and "image to crop is not accepted" in reply, (value, reply)
         assert str(tmp_path) not in reply
-        assert outs[-1][8] == {}, "nothing from the refused path reached the conversation state"
+        assert outs[-1].media_state == {}, "nothing from the refused path reached the conversation state"
     inside = app.services.upload_dir / "crop-source.png"
     Image.open(next(iter(app.images.values()))).save(inside)
     outs = list(tab.respond({"text": "what is in the crop?", "files": []}, [], [], {}, "", "", True, 1,
                             {"background": str(inside), "layers": [], "composite": str(inside)}))
-    assert "query image: the cropped region" in outs[-1][6]
+    assert "query image: the cropped region" in outs[-1].timings
 
 
 def test_inert_markdown_has_no_autolinks() -> None:

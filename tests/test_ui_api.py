@@ -70,8 +70,8 @@ def served_pixels(url: str):
 def test_image_question_streams_answer_and_sources(app: Served, client: Client, tmp_path: Path) -> None:
     import numpy as np
 
+    from rag.models.query_image import load_query_image
     from rag.pipeline import Query
-    from ui.media import load_query_image
 
     photo = photo_of(app, "prn-e13", tmp_path)
     # Long enough to stream: 48 tokens (end-of-sequence suppressed), each decoding step slowed to 20 ms so several
@@ -267,6 +267,98 @@ def test_bad_uploads_get_a_clear_message(app: Served, client: Client, tmp_path: 
         reply = text_of(out[0][-1])
         assert expected in reply, reply
         assert "Traceback" not in reply and str(tmp_path) not in reply
+
+
+class RaisingEmbedder:
+    """Pass-through wrapper around the real embedder whose ``embed`` raises ``error`` (everything else delegates)."""
+
+    def __init__(self, inner: Any, error: Exception) -> None:
+        self.inner, self.error = inner, error
+
+    def embed(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+SERVER_ERROR = re.compile(r"Something went wrong on the server \(reference [0-9a-f]{8}\)")
+
+
+def test_error_inside_the_pipeline_is_a_server_error_unless_it_is_the_users(app: Served, client: Client) -> None:
+    """Only the UserInputError branch is shown as the user's fault. A bare ValueError from deep code (here: the real
+    embedder asked for a Matryoshka size it cannot give, a bad internal state) is a server error: a reference id,
+    not its message."""
+    from rag.models.embedder import EmbeddingError
+
+    stage = app.services.pipeline.retrieve_stage
+    saved_dim = stage.dim
+    stage.dim = 32  # below the 64-dim Matryoshka minimum: mrl_truncate raises a bare ValueError
+    try:
+        _, out = chat(client, "The printer shows E13")
+    finally:
+        stage.dim = saved_dim
+    reply = text_of(out[0][-1])
+    assert SERVER_ERROR.search(reply), reply
+    assert "dim must be between" not in reply
+
+    saved_embedder = stage.embedder
+    stage.embedder = RaisingEmbedder(saved_embedder, EmbeddingError("query: the photo is blank, retake it"))
+    try:
+        _, out = chat(client, "The printer shows E13")
+    finally:
+        stage.embedder = saved_embedder
+    reply = text_of(out[0][-1])
+    assert reply == "⚠️ query: the photo is blank, retake it", reply
+    _, out = chat(client, "The printer shows E13")  # the app is fine again afterwards
+    assert not text_of(out[0][-1]).startswith("⚠️")
+
+
+class RaisingKB:
+    """Pass-through wrapper around the real knowledge base whose ``near_duplicates`` raises ``error``."""
+
+    def __init__(self, inner: Any, error: Exception) -> None:
+        self.inner, self.error = inner, error
+
+    def near_duplicates(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_admin_errors_user_message_or_server_reference(app: Served) -> None:
+    """Admin handlers: a bare ValueError from deep code is a server error with a reference id (its message is not
+    shown); a UserInputError shows its message."""
+    from rag.validation import InputRejected
+
+    c, idx = admin_client(app)
+    saved = app.services.kb
+    try:
+        app.services.kb = RaisingKB(saved, ValueError("index 7 is out of bounds for axis 0"))
+        with pytest.raises(Exception) as info:
+            c.predict(0.95, fn_index=idx["dup-btn"])
+        assert SERVER_ERROR.search(str(info.value)), str(info.value)
+        assert "out of bounds" not in str(info.value)
+        app.services.kb = RaisingKB(saved, InputRejected("bad_threshold", "threshold must be in (0, 1]"))
+        with pytest.raises(Exception, match=r"threshold must be in \(0, 1\]"):
+            c.predict(0.95, fn_index=idx["dup-btn"])
+    finally:
+        app.services.kb = saved
+
+
+def test_new_conversation_resets_every_output_in_order(app: Served, client: Client, tmp_path: Path) -> None:
+    """The handlers return ``{component: value}`` updates; API clients still read the outputs positionally, in the
+    event's output order (States are not sent): chatbot, textbox, sources gallery, case detail, banner, timings,
+    crop editor, feedback status, case media."""
+    chat(client, "What is wrong?", [photo_of(app, "prn-e13", tmp_path)])
+    out = client.predict(api_name="/new_conversation")
+    assert len(out) == 9, out
+    history, msg, gallery, detail, banner, timings, crop, fb, case_media = out
+    assert history == [] and gallery == [] and case_media == [] and fb == ""
+    assert msg in (None, {"text": "", "files": []}, {"text": None, "files": []}), msg
+    assert "Select a source" in detail and banner.get("visible") is False and timings == "_No timings yet._"
+    assert crop is None or not crop.get("composite"), crop
 
 
 def test_pdf_page_becomes_the_query_image(app: Served, client: Client, tmp_path: Path) -> None:
@@ -495,8 +587,8 @@ def test_query_image_decoded_once_matches_the_official_path(tmp_path: Path) -> N
     import numpy as np
 
     from rag.config import VisionBudget
+    from rag.models.query_image import QueryImageError, load_query_image
     from rag.models.vision import prepare_image
-    from ui.media import UploadError, load_query_image
 
     b = VisionBudget()
     rng = np.random.RandomState(0)
@@ -508,5 +600,5 @@ def test_query_image_decoded_once_matches_the_official_path(tmp_path: Path) -> N
     decoded = load_query_image(big, b)
     assert decoded.size[0] * decoded.size[1] >= b.max_pixels and decoded.size[0] < 4000  # DCT-domain downscale
     assert prepare_image(decoded, b).size == prepare_image(big, b).size
-    with pytest.raises(UploadError, match="no longer available"):
+    with pytest.raises(QueryImageError, match="no longer available"):
         load_query_image(tmp_path / "gone.png", b)

@@ -7,15 +7,19 @@ time: tables are filled by authorised calls only.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gradio as gr
 
+from rag.errors import UserInputError
 from ui.auth import AuthError, admin_only
-from ui.render import esc, plain
+from ui.render import esc, plain, server_error_text, user_error_text
 from ui.services import Services
 
 logger = logging.getLogger(__name__)
@@ -32,6 +36,45 @@ def _lines(text: str | None) -> list[str]:
 
 def _csv(text: str | None) -> list[str]:
     return [x.strip() for x in (text or "").replace("\n", ",").split(",") if x.strip()]
+
+
+def shown_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn what an admin handler raises into what the page shows: ``gr.Error`` as it is, a
+    :class:`rag.errors.UserInputError` as its message, anything else as a server error with a reference id (logged
+    with the traceback; its message never reaches the page). Works for plain and generator handlers; the wrapped
+    signature is kept so Gradio still injects ``gr.Progress``."""
+
+    def _server_error(e: Exception) -> gr.Error:
+        ref = uuid.uuid4().hex[:8]
+        logger.error("admin request failed (ref %s)", ref, exc_info=e)
+        return gr.Error(server_error_text(ref))
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except UserInputError as e:
+                raise gr.Error(plain(user_error_text(e), 600)) from None
+            except Exception as e:
+                raise _server_error(e) from None
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except UserInputError as e:
+            raise gr.Error(plain(user_error_text(e), 600)) from None
+        except Exception as e:
+            raise _server_error(e) from None
+
+    return wrapper
 
 
 class AdminTab:
@@ -51,21 +94,28 @@ class AdminTab:
 
     def on(self, trigger: Callable[..., Any], fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any],
            **kwargs: Any) -> Any:
-        """Register an admin handler: token state first in the inputs, checked server-side on every call."""
+        """Register an admin handler: token state first in the inputs, checked server-side on every call; errors
+        shown as :func:`shown_errors` says."""
         kwargs.setdefault("api_visibility", "private")
-        return trigger(self.guard(fn), [self.token, *inputs], list(outputs), **kwargs)
+        return trigger(self.guard(shown_errors(fn)), [self.token, *inputs], list(outputs), **kwargs)
 
     # -- login -------------------------------------------------------------------------------------------------
-    def login(self, user: str, password: str) -> tuple[Any, ...]:
+    def login(self, user: str, password: str) -> dict[gr.components.Component, Any]:
         try:
             token = self.auth.login(user, password)
         except AuthError as e:
-            return (None, gr.update(visible=True), gr.update(visible=False), f"⛔ {esc(e)}", "", "")
-        return (token, gr.update(visible=False), gr.update(visible=True), "", f"Logged in as **{esc(user)}**.", "")
+            return self._session_view(None, f"⛔ {esc(e)}", "")
+        return self._session_view(token, "", f"Logged in as **{esc(user)}**.")
 
-    def logout(self, token: str | None) -> tuple[Any, ...]:
+    def logout(self, token: str | None) -> dict[gr.components.Component, Any]:
         self.auth.logout(token)
-        return (None, gr.update(visible=True), gr.update(visible=False), "Logged out.", "", "")
+        return self._session_view(None, "Logged out.", "")
+
+    def _session_view(self, token: str | None, login_msg: str, who: str) -> dict[gr.components.Component, Any]:
+        """Login box or admin panel for ``token`` (None: logged out); the password box is always cleared."""
+        return {self.token: token, self.login_box: gr.update(visible=token is None),
+                self.panel: gr.update(visible=token is not None), self.login_msg: login_msg, self.who: who,
+                self.password: ""}
 
     # -- cases -------------------------------------------------------------------------------------------------
     def list_cases(self, token: str, text: str, product_line: str) -> tuple[list[list[Any]], str]:
@@ -76,18 +126,21 @@ class AdminTab:
         more = f" (showing the first {len(rows)})" if page.total > len(rows) else ""
         return rows, f"{page.total} case(s){more}."
 
-    def load_case(self, token: str, case_id: str) -> tuple[Any, ...]:
+    def load_case(self, token: str, case_id: str) -> dict[gr.components.Component, Any]:
         case_id = (case_id or "").strip()
         case = self.kb.get(case_id) if case_id else None
         if case is None:
             raise gr.Error(f"No case with id {plain(case_id, 64)!r}.")
         c = case.model_dump(mode="json")
         media = c.get("media") or []
-        return (c.get("id", case_id), c.get("title", ""), c.get("product_line", ""), c.get("equipment_model", ""),
-                c.get("symptom", ""), c.get("cause", ""), "\n".join(c.get("solution") or []),
-                ", ".join(c.get("error_codes") or []), ", ".join(c.get("tags") or []), c.get("severity") or "",
-                c.get("source", ""), f"Loaded **{esc(case_id)}** (version {esc(c.get('version', 1))}, {len(media)} media). "
-                "Saving keeps its media and adds the files attached below.")
+        return {self.f_id: c.get("id", case_id), self.f_title: c.get("title", ""),
+                self.f_line: c.get("product_line", ""), self.f_model: c.get("equipment_model", ""),
+                self.f_symptom: c.get("symptom", ""), self.f_cause: c.get("cause", ""),
+                self.f_solution: "\n".join(c.get("solution") or []), self.f_codes: ", ".join(c.get("error_codes") or []),
+                self.f_tags: ", ".join(c.get("tags") or []), self.f_sev: c.get("severity") or "",
+                self.f_source: c.get("source", ""),
+                self.save_msg: f"Loaded **{esc(case_id)}** (version {esc(c.get('version', 1))}, {len(media)} media). "
+                               "Saving keeps its media and adds the files attached below."}
 
     def save_case(self, token: str, case_id: str, title: str, product_line: str, equipment_model: str, symptom: str,
                   cause: str, solution: str, error_codes: str, tags: str, severity: str, source: str,
@@ -141,8 +194,6 @@ class AdminTab:
 
     # -- bulk import -------------------------------------------------------------------------------------------
     def bulk_import(self, token: str, path: str | None, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
-        from knowledge_base.archive import IngestInputError
-
         if not path:
             raise gr.Error("Choose a .zip, .jsonl or .csv file first.")
         progress(0, desc="reading the file")
@@ -152,7 +203,7 @@ class AdminTab:
 
         try:
             result = self.kb.import_path(Path(path), progress=cb)
-        except (IngestInputError, ValueError) as e:
+        except UserInputError as e:  # the source as a whole is unusable (IngestInputError and kin)
             raise gr.Error(f"Import refused, nothing was written: {plain(e, 600)}") from None
         self.s.invalidate_choices()
         data = result.to_dict()
@@ -227,101 +278,125 @@ class AdminTab:
 
     # -- layout ------------------------------------------------------------------------------------------------
     def build(self) -> None:
+        """Lay out the admin tab: a login box, and the panel shown after login (no events: :meth:`wire`)."""
         self.token = gr.State(None)
-        with gr.Column(visible=True, elem_id="admin-login") as login_box:
+        self._build_login()
+        with gr.Column(visible=False, elem_id="admin-panel") as self.panel:
+            with gr.Row():
+                self.who = gr.Markdown(elem_id="admin-who")
+                self.logout_btn = gr.Button("Log out", size="sm", elem_id="admin-logout", scale=0)
+            with gr.Tabs():
+                with gr.Tab("Cases", elem_id="admin-cases"):
+                    self._build_cases()
+                with gr.Tab("Add / edit case", elem_id="admin-edit"):
+                    self._build_case_form()
+                with gr.Tab("Bulk import", elem_id="admin-import"):
+                    self._build_import()
+                with gr.Tab("Duplicates", elem_id="admin-dups"):
+                    self._build_duplicates()
+                with gr.Tab("Maintenance", elem_id="admin-maint"):
+                    self._build_maintenance()
+                with gr.Tab("Feedback", elem_id="admin-feedback"):
+                    self._build_feedback()
+
+    def _build_login(self) -> None:
+        with gr.Column(visible=True, elem_id="admin-login") as self.login_box:
             gr.Markdown("### Admin login" + ("" if self.auth.enabled else
                         "\n\n⚠️ Admin is disabled on this server: set `RAGVQA_ADMIN_USER` and `RAGVQA_ADMIN_PASSWORD` "
                         "(or `RAGVQA_ADMIN_PASSWORD_FILE`)."))
-            user = gr.Textbox(label="User", elem_id="admin-user", max_length=200)
-            password = gr.Textbox(label="Password", type="password", elem_id="admin-password", max_length=500)
-            login_btn = gr.Button("Log in", variant="primary", elem_id="admin-login-btn")
-            login_msg = gr.Markdown(elem_id="admin-login-msg")
-        with gr.Column(visible=False, elem_id="admin-panel") as panel:
-            with gr.Row():
-                who = gr.Markdown(elem_id="admin-who")
-                logout_btn = gr.Button("Log out", size="sm", elem_id="admin-logout", scale=0)
-            with gr.Tabs():
-                with gr.Tab("Cases", elem_id="admin-cases"):
-                    with gr.Row():
-                        q = gr.Textbox(label="Search", placeholder="words in id, title, symptom…", elem_id="admin-search")
-                        q_line = gr.Textbox(label="Product line (exact)", elem_id="admin-search-line")
-                        list_btn = gr.Button("List / search", elem_id="admin-list-btn")
-                    table = gr.Dataframe(headers=CASE_HEADERS, datatype=["str"] * 5 + ["str"], interactive=False,
-                                         elem_id="admin-case-table", wrap=True, max_height=360)
-                    list_msg = gr.Markdown()
-                    with gr.Row():
-                        del_id = gr.Textbox(label="Case id", elem_id="admin-case-id")
-                        load_btn = gr.Button("Load into the form", elem_id="admin-load-btn")
-                        del_confirm = gr.Checkbox(label="confirm delete", elem_id="admin-del-confirm")
-                        del_btn = gr.Button("Delete case", variant="stop", elem_id="admin-del-btn")
-                    del_msg = gr.Markdown(elem_id="admin-del-msg")
-                with gr.Tab("Add / edit case", elem_id="admin-edit"):
-                    with gr.Row():
-                        f_id = gr.Textbox(label="Case id (empty: derived from model + title)", elem_id="case-id")
-                        f_title = gr.Textbox(label="Title *", elem_id="case-title")
-                    with gr.Row():
-                        f_line = gr.Textbox(label="Product line *", elem_id="case-line")
-                        f_model = gr.Textbox(label="Equipment model", elem_id="case-model")
-                        f_sev = gr.Dropdown(label="Severity", choices=["", "low", "medium", "high", "critical"], value="",
-                                            elem_id="case-severity")
-                    f_symptom = gr.Textbox(label="Symptom *", lines=3, elem_id="case-symptom")
-                    f_cause = gr.Textbox(label="Cause", lines=2, elem_id="case-cause")
-                    f_solution = gr.Textbox(label="Solution (one step per line)", lines=4, elem_id="case-solution")
-                    with gr.Row():
-                        f_codes = gr.Textbox(label="Error codes (comma-separated)", elem_id="case-codes")
-                        f_tags = gr.Textbox(label="Tags (comma-separated)", elem_id="case-tags")
-                        f_source = gr.Textbox(label="Source", elem_id="case-source")
-                    f_files = gr.File(label="Images, a video and PDFs", file_count="multiple",
-                                      file_types=["image", "video", ".pdf"], type="filepath", elem_id="case-files")
-                    save_btn = gr.Button("Save case", variant="primary", elem_id="case-save")
-                    save_msg = gr.Markdown(elem_id="case-save-msg")
-                with gr.Tab("Bulk import", elem_id="admin-import"):
-                    gr.Markdown("Upload a **.zip** (cases.jsonl or cases.csv + media), a **.jsonl** or a **.csv** file.")
-                    imp_file = gr.File(label="Import file", file_types=[".zip", ".jsonl", ".csv"], type="filepath",
-                                       elem_id="import-file")
-                    imp_btn = gr.Button("Import", variant="primary", elem_id="import-btn")
-                    imp_msg = gr.Markdown(elem_id="import-msg")
-                    imp_json = gr.JSON(label="Import report", elem_id="import-report")
-                with gr.Tab("Duplicates", elem_id="admin-dups"):
-                    dup_thr = gr.Slider(0.80, 1.0, value=0.95, step=0.01, label="Cosine threshold", elem_id="dup-thr")
-                    dup_btn = gr.Button("Find near-duplicate media", elem_id="dup-btn")
-                    dup_msg = gr.Markdown()
-                    dup_table = gr.Dataframe(headers=DUP_HEADERS, interactive=False, elem_id="dup-table")
-                with gr.Tab("Maintenance", elem_id="admin-maint"):
-                    with gr.Row():
-                        stats_btn = gr.Button("Stats", elem_id="stats-btn")
-                        check_btn = gr.Button("Consistency check", elem_id="check-btn")
-                        check_fix = gr.Checkbox(label="repair problems", elem_id="check-fix")
-                        rx_confirm = gr.Checkbox(label="confirm reindex", elem_id="reindex-confirm")
-                        rx_btn = gr.Button("Reindex", variant="stop", elem_id="reindex-btn")
-                    maint_msg = gr.Markdown(elem_id="maint-msg")
-                    maint_json = gr.JSON(label="Result", elem_id="maint-json")
-                with gr.Tab("Feedback", elem_id="admin-feedback"):
-                    with gr.Row():
-                        fb_which = gr.Radio(["all", "👍 only", "👎 only"], value="all", label="Show", elem_id="fb-which")
-                        fb_btn = gr.Button("Refresh", elem_id="fb-refresh")
-                    fb_msg = gr.Markdown(elem_id="fb-summary")
-                    fb_table = gr.Dataframe(headers=FEEDBACK_HEADERS, interactive=False, wrap=True, elem_id="fb-table",
-                                            max_height=420)
+            self.user = gr.Textbox(label="User", elem_id="admin-user", max_length=200)
+            self.password = gr.Textbox(label="Password", type="password", elem_id="admin-password", max_length=500)
+            self.login_btn = gr.Button("Log in", variant="primary", elem_id="admin-login-btn")
+            self.login_msg = gr.Markdown(elem_id="admin-login-msg")
 
-        login_ev = dict(fn=self.login, inputs=[user, password], outputs=[self.token, login_box, panel, login_msg, who, password])
-        login_btn.click(**login_ev, api_name="admin_login", concurrency_limit=4)
-        password.submit(**login_ev, api_visibility="private", concurrency_limit=4)
-        logout_btn.click(self.logout, [self.token], [self.token, login_box, panel, login_msg, who, password],
-                         api_visibility="private")
+    def _build_cases(self) -> None:
+        with gr.Row():
+            self.q = gr.Textbox(label="Search", placeholder="words in id, title, symptom…", elem_id="admin-search")
+            self.q_line = gr.Textbox(label="Product line (exact)", elem_id="admin-search-line")
+            self.list_btn = gr.Button("List / search", elem_id="admin-list-btn")
+        self.table = gr.Dataframe(headers=CASE_HEADERS, datatype=["str"] * 5 + ["str"], interactive=False,
+                                  elem_id="admin-case-table", wrap=True, max_height=360)
+        self.list_msg = gr.Markdown()
+        with gr.Row():
+            self.del_id = gr.Textbox(label="Case id", elem_id="admin-case-id")
+            self.load_btn = gr.Button("Load into the form", elem_id="admin-load-btn")
+            self.del_confirm = gr.Checkbox(label="confirm delete", elem_id="admin-del-confirm")
+            self.del_btn = gr.Button("Delete case", variant="stop", elem_id="admin-del-btn")
+        self.del_msg = gr.Markdown(elem_id="admin-del-msg")
 
-        form = [f_id, f_title, f_line, f_model, f_symptom, f_cause, f_solution, f_codes, f_tags, f_sev, f_source]
-        self.on(list_btn.click, self.list_cases, [q, q_line], [table, list_msg])
-        self.on(q.submit, self.list_cases, [q, q_line], [table, list_msg])
-        self.on(load_btn.click, self.load_case, [del_id], form + [save_msg])
-        self.on(del_btn.click, self.delete_case, [del_id, del_confirm], [del_msg])
-        self.on(save_btn.click, self.save_case, form[:9] + [f_sev, f_source, f_files], [f_id, save_msg],
-                concurrency_id="models", concurrency_limit=self.s.ui.concurrency_limit)
-        self.on(imp_btn.click, self.bulk_import, [imp_file], [imp_msg, imp_json],
-                concurrency_id="models", concurrency_limit=self.s.ui.concurrency_limit)
-        self.on(dup_btn.click, self.duplicates, [dup_thr], [dup_table, dup_msg])
-        self.on(stats_btn.click, self.stats, [], [maint_json])
-        self.on(check_btn.click, self.check, [check_fix], [maint_msg, maint_json])
-        self.on(rx_btn.click, self.reindex, [rx_confirm], [maint_msg, maint_json],
-                concurrency_id="models", concurrency_limit=self.s.ui.concurrency_limit)
-        self.on(fb_btn.click, self.feedback, [fb_which], [fb_table, fb_msg])
+    def _build_case_form(self) -> None:
+        with gr.Row():
+            self.f_id = gr.Textbox(label="Case id (empty: derived from model + title)", elem_id="case-id")
+            self.f_title = gr.Textbox(label="Title *", elem_id="case-title")
+        with gr.Row():
+            self.f_line = gr.Textbox(label="Product line *", elem_id="case-line")
+            self.f_model = gr.Textbox(label="Equipment model", elem_id="case-model")
+            self.f_sev = gr.Dropdown(label="Severity", choices=["", "low", "medium", "high", "critical"], value="",
+                                     elem_id="case-severity")
+        self.f_symptom = gr.Textbox(label="Symptom *", lines=3, elem_id="case-symptom")
+        self.f_cause = gr.Textbox(label="Cause", lines=2, elem_id="case-cause")
+        self.f_solution = gr.Textbox(label="Solution (one step per line)", lines=4, elem_id="case-solution")
+        with gr.Row():
+            self.f_codes = gr.Textbox(label="Error codes (comma-separated)", elem_id="case-codes")
+            self.f_tags = gr.Textbox(label="Tags (comma-separated)", elem_id="case-tags")
+            self.f_source = gr.Textbox(label="Source", elem_id="case-source")
+        self.f_files = gr.File(label="Images, a video and PDFs", file_count="multiple",
+                               file_types=["image", "video", ".pdf"], type="filepath", elem_id="case-files")
+        self.save_btn = gr.Button("Save case", variant="primary", elem_id="case-save")
+        self.save_msg = gr.Markdown(elem_id="case-save-msg")
+
+    def _build_import(self) -> None:
+        gr.Markdown("Upload a **.zip** (cases.jsonl or cases.csv + media), a **.jsonl** or a **.csv** file.")
+        self.imp_file = gr.File(label="Import file", file_types=[".zip", ".jsonl", ".csv"], type="filepath",
+                                elem_id="import-file")
+        self.imp_btn = gr.Button("Import", variant="primary", elem_id="import-btn")
+        self.imp_msg = gr.Markdown(elem_id="import-msg")
+        self.imp_json = gr.JSON(label="Import report", elem_id="import-report")
+
+    def _build_duplicates(self) -> None:
+        self.dup_thr = gr.Slider(0.80, 1.0, value=0.95, step=0.01, label="Cosine threshold", elem_id="dup-thr")
+        self.dup_btn = gr.Button("Find near-duplicate media", elem_id="dup-btn")
+        self.dup_msg = gr.Markdown()
+        self.dup_table = gr.Dataframe(headers=DUP_HEADERS, interactive=False, elem_id="dup-table")
+
+    def _build_maintenance(self) -> None:
+        with gr.Row():
+            self.stats_btn = gr.Button("Stats", elem_id="stats-btn")
+            self.check_btn = gr.Button("Consistency check", elem_id="check-btn")
+            self.check_fix = gr.Checkbox(label="repair problems", elem_id="check-fix")
+            self.rx_confirm = gr.Checkbox(label="confirm reindex", elem_id="reindex-confirm")
+            self.rx_btn = gr.Button("Reindex", variant="stop", elem_id="reindex-btn")
+        self.maint_msg = gr.Markdown(elem_id="maint-msg")
+        self.maint_json = gr.JSON(label="Result", elem_id="maint-json")
+
+    def _build_feedback(self) -> None:
+        with gr.Row():
+            self.fb_which = gr.Radio(["all", "👍 only", "👎 only"], value="all", label="Show", elem_id="fb-which")
+            self.fb_btn = gr.Button("Refresh", elem_id="fb-refresh")
+        self.fb_msg = gr.Markdown(elem_id="fb-summary")
+        self.fb_table = gr.Dataframe(headers=FEEDBACK_HEADERS, interactive=False, wrap=True, elem_id="fb-table",
+                                     max_height=420)
+
+    # -- events ------------------------------------------------------------------------------------------------
+    def wire(self) -> None:
+        """Connect the laid-out components to the handlers (inside the same ``gr.Blocks``, after :meth:`build`)."""
+        session = [self.token, self.login_box, self.panel, self.login_msg, self.who, self.password]
+        login_ev = dict(fn=self.login, inputs=[self.user, self.password], outputs=session)
+        self.login_btn.click(**login_ev, api_name="admin_login", concurrency_limit=4)
+        self.password.submit(**login_ev, api_visibility="private", concurrency_limit=4)
+        self.logout_btn.click(self.logout, [self.token], session, api_visibility="private")
+
+        models = dict(concurrency_id="models", concurrency_limit=self.s.ui.concurrency_limit)
+        form = [self.f_id, self.f_title, self.f_line, self.f_model, self.f_symptom, self.f_cause, self.f_solution,
+                self.f_codes, self.f_tags, self.f_sev, self.f_source]
+        self.on(self.list_btn.click, self.list_cases, [self.q, self.q_line], [self.table, self.list_msg])
+        self.on(self.q.submit, self.list_cases, [self.q, self.q_line], [self.table, self.list_msg])
+        self.on(self.load_btn.click, self.load_case, [self.del_id], form + [self.save_msg])
+        self.on(self.del_btn.click, self.delete_case, [self.del_id, self.del_confirm], [self.del_msg])
+        self.on(self.save_btn.click, self.save_case, form + [self.f_files], [self.f_id, self.save_msg], **models)
+        self.on(self.imp_btn.click, self.bulk_import, [self.imp_file], [self.imp_msg, self.imp_json], **models)
+        self.on(self.dup_btn.click, self.duplicates, [self.dup_thr], [self.dup_table, self.dup_msg])
+        self.on(self.stats_btn.click, self.stats, [], [self.maint_json])
+        self.on(self.check_btn.click, self.check, [self.check_fix], [self.maint_msg, self.maint_json])
+        self.on(self.rx_btn.click, self.reindex, [self.rx_confirm], [self.maint_msg, self.maint_json], **models)
+        self.on(self.fb_btn.click, self.feedback, [self.fb_which], [self.fb_table, self.fb_msg])

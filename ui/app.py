@@ -1,6 +1,6 @@
 """The Gradio app: a public chat tab and an admin tab whose every handler checks a server-side login.
 
-``build_app(services)`` only wires components to handlers; ``launch(...)`` adds the queue limits, the file-serving
+``build_app(services)`` lays out each tab, then wires its components to the handlers; ``launch(...)`` adds the queue limits, the file-serving
 allow-list (the media store and derived uploads, nothing else under ``data_dir``) and the CSS.
 """
 
@@ -43,11 +43,13 @@ def build_app(services: Services) -> gr.Blocks:
                     "equipment and ask what is wrong; the answer cites similar solved cases.")
         if services.models == "tiny":
             gr.HTML(TINY_BANNER, elem_id="tiny-banner-box")
-        with gr.Tabs():
+        with gr.Tabs():  # layout first, then the events (each tab's wire() connects what its build() laid out)
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
-                chat.build()
+                chat_view = chat.build()
             with gr.Tab("Admin", id="admin", elem_id="tab-admin"):
                 admin.build()
+        chat.wire(chat_view)
+        admin.wire()
         demo.load(chat.on_load, None, chat.load_outputs, api_visibility="private")
         demo.unload(chat.on_stop)  # a closed page stops the answer it was waiting for
     demo.queue(default_concurrency_limit=8, max_size=services.ui.queue_max_size)

@@ -30,6 +30,8 @@ from typing import Any, Callable, TypeVar
 
 import gradio as gr
 
+from rag.errors import UserInputError
+
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,8 +39,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 NOT_LOGGED_IN = "Admin login required: log in on the Admin tab first."
 
 
-class AuthError(Exception):
+class AuthError(UserInputError):
     """Login refused; the message is safe to show (it never says which part was wrong)."""
+
+    code = "login_refused"
 
 
 def _b64(data: bytes) -> str:

@@ -3,34 +3,166 @@
 Conversation state lives in server-side ``gr.State``: the earlier turns (for the generator's history and the
 follow-up's carried cases) and the conversation's last media (a follow-up without a new photo is still retrieved
 with the photo it is about).
+
+Shape: :meth:`ChatTab.build` lays the components out (a :class:`ChatView`), :meth:`ChatTab.wire` connects them;
+:meth:`ChatTab.respond` yields typed :class:`ChatUpdate`s, which the event handler sends in Gradio's
+``{component: value}`` form (API clients still read the outputs positionally, in :meth:`ChatView.outputs` order).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Final, Generator, Iterator
 
 import gradio as gr
+from PIL import Image
 
+from rag.errors import UserInputError
+from rag.models.query_image import QueryImageError, display_name, load_query_image
 from rag.payload import PICTURE_KINDS
-from rag.pipeline import Answer, CaseCandidate, Query, QueryError, Turn
-from ui.media import (QueryMedia, UploadError, display_name, editor_image, load_query_image, prepare_uploads, save_image,
-                      upload_roots)
-from ui.render import (StreamRenderer, abstain_banner_html, caption, case_detail_html, citations_md, inert_md, plain,
-                       timings_md)
+from rag.pipeline import Answer, CaseCandidate, Query, Turn
+from rag.pipeline.render import StreamRenderer
+from ui.media import QueryMedia, UploadError, editor_image, prepare_uploads, save_image, upload_roots
+from ui.render import (abstain_banner_html, caption, case_detail_html, citations_md, inert_md, plain,
+                       server_error_text, timings_md, user_error_text)
 from ui.services import Services
 
 logger = logging.getLogger(__name__)
 
 ANY = ""
-USER_ERRORS: tuple[type[BaseException], ...] = (UploadError, QueryError, ValueError)
+#: Errors shown to the user as their own fault (the message as is). Everything else, a bare ``ValueError`` from deep
+#: in the code included, is a server error: logged with a reference id, never shown.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserInputError,)
 PLACEHOLDER_COLOUR = (225, 228, 232)
-_PATH_RE = re.compile(r"(?:/[^\s'\"/]+){2,}")
+
+
+ChatMessage = dict[str, Any]  # one gr.Chatbot "messages" item: role + content (text or a file)
+
+
+class Keep:
+    """The value of an output a :class:`ChatUpdate` leaves as it is (Gradio's ``gr.skip()``)."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Final = Keep()
+
+
+@dataclass
+class ChatUpdate:
+    """One update of the chat tab's outputs; a field left at :data:`KEEP` leaves its component unchanged.
+
+    The typed form of what :meth:`ChatTab.respond` yields; :meth:`ChatView.updates` turns it into Gradio's
+    ``{component: value}`` form for the event handler.
+    """
+
+    history: list[ChatMessage] | Keep = KEEP
+    textbox: None | Keep = KEEP
+    gallery: list[tuple[str, str]] | Keep = KEEP
+    sources: list[dict[str, Any]] | Keep = KEEP
+    detail: str | Keep = KEEP
+    banner: dict[str, Any] | Keep = KEEP  # a gr.update(...)
+    timings: str | Keep = KEEP
+    turns: list[dict[str, Any]] | Keep = KEEP
+    media_state: dict[str, Any] | Keep = KEEP
+    last: dict[str, Any] | None | Keep = KEEP
+    crop: None | Keep = KEEP
+    feedback: str | Keep = KEEP
+
+    def changed(self) -> dict[str, Any]:
+        """Field name -> new value, for the fields this update sets."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not isinstance(getattr(self, f.name), Keep)}
+
+
+@dataclass
+class Conversation:
+    """The conversation one request works on: chat history, earlier turns, the last media (copies of the states)."""
+
+    history: list[ChatMessage]
+    turns: list[dict[str, Any]]
+    media_state: dict[str, Any]
+
+    def update(self, **changes: Any) -> ChatUpdate:
+        """An update carrying the conversation (history and both states) plus ``changes``."""
+        return ChatUpdate(history=self.history, turns=self.turns, media_state=self.media_state, **changes)
+
+    def say(self, content: str) -> None:
+        self.history.append({"role": "assistant", "content": content})
+
+    def refused(self, text: str, reply: str) -> ChatUpdate:
+        """The question, then ``reply`` saying why its files cannot be used; the textbox is cleared."""
+        self.history += ChatTab._user_message(text, [])
+        self.say(reply)
+        return self.update(textbox=None, feedback="")
+
+
+@dataclass
+class QueryInputs:
+    """What step 2 of :meth:`ChatTab.respond` hands on: this message's media, the media the query uses (maybe the
+    conversation's earlier ones), their decoded images, notes for the timings panel."""
+
+    media: QueryMedia
+    query_media: QueryMedia
+    images: list[Image.Image]  # decoded once
+    notes: list[str] = field(default_factory=list)
+    ms_uploads: float = 0.0
+
+
+def message_parts(message: dict[str, Any] | str | None) -> tuple[str, list[Any]]:
+    """(question text, attached files) of a MultimodalTextbox value (or a plain string from an API client)."""
+    if isinstance(message, str):
+        return message.strip(), []
+    message = message or {}
+    return (message.get("text") or "").strip(), list(message.get("files") or [])
+
+
+@dataclass
+class ChatView:
+    """The chat tab's components (laid out by :meth:`ChatTab.build`, connected by :meth:`ChatTab.wire`)."""
+
+    chatbot: gr.Chatbot
+    msg: gr.MultimodalTextbox
+    gallery: gr.Gallery
+    sources: gr.State
+    detail: gr.HTML
+    banner: gr.HTML
+    timings: gr.Markdown
+    turns: gr.State
+    media_state: gr.State
+    last: gr.State
+    crop: gr.ImageEditor
+    fb_status: gr.Markdown
+    case_media: gr.Gallery
+    product_line: gr.Dropdown
+    equipment_model: gr.Dropdown
+    pdf_page: gr.Number
+    rerank: gr.Checkbox
+    up: gr.Button
+    down: gr.Button
+    comment: gr.Textbox
+    clear: gr.Button
+
+    def outputs(self) -> list[gr.components.Component]:
+        """The chat event's outputs, in the order API clients read them (States are not sent to clients)."""
+        return [self.chatbot, self.msg, self.gallery, self.sources, self.detail, self.banner, self.timings, self.turns,
+                self.media_state, self.last, self.crop, self.fb_status]
+
+    def inputs(self) -> list[gr.components.Component]:
+        return [self.msg, self.chatbot, self.turns, self.media_state, self.product_line, self.equipment_model,
+                self.rerank, self.pdf_page, self.crop]
+
+    def updates(self, u: ChatUpdate) -> dict[gr.components.Component, Any]:
+        """``u`` in Gradio's ``{component: value}`` form (every key is one of :meth:`outputs`)."""
+        by_field = {"history": self.chatbot, "textbox": self.msg, "gallery": self.gallery, "sources": self.sources,
+                    "detail": self.detail, "banner": self.banner, "timings": self.timings, "turns": self.turns,
+                    "media_state": self.media_state, "last": self.last, "crop": self.crop, "feedback": self.fb_status}
+        return {by_field[name]: value for name, value in u.changed().items()}
 
 
 class ChatTab:
@@ -42,6 +174,8 @@ class ChatTab:
         #: session hash -> cancel events of that browser session's running answers (set by Stop)
         self._running: dict[str, set[threading.Event]] = {}
         self._running_lock = threading.Lock()
+        #: the laid-out components, set by :meth:`build`
+        self.view: ChatView
 
     # -- stop ---------------------------------------------------------------------------------------------------
     def _track(self, session: str | None, cancel: threading.Event, running: bool) -> None:
@@ -72,8 +206,6 @@ class ChatTab:
     def placeholder(self) -> str:
         """A neutral thumbnail for cases without an image (the gallery needs a picture per item)."""
         if self._placeholder is None or not Path(self._placeholder).exists():
-            from PIL import Image
-
             p = self.s.upload_dir / "no-image.png"
             if not p.exists():
                 Image.new("RGB", (160, 120), PLACEHOLDER_COLOUR).save(p)
@@ -117,131 +249,135 @@ class ChatTab:
     def respond(self, message: dict[str, Any] | str | None, history: list[dict[str, Any]] | None,
                 turns: list[dict[str, Any]] | None, media_state: dict[str, Any] | None, product_line: str | None,
                 equipment_model: str | None, rerank: bool, pdf_page: float | None, crop: Any,
-                request: gr.Request | None = None) -> Iterator[tuple]:
-        """Stream one answer. Outputs: chatbot, textbox, gallery, sources, detail, banner, timings, turns, media,
-        last answer, crop editor, feedback status.
+                request: gr.Request | None = None) -> Iterator[ChatUpdate]:
+        """Stream one answer as :class:`ChatUpdate`s, in four named steps: uploads → query media → pipeline stream →
+        final message/state.
 
         Generation gets a cancel event that Stop (:meth:`on_stop`) trips, and that is tripped when Gradio closes this
         generator (Stop, a closed page): the model stops after its current decoding step either way."""
-        history = list(history or [])
-        turns = list(turns or [])
-        media_state = dict(media_state or {})
-        if isinstance(message, str):
-            message = {"text": message, "files": []}
-        message = message or {}
-        text = (message.get("text") or "").strip()
-        files = list(message.get("files") or [])
-        keep = gr.skip()
+        conv = Conversation(list(history or []), list(turns or []), dict(media_state or {}))
+        text, files = message_parts(message)
         t0 = time.perf_counter()
-
-        # 1. uploads -> query media (bad files become a chat message, never a traceback)
-        notes: list[str] = []
-        try:
-            page = int(pdf_page or 1)
-            roots = upload_roots(self.s.upload_dir)
-            media = prepare_uploads(files, pdf_page=max(1, page), out_dir=self.s.upload_dir,
-                                    budget=self.s.settings.vision, dpi=self.s.ui.pdf_dpi, roots=roots)
-            cropped = editor_image(crop, roots=roots)
-            if cropped is not None:
-                path = save_image(cropped, self.s.upload_dir, "crop")
-                media.images = [path]
-                media.decoded = {path: load_query_image(cropped, self.s.settings.vision)}
-                media.notes.append("query image: the cropped region")
-        except UploadError as e:
-            history += self._user_message(text, [])
-            history.append({"role": "assistant", "content": "⚠️ " + inert_md(str(e))})
-            yield (history, None, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
+        try:  # 1. uploads (bad files become a chat message, never a traceback)
+            media = self.read_uploads(files, pdf_page, crop)
+        except (UploadError, QueryImageError) as e:
+            yield conv.refused(text, "⚠️ " + inert_md(str(e)))
             return
-        notes += media.notes
-        query_media = media
-        if media.empty and (media_state.get("images") or media_state.get("video")):
-            query_media = QueryMedia(images=list(media_state.get("images") or []), video=media_state.get("video"))
-            notes.append("no new attachment: retrieval reuses the media of the earlier message")
-        try:  # decoded once here; the three models reuse these PIL images instead of decoding the files again
-            images = [query_media.decoded.get(p) or load_query_image(p, self.s.settings.vision)
-                      for p in query_media.images]
-        except UploadError as e:  # an earlier file that vanished (uploads are pruned after a day)
-            history += self._user_message(text, [])
-            history.append({"role": "assistant", "content": "⚠️ " + inert_md(str(e)) + " Start a new conversation."})
-            yield (history, None, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
+        try:  # 2. query media
+            inputs = self.query_inputs(media, conv)
+        except QueryImageError as e:  # an earlier file that vanished (uploads are pruned after a day)
+            yield conv.refused(text, "⚠️ " + inert_md(str(e)) + " Start a new conversation.")
             return
-        ms_uploads = (time.perf_counter() - t0) * 1000
-        if not media.empty:
-            media_state = media.to_state()
-
-        shown = media.images + ([media.video] if media.video else [])
-        history += self._user_message(text, shown)
-        if not text and query_media.empty:
-            history.append({"role": "assistant", "content": "Please attach a photo, video or PDF page, or type a question."})
-            yield (history, None, keep, keep, keep, keep, keep, turns, media_state, keep, None, "")
+        inputs.ms_uploads = (time.perf_counter() - t0) * 1000
+        conv.history += self._user_message(text, media.images + ([media.video] if media.video else []))
+        if not text and inputs.query_media.empty:
+            conv.say("Please attach a photo, video or PDF page, or type a question.")
+            yield conv.update(textbox=None, crop=None, feedback="")
             return
-        if turns:
-            notes.append(f"follow-up: {len(turns)} earlier turn(s) in the conversation")
-
-        history.append({"role": "assistant", "content": "_Searching similar cases…_"})
-        yield (history, None, keep, keep, keep, gr.update(visible=False), keep, turns, media_state, keep, None, "")
-
-        # 2. pipeline
-        query = Query(text=text, images=images, video=query_media.video,
+        if conv.turns:
+            inputs.notes.append(f"follow-up: {len(conv.turns)} earlier turn(s) in the conversation")
+        conv.say("_Searching similar cases…_")
+        yield conv.update(textbox=None, banner=gr.update(visible=False), crop=None, feedback="")
+        query = Query(text=text, images=inputs.images, video=inputs.query_media.video,
                       filters=self.filters(product_line, equipment_model),
-                      history=[Turn(**t) for t in turns], rerank=bool(rerank))
+                      history=[Turn(**t) for t in conv.turns], rerank=bool(rerank))
+        answer = yield from self.stream_answer(query, conv, getattr(request, "session_hash", None))  # 3. pipeline
+        if answer is not None:  # 4. final message, state, timings
+            yield self.final_update(answer, query, text, inputs, conv)
+
+    def read_uploads(self, files: list[Any], pdf_page: float | None, crop: Any) -> QueryMedia:
+        """Step 1: the message's files (and the cropped region, which replaces its images) as validated media."""
+        roots = upload_roots(self.s.upload_dir)
+        media = prepare_uploads(files, pdf_page=max(1, int(pdf_page or 1)), out_dir=self.s.upload_dir,
+                                budget=self.s.settings.vision, dpi=self.s.ui.pdf_dpi, roots=roots)
+        cropped = editor_image(crop, roots=roots)
+        if cropped is not None:
+            path = save_image(cropped, self.s.upload_dir, "crop")
+            media.images = [path]
+            media.decoded = {path: load_query_image(cropped, self.s.settings.vision)}
+            media.notes.append("query image: the cropped region")
+        return media
+
+    def query_inputs(self, media: QueryMedia, conv: Conversation) -> QueryInputs:
+        """Step 2: the media the query is retrieved with: this message's, else the conversation's last ones; images
+        decoded once here (the three models reuse these PIL images instead of decoding the files again)."""
+        notes = list(media.notes)
+        query_media = media
+        if media.empty and (conv.media_state.get("images") or conv.media_state.get("video")):
+            query_media = QueryMedia(images=list(conv.media_state.get("images") or []),
+                                     video=conv.media_state.get("video"))
+            notes.append("no new attachment: retrieval reuses the media of the earlier message")
+        images = [query_media.decoded.get(p) or load_query_image(p, self.s.settings.vision)
+                  for p in query_media.images]
+        if not media.empty:
+            conv.media_state = media.to_state()
+        return QueryInputs(media=media, query_media=query_media, images=images, notes=notes)
+
+    def stream_answer(self, query: Query, conv: Conversation,
+                      session: str | None) -> Generator[ChatUpdate, None, Answer | None]:
+        """Step 3: run the pipeline, showing the sources, then the answer as it is written. Returns the answer, or
+        None when the request failed (the failure has been shown: a user error as its message, anything else as a
+        server error with a reference id)."""
         answer: Answer | None = None
-        cases: list[CaseCandidate] = []
         renderer = StreamRenderer()
         cancel = threading.Event()
-        session = getattr(request, "session_hash", None)
         self._track(session, cancel, True)
         try:
             for ev in self.s.pipeline.stream(query, cancel=cancel):
                 if ev.type == "sources":
                     cases = ev.cases
                     banner = gr.update(value=abstain_banner_html(cases, ""), visible=True) if ev.abstained else gr.update(visible=False)
-                    history[-1] = {"role": "assistant", "content": "_Writing the answer…_" if not ev.abstained else ""}
-                    yield (history, keep, self.gallery(cases), [c.model_dump() for c in cases], case_detail_html(None),
-                           banner, keep, turns, media_state, keep, keep, "")
+                    conv.history[-1] = {"role": "assistant", "content": "_Writing the answer…_" if not ev.abstained else ""}
+                    yield conv.update(gallery=self.gallery(cases), sources=[c.model_dump() for c in cases],
+                                      detail=case_detail_html(None), banner=banner, feedback="")
                 elif ev.type == "token":
                     rendered = renderer.feed(ev.text)
                     if rendered is not None:
-                        history[-1] = {"role": "assistant", "content": rendered}
-                        yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, keep)
+                        conv.history[-1] = {"role": "assistant", "content": rendered}
+                        yield conv.update()
                 elif ev.type == "done":
                     answer = ev.answer
         except USER_ERRORS as e:
             logger.info("query refused: %s", e)
-            history[-1] = {"role": "assistant", "content": "⚠️ " + inert_md(_user_text(e))}
-            yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
-            return
+            conv.history[-1] = {"role": "assistant", "content": "⚠️ " + inert_md(user_error_text(e))}
+            yield conv.update(feedback="")
+            return None
         except Exception:
             ref = uuid.uuid4().hex[:8]
             logger.exception("chat request failed (ref %s)", ref)
-            history[-1] = {"role": "assistant", "content": f"⚠️ Something went wrong on the server (reference {ref}). "
-                           "Please try again; if it persists, tell the administrator this reference."}
-            yield (history, keep, keep, keep, keep, keep, keep, turns, media_state, keep, keep, "")
-            return
+            conv.history[-1] = {"role": "assistant", "content": "⚠️ " + server_error_text(ref)}
+            yield conv.update(feedback="")
+            return None
         finally:  # also on GeneratorExit (Gradio closing this generator): never leave the model running
             cancel.set()
             self._track(session, cancel, False)
         assert answer is not None
-        # 3. final message, state, timings
+        return answer
+
+    def final_update(self, answer: Answer, query: Query, text: str, inputs: QueryInputs, conv: Conversation) -> ChatUpdate:
+        """Step 4: the finished answer with its citations, the turn added to the conversation, the record feedback
+        refers to, and the timings."""
         body = inert_md(answer.text) if answer.text else "_(empty answer)_"
         if not answer.abstained:
             body += citations_md(answer)
-        history[-1] = {"role": "assistant", "content": body}
+        conv.history[-1] = {"role": "assistant", "content": body}
         # An abstention's "possibly related" cases are below the threshold: the follow-up must not get them as
         # reference cases, so an abstained turn carries none.
         carried = [] if answer.abstained else (answer.cited or [c.case_id for c in answer.cases[:3]])
-        turns.append(Turn(question=text or "(photo)", answer=answer.text, case_ids=carried).model_dump())
+        conv.turns.append(Turn(question=text or "(photo)", answer=answer.text, case_ids=carried).model_dump())
         reason = answer.decision.reason if answer.decision else ""
         banner = gr.update(value=abstain_banner_html(answer.cases, reason), visible=True) if answer.abstained else gr.update(visible=False)
+        qm = inputs.query_media
         last = {"question": text, "answer": answer.text, "cited": answer.cited, "abstained": answer.abstained,
                 "cases": [{"case_id": c.case_id, "score": round(c.score, 4), "retrieval_score": round(c.retrieval_score, 4),
                            "rerank_score": None if c.rerank_score is None else round(c.rerank_score, 4)} for c in answer.cases],
-                "media": [display_name(p) for p in query_media.images] + ([display_name(query_media.video)] if query_media.video else []),
-                "filters": query.filters, "media_reused": media.empty and not query_media.empty,
+                "media": [display_name(p) for p in qm.images] + ([display_name(qm.video)] if qm.video else []),
+                "filters": query.filters, "media_reused": inputs.media.empty and not qm.empty,
                 "history_turns": len(query.history)}
-        timings = timings_md(answer.trace, {"uploads": ms_uploads}, notes)
-        yield (history, keep, self.gallery(answer.cases, answer.cited), [c.model_dump() for c in answer.cases],
-               case_detail_html(None), banner, timings, turns, media_state, last, keep, "")
+        return conv.update(gallery=self.gallery(answer.cases, answer.cited), sources=[c.model_dump() for c in answer.cases],
+                           detail=case_detail_html(None), banner=banner,
+                           timings=timings_md(answer.trace, {"uploads": inputs.ms_uploads}, inputs.notes), last=last,
+                           feedback="")
 
     @staticmethod
     def _user_message(text: str, media_paths: list[str]) -> list[dict[str, Any]]:
@@ -283,13 +419,31 @@ class ChatTab:
                                      media=list(last.get("media") or []), filters=dict(last.get("filters") or {}))
         return f"Thanks — feedback #{fid} recorded ({'helpful' if rating > 0 else 'not helpful'}).", ""
 
-    @staticmethod
-    def on_clear() -> tuple:
-        return ([], None, [], [], case_detail_html(None), gr.update(visible=False), timings_md(None), [], {}, None,
-                None, "", [])
+    def on_clear(self) -> dict[gr.components.Component, Any]:
+        """New conversation: every output of the chat event back to its start value, and the case media emptied."""
+        v = self.view
+        return {**v.updates(ChatUpdate(history=[], textbox=None, gallery=[], sources=[], detail=case_detail_html(None),
+                                       banner=gr.update(visible=False), timings=timings_md(None), turns=[],
+                                       media_state={}, last=None, crop=None, feedback="")),
+                v.case_media: []}
+
+    def on_chat(self, message: dict[str, Any] | str | None, history: list[dict[str, Any]] | None,
+                turns: list[dict[str, Any]] | None, media_state: dict[str, Any] | None, product_line: str | None,
+                equipment_model: str | None, rerank: bool, pdf_page: float | None, crop: Any,
+                request: gr.Request | None = None) -> Iterator[dict[gr.components.Component, Any]]:
+        """The chat event: :meth:`respond`'s updates in ``{component: value}`` form. Closing this generator (Stop,
+        a closed page) closes ``respond`` at once, whose cleanup cancels the running answer."""
+        updates = self.respond(message, history, turns, media_state, product_line, equipment_model, rerank, pdf_page,
+                               crop, request)
+        try:
+            for u in updates:
+                yield self.view.updates(u)
+        finally:
+            updates.close()
 
     # -- layout -------------------------------------------------------------------------------------------------
-    def build(self) -> None:
+    def build(self) -> ChatView:
+        """Lay out the chat tab's components (no events: :meth:`wire` connects them)."""
         s = self.s
         turns = gr.State([])
         media_state = gr.State({})
@@ -345,22 +499,28 @@ class ChatTab:
                                         allow_preview=True, interactive=False, object_fit="contain",
                                         fit_columns=False, preview=False)
 
-        outs = [chatbot, msg, gallery, sources, detail, banner, timings, turns, media_state, last, crop, fb_status]
-        ins = [msg, chatbot, turns, media_state, product_line, equipment_model, rerank, pdf_page, crop]
-        ev = msg.submit(self.respond, ins, outs, api_name="chat", concurrency_limit=s.ui.concurrency_limit,
-                        concurrency_id="models", show_progress="minimal", show_progress_on=[chatbot])
-        msg.stop(None, None, None, cancels=[ev], api_visibility="private")
-        # queue=False: runs at once, not behind the busy model slot it is meant to free
-        msg.stop(self.on_stop, None, None, queue=False, api_visibility="private")
-        gallery.select(self.on_select, [sources], [detail, case_media], api_name="open_case")
-        product_line.change(self.on_line_change, [product_line], [equipment_model], api_visibility="private")
-        up.click(lambda c, l: self.on_feedback(1, c, l), [comment, last], [fb_status, comment], api_name="feedback_up")
-        down.click(lambda c, l: self.on_feedback(-1, c, l), [comment, last], [fb_status, comment], api_name="feedback_down")
-        clear.click(self.on_clear, None, outs + [case_media], api_name="new_conversation")
+        self.view = ChatView(chatbot=chatbot, msg=msg, gallery=gallery, sources=sources, detail=detail, banner=banner,
+                             timings=timings, turns=turns, media_state=media_state, last=last, crop=crop,
+                             fb_status=fb_status, case_media=case_media, product_line=product_line,
+                             equipment_model=equipment_model, pdf_page=pdf_page, rerank=rerank, up=up, down=down,
+                             comment=comment, clear=clear)
         self.load_outputs = [product_line, equipment_model]
+        return self.view
 
+    # -- events -------------------------------------------------------------------------------------------------
+    def wire(self, v: ChatView) -> None:
+        """Connect the laid-out components to the handlers (inside the same ``gr.Blocks``)."""
+        s = self.s
+        ev = v.msg.submit(self.on_chat, v.inputs(), v.outputs(), api_name="chat", concurrency_limit=s.ui.concurrency_limit,
+                          concurrency_id="models", show_progress="minimal", show_progress_on=[v.chatbot])
+        v.msg.stop(None, None, None, cancels=[ev], api_visibility="private")
+        # queue=False: runs at once, not behind the busy model slot it is meant to free
+        v.msg.stop(self.on_stop, None, None, queue=False, api_visibility="private")
+        v.gallery.select(self.on_select, [v.sources], [v.detail, v.case_media], api_name="open_case")
+        v.product_line.change(self.on_line_change, [v.product_line], [v.equipment_model], api_visibility="private")
+        v.up.click(lambda c, l: self.on_feedback(1, c, l), [v.comment, v.last], [v.fb_status, v.comment],
+                   api_name="feedback_up")
+        v.down.click(lambda c, l: self.on_feedback(-1, c, l), [v.comment, v.last], [v.fb_status, v.comment],
+                     api_name="feedback_down")
+        v.clear.click(self.on_clear, None, v.outputs() + [v.case_media], api_name="new_conversation")
 
-def _user_text(e: BaseException) -> str:
-    """The message of a user-facing error without internal paths."""
-    msg = _PATH_RE.sub(lambda m: m.group(0).rsplit("/", 1)[-1], str(e))
-    return msg if len(msg) <= 500 else msg[:497] + "…"

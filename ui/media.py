@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from rag.config import VisionBudget
-from rag.models.vision import VisionInputError, load_image, to_rgb
+from rag.errors import UserInputError
+from rag.models.query_image import QueryImageError, display_name, load_query_image
 from rag.validation import InputRejected, Limits, check_file, check_image_size
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,10 @@ logger = logging.getLogger(__name__)
 Kind = Literal["image", "video", "pdf"]
 
 
-class UploadError(ValueError):
+class UploadError(UserInputError, ValueError):
     """A file the chat cannot use; the message is shown to the user as is."""
+
+    code = "bad_upload"
 
 
 @dataclass
@@ -44,12 +47,6 @@ class QueryMedia:
 
     def to_state(self) -> dict[str, Any]:
         return {"images": list(self.images), "video": self.video}
-
-
-def display_name(path: str | Path) -> str:
-    """The base name only (never a server directory), trimmed for messages."""
-    name = Path(str(path)).name
-    return name if len(name) <= 60 else name[:57] + "…"
 
 
 def sniff(path: Path, budget: VisionBudget) -> Kind:
@@ -170,51 +167,12 @@ def _confined(path: Path, roots: list[Path] | None, what: str) -> Path:
     return path
 
 
-def load_query_image(src: str | Path | Image.Image, budget: VisionBudget) -> Image.Image:
-    """Decode an uploaded image once (validated, EXIF-oriented, RGB) for the embedder, reranker and generator to reuse.
-
-    Handing the models a path would make each decode the file again. The official resize is left to the model
-    wrappers (as for the case images), so query and document images go through the same resize code. A JPEG far
-    above the pixel budget (a 12 MP phone photo) is decoded at 1/2–1/8 scale in the DCT domain, never below the
-    budget, which the official resize then brings to the model size: the same input for a fraction of the decode.
-    """
-    if isinstance(src, Image.Image):  # a crop from the editor
-        try:
-            return load_image(src, budget)
-        except VisionInputError as e:
-            raise UploadError(f"The cropped region cannot be used: {e}.") from e
-    path = Path(src)
-    name = display_name(path)
-    if not path.is_file():
-        raise UploadError(f"'{name}' is no longer available; please attach it again.")
+def _decode(path: str | Path, budget: VisionBudget) -> Image.Image:
+    """:func:`rag.models.query_image.load_query_image`, refusals as :class:`UploadError` (this module's contract)."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > budget.max_image_pixels:
-                raise UploadError(f"'{name}' has {w}x{h} = {w * h:,} pixels, more than the limit of "
-                                  f"{budget.max_image_pixels:,}.")
-            _check_min_side(w, h, budget, f"'{name}'")
-            scale = 1
-            while scale < 8 and (w // (scale * 2)) * (h // (scale * 2)) >= budget.max_pixels:
-                scale *= 2
-            if im.format == "JPEG" and scale > 1:
-                im.draft("RGB", (w // scale, h // scale))
-            im.load()
-            if getattr(im, "is_animated", False):
-                im.seek(0)
-            ImageOps.exif_transpose(im, in_place=True)
-            img = im if im.mode == "RGB" else to_rgb(im)
-            ratio = max(img.size) / max(1, min(img.size))
-            if ratio > 200:
-                raise UploadError(f"'{name}' is {img.size[0]}x{img.size[1]}: too elongated for the model (ratio "
-                                  f"{ratio:.0f}, limit 200).")
-            return img
-    except UploadError:
-        raise
-    except VisionInputError as e:
-        raise UploadError(f"'{name}' cannot be used as an image: {str(e).replace(str(path), name)}") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UploadError(f"'{name}' cannot be used as an image: corrupt or truncated image ({type(e).__name__}).") from e
+        return load_query_image(path, budget)
+    except QueryImageError as e:
+        raise UploadError(str(e)) from e
 
 
 def upload_roots(*extra: Path) -> list[Path]:
@@ -243,12 +201,12 @@ def prepare_uploads(files: list[Any], *, pdf_page: int, out_dir: Path, budget: V
             raise UploadError(f"'{name}' did not arrive; please attach it again.")
         kind = sniff(path, budget)
         if kind == "image":
-            media.decoded[str(path)] = load_query_image(path, budget)  # also the validation: a full decode
+            media.decoded[str(path)] = _decode(path, budget)  # also the validation: a full decode
             media.images.append(str(path))
         elif kind == "pdf":
             png, n = render_pdf_page(path, pdf_page, out_dir, dpi=dpi)
             try:
-                media.decoded[png] = load_query_image(png, budget)
+                media.decoded[png] = _decode(png, budget)
             except UploadError as e:  # name the PDF page, not the temporary rendering
                 raise UploadError(str(e).replace(display_name(png), f"{name} page {pdf_page}")) from None
             media.images.append(png)

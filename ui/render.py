@@ -2,7 +2,8 @@
 
 Case text comes from imports and admins, model output can echo it: both may contain ``<script>``, ``<img onerror>``
 or ``[x](javascript:…)``. Everything shown as HTML is escaped here; text shown as Markdown is HTML-escaped and its
-link/image syntax defused, on top of Gradio's own sanitiser (defence in depth, not instead of it).
+link/image syntax defused (:func:`rag.pipeline.render.inert_md`, shared with the stream renderer), on top of
+Gradio's own sanitiser (defence in depth, not instead of it).
 """
 
 from __future__ import annotations
@@ -11,61 +12,20 @@ import html
 import re
 from typing import Any, Iterable, Sequence
 
+from rag.pipeline.render import CONTROL_CHARS, inert_md
 from rag.pipeline.types import Answer, CaseCandidate, Trace
 
-_CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_AUTOLINK = re.compile(r"(?i)[a-z][a-z0-9+.-]*://|\bwww\.")
+_PATH_RE = re.compile(r"(?:/[^\s'\"/]+){2,}")
 
 
 def esc(value: Any) -> str:
     """HTML-escape any value (quotes too, so it is safe inside attributes)."""
-    return html.escape(_CTRL.sub("", "" if value is None else str(value)), quote=True)
-
-
-def inert_md(text: str) -> str:
-    """Markdown that cannot produce HTML tags, links or images: ``<``/``>``/``&`` escaped, ``[`` ``]`` as entities.
-
-    Citations like ``[case-id]`` still read the same; ``![x](url)`` and ``[x](javascript:…)`` become plain text.
-    """
-    t = html.escape(_CTRL.sub("", text or ""), quote=False)
-    t = t.replace("[", "&#91;").replace("]", "&#93;")
-    # Bare URLs, www. names and e-mail addresses would be auto-linked by the chat's Markdown (GFM): entities keep
-    # the text identical on screen but unlinkable.
-    t = _AUTOLINK.sub(lambda m: m.group(0).replace(":", "&#58;").replace(".", "&#46;"), t)
-    return t.replace("@", "&#64;")
-
-
-class StreamRenderer:
-    """The growing answer as inert Markdown, re-rendered at most every ``interval`` seconds.
-
-    Rendering is O(answer length), so doing it for every token is quadratic in the answer and sends a websocket
-    update per token; 20 updates a second look the same to a reader.
-    """
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.parts: list[str] = []
-        self._last = 0.0
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def feed(self, chunk: str) -> str | None:
-        """Add a chunk; returns the rendered answer when an update is due, else None."""
-        import time
-
-        self.parts.append(chunk)
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            return None
-        self._last = now
-        return inert_md(self.text)
+    return html.escape(CONTROL_CHARS.sub("", "" if value is None else str(value)), quote=True)
 
 
 def plain(text: Any, limit: int = 200) -> str:
     """One-line text for captions/tables: control characters and angle brackets removed, trimmed."""
-    s = _CTRL.sub("", "" if text is None else str(text)).replace("<", "‹").replace(">", "›")
+    s = CONTROL_CHARS.sub("", "" if text is None else str(text)).replace("<", "‹").replace(">", "›")
     s = " ".join(s.split())
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
@@ -162,3 +122,15 @@ def timings_md(trace: Trace | None, extra: dict[str, float] | None = None, notes
         out.append("")
         out += [f"- {inert_md(n)}" for n in notes]
     return "\n".join(out)
+
+
+def user_error_text(e: BaseException, limit: int = 500) -> str:
+    """The message of a user-facing error (:class:`rag.errors.UserInputError`) without internal paths, trimmed."""
+    msg = _PATH_RE.sub(lambda m: m.group(0).rsplit("/", 1)[-1], str(e))
+    return msg if len(msg) <= limit else msg[: limit - 3] + "…"
+
+
+def server_error_text(ref: str) -> str:
+    """What the user sees for any error that is not theirs: no detail, a reference to find it in the server log."""
+    return (f"Something went wrong on the server (reference {ref}). "
+            "Please try again; if it persists, tell the administrator this reference.")

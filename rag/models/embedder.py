@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rag.config import VisionBudget
+from rag.errors import UserInputError
 from rag.models.encoding import (
     Encoded,
     Item,
@@ -42,8 +43,10 @@ MAX_LENGTH = 8192
 TEMPLATE_TAIL = 5
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(UserInputError, ValueError):
     """An item could not be embedded; the message names the item."""
+
+    code = "bad_embed_input"
 
 
 def normalise_instruction(instruction: str | None, default: str = DEFAULT_INSTRUCTION) -> str:

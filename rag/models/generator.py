@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from rag.config import VisionBudget
+from rag.errors import UserInputError
 from rag.models.encoding import to_device
 from rag.models.loading import load_model, resolve_device, resolve_model_path
 from rag.models.vision import PreparedVideo, VisionInputError, prepare_image, prepare_video
@@ -21,8 +22,10 @@ logger = logging.getLogger(__name__)
 Message = dict[str, Any]
 
 
-class GenerationError(ValueError):
+class GenerationError(UserInputError, ValueError):
     """Messages that cannot be turned into a prompt; the message says which part."""
+
+    code = "bad_messages"
 
 
 class _Cancel:

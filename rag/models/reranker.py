@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from rag.config import VisionBudget
+from rag.errors import UserInputError
 from rag.models.encoding import Encoded, Item, TokenizedModel, Vision, collate, encode, has_input, item_name, media_content, to_device, truncate
 from rag.models.loading import load_model, resolve_device, resolve_model_path
 from rag.models.vision import VisionInputError
@@ -37,8 +38,10 @@ MAX_LENGTH = 10240
 TEMPLATE_TAIL = 5
 
 
-class RerankError(ValueError):
+class RerankError(UserInputError, ValueError):
     """A query or document could not be scored; the message names it."""
+
+    code = "bad_rerank_input"
 
 
 @dataclass

@@ -24,6 +24,7 @@ os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
 from qwen_vl_utils import vision_process as qvu  # noqa: E402  (reader choice must be set before import)
 
 from rag.config import VisionBudget  # noqa: E402
+from rag.errors import UserInputError  # noqa: E402
 from rag.validation import InputRejected, Limits, check_file, check_image_size, to_8bit  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ ImageSource = Union[str, Path, bytes, Image.Image]
 VideoSource = Union[str, Path, list]
 
 
-class VisionInputError(ValueError):
+class VisionInputError(UserInputError, ValueError):
     """An image or video that cannot be used; the message names the input and what is wrong."""
 
     code = "bad_media"

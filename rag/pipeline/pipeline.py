@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rag.config import Settings
+from rag.errors import UserInputError
 from rag.pipeline.stages import Abstain, Generate, Rerank, Retrieve, abstention_text, finish
 from rag.pipeline.types import Answer, CaseCandidate, Event, Query, Trace
 
 logger = logging.getLogger(__name__)
 
 
-class QueryError(ValueError):
+class QueryError(UserInputError, ValueError):
     """A query the pipeline cannot run; the message says why."""
+
+    code = "bad_query"
 
 
 class RagPipeline:

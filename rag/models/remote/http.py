@@ -16,14 +16,18 @@ from typing import Any
 
 import httpx
 
+from rag.errors import RagvqaError
+
 logger = logging.getLogger(__name__)
 
 #: Statuses worth another attempt: overload (429) and server-side failures (5xx, except "not implemented").
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class RemoteError(RuntimeError):
+class RemoteError(RagvqaError, RuntimeError):
     """A model server failed or refused a request; the message names the endpoint and the HTTP status."""
+
+    code = "remote_failed"
 
     def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
         super().__init__(message)
