@@ -166,11 +166,11 @@ def sample_eval_set(data_dir: Path) -> tuple[SampleFiles, EvalSet]:
 
 
 def open_kb(settings: Settings, embedder: Any) -> Any:
-    """The knowledge-base facade (``knowledge_base.admin.KnowledgeBase``) on ``settings.data_dir``."""
+    """The knowledge-base facade (``knowledge_base.kb.KnowledgeBase``) on ``settings.data_dir``."""
     try:
-        from knowledge_base.admin import KnowledgeBase  # type: ignore[import-not-found]
+        from knowledge_base.kb import KnowledgeBase  # type: ignore[import-not-found]
     except ImportError as e:
-        raise EvalError(f"the knowledge-base importer (knowledge_base.admin) is not available: {e}") from e
+        raise EvalError(f"the knowledge-base importer (knowledge_base.kb) is not available: {e}") from e
     return KnowledgeBase.open(settings, embedder)
 
 

@@ -69,7 +69,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: Any = None, model: bool = True):
     """Load the embedder (unless ``model`` is False: read-only commands) and open the KB; expected failures become
     one-line messages."""
-    from knowledge_base.admin import KnowledgeBase
+    from knowledge_base.kb import KnowledgeBase
     from rag.models.factory import load_models
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
@@ -141,7 +141,7 @@ def add(
     as_json: AsJson = False,
 ) -> None:
     """Add one case (or re-import it: an unchanged case is skipped, a changed one updated)."""
-    from knowledge_base.admin import CaseRejectedError
+    from knowledge_base.kb import CaseRejectedError
 
     if file is not None:
         try:
@@ -284,7 +284,7 @@ def update(
     as_json: AsJson = False,
 ) -> None:
     """Change a case; only what changed is re-embedded."""
-    from knowledge_base.admin import CaseNotFoundError, CaseRejectedError
+    from knowledge_base.kb import CaseNotFoundError, CaseRejectedError
 
     changes: dict[str, Any] = {}
     if file is not None:
@@ -347,7 +347,7 @@ def reindex(
     old store's. The old store keeps serving until the switch. With Qdrant Edge, stop the app first (one process
     per store).
     """
-    from knowledge_base.admin import KnowledgeBase
+    from knowledge_base.kb import KnowledgeBase
     from rag.models.factory import load_models
 
     settings = _settings(data_dir, models)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, JsonValue, ValidationError
@@ -44,10 +44,9 @@ from rag.store import VectorPoint, VectorStore, point_id
 from rag.store.base import check_payload
 from rag.validation import InputRejected, Limits, check_pdf
 
-if TYPE_CHECKING:  # pragma: no cover
-    from knowledge_base.admin import KnowledgeBase
-
 __all__ = [
+    "EmbedFn",
+    "IngestContext",
     "IngestOptions",
     "IngestResult",
     "ItemReport",
@@ -88,6 +87,26 @@ class IngestOptions(BaseSettings):
     thumbnails: bool = True
     max_zip_bytes: int = 2 << 30
     max_zip_files: int = 10_000
+
+
+#: Document-side embedding of model inputs (``{"text": ...}``/``{"image": path}``/``{"video": path}``), one row each,
+#: at the store's dimension.
+EmbedFn = Callable[[Sequence[dict[str, Any]]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class IngestContext:
+    """Everything an import run needs from the knowledge base, and nothing more (ingestion never sees the façade).
+
+    ``index`` is the caller's media index, rebuilt from the store for this run; the run keeps it current as it
+    writes, so the caller can keep using it afterwards."""
+
+    store: VectorStore
+    media: MediaStore
+    embed: EmbedFn
+    embedder_id: str
+    index: MediaIndex
+    options: IngestOptions = field(default_factory=IngestOptions)
 
 
 # ------------------------------------------------------------------------------------------------ reports
@@ -401,15 +420,15 @@ class _Stager:
 class _Run:
     """One import run over a list of records (see the module docstring for the order of writes)."""
 
-    def __init__(self, kb: KnowledgeBase, source: str, *, progress: bool,
+    def __init__(self, ctx: IngestContext, source: str, *, progress: bool,
                  on_item: Callable[[ItemReport], None] | None) -> None:
-        self.kb = kb
-        self.store: VectorStore = kb.store
-        self.options: IngestOptions = kb.options
-        self.stager = _Stager(kb.media, kb.options)
+        self.ctx = ctx
+        self.store: VectorStore = ctx.store
+        self.options: IngestOptions = ctx.options
+        self.stager = _Stager(ctx.media, ctx.options)
         self.result = IngestResult(source=source)
         self.progress, self.on_item = progress, on_item
-        self.index: MediaIndex = kb.media_index(refresh=True)
+        self.index: MediaIndex = ctx.index
         thr = self.options.near_dup_threshold if self.options.dedup else None
         self.finder = NearDupFinder(self.store, thr, self.index, exact=self.options.near_dup_exact) if thr else None
         self.cleanup: set[str] = set()  # sha256 of files that may have lost their last reference
@@ -534,7 +553,7 @@ class _Run:
         assert ex is not None and ex.case is not None
         have = self.index.case_media(w.case_id)
         want = {m.id for m in ex.case.media}
-        same_embedder = ex.embedder == self.kb.embedder_id and all(r.embedder == self.kb.embedder_id for r in have.values())
+        same_embedder = ex.embedder == self.ctx.embedder_id and all(r.embedder == self.ctx.embedder_id for r in have.values())
         if set(have) == want and same_embedder:
             w.report.status = "skipped"
             w.report.reason = "unchanged"
@@ -579,7 +598,7 @@ class _Run:
             return
         for p in self.store.retrieve(list(want), with_vectors=True):
             w, m = want[p.id]
-            if p.vector is not None and p.payload.get("sha256") == m.sha256 and p.payload.get("embedder") == self.kb.embedder_id:
+            if p.vector is not None and p.payload.get("sha256") == m.sha256 and p.payload.get("embedder") == self.ctx.embedder_id:
                 w.vectors[m.id] = p.vector
                 w.reused[m.id] = p.payload
                 w.report.media_reused += 1
@@ -600,19 +619,19 @@ class _Run:
             except Exception:  # noqa: BLE001 - a case that cannot render is rejected by validation later
                 text = ""
             ex = w.existing
-            if (ex is not None and ex.case is not None and ex.vector is not None and ex.embedder == self.kb.embedder_id
+            if (ex is not None and ex.case is not None and ex.vector is not None and ex.embedder == self.ctx.embedder_id
                     and ex.case.embedding_text() == text):
                 w.text_vector = ex.vector
             else:
                 jobs.append((w, None, {"text": text, "id": f"{w.case_id} (case text)"}))
             for m in w.items:
                 if m.id not in w.vectors:
-                    jobs.append((w, m.id, embed_item(self.kb.media, m, f"{w.case_id}: {w.labels.get(m.id, m.id)}")))
+                    jobs.append((w, m.id, embed_item(self.ctx.media, m, f"{w.case_id}: {w.labels.get(m.id, m.id)}")))
         if not jobs:
             return
         t0 = time.perf_counter()
         try:
-            vecs = self.kb.embed([j[2] for j in jobs])
+            vecs = self.ctx.embed([j[2] for j in jobs])
             self._assign(jobs, vecs)
         except EmbeddingError:
             by_case: dict[int, list] = {}
@@ -620,7 +639,7 @@ class _Run:
                 by_case.setdefault(id(j[0]), []).append(j)
             for group in by_case.values():
                 try:
-                    self._assign(group, self.kb.embed([j[2] for j in group]))
+                    self._assign(group, self.ctx.embed([j[2] for j in group]))
                 except EmbeddingError as e:
                     group[0][0].reject(f"cannot embed: {e}")
         finally:
@@ -689,7 +708,7 @@ class _Run:
     def _write(self, todo: list[_Work]) -> None:
         if not todo:
             return
-        eid = self.kb.embedder_id
+        eid = self.ctx.embedder_id
         ids = [w.case_id for w in todo]
         # Every point these cases have now (also ones an interrupted run left behind), to remove the stale ones.
         before: dict[str, dict[str, str]] = {}
@@ -740,13 +759,13 @@ class _Run:
         for sha in self.cleanup:
             if sha and not self.index.referenced(sha):
                 try:
-                    self.kb.media.delete(sha)
+                    self.ctx.media.delete(sha)
                 except OSError as e:  # pragma: no cover - reported by check
                     log.warning("could not delete media %s…: %s", sha[:12], e)
 
 
-def ingest_records(kb: KnowledgeBase, records: Sequence[SourceCase], *, source: str = "import", progress: bool = False,
-                   on_item: Callable[[ItemReport], None] | None = None) -> IngestResult:
-    """Write ``records`` into ``kb`` (see the module docstring); the caller holds the KB's write lock."""
-    return _Run(kb, source, progress=progress, on_item=on_item).run(records)
+def ingest_records(ctx: IngestContext, records: Sequence[SourceCase], *, source: str = "import",
+                   progress: bool = False, on_item: Callable[[ItemReport], None] | None = None) -> IngestResult:
+    """Write ``records`` through ``ctx`` (see the module docstring); the caller holds the KB's write lock."""
+    return _Run(ctx, source, progress=progress, on_item=on_item).run(records)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from knowledge_base.admin import KnowledgeBase
+from knowledge_base.kb import KnowledgeBase
 from knowledge_base.ingest import IngestOptions
 from rag.config import Settings
 from rag.store import open_store

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from conftest import write_video
 from kb_support import OPTIONS, case_dict, open_kb, scene, write_jsonl
-from knowledge_base.admin import CaseRejectedError, KnowledgeBase
+from knowledge_base.kb import CaseRejectedError, KnowledgeBase
 from knowledge_base.archive import BACKUP_FORMAT
 from knowledge_base.media_store import MediaError
 from knowledge_base.pdf import images_to_pdf

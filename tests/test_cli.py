@@ -20,7 +20,7 @@ CASES = [("prn-e13", "Fuser error E13 on laser printer", "printers", (200, 40, 4
 @pytest.fixture(scope="module")
 def kb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small KB written by the real ingestion with the same tiny checkpoint ``--models tiny`` uses."""
-    from knowledge_base.admin import KnowledgeBase
+    from knowledge_base.kb import KnowledgeBase
     from knowledge_base.schema import CaseInput
     from rag.config import Settings
     from rag.models.factory import load_models

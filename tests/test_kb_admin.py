@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kb_support import OPTIONS, case_dict, jpeg_bytes, kb_state, make_source, open_kb, scene, variant
-from knowledge_base.admin import CaseNotFoundError, CaseRejectedError, KnowledgeBase
+from knowledge_base.kb import CaseNotFoundError, CaseRejectedError, KnowledgeBase
 from knowledge_base.schema import CaseInput
 from rag.config import Settings
 from rag.store import StoreError, StoreMismatchError, VectorPoint, open_store, point_id

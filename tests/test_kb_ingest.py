@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kb_support import NEAR_DUP, OPTIONS, case_dict, jpeg_bytes, make_source, open_kb, scene, variant, write_jsonl
-from knowledge_base.admin import KnowledgeBase
+from knowledge_base.kb import KnowledgeBase
 from knowledge_base.archive import IngestInputError
 from knowledge_base.pdf import images_to_pdf
 from rag.store import point_id
@@ -241,7 +241,7 @@ def test_exact_and_near_duplicates(kb: KnowledgeBase, tmp_path: Path) -> None:
 
 
 def test_rejected_case_writes_nothing_and_api_add(edge_kb: KnowledgeBase, media_dir: Path, tmp_path: Path) -> None:
-    from knowledge_base.admin import CaseRejectedError
+    from knowledge_base.kb import CaseRejectedError
 
     before = set(edge_kb.media.iter_files())
     with pytest.raises(CaseRejectedError, match="corrupt.png") as e:

@@ -146,7 +146,7 @@ class AdminTab:
                   cause: str, solution: str, error_codes: str, tags: str, severity: str, source: str,
                   files: list[str] | None, progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
         """Add a case, or update it when the id exists (its stored media are kept; attached files are added)."""
-        from knowledge_base.admin import CaseNotFoundError, CaseRejectedError
+        from knowledge_base.kb import CaseNotFoundError, CaseRejectedError
         from knowledge_base.schema import CaseInput
         from pydantic import ValidationError
 

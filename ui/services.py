@@ -153,7 +153,7 @@ def embedder_id(embedder: Any, which: ModelKind) -> str:
 def open_knowledge_base(settings: Settings, embedder: Any, store: Any | None) -> tuple[Any | None, str | None]:
     """The ``KnowledgeBase`` facade (admin operations) if the module is installed; (None, why) otherwise."""
     try:
-        from knowledge_base.admin import KnowledgeBase  # type: ignore[import-not-found]
+        from knowledge_base.kb import KnowledgeBase  # type: ignore[import-not-found]
     except ImportError as e:
         try:
             from knowledge_base import KnowledgeBase  # type: ignore[attr-defined,no-redef]
