@@ -27,7 +27,7 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
 def test_layers_contract_is_kept() -> None:
     r = lint_imports(ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "1 kept, 0 broken" in r.stdout, r.stdout
+    assert "Contracts: 2 kept, 0 broken" in r.stdout, r.stdout
 
 
 def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
@@ -40,3 +40,18 @@ def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
     r = lint_imports(tmp_path)
     assert r.returncode != 0, r.stdout
     assert "BROKEN" in r.stdout and "rag.config -> eval.metrics" in r.stdout, r.stdout
+
+
+def test_ingest_importing_the_facade_breaks_the_contract(tmp_path: Path) -> None:
+    """The admin↔ingest cycle stays gone: ingestion gets an ``IngestContext``, never the ``KnowledgeBase``
+    (even a type-only import counts: that is how the cycle used to look)."""
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    victim = tmp_path / "knowledge_base" / "ingest.py"
+    planted = ("\nfrom typing import TYPE_CHECKING as _TC  # planted\n"
+               "if _TC:\n    from knowledge_base.kb import KnowledgeBase as _KB  # noqa: F401\n")
+    victim.write_text(victim.read_text() + planted)
+    r = lint_imports(tmp_path)
+    assert r.returncode != 0, r.stdout
+    assert "BROKEN" in r.stdout and "knowledge_base.ingest -> knowledge_base.kb" in r.stdout, r.stdout
