@@ -30,10 +30,9 @@ def load_models(settings: Any, which: str, need: tuple[str, ...]) -> dict[str, A
 
 
 def _settings(data_dir: Optional[Path]) -> Any:
-    from rag.config import Settings
+    from rag.cli_settings import cli_settings
 
-    s = Settings()
-    return s.model_copy(update={"data_dir": data_dir}) if data_dir is not None else s
+    return cli_settings(data_dir)
 
 
 def _fail(msg: str) -> None:

@@ -48,19 +48,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _settings(data_dir: Path | None, models: str):
-    from rag.config import Settings
-
-    if models not in ("real", "tiny"):
-        raise typer.BadParameter(f"--models must be 'real' or 'tiny', got {models!r}")
-    overrides: dict[str, Any] = {}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    if models == "tiny":
-        overrides.update(device="cpu", dtype="float32")
-    return Settings(**overrides)
-
-
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]{message}", markup=True, highlight=False)
     return typer.Exit(code)
@@ -70,11 +57,12 @@ def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: A
     """Load the embedder (unless ``model`` is False: read-only commands) and open the KB; expected failures become
     one-line messages."""
     from knowledge_base.kb import KnowledgeBase
+    from rag.cli_settings import cli_settings
     from rag.models.factory import load_models
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
 
-    settings = _settings(data_dir, models)
+    settings = cli_settings(data_dir, models=models)
     embedder = None
     if model:
         try:
@@ -348,9 +336,10 @@ def reindex(
     per store).
     """
     from knowledge_base.kb import KnowledgeBase
+    from rag.cli_settings import cli_settings
     from rag.models.factory import load_models
 
-    settings = _settings(data_dir, models)
+    settings = cli_settings(data_dir, models=models)
     upd: dict[str, Any] = {}
     if embedder_model:
         upd["embedder_model"] = embedder_model

@@ -1,6 +1,8 @@
 """``ragvqa``: one command for serving, asking, the knowledge base, evaluation and benchmarks.
 
-Heavy imports happen inside each command so that ``ragvqa --help`` stays instant.
+Heavy imports happen inside each command so that ``ragvqa --help`` stays instant; the command groups of other
+packages (``kb``, ``eval``, ``bench ingest``) are added with :func:`mount`, the one way to attach a sub-app, which
+imports it only when it runs. Settings come from :func:`rag.cli_settings.cli_settings` (shared by every group).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from rich.console import Console
 
 app = typer.Typer(help="Retrieval-augmented visual QA for support desks (Qwen3-VL + Qdrant).", no_args_is_help=True)
 models_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks (results as JSON + markdown).", no_args_is_help=True)
+bench_app = typer.Typer(name="bench", help="Benchmarks (results as JSON + markdown).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 
@@ -81,20 +83,6 @@ def bench_models(
 MODELS_HELP = "real (settings' Qwen3-VL checkpoints) | tiny (offline random weights: answers are meaningless)."
 
 
-def _settings(data_dir: Optional[Path], **overrides: Any):
-    from rag.config import Settings
-
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def _check_models(models: str) -> str:
-    if models not in ("real", "tiny"):
-        raise typer.BadParameter(f"--models must be 'real' or 'tiny', got {models!r}")
-    return models
-
-
 @app.command()
 def serve(
     host: Optional[str] = typer.Option(None, help="Interface to bind (default RAGVQA_UI_HOST or 127.0.0.1)."),
@@ -106,12 +94,13 @@ def serve(
     sample: bool = typer.Option(True, help="Load the bundled sample KB when the store is empty."),
 ) -> None:
     """Run the web app (chat + admin) on the embedded Qdrant Edge store under data_dir."""
+    from rag.cli_settings import check_models, cli_settings
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
     from ui.settings import UISettings
 
-    _check_models(models)
-    settings = _settings(data_dir)
+    check_models(models)
+    settings = cli_settings(data_dir)
     ui = UISettings()
     ui = ui.model_copy(update={k: v for k, v in {"concurrency_limit": concurrency, "queue_max_size": queue_size}.items()
                                if v is not None})
@@ -174,14 +163,15 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, citations, scores, timings)."),
 ) -> None:
     """Answer one question from the command line, with citations."""
+    from rag.cli_settings import check_models, cli_settings
     from rag.models.loading import ModelNotAvailableError
     from rag.pipeline import Query, QueryError
     from rag.store import StoreError, StoreMismatchError
     from ui.media import UploadError
     from ui.services import build_services
 
-    _check_models(models)
-    settings = _settings(data_dir, max_new_tokens=max_new_tokens)
+    check_models(models)
+    settings = cli_settings(data_dir, max_new_tokens=max_new_tokens)
     try:
         services = build_services(settings, models=models, credentials=None, load_sample=sample)  # type: ignore[arg-type]
     except (ModelNotAvailableError, StoreMismatchError, StoreError) as e:
@@ -245,16 +235,22 @@ def _run_typer(sub: Any, args: list[str], prog: str) -> None:
     cmd.main(args=args, prog_name=prog, standalone_mode=True)
 
 
-@app.command("kb", context_settings=_PASSTHROUGH, add_help_option=False)
-def kb_cmd(ctx: typer.Context) -> None:
-    """Knowledge base: add, import, list, delete, check, reindex, export (knowledge_base.cli)."""
-    _run_typer(_import("knowledge_base.cli", "kb_app"), list(ctx.args), "ragvqa kb")
+def mount(parent: typer.Typer, name: str, target: str, help: str) -> None:
+    """The one way to add another package's typer app as a sub-command: ``target`` (``"module:attr"``) is imported
+    only when the sub-command runs, so ``ragvqa --help`` imports none of them; arguments (``--help`` included) are
+    passed through to the sub-app unchanged."""
+    module, attr = target.split(":")
+    prog = f"ragvqa {name}" if parent is app else f"ragvqa {parent.info.name} {name}"
+
+    def run_mounted(ctx: typer.Context) -> None:
+        _run_typer(_import(module, attr), list(ctx.args), prog)
+
+    parent.command(name, context_settings=_PASSTHROUGH, add_help_option=False, help=help)(run_mounted)
 
 
-@app.command("eval", context_settings=_PASSTHROUGH, add_help_option=False)
-def eval_cmd(ctx: typer.Context) -> None:
-    """Scripted evaluations: retrieval/answer quality on the eval set (eval.cli)."""
-    _run_typer(_import("eval.cli", "eval_app"), list(ctx.args), "ragvqa eval")
+mount(app, "kb", "knowledge_base.cli:kb_app",
+      "Knowledge base: add, import, list, delete, check, reindex, export (knowledge_base.cli).")
+mount(app, "eval", "eval.cli:eval_app", "Scripted evaluations: retrieval/answer quality on the eval set (eval.cli).")
 
 
 @bench_app.command("store")
@@ -301,10 +297,8 @@ def bench_pipeline(
         console.print(f"wrote {path}")
 
 
-@bench_app.command("ingest", context_settings=_PASSTHROUGH, add_help_option=False)
-def bench_ingest(ctx: typer.Context) -> None:
-    """Ingestion throughput against the raw embedder (eval.bench_ingest); arguments are passed through."""
-    _run_typer(_import("eval.bench_ingest", "app"), list(ctx.args), "ragvqa bench ingest")
+mount(bench_app, "ingest", "eval.bench_ingest:app",
+      "Ingestion throughput against the raw embedder (eval.bench_ingest); arguments are passed through.")
 
 
 @bench_app.command("query")
@@ -421,7 +415,9 @@ def doctor(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Hardware, the dtype and budgets the app would use here, the measured one-query time, and warnings."""
-    rep = doctor_report(_settings(None), bench)
+    from rag.cli_settings import cli_settings
+
+    rep = doctor_report(cli_settings(), bench)
     if as_json:
         sys.stdout.write(json.dumps(rep) + "\n")
         return
