@@ -28,14 +28,18 @@ METHODS: dict[type, tuple[str, ...]] = {
 }
 
 
-def check_signature(proto: Callable[..., Any], impl: Callable[..., Any]) -> None:
-    """``impl`` accepts every call ``proto`` allows, with the same defaults (extra parameters need defaults)."""
+def check_signature(proto: Callable[..., Any], impl: Callable[..., Any], *, own_defaults: tuple[str, ...] = ()) -> None:
+    """``impl`` accepts every call ``proto`` allows, with the same defaults (extra parameters need defaults), except
+    for the parameters in ``own_defaults``, which must only have one."""
     want = list(inspect.signature(proto).parameters.values())[1:]  # without self
     have = list(inspect.signature(impl).parameters.values())[1:]
     where = f"{impl.__qualname__}{inspect.signature(impl)}"
     assert [p.name for p in have[:len(want)]] == [p.name for p in want], where
     for w, h in zip(want, have):
         assert h.kind == w.kind, f"{where}: {h.name} is {h.kind}, the protocol says {w.kind}"
+        if h.name in own_defaults:
+            assert h.default is not inspect.Parameter.empty, f"{where}: {h.name} has no default"
+            continue
         assert h.default == w.default, f"{where}: {h.name} defaults to {h.default!r}, the protocol says {w.default!r}"
         assert str(h.annotation) == str(w.annotation), f"{where}: {h.name}: {h.annotation} vs {w.annotation}"
     assert str(inspect.signature(impl).return_annotation) == str(inspect.signature(proto).return_annotation), where
@@ -124,3 +128,52 @@ def test_contracts_reject_what_lacks_a_member(embedder) -> None:
 
     assert not isinstance(NoScore(), RerankingModel) and not isinstance(NoStream(), GenerationModel)
     assert not isinstance(embedder, RerankingModel) and not isinstance(embedder, GenerationModel)
+
+
+# -- typed per-role settings (the RAGVQA_<ROLE>_* environment variables, names unchanged) ---------------------------
+def test_role_settings_read_the_per_role_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from rag.config import ROLES, Settings
+    from rag.models.remote.settings import RemoteSettings
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    env = {
+        "EMBEDDER": ("org/emb-x", "vllm", "http://emb:1", "k-emb", "served-emb", "7.5"),
+        "RERANKER": ("org/rr-y", "local", None, None, None, None),
+        "GENERATOR": ("org/gen-z", "openai", "https://gen:2/v1", "k-gen", None, "99"),
+    }
+    for role, (model, backend, url, key, served, timeout) in env.items():
+        for name, value in (("MODEL", model), ("BACKEND", backend), ("URL", url), ("API_KEY", key),
+                            ("SERVED_MODEL", served), ("TIMEOUT", timeout)):
+            if value is None:
+                monkeypatch.delenv(f"RAGVQA_{role}_{name}", raising=False)
+            else:
+                monkeypatch.setenv(f"RAGVQA_{role}_{name}", value)
+    settings, remote = Settings(), RemoteSettings()
+    assert ROLES == ("embedder", "reranker", "generator")
+    for role in ROLES:
+        model, backend, url, key, served, timeout = env[role.upper()]
+        assert settings.role(role).model == model and settings.role(role).role == role
+        rs = remote.role(role)
+        assert (rs.role, rs.backend, rs.url, rs.served_model) == (role, backend, url, served)
+        assert (rs.api_key.get_secret_value() if isinstance(rs.api_key, SecretStr) else rs.api_key) == key
+        assert rs.is_local == (backend == "local")
+    assert remote.role("embedder").timeout == 7.5 and remote.role("generator").timeout == 99.0
+    assert remote.role("reranker").timeout == 60.0  # the documented default (RemoteSettings.reranker_timeout)
+    for bad in ("Embedder", "ranker", ""):
+        with pytest.raises(ValueError, match="unknown model role"):
+            settings.role(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="unknown model role"):
+            remote.role(bad)  # type: ignore[arg-type]
+
+
+def test_eval_cache_wrapper_keeps_the_embedder_contract(embedder, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The eval's caching wrapper stands in for an embedder in the pipeline and the KB: same contract."""
+    from eval.cache import CachedEmbedder, EmbeddingCache
+
+    cached = CachedEmbedder(embedder, EmbeddingCache(tmp_path / "cache.sqlite3"))
+    assert isinstance(cached, EmbeddingModel) and cached.name == embedder.name
+    assert typed_embedder(cached).dim == hidden_size(tiny_model_dir)
+    # the cache keeps the eval's own batch size default (8) when the caller gives none
+    check_signature(EmbeddingModel.embed, CachedEmbedder.embed, own_defaults=("batch_size",))
