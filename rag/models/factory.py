@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
 from rag.config import ROLES, Role, Settings, check_role
-
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 
 if TYPE_CHECKING:
@@ -98,6 +97,7 @@ def load_models(settings: Settings, which: ModelChoice = "real",
     with instructions. ``tiny``: one random checkpoint for
     all roles, float32 on CPU.
     """
+    need = tuple(need)
     bad = [r for r in need if r not in ROLES]
     if bad:
         raise ValueError(f"unknown model role(s) {bad}; choose from {', '.join(ROLES)}")
