@@ -41,9 +41,12 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rag.models.generator import Generator
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +218,7 @@ class ReplayGenerator:
     prompt), the full ``prepare`` (with the images' decode, resize and patchify) on every ``vision_every``-th call,
     then a pre-generated token list instead of ``model.generate``."""
 
-    def __init__(self, generator: Any, tokens: list[str], vision_every: int = 10) -> None:
+    def __init__(self, generator: Generator, tokens: list[str], vision_every: int = 10) -> None:
         self.generator, self.tokens, self.vision_every = generator, tokens, vision_every
         self.calls = 0
         self.prompt_ms: list[float] = []
@@ -252,7 +255,7 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
             "p99": round(float(np.percentile(a, 99)), 3), "mean": round(float(a.mean()), 3)}
 
 
-def bench_size(n_cases: int, *, dim: int, n_queries: int, n_tokens: int, generator: Any, work_dir: Path,
+def bench_size(n_cases: int, *, dim: int, n_queries: int, n_tokens: int, generator: Generator, work_dir: Path,
                seed: int = 0) -> dict[str, Any]:
     from rag.config import Settings
     from rag.pipeline import Query, RagPipeline, Turn

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from rag.models.embedder import mrl_truncate, normalise_instruction
+from rag.models.protocols import EmbeddingModel, Item
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +131,26 @@ class CachedEmbedder:
     how the eval report shows that a rerun did not embed anything.
     """
 
-    def __init__(self, embedder: Any, cache: EmbeddingCache, model_id: str | None = None) -> None:
+    def __init__(self, embedder: EmbeddingModel, cache: EmbeddingCache, model_id: str | None = None) -> None:
         self.embedder = embedder
         self.cache = cache
         self.model_id = model_id or model_fingerprint(embedder)
         self._hash_file = _FileHashes()
         self.stats = {"hits": 0, "misses": 0, "uncacheable": 0, "embed_calls": 0}
 
-    def __getattr__(self, name: str) -> Any:  # name, dim, device, budget... of the wrapped embedder
+    def __getattr__(self, name: str) -> Any:  # device, budget... of the wrapped embedder
         if name == "embedder":
             raise AttributeError(name)
         return getattr(self.embedder, name)
+
+    # the EmbeddingModel contract (rag.models.protocols), spelled out so type checkers see it
+    @property
+    def name(self) -> str:
+        return self.embedder.name
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
 
     # -- keys -----------------------------------------------------------------------------------------------------
     def _media(self, value: Any) -> Any:
@@ -173,8 +183,8 @@ class CachedEmbedder:
         return hashlib.sha256(json.dumps(canon, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     # -- the embedder API -----------------------------------------------------------------------------------------
-    def embed(self, items: Iterable[dict[str, Any] | str], instruction: str | None = None, dim: int | None = None,
-              batch_size: int = 8, progress: bool = False, **kwargs: Any) -> np.ndarray:
+    def embed(self, items: Iterable[Item | str], instruction: str | None = None, dim: int | None = None,
+              batch_size: int | None = 8, progress: bool = False, window: int = 64) -> np.ndarray:
         items = [{"text": it} if isinstance(it, str) else it for it in items]
         full = int(self.embedder.dim)
         if not items:
@@ -198,7 +208,7 @@ class CachedEmbedder:
         if todo:
             self.stats["embed_calls"] += 1
             vecs = self.embedder.embed([items[i] for i in todo], instruction=instruction, dim=None,
-                                       batch_size=batch_size, progress=progress, **kwargs)
+                                       batch_size=batch_size, progress=progress, window=window)
             out[todo] = vecs
             self.cache.put_many(self.model_id, {keys[i]: vecs[j] for j, i in enumerate(todo) if keys[i] is not None})
         return mrl_truncate(out, dim)

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from rag.config import Settings
+    from rag.models.factory import ModelChoice
 
 logger = logging.getLogger("ragvqa.eval")
 
@@ -20,22 +24,22 @@ eval_app = typer.Typer(help="Evaluation: retrieval metrics, rerank ablation, abs
 _NEEDS = {"retrieval": ("embedder",), "rerank": ("embedder", "reranker"), "rag": ("embedder", "reranker", "generator")}
 
 
-def load_models(settings: Any, which: str, need: tuple[str, ...]) -> dict[str, Any]:
-    """The project's one loading policy (``rag.models.factory``)."""
-    from rag.models.factory import load_models as factory
-    if which == "tiny":
-        settings = settings.model_copy(update={"device": "cpu", "dtype": "float32"})
-    loaded = factory(settings, which=which, need=need)
-    return loaded if isinstance(loaded, dict) else {k: getattr(loaded, k, None) for k in need}
+def _model_choice(models: str) -> ModelChoice:
+    """``--models`` as the factory's choice, or exit with a clear error."""
+    if models == "real":
+        return "real"
+    if models == "tiny":
+        return "tiny"
+    _fail(f"models must be real or tiny, got {models!r}")
 
 
-def _settings(data_dir: Optional[Path]) -> Any:
+def _settings(data_dir: Optional[Path]) -> Settings:
     from rag.cli_settings import cli_settings
 
     return cli_settings(data_dir)
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code=2)
 
@@ -68,11 +72,11 @@ def run_cmd(
 ) -> None:
     """Evaluate the pipeline on an eval set and write results.json, report.md and plots/ to the run folder."""
     from eval.runner import MODES, EvalError, EvalRunner, RunConfig
+    from rag.models.factory import load_models
 
     if mode not in MODES:
         _fail(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if models not in ("real", "tiny"):
-        _fail(f"models must be real or tiny, got {models!r}")
+    which = _model_choice(models)
     if stat_test not in ("student", "fisher"):
         _fail(f"stat-test must be student or fisher, got {stat_test!r}")
     settings = _settings(data_dir)
@@ -87,8 +91,8 @@ def run_cmd(
     tag = f"{mode}{'' if rerank or mode != 'rag' else '-norerank'}"
     run_dir = out or Path(settings.data_dir) / "eval" / "runs" / f"{tag}-{name}-{models}"
     need = tuple(r for r in _NEEDS[mode] if rerank or r != "reranker")
-    m = load_models(settings, models, need)
-    runner = EvalRunner(cfg, settings, embedder=m["embedder"], reranker=m.get("reranker"), generator=m.get("generator"),
+    m = load_models(settings, which, need)
+    runner = EvalRunner(cfg, settings, embedder=m.require_embedder(), reranker=m.reranker, generator=m.generator,
                         run_dir=run_dir, restart=restart, fresh_store=fresh_store, stat_test=stat_test)
     try:
         result = runner.run()
@@ -142,17 +146,18 @@ def sweep_cmd(
     data_dir: Optional[Path] = typer.Option(None),
 ) -> None:
     """Recall/MRR and index size for each Matryoshka dimension, float32 against int8 (retrieval only)."""
+    from eval.report import sweep_markdown
     from eval.runner import EvalError, RunConfig
     from eval.sweep import parse_dims, run_sweep
-    from eval.report import sweep_markdown
+    from rag.models.factory import load_models
 
     quants = {"both": (False, True), "float": (False,), "int8": (True,)}.get(quantization)
     if quants is None:
         _fail(f"quantization must be both, float or int8, got {quantization!r}")
     settings = _settings(data_dir)
-    m = load_models(settings, models, ("embedder",))
+    embedder = load_models(settings, _model_choice(models), ("embedder",)).require_embedder()
     try:
-        dim_list = parse_dims(dims, int(m["embedder"].dim))
+        dim_list = parse_dims(dims, int(embedder.dim))
         base = RunConfig(mode="retrieval", data=data, data_format=fmt, cases=cases, limit=limit, models=models,
                          top_k=top_k, progress=progress)
     except ValueError as e:
@@ -160,7 +165,7 @@ def sweep_cmd(
     name = (data.stem if data.is_file() else data.name) if data is not None else "sample"
     out_dir = out or Path(settings.data_dir) / "eval" / "sweeps" / f"{name}-{models}"
     try:
-        result = run_sweep(settings, embedder=m["embedder"], out_dir=out_dir, base=base, dims=dim_list, quantizations=quants)
+        result = run_sweep(settings, embedder=embedder, out_dir=out_dir, base=base, dims=dim_list, quantizations=quants)
     except EvalError as e:
         _fail(str(e))
     typer.echo(sweep_markdown(result["points"], result["meta"]))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from eval.data import CorpusDoc
+from rag.models.protocols import EmbeddingModel
 from rag.store import VectorPoint, VectorStore, point_id
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def _doc_text(d: CorpusDoc) -> str:
     return "\n".join(p for p in (d.title, d.text) if p)
 
 
-def index_corpus(store: VectorStore, embedder: Any, corpus: Sequence[CorpusDoc], *, media_root: Path | None = None,
+def index_corpus(store: VectorStore, embedder: EmbeddingModel, corpus: Sequence[CorpusDoc], *, media_root: Path | None = None,
                  progress: bool = False, batch_size: int = 8, chunk: int = 256) -> int:
     """Embed and upsert the corpus (documents with the embedder's default instruction, as in the official usage).
 

@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, Field
 
@@ -31,8 +31,12 @@ from eval.data import EvalItem, EvalSet, load_eval_set, load_jsonl
 from eval import metrics as M
 from rag.config import Settings
 from rag.errors import RagvqaError
+from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 from rag.pipeline import CaseCandidate, Query, RagPipeline, Trace
 from rag.pipeline.stages import Rerank, Retrieve
+
+if TYPE_CHECKING:
+    from knowledge_base.kb import KnowledgeBase
 
 logger = logging.getLogger(__name__)
 
@@ -165,12 +169,10 @@ def sample_eval_set(data_dir: Path) -> tuple[SampleFiles, EvalSet]:
     return files, es
 
 
-def open_kb(settings: Settings, embedder: Any) -> Any:
+def open_kb(settings: Settings, embedder: EmbeddingModel) -> KnowledgeBase:
     """The knowledge-base facade (``knowledge_base.kb.KnowledgeBase``) on ``settings.data_dir``."""
-    try:
-        from knowledge_base.kb import KnowledgeBase  # type: ignore[import-not-found]
-    except ImportError as e:
-        raise EvalError(f"the knowledge-base importer (knowledge_base.kb) is not available: {e}") from e
+    from knowledge_base.kb import KnowledgeBase
+
     return KnowledgeBase.open(settings, embedder)
 
 
@@ -204,8 +206,8 @@ def dir_size(path: Path) -> int:
 class EvalRunner:
     """One eval run in ``run_dir``; models are passed in (the CLI loads them, tests pass the tiny ones)."""
 
-    def __init__(self, cfg: RunConfig, settings: Settings, *, embedder: Any, reranker: Any | None = None,
-                 generator: Any | None = None, run_dir: Path, cache: EmbeddingCache | None = None,
+    def __init__(self, cfg: RunConfig, settings: Settings, *, embedder: EmbeddingModel,
+                 reranker: RerankingModel | None = None, generator: GenerationModel | None = None, run_dir: Path, cache: EmbeddingCache | None = None,
                  restart: bool = False, fresh_store: bool = False, optimize_store: bool = False,
                  write_report: bool = True, stat_test: str = "student", max_p: float = 0.05) -> None:
         if cfg.mode in ("rerank",) and reranker is None:

@@ -20,6 +20,7 @@ from eval.cache import CachedEmbedder, EmbeddingCache
 from eval.report import plot_sweep, sweep_markdown, write_json
 from eval.runner import EvalRunner, RunConfig, dir_size
 from rag.config import Settings
+from rag.models.protocols import EmbeddingModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def parse_dims(text: str | None, full: int) -> list[int]:
     return dims
 
 
-def run_sweep(settings: Settings, *, embedder: Any, out_dir: Path, base: RunConfig | None = None,
+def run_sweep(settings: Settings, *, embedder: EmbeddingModel, out_dir: Path, base: RunConfig | None = None,
               dims: Sequence[int] | None = None, quantizations: Sequence[bool] = (False, True),
               cache: EmbeddingCache | None = None) -> dict[str, Any]:
     """Run every (dim, quantization) point; write ``sweep.json``, ``sweep.md`` and ``mrl_sweep.png`` to ``out_dir``."""

@@ -9,10 +9,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.validation import MIN_IMAGE_SIDE
+
+#: The three model roles; each has its own model id (here) and backend/endpoint (rag.models.remote.settings).
+Role = Literal["embedder", "reranker", "generator"]
+ROLES: tuple[Role, ...] = ("embedder", "reranker", "generator")
 
 #: One image/video token covers a 32×32 patch (patch 16, spatial merge 2).
 PIXELS_PER_TOKEN = 32 * 32
@@ -40,6 +44,24 @@ class VisionBudget(BaseSettings):
     max_video_seconds: float = 600.0
     #: Most frames a video may have (decoding cost of absurd frame rates).
     max_video_frames: int = 100_000
+
+
+class RoleSettings(BaseModel):
+    """What the main settings say about one model role (``RAGVQA_<ROLE>_MODEL``), read by :meth:`Settings.role`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    #: Hub id or local path of the checkpoint (for a model server: the default served-model name).
+    model: str
+
+
+def check_role(name: str) -> Role:
+    """``name`` as a :data:`Role`, or a clear error naming the choices."""
+    for role in ROLES:
+        if name == role:
+            return role
+    raise ValueError(f"unknown model role {name!r}; choose from {', '.join(ROLES)}")
 
 
 class Settings(BaseSettings):
@@ -111,6 +133,12 @@ class Settings(BaseSettings):
     context_case_images: int = 3
 
     vision: VisionBudget = Field(default_factory=VisionBudget)
+
+    def role(self, name: Role) -> RoleSettings:
+        """The settings of one model role, typed (``RAGVQA_<ROLE>_MODEL``)."""
+        models = {"embedder": self.embedder_model, "reranker": self.reranker_model, "generator": self.generator_model}
+        role = check_role(name)
+        return RoleSettings(role=role, model=models[role])
 
     @field_validator("embed_dim")
     @classmethod

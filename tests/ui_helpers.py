@@ -68,6 +68,7 @@ def serve_app(root: Path, embedder: Any, reranker: Any, generator: Any, **settin
     """Build services on ``root`` (KB ingestion of UI_CASES), launch the app, return once it answers HTTP."""
     from knowledge_base.schema import CaseInput
     from rag.config import Settings
+    from rag.models.factory import LoadedModels
     from ui.app import launch
     from ui.services import build_services
 
@@ -75,7 +76,8 @@ def serve_app(root: Path, embedder: Any, reranker: Any, generator: Any, **settin
                 abstain_retrieval_threshold=1.5, rerank_top_n=5)
     opts.update(settings_overrides)
     services = build_services(Settings(**opts), models="tiny", credentials=ADMIN, load_sample=False,
-                              loaded={"embedder": embedder, "reranker": reranker, "generator": generator})
+                              loaded=LoadedModels(which="tiny", embedder=embedder, reranker=reranker,
+                                                  generator=generator))
     images: dict[str, Path] = {}
     (root / "src").mkdir(exist_ok=True)
     for i, (cid, title, line, model, symptom, colour) in enumerate(UI_CASES):

@@ -374,7 +374,7 @@ def doctor_report(settings: Any, bench: Optional[Path]) -> dict[str, Any]:
     from rag.models.remote.settings import RemoteSettings
 
     remote = RemoteSettings()
-    local = {r: getattr(settings, f"{r}_model") for r in ROLES if getattr(remote, f"{r}_backend") == "local"}
+    local = {r: settings.role(r).model for r in ROLES if remote.role(r).is_local}
     plan = plan_role_dtypes(settings, local)
     measured = None
     if bench is not None and bench.is_file():

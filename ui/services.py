@@ -12,17 +12,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from rag.config import Settings
+from rag.models.factory import LoadedModels, ModelChoice
+from rag.models.protocols import EmbeddingModel
 from rag.pipeline import RagPipeline
+from rag.store.base import VectorStore
 from ui.auth import AdminAuth
 from ui.feedback import FeedbackLog
 from ui.settings import AdminCredentials, UISettings
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from knowledge_base.kb import KnowledgeBase
 
-ModelKind = Literal["real", "tiny"]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,12 +36,13 @@ class Services:
     settings: Settings
     ui: UISettings
     pipeline: RagPipeline
-    store: Any
-    embedder: Any
+    store: VectorStore
+    embedder: EmbeddingModel
     feedback: FeedbackLog
     auth: AdminAuth
-    kb: Any | None = None
-    models: ModelKind = "real"
+    kb: KnowledgeBase | None = None
+    models: ModelChoice = "real"
+    #: Why the admin tab has no knowledge base (shown there); None when ``kb`` is set.
     kb_error: str | None = None
     _choices: tuple[float, list[str], dict[str, list[str]]] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -107,70 +112,23 @@ class Services:
                     logger.exception("error while closing %s", type(obj).__name__)
 
 
-def tiny_checkpoint(data_dir: Path) -> Path:
-    """The tiny random checkpoint for smoke runs, built once under ``data_dir/models/tiny``."""
-    from rag.models.tiny import make_checkpoint
+def open_knowledge_base(settings: Settings, embedder: EmbeddingModel) -> KnowledgeBase:
+    """The ``KnowledgeBase`` façade (admin operations) on the store under ``settings.data_dir``.
 
-    path = data_dir / "models" / "tiny"
-    if not (path / "config.json").exists():
-        logger.info("building the tiny random checkpoint in %s (answers will be meaningless)", path)
-        make_checkpoint(path, size="tiny")
-    return path
+    The knowledge base opens the store itself, recorded for ``embedder`` (its name is the store's embedder id), and
+    refuses a store built with another embedder or dimension (``ragvqa kb reindex``).
+    """
+    from knowledge_base.kb import KnowledgeBase
 
-
-def load_models(settings: Settings, which: ModelKind = "real", need: tuple[str, ...] = ("embedder", "reranker", "generator")) -> dict[str, Any]:
-    """Embedder/reranker/generator, via ``rag.models.factory`` when present (one loading policy for all tools)."""
-    try:
-        from rag.models.factory import load_models as factory_load  # type: ignore[import-not-found]
-    except ImportError:
-        factory_load = None
-    if factory_load is not None:
-        loaded = factory_load(settings, which=which, need=need)
-        return loaded if isinstance(loaded, dict) else {k: getattr(loaded, k, None) for k in need}
-    from rag.models.embedder import Embedder
-    from rag.models.generator import Generator
-    from rag.models.reranker import Reranker
-
-    classes = {"embedder": Embedder, "reranker": Reranker, "generator": Generator}
-    out: dict[str, Any] = {}
-    for role in need:
-        if which == "tiny":
-            path: Any = tiny_checkpoint(Path(settings.data_dir))
-            kw: dict[str, Any] = {"device": "cpu", "dtype": "float32"}
-        else:
-            path = getattr(settings, f"{role}_model")
-            kw = {"device": settings.device, "dtype": settings.dtype, "attn_implementation": settings.attn_implementation}
-        out[role] = classes[role].from_pretrained(path, budget=settings.vision, **kw)
-    return out
+    return KnowledgeBase.open(settings, embedder)
 
 
-def embedder_id(embedder: Any, which: ModelKind) -> str:
-    """What the store's vectors are comparable with (the store refuses to mix embedders)."""
-    name = getattr(embedder, "name", "") or "embedder"
-    return "tiny-random" if which == "tiny" else str(name)
-
-
-def open_knowledge_base(settings: Settings, embedder: Any, store: Any | None) -> tuple[Any | None, str | None]:
-    """The ``KnowledgeBase`` facade (admin operations) if the module is installed; (None, why) otherwise."""
-    try:
-        from knowledge_base.kb import KnowledgeBase  # type: ignore[import-not-found]
-    except ImportError as e:
-        try:
-            from knowledge_base import KnowledgeBase  # type: ignore[attr-defined,no-redef]
-        except ImportError:
-            logger.warning("knowledge-base admin is unavailable: %s", e)
-            return None, f"knowledge_base admin module unavailable ({e})"
-    try:
-        return KnowledgeBase.open(settings, embedder, store=store), None
-    except TypeError:
-        return KnowledgeBase.open(settings, embedder), None
-
-
-def build_services(settings: Settings, *, models: ModelKind = "real", ui: UISettings | None = None,
+def build_services(settings: Settings, *, models: ModelChoice = "real", ui: UISettings | None = None,
                    credentials: tuple[str, str] | None | Literal["env"] = "env", load_sample: bool = True,
-                   loaded: dict[str, Any] | None = None) -> Services:
-    """Load models, open the store/KB under ``settings.data_dir``, load the sample KB into an empty store."""
-    from rag.store import open_store, store_kwargs_from_settings
+                   loaded: LoadedModels | None = None) -> Services:
+    """Load models (``rag.models.factory``: the one loading policy of every tool), open the KB and its store under
+    ``settings.data_dir``, load the sample KB into an empty store. ``loaded`` skips loading (tests)."""
+    from rag.models.factory import load_models
 
     ui = ui or UISettings()
     data_dir = Path(settings.data_dir)
@@ -178,17 +136,12 @@ def build_services(settings: Settings, *, models: ModelKind = "real", ui: UISett
     if models == "tiny":
         settings = settings.model_copy(update={"device": "cpu", "dtype": "float32"})
     m = loaded or load_models(settings, models)
-    embedder, reranker, generator = m["embedder"], m.get("reranker"), m["generator"]
-    dim = settings.embed_dim or embedder.dim
-    kb, kb_error = open_knowledge_base(settings, embedder, None)
-    store = getattr(kb, "store", None) if kb is not None else None
-    if store is None:
-        store = open_store(embedder_id=embedder_id(embedder, models), dim=dim, **store_kwargs_from_settings(settings))
-        if kb is None and kb_error is None:
-            kb, kb_error = open_knowledge_base(settings, embedder, store)
-    if load_sample and kb is not None and store.count() == 0:
+    embedder, generator = m.require_embedder(), m.require_generator()
+    kb = open_knowledge_base(settings, embedder)
+    store = kb.store
+    if load_sample and store.count() == 0:
         load_sample_kb(kb, data_dir)
-    pipeline = RagPipeline.from_components(embedder=embedder, reranker=reranker, generator=generator, store=store,
+    pipeline = RagPipeline.from_components(embedder=embedder, reranker=m.reranker, generator=generator, store=store,
                                            settings=settings, media_root=data_dir / "media")
     creds = AdminCredentials().resolved() if credentials == "env" else credentials
     auth = AdminAuth(creds, session_seconds=ui.admin_session_minutes * 60, max_failures=ui.admin_max_failures,
@@ -196,13 +149,12 @@ def build_services(settings: Settings, *, models: ModelKind = "real", ui: UISett
     if not auth.enabled and credentials == "env":
         logger.warning("admin tab disabled: set RAGVQA_ADMIN_USER and RAGVQA_ADMIN_PASSWORD (or _FILE)")
     services = Services(settings=settings, ui=ui, pipeline=pipeline, store=store, embedder=embedder,
-                        feedback=FeedbackLog(data_dir / "feedback.sqlite3"), auth=auth, kb=kb, models=models,
-                        kb_error=kb_error)
+                        feedback=FeedbackLog(data_dir / "feedback.sqlite3"), auth=auth, kb=kb, models=models)
     services.prune_uploads()
     return services
 
 
-def load_sample_kb(kb: Any, data_dir: Path) -> None:
+def load_sample_kb(kb: KnowledgeBase, data_dir: Path) -> None:
     """First run: build the bundled sample KB and ingest it (the store was empty)."""
     t0 = time.perf_counter()
     sample_dir = data_dir / "sample"

@@ -15,9 +15,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
-from rag.config import Settings
+from rag.config import ROLES, Role, Settings, check_role
+from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 
 if TYPE_CHECKING:
     from rag.models.loading import DtypeChoice
@@ -27,26 +28,31 @@ __all__ = ["LoadedModels", "ModelChoice", "load_models", "plan_role_dtypes", "ti
 log = logging.getLogger(__name__)
 
 ModelChoice = Literal["real", "tiny"]
-ROLES = ("embedder", "reranker", "generator")
 TINY_PREFIX = "tiny-random-qwen3-vl"
 
 
 @dataclass
 class LoadedModels:
-    """The wrappers asked for (others are None)."""
+    """The wrappers asked for (others are None), typed by their contracts (:mod:`rag.models.protocols`)."""
 
     which: ModelChoice
-    embedder: Any = None
-    reranker: Any = None
-    generator: Any = None
+    embedder: EmbeddingModel | None = None
+    reranker: RerankingModel | None = None
+    generator: GenerationModel | None = None
     #: The tiny checkpoint directory (tiny only).
     model_dir: Path | None = None
 
-    def __getitem__(self, role: str) -> Any:  # dict-style access for callers that expect a mapping
-        return getattr(self, role)
+    def require_embedder(self) -> EmbeddingModel:
+        """The embedder, or a clear error when it was not asked for."""
+        if self.embedder is None:
+            raise ValueError("no embedder was loaded (add 'embedder' to load_models(need=...))")
+        return self.embedder
 
-    def get(self, role: str, default: Any = None) -> Any:
-        return getattr(self, role, default)
+    def require_generator(self) -> GenerationModel:
+        """The generator, or a clear error when it was not asked for."""
+        if self.generator is None:
+            raise ValueError("no generator was loaded (add 'generator' to load_models(need=...))")
+        return self.generator
 
 
 def tiny_checkpoint(data_dir: str | os.PathLike[str]) -> Path:
@@ -95,6 +101,7 @@ def load_models(settings: Settings, which: ModelChoice = "real",
     bad = [r for r in need if r not in ROLES]
     if bad:
         raise ValueError(f"unknown model role(s) {bad}; choose from {', '.join(ROLES)}")
+    roles: tuple[Role, ...] = tuple(check_role(r) for r in need)
     if which not in ("real", "tiny"):
         raise ValueError(f"models must be 'real' or 'tiny', got {which!r}")
     from rag.models.embedder import Embedder
@@ -107,7 +114,7 @@ def load_models(settings: Settings, which: ModelChoice = "real",
         path = tiny_checkpoint(settings.data_dir)
         out.model_dir = path
         kw: dict[str, Any] = {"device": "cpu", "dtype": "float32", "budget": settings.vision}
-        for role in need:
+        for role in roles:
             setattr(out, role, classes[role].from_pretrained(path, **kw))
         if out.embedder is not None:
             out.embedder.name = tiny_embedder_id(path)
@@ -115,13 +122,13 @@ def load_models(settings: Settings, which: ModelChoice = "real",
     from rag.models.remote import load_remote_or_none
 
     kw = {"device": settings.device, "attn_implementation": settings.attn_implementation, "budget": settings.vision}
-    local: dict[str, Any] = {}
-    for role in need:
+    local: dict[Role, str] = {}
+    for role in roles:
         remote = load_remote_or_none(role, settings)  # RAGVQA_<ROLE>_BACKEND selects a model server
         if remote is not None:
             setattr(out, role, remote)
         else:
-            local[role] = getattr(settings, f"{role}_model")
+            local[role] = settings.role(role).model
     dtypes = plan_role_dtypes(settings, local)
     for role, name in local.items():
         log.info("loading %s %s (%s: %s)", role, name, dtypes[role].dtype, dtypes[role].reason)
@@ -144,7 +151,7 @@ def _quantize_if_cpu_fp32(role: str, model: Any) -> None:
         log.info("RAGVQA_CPU_QUANTIZATION=int8 ignored for %s: it runs in %s on %s", role, p.dtype, p.device)
 
 
-def plan_role_dtypes(settings: Settings, models: dict[str, str]) -> dict[str, "DtypeChoice"]:
+def plan_role_dtypes(settings: Settings, models: Mapping[Role, str] | Mapping[str, str]) -> dict[str, "DtypeChoice"]:
     """The dtype of each local role: the setting when explicit; for ``auto``, :func:`rag.models.loading.plan_dtypes`
     on this machine with the checkpoints' sizes (query-time roles first: embedder, reranker, then generator)."""
     from rag.models.loading import (DtypeChoice, checkpoint_fp32_bytes, detect_hardware, plan_dtypes,

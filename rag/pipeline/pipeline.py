@@ -6,12 +6,14 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from rag.config import Settings
 from rag.errors import UserInputError
+from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 from rag.pipeline.stages import Abstain, Generate, Rerank, Retrieve, abstention_text, finish
 from rag.pipeline.types import Answer, CaseCandidate, Event, Query, Trace
+from rag.store.base import VectorStore
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ class RagPipeline:
         self.carry_cases = carry_cases
 
     @classmethod
-    def from_components(cls, *, embedder: Any, reranker: Any | None, generator: Any, store: Any,
+    def from_components(cls, *, embedder: EmbeddingModel, reranker: RerankingModel | None, generator: GenerationModel,
+                        store: VectorStore,
                         settings: Settings | None = None, media_root: Path | None = None) -> "RagPipeline":
         s = settings or Settings()
         media_root = media_root or (Path(s.data_dir) / "media")

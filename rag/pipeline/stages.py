@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 
 from pydantic import ValidationError
 
+from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 from rag.payload import CaseTextFields, MediaFields
 from rag.pipeline.types import Answer, CaseCandidate, Decision, Query, Trace, Turn
 from rag.store.base import VectorStore, point_id
@@ -80,7 +81,7 @@ SEARCH_PAYLOAD = MediaFields.keys()
 class Retrieve:
     """Embed the query (with a fault-case retrieval instruction), search with filters, group per case, top-k."""
 
-    def __init__(self, embedder: Any, store: VectorStore, *, media_root: Path | None, top_k: int = 20,
+    def __init__(self, embedder: EmbeddingModel, store: VectorStore, *, media_root: Path | None, top_k: int = 20,
                  instruction: str = RETRIEVAL_INSTRUCTION, dim: int | None = None) -> None:
         self.embedder, self.store, self.media_root = embedder, store, media_root
         self.top_k, self.instruction, self.dim = top_k, instruction, dim
@@ -140,8 +141,8 @@ class Retrieve:
 class Rerank:
     """Qwen3-VL-Reranker over the top-k: the query's media + text against each case's text and best media."""
 
-    def __init__(self, reranker: Any, *, top_n: int = 5, instruction: str = RERANK_INSTRUCTION, batch_size: int = 8,
-                 adaptive_margin: float | None = None) -> None:
+    def __init__(self, reranker: RerankingModel, *, top_n: int = 5, instruction: str = RERANK_INSTRUCTION,
+                 batch_size: int = 8, adaptive_margin: float | None = None) -> None:
         self.reranker, self.top_n, self.instruction, self.batch_size = reranker, top_n, instruction, batch_size
         #: Adaptive depth (issue 16): rerank only the candidates within this retrieval-score margin of the best one
         #: (at least top_n); None reranks all. The rest keep their retrieval order after the reranked ones.
@@ -277,7 +278,7 @@ def abstention_text(candidates: Sequence[CaseCandidate], decision: Decision) -> 
 class Generate:
     """Qwen3-VL writes the answer from the query media + question + top cases, citing [case-id], streamed."""
 
-    def __init__(self, generator: Any, *, max_new_tokens: int = 512, temperature: float = 0.0,
+    def __init__(self, generator: GenerationModel, *, max_new_tokens: int = 512, temperature: float = 0.0,
                  history_token_budget: int = 2048, case_images: int = 3, case_chars: int = 1500) -> None:
         self.generator, self.max_new_tokens, self.temperature = generator, max_new_tokens, temperature
         self.history_token_budget, self.case_images, self.case_chars = history_token_budget, case_images, case_chars

@@ -15,18 +15,16 @@ else ``None`` (the caller then loads the local model as before).
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
-from rag.config import VisionBudget
+from rag.config import Role, Settings, VisionBudget
 from rag.models.remote.embedder import RemoteEmbedder
 from rag.models.remote.generator import RemoteGenerator
 from rag.models.remote.http import HttpEndpoint, RemoteError, RemoteTimeoutError, RemoteUnavailableError
 from rag.models.remote.reranker import RemoteReranker
-from rag.models.remote.settings import RemoteSettings
+from rag.models.remote.settings import RemoteRoleSettings, RemoteSettings
 
 logger = logging.getLogger(__name__)
-
-Role = Literal["embedder", "reranker", "generator"]
 
 #: Used when neither a served-model name nor the main settings name the model.
 DEFAULT_MODELS = {
@@ -38,17 +36,15 @@ DEFAULT_MODELS = {
 
 def endpoint_for(role: Role, remote: RemoteSettings) -> HttpEndpoint:
     """The HTTP endpoint of ``role``'s server, with the shared retry/timeout settings."""
-    url = getattr(remote, f"{role}_url")
-    backend = getattr(remote, f"{role}_backend")
-    if not url:
-        raise ValueError(f"RAGVQA_{role.upper()}_BACKEND={backend} needs RAGVQA_{role.upper()}_URL "
+    rs = remote.role(role)
+    if not rs.url:
+        raise ValueError(f"RAGVQA_{role.upper()}_BACKEND={rs.backend} needs RAGVQA_{role.upper()}_URL "
                          f"(e.g. http://vllm-{role}:8000)")
-    key = getattr(remote, f"{role}_api_key")
     return HttpEndpoint(
-        url,
+        rs.url,
         role=role,
-        api_key=key.get_secret_value() if key is not None else None,
-        timeout=getattr(remote, f"{role}_timeout"),
+        api_key=rs.api_key.get_secret_value() if rs.api_key is not None else None,
+        timeout=rs.timeout,
         connect_timeout=remote.remote_connect_timeout,
         retries=remote.remote_retries,
         backoff_s=remote.remote_backoff_s,
@@ -73,7 +69,7 @@ def _load_tokenizer(name: str | None) -> Any | None:
         return None
 
 
-def load_remote_or_none(role: Role, settings: Any = None,
+def load_remote_or_none(role: Role, settings: Settings | RemoteSettings | None = None,
                         remote: RemoteSettings | None = None) -> RemoteEmbedder | RemoteReranker | RemoteGenerator | None:
     """The remote model for ``role`` if its backend is a server, else ``None``.
 
@@ -85,15 +81,15 @@ def load_remote_or_none(role: Role, settings: Any = None,
     remote = remote or RemoteSettings()
     if role not in DEFAULT_MODELS:
         raise ValueError(f"role must be one of {sorted(DEFAULT_MODELS)}, got {role!r}")
-    if getattr(remote, f"{role}_backend") == "local":
+    if remote.role(role).is_local:
         return None
     if settings is None:
         from rag.config import get_settings
 
         settings = get_settings()
-    model_id = getattr(settings, f"{role}_model", None) or DEFAULT_MODELS[role]
-    served = getattr(remote, f"{role}_served_model") or model_id
-    budget = getattr(settings, "vision", None) or VisionBudget()
+    model_id = settings.role(role).model or DEFAULT_MODELS[role]
+    served = remote.role(role).served_model or model_id
+    budget = settings.vision or VisionBudget()
     common = dict(name=model_id, budget=budget, image_format=remote.remote_image_format,
                   max_upload_bytes=int(remote.remote_max_upload_mb * 1024 * 1024))
     endpoint = endpoint_for(role, remote)
@@ -115,7 +111,9 @@ __all__ = [
     "RemoteError",
     "RemoteGenerator",
     "RemoteReranker",
+    "RemoteRoleSettings",
     "RemoteSettings",
+    "Role",
     "RemoteTimeoutError",
     "RemoteUnavailableError",
     "endpoint_for",

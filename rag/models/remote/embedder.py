@@ -71,7 +71,7 @@ class RemoteEmbedder(PoolingClient):
         return vec / max(float(np.linalg.norm(vec)), 1e-12)
 
     def embed(self, items: Iterable[Item | str], instruction: str | None = None, dim: int | None = None,
-              batch_size: int = 8, progress: bool = False, window: int = 64) -> np.ndarray:
+              batch_size: int | None = None, progress: bool = False, window: int = 64) -> np.ndarray:
         """Embed items into an (n, dim) float32 array, in input order.
 
         One request per item, ``max_concurrency`` in flight (vLLM batches concurrent requests itself, so

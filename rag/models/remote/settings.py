@@ -8,8 +8,29 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag.config import Role, check_role
+
+
+class RemoteRoleSettings(BaseModel):
+    """Where one role's model runs (``RAGVQA_<ROLE>_BACKEND``, ``_URL``, ``_API_KEY``, ``_SERVED_MODEL``,
+    ``_TIMEOUT``), read by :meth:`RemoteSettings.role`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    #: ``local``: in-process transformers; otherwise the server protocol (``vllm`` pooling, ``openai`` chat).
+    backend: Literal["local", "vllm", "openai"]
+    url: str | None
+    api_key: SecretStr | None
+    served_model: str | None
+    timeout: float
+
+    @property
+    def is_local(self) -> bool:
+        return self.backend == "local"
 
 
 class RemoteSettings(BaseSettings):
@@ -61,6 +82,21 @@ class RemoteSettings(BaseSettings):
     #: Passed as ``mm_processor_kwargs`` to the vLLM pooling endpoints (JSON in the environment).
     remote_mm_processor_kwargs: dict[str, Any] | None = None
     remote_verify_tls: bool = True
+
+    def role(self, name: Role) -> RemoteRoleSettings:
+        """The backend/endpoint settings of one role, typed (``RAGVQA_<ROLE>_BACKEND``, ``_URL`` ...)."""
+        role = check_role(name)
+        if role == "embedder":
+            return RemoteRoleSettings(role=role, backend=self.embedder_backend, url=self.embedder_url,
+                                      api_key=self.embedder_api_key, served_model=self.embedder_served_model,
+                                      timeout=self.embedder_timeout)
+        if role == "reranker":
+            return RemoteRoleSettings(role=role, backend=self.reranker_backend, url=self.reranker_url,
+                                      api_key=self.reranker_api_key, served_model=self.reranker_served_model,
+                                      timeout=self.reranker_timeout)
+        return RemoteRoleSettings(role=role, backend=self.generator_backend, url=self.generator_url,
+                                  api_key=self.generator_api_key, served_model=self.generator_served_model,
+                                  timeout=self.generator_timeout)
 
     @field_validator("generator_url", "embedder_url", "reranker_url")
     @classmethod
