@@ -35,7 +35,7 @@ from knowledge_base.pdf import images_to_pdf
 from rag.config import VisionBudget
 from rag.models.embedder import EmbeddingError
 from rag.models.vision import VisionInputError, load_image, prepare_video
-from rag.pipeline.stages import resolve_media
+from rag.pipeline.media import resolve_media
 from rag.pipeline.types import Query
 from rag.validation import InputRejected, confine_path
 
