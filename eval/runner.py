@@ -260,10 +260,10 @@ class EvalRunner:
         t0 = time.perf_counter()
         if self.eval_set.corpus is not None:
             from eval.index import corpus_media_root, index_corpus
-            from rag.store import open_store, store_kwargs_from_settings
+            from rag.store import open_store
 
             dim = self.cfg.embed_dim or int(self.embedder.dim)
-            self.store = open_store(embedder_id=self.embedder.model_id, dim=dim, **store_kwargs_from_settings(s))
+            self.store = open_store(embedder_id=self.embedder.model_id, dim=dim, config=s.store_config())
             self.media_root = corpus_media_root(self.eval_set.corpus)
             index_corpus(self.store, self.embedder, self.eval_set.corpus, media_root=self.media_root,
                          progress=self.cfg.progress, batch_size=s.embed_batch_size)
