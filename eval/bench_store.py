@@ -34,7 +34,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from rag.config import Settings
-from rag.store import open_store, store_kwargs_from_settings
+from rag.store import open_store
 from rag.store.base import VECTOR_NAME, Hit, VectorPoint, check_query_vector, validate_filters
 from rag.store.edge import EdgeStore, to_filter, write_atomic
 from rag.store.server import ServerStore
@@ -173,8 +173,8 @@ def open_bench_store(settings: Settings, root: Path, dim: int) -> EdgeStore:
     Only the location changes: a Qdrant server URL in the settings is ignored (the benchmark never touches a
     deployed collection) and the data dir is ``root``.
     """
-    kwargs = store_kwargs_from_settings(settings.model_copy(update={"data_dir": root, "qdrant_url": None}))
-    store = open_store(embedder_id="bench", dim=dim, **kwargs)
+    config = settings.model_copy(update={"data_dir": root, "qdrant_url": None}).store_config()
+    store = open_store(embedder_id="bench", dim=dim, config=config)
     assert isinstance(store, EdgeStore)
     return store
 

@@ -7,9 +7,9 @@ embedder, dimension and quantization), through the knowledge-base importer (samp
 corpus is indexed into it (:mod:`eval.index`). Embeddings go through :class:`eval.cache.CachedEmbedder`, so a
 rerun, another mode, a rebuilt store or a sweep does not embed anything twice.
 
-The pipeline is built with :meth:`RagPipeline.from_components` and run through its own ``retrieve``/``stream``;
-two recording stages (subclasses of the real ones) keep the full top-k lists that the pipeline would otherwise cut
-to the top-n, so one pass yields the retrieval-only ranking, the reranked ranking and the answer.
+The pipeline is built with :meth:`RagPipeline.from_components` and run through its own ``retrieval``/``stream``;
+both hand back the query's :class:`~rag.pipeline.types.Retrieval` (the full top-k retrieved, every case the
+reranker scored, the top-n kept), so one pass yields the retrieval-only ranking, the reranked ranking and the answer.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from eval import metrics as M
 from rag.config import Settings
 from rag.errors import RagvqaError
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
-from rag.pipeline import CaseCandidate, Query, RagPipeline, Trace
-from rag.pipeline.stages import Rerank, Retrieve
+from rag.pipeline import RagPipeline, Trace
+from rag.pipeline.types import Retrieval
 
 if TYPE_CHECKING:
     from knowledge_base.kb import KnowledgeBase
@@ -99,46 +99,6 @@ class RunOutput:
     summary: dict[str, Any]
     records: list[dict[str, Any]]
     files: dict[str, Path] = field(default_factory=dict)
-
-
-# -- recording stages ----------------------------------------------------------------------------------------------
-class RecordingRetrieve(Retrieve):
-    """The real retrieve stage, remembering the full top-k list of the last query."""
-
-    last: list[CaseCandidate]
-
-    @classmethod
-    def like(cls, stage: Retrieve, instruction: str | None = None) -> "RecordingRetrieve":
-        new = cls(stage.embedder, stage.store, media_root=stage.media_root, top_k=stage.top_k,
-                  instruction=instruction or stage.instruction, dim=stage.dim)
-        new.last = []
-        return new
-
-    def run(self, query: Query, trace: Trace) -> list[CaseCandidate]:
-        out = super().run(query, trace)
-        self.last = list(out)
-        return out
-
-
-class RecordingRerank(Rerank):
-    """The real rerank stage, scoring all candidates as usual and remembering the full reranked list."""
-
-    last: list[CaseCandidate] | None
-
-    @classmethod
-    def like(cls, stage: Rerank) -> "RecordingRerank":
-        new = cls(stage.reranker, top_n=stage.top_n, instruction=stage.instruction, batch_size=stage.batch_size)
-        new.last = None
-        return new
-
-    def run(self, query: Query, candidates: Sequence[CaseCandidate], trace: Trace) -> list[CaseCandidate]:
-        keep, self.top_n = self.top_n, max(1, len(candidates))
-        try:
-            full = super().run(query, candidates, trace)
-        finally:
-            self.top_n = keep
-        self.last = list(full)
-        return full[:keep]
 
 
 # -- knowledge base / corpus ---------------------------------------------------------------------------------------
@@ -277,6 +237,9 @@ class EvalRunner:
             "store_quantization": self.quantization, "retrieve_top_k": self.cfg.top_k,
             "rerank_top_n": self.cfg.top_n, "max_new_tokens": self.cfg.max_new_tokens,
             "rerank_enabled": self.uses_rerank,
+            # every retrieved case is reranked, so the run records the full reranked list (the adaptive depth is
+            # studied offline from it: `ragvqa bench rerank-depth`)
+            "rerank_adaptive_margin": None,
         })
 
     @property
@@ -299,10 +262,10 @@ class EvalRunner:
         t0 = time.perf_counter()
         if self.eval_set.corpus is not None:
             from eval.index import corpus_media_root, index_corpus
-            from rag.store import open_store, store_kwargs_from_settings
+            from rag.store import open_store
 
             dim = self.cfg.embed_dim or int(self.embedder.dim)
-            self.store = open_store(embedder_id=self.embedder.model_id, dim=dim, **store_kwargs_from_settings(s))
+            self.store = open_store(embedder_id=self.embedder.model_id, dim=dim, config=s.store_config())
             self.media_root = corpus_media_root(self.eval_set.corpus)
             index_corpus(self.store, self.embedder, self.eval_set.corpus, media_root=self.media_root,
                          progress=self.cfg.progress, batch_size=s.embed_batch_size)
@@ -322,12 +285,10 @@ class EvalRunner:
 
     def build_pipeline(self) -> RagPipeline:
         s = self.kb_settings()
-        p = RagPipeline.from_components(embedder=self.embedder, reranker=self.reranker if self.uses_rerank else None,
-                                        generator=self.generator, store=self.store, settings=s, media_root=self.media_root)
         instruction = self.cfg.instruction or (GENERIC_INSTRUCTION if self.eval_set and self.eval_set.corpus is not None else None)
-        p.retrieve_stage = RecordingRetrieve.like(p.retrieve_stage, instruction)
-        if p.rerank_stage is not None:
-            p.rerank_stage = RecordingRerank.like(p.rerank_stage)
+        p = RagPipeline.from_components(embedder=self.embedder, reranker=self.reranker if self.uses_rerank else None,
+                                        generator=self.generator, store=self.store, settings=s, media_root=self.media_root,
+                                        retrieve_instruction=instruction)
         self.pipeline = p
         return p
 
@@ -359,35 +320,34 @@ class EvalRunner:
         assert p is not None
         cfg = self.cfg
         q = item.to_query(rerank=self.uses_rerank)
-        rstage: RecordingRetrieve = p.retrieve_stage  # type: ignore[assignment]
-        kstage: RecordingRerank | None = p.rerank_stage  # type: ignore[assignment]
-        rstage.last = []
-        if kstage is not None:
-            kstage.last = None
         rec: dict[str, Any] = {"id": item.id, "kind": item.query.kind, "variant": item.query.variant,
                                "expect_abstain": item.query.expect_abstain, "relevant": item.relevant, "error": None}
         t0 = time.perf_counter()
         answer = None
+        retrieval: Retrieval | None = None
         try:
             if cfg.mode == "rag":
                 for event in p.stream(q):
-                    if event.type == "done":
+                    if event.type == "sources":
+                        retrieval = event.retrieval
+                    elif event.type == "done":
                         answer = event.answer
-                assert answer is not None
+                assert answer is not None and retrieval is not None
                 trace, decision = answer.trace, answer.decision
             else:
                 trace = Trace()
-                cases, reranked = p.retrieve(q, trace)
-                decision = p.abstain_stage.run(cases, reranked, trace)
+                retrieval = p.retrieval(q, trace)
+                decision = p.abstain_stage.run(retrieval.kept, retrieval.reranked, trace)
         except Exception as e:  # one bad query must not sink a long run; it is reported and scored as a miss
             logger.warning("query %s failed: %s: %s", item.id, type(e).__name__, e)
             rec.update(error=f"{type(e).__name__}: {e}", retrieval=[], rerank=None, decision=None, latency_ms={},
                        best_retrieval=None, best_rerank=None)
             return rec
         wall = (time.perf_counter() - t0) * 1000
-        rec["retrieval"] = [[c.case_id, round(float(c.retrieval_score), 6)] for c in rstage.last]
-        rec["rerank"] = ([[c.case_id, round(float(c.rerank_score or 0.0), 6)] for c in kstage.last]
-                         if kstage is not None and kstage.last is not None else None)
+        assert retrieval is not None
+        rec["retrieval"] = [[c.case_id, round(float(c.retrieval_score), 6)] for c in retrieval.retrieved]
+        rec["rerank"] = ([[c.case_id, round(float(c.rerank_score or 0.0), 6)] for c in retrieval.scored]
+                         if retrieval.scored is not None else None)
         rec["best_retrieval"] = max((s for _, s in rec["retrieval"]), default=None)
         rec["best_rerank"] = max((s for _, s in rec["rerank"]), default=None) if rec["rerank"] is not None else None
         rec["decision"] = decision.model_dump() if decision is not None else None

@@ -64,6 +64,51 @@ def check_role(name: str) -> Role:
     raise ValueError(f"unknown model role {name!r}; choose from {', '.join(ROLES)}")
 
 
+class StoreConfig(BaseModel):
+    """Every vector-store option, each default written here once (like qdrant-client's typed configs).
+
+    Built once from :class:`Settings` (:meth:`from_settings`, whose ``RAGVQA_*`` fields take these defaults) and
+    passed whole to ``rag.store.open_store`` and to the Edge and server stores.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: The Edge store lives under ``data_dir/qdrant``.
+    data_dir: Path = Path("data")
+    #: A Qdrant server instead of Edge; ``qdrant_location`` (``":memory:"`` or a path) is qdrant-client local mode,
+    #: for tests only.
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_location: str | None = None
+    qdrant_collection: str = "ragvqa"
+    #: Cluster layout used when the collection is created on a server (distributed mode).
+    qdrant_shard_number: int = Field(default=1, ge=1)
+    qdrant_replication_factor: int = Field(default=1, ge=1)
+    qdrant_write_consistency_factor: int = Field(default=1, ge=1)
+    qdrant_on_disk_payload: bool = True
+    qdrant_timeout: int | None = None
+    #: int8 scalar quantization with rescoring: measured recall@10 ≥ 0.996 and ≈1 ms p50 at 100k×1024.
+    store_quantization: bool = True
+    store_hnsw_ef: int | None = 128
+    store_hnsw_m: int = 16
+    store_hnsw_ef_construct: int = 100
+    store_oversampling: float = 2.0
+    #: Vectors' KB below which a filter is brute-forced via the payload index (2000 = 500 vectors of 1024-d).
+    store_full_scan_threshold_kb: int = 2000
+    #: ACORN fixes filtered recall too but costs 2–3× filtered latency here; the lower full-scan threshold is cheaper.
+    store_acorn: bool = False
+    #: Vector KB a segment needs before the optimizer builds its HNSW and int8 index (None: Qdrant's default, many
+    #: MB). Smaller stores are searched by exact float scans, so the eval sweep sets 1 to measure the built index.
+    store_indexing_threshold_kb: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "StoreConfig":
+        return cls.model_validate({k: getattr(settings, k) for k in cls.model_fields if hasattr(settings, k)})
+
+
+_STORE = StoreConfig()
+
+
 class Settings(BaseSettings):
     """Everything a deployment may want to change."""
 
@@ -92,27 +137,27 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
 
     # -- vector store (rag/store): Qdrant Edge under data_dir unless a server URL is given ----------------------
-    qdrant_url: str | None = None
-    qdrant_api_key: str | None = None
-    qdrant_collection: str = "ragvqa"
-    #: Cluster layout used when the collection is created on a server (distributed mode).
-    qdrant_shard_number: int = 1
-    qdrant_replication_factor: int = 1
-    qdrant_write_consistency_factor: int = 1
-    qdrant_on_disk_payload: bool = True
-    qdrant_timeout: int | None = None
-    #: int8 scalar quantization with rescoring: measured recall@10 ≥ 0.996 and ≈1 ms p50 at 100k×1024.
-    store_quantization: bool = True
-    store_hnsw_ef: int | None = 128
-    store_hnsw_m: int = 16
-    store_hnsw_ef_construct: int = 100
-    store_oversampling: float = 2.0
-    store_full_scan_threshold_kb: int = 2000
-    #: ACORN fixes filtered recall too but costs 2–3× filtered latency here; the lower full-scan threshold is cheaper.
-    store_acorn: bool = False
-    #: Vector KB a segment needs before the optimizer builds its HNSW and int8 index (None: Qdrant's default, many
-    #: MB). Smaller stores are searched by exact float scans, so the eval sweep sets 1 to measure the built index.
-    store_indexing_threshold_kb: int | None = None
+    #: Defaults and meaning: :class:`StoreConfig` (``store_config()`` builds it from these fields).
+    qdrant_url: str | None = _STORE.qdrant_url
+    qdrant_api_key: str | None = _STORE.qdrant_api_key
+    qdrant_collection: str = _STORE.qdrant_collection
+    qdrant_shard_number: int = _STORE.qdrant_shard_number
+    qdrant_replication_factor: int = _STORE.qdrant_replication_factor
+    qdrant_write_consistency_factor: int = _STORE.qdrant_write_consistency_factor
+    qdrant_on_disk_payload: bool = _STORE.qdrant_on_disk_payload
+    qdrant_timeout: int | None = _STORE.qdrant_timeout
+    store_quantization: bool = _STORE.store_quantization
+    store_hnsw_ef: int | None = _STORE.store_hnsw_ef
+    store_hnsw_m: int = _STORE.store_hnsw_m
+    store_hnsw_ef_construct: int = _STORE.store_hnsw_ef_construct
+    store_oversampling: float = _STORE.store_oversampling
+    store_full_scan_threshold_kb: int = _STORE.store_full_scan_threshold_kb
+    store_acorn: bool = _STORE.store_acorn
+    store_indexing_threshold_kb: int | None = _STORE.store_indexing_threshold_kb
+
+    def store_config(self) -> StoreConfig:
+        """The store options of these settings, as the one object the store takes."""
+        return StoreConfig.from_settings(self)
 
     # -- pipeline (rag/pipeline) ----------------------------------------------------------------------------------
     retrieve_top_k: int = 20

@@ -35,7 +35,8 @@ from knowledge_base.pdf import images_to_pdf
 from rag.config import VisionBudget
 from rag.models.embedder import EmbeddingError
 from rag.models.vision import VisionInputError, load_image, prepare_video
-from rag.pipeline.stages import resolve_media
+from rag.pipeline.media import MediaResolver, resolve_media
+from rag.pipeline.stages import Retrieve
 from rag.pipeline.types import Query
 from rag.validation import InputRejected, confine_path
 
@@ -646,6 +647,11 @@ def test_paths_never_leave_their_folder(kb: KnowledgeBase, tmp_path: Path, uncha
         (kb.media.root / "out").unlink()
         (kb.media.root / "self").unlink()
     assert resolve_media(kb.media.root, "x/./y.jpg") == str(kb.media.root.resolve() / "x" / "y.jpg")
+    # One resolver, holding its root, is what the retrieve stage uses; no root resolves nothing.
+    resolver = MediaResolver(kb.media.root)
+    assert resolver.resolve("../../etc/passwd") is None and MediaResolver(None).resolve("x/y.jpg") is None
+    assert resolver.resolve("x/y.jpg") == str(kb.media.root.resolve() / "x" / "y.jpg")
+    assert Retrieve(None, kb.store, media_root=kb.media.root).media.root == kb.media.root
     # The shared rule for user-written paths.
     base = tmp_path / "import"
     (base / "sub").mkdir(parents=True)

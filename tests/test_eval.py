@@ -319,7 +319,9 @@ def test_beir_corpus_run_through_the_pipeline(small_models, data_dir: Path, tmp_
     (tmp_path / "qrels").mkdir()
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\na\tdoc0\t1\nb\tpage1\t1\n")
     cfg = RunConfig(mode="rerank", data=tmp_path, models="tiny", top_k=10, progress=False)
-    runner = EvalRunner(cfg, _settings(data_dir), embedder=emb, reranker=rr, run_dir=tmp_path / "run")
+    # an app configured for adaptive rerank depth: the eval still scores (and records) every retrieved case
+    settings = _settings(data_dir).model_copy(update={"rerank_adaptive_margin": 0.0})
+    runner = EvalRunner(cfg, settings, embedder=emb, reranker=rr, run_dir=tmp_path / "run")
     try:
         out = runner.run()
     finally:

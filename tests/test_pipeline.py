@@ -78,6 +78,39 @@ def test_rerank_can_be_switched_off_per_request(kb, embedder, reranker, generato
     assert ans.decision.score_kind == "retrieval"
 
 
+def test_retrieval_holds_retrieved_scored_and_kept_with_per_call_overrides(kb, embedder, reranker, generator) -> None:
+    """One Retrieval per query: the top-k as the store ranks them, every case the reranker scored (best first, each
+    score the reranker's own for that case within 1e-4: batching), and the top-n kept. Overrides hold for one call."""
+    from rag.pipeline.stages import RERANK_INSTRUCTION, RETRIEVAL_INSTRUCTION
+
+    store = kb[0]
+    p = make_pipeline(kb, embedder, reranker, generator, retrieve_top_k=4, rerank_top_n=3)
+    q = Query(text="The printer shows E13", images=[reencoded(kb[2]["prn-e13"])])
+    r = p.retrieval(q, top_k=3, top_n=2)
+
+    vector = embedder.embed([q.embed_item()], instruction=RETRIEVAL_INSTRUCTION, dim=store.dim)[0]
+    groups = store.search_cases(vector, limit_cases=3)
+    assert [c.case_id for c in r.retrieved] == [g.case_id for g in groups]
+    assert [c.retrieval_score for c in r.retrieved] == pytest.approx([g.score for g in groups], abs=1e-4)
+
+    # the reranker on each retrieved case alone: its text and its image (every test case has one picture)
+    ref = {c.case_id: reranker.score(q.embed_item(), [{"text": c.document, "image": str(kb[2][c.case_id])}],
+                                     instruction=RERANK_INSTRUCTION)[0] for c in r.retrieved}
+    assert r.reranked and r.scored is not None and {c.case_id for c in r.scored} == set(ref)
+    assert [c.rerank_score for c in r.scored] == pytest.approx([ref[c.case_id] for c in r.scored], abs=1e-4)
+    ids = [c.case_id for c in r.scored]  # best first by the reference scores (ties within the tolerance either way)
+    assert all(ref[a] >= ref[b] - 1e-4 for a, b in zip(ids, ids[1:]))
+    assert [c.case_id for c in r.kept] == [c.case_id for c in r.scored[:2]]
+
+    off = p.retrieval(q, rerank=False, top_n=1)  # reranking off for this call: no scores, retrieval order kept
+    assert not off.reranked and off.scored is None and len(off.retrieved) == 4
+    assert [c.case_id for c in off.kept] == [r.retrieved[0].case_id] and off.kept[0].rerank_score is None
+    default = p.retrieval(q)  # the stages' own settings again
+    assert (len(default.retrieved), len(default.kept), default.reranked) == (4, 3, True)
+    events = list(p.stream(q, top_n=1))
+    assert events[0].type == "sources" and events[0].retrieval is not None and len(events[0].retrieval.kept) == 1
+
+
 def test_abstains_below_threshold(kb, embedder, reranker, generator) -> None:
     p = make_pipeline(kb, embedder, reranker, generator, abstain_rerank_threshold=0.999)
     ans = p.answer(Query(text="The coffee machine makes a grinding noise"))

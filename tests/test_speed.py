@@ -148,7 +148,10 @@ def test_rerank_stage_scores_only_the_adaptive_depth(reranker, tmp_path: Path) -
     cands = [CaseCandidate(case_id=f"c{i}", retrieval_score=s, document=f"case {i} fuser error E1{i}")
              for i, s in enumerate([0.9, 0.89, 0.7, 0.6, 0.5])]
     trace = Trace()
-    out = Rerank(Counting(), top_n=1, adaptive_margin=0.05).run(Query(text="fuser error"), cands, trace)
+    result = Rerank(Counting(), top_n=1, adaptive_margin=0.05).run(Query(text="fuser error"), cands, trace)
+    out = result.kept
+    scores = [c.rerank_score for c in result.scored]  # only the head was scored, best first
+    assert len(scores) == 2 and None not in scores and scores == sorted(scores, reverse=True)  # type: ignore[type-var]
     assert seen == [2] and len(out) == 1 and out[0].case_id in ("c0", "c1") and out[0].rerank_score is not None
     assert trace.stages[-1].detail["depth"] == 2 and trace.stages[-1].detail["candidates"] == 5
     Rerank(Counting(), top_n=1).run(Query(text="fuser error"), cands, Trace())

@@ -17,6 +17,7 @@ import pytest
 from rag.store import (
     EdgeStore,
     ServerStore,
+    StoreConfig,
     StoreError,
     StoreMeta,
     StoreMismatchError,
@@ -360,7 +361,8 @@ def test_quantized_hnsw_returns_right_neighbour(tmp_path: Path) -> None:
     """int8 + HNSW actually built (tiny indexing threshold), searched with rescoring."""
     dim = 64
     meta = StoreMeta(embedder_id="q", dim=dim, quantization=True)
-    s = EdgeStore.open(tmp_path / "q", meta, indexing_threshold_kb=1, full_scan_threshold_kb=1, hnsw_ef=64)
+    cfg = StoreConfig(store_indexing_threshold_kb=1, store_full_scan_threshold_kb=1, store_hnsw_ef=64)
+    s = EdgeStore.open(tmp_path / "q", meta, config=cfg)
     rng = np.random.default_rng(3)
     centres = _unit(rng.normal(size=(20, dim)))
     vecs = _unit(centres[rng.integers(0, 20, size=1500)] + 0.08 * rng.normal(size=(1500, dim)))
@@ -599,3 +601,36 @@ def test_bench_store_measures_the_app_store_config(tmp_path: Path, monkeypatch: 
     assert report["runs"][0]["store_config"]["engine"]["quantization_config"] == app_engine["quantization_config"]
     md = (tmp_path / "out" / "store_bench.md").read_text()
     assert "These are the shipped defaults" in md and "edge_hnsw_int8_rescore (app)" in md
+
+
+def test_store_options_have_one_default_and_travel_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare ``open_store`` and the app's settings agree on every store default (int8 quantization used to be on in
+    the settings and off in ``open_store``); a ``RAGVQA_*`` store option reaches the opened store through the one
+    config object; an unknown option is refused by name."""
+    from pydantic import ValidationError
+
+    from rag.config import Settings
+    from rag.store import store_kwargs_from_settings
+
+    for name in ("RAGVQA_STORE_QUANTIZATION", "RAGVQA_STORE_HNSW_EF", "RAGVQA_QDRANT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    bare = open_store(embedder_id="e", dim=DIM, data_dir=tmp_path / "bare")
+    try:
+        assert bare.meta.quantization is defaults.store_quantization is True
+        assert (bare.hnsw_ef, bare.oversampling, bare.acorn) == (defaults.store_hnsw_ef, defaults.store_oversampling,
+                                                                  defaults.store_acorn) == (128, 2.0, False)
+    finally:
+        bare.close()
+    monkeypatch.setenv("RAGVQA_STORE_HNSW_EF", "77")
+    monkeypatch.setenv("RAGVQA_STORE_QUANTIZATION", "false")
+    settings = Settings(data_dir=tmp_path / "app", _env_file=None)  # type: ignore[call-arg]
+    assert isinstance(store_kwargs_from_settings(settings)["config"], StoreConfig)
+    app = open_store(embedder_id="e", dim=DIM, **store_kwargs_from_settings(settings))
+    try:
+        assert isinstance(app, EdgeStore) and app.root == tmp_path / "app" / "qdrant"
+        assert app.hnsw_ef == 77 and app.meta.quantization is False
+    finally:
+        app.close()
+    with pytest.raises(ValidationError, match="store_hnsw"):
+        open_store(embedder_id="e", dim=DIM, data_dir=tmp_path / "x", store_hnsw=3)

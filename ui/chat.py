@@ -396,7 +396,7 @@ class ChatTab:
         return case_detail_html(c), self.case_media(c)
 
     def case_media(self, c: CaseCandidate) -> list[tuple[str, str]]:
-        from rag.pipeline.stages import resolve_media
+        from rag.pipeline.media import resolve_media
 
         out = []
         for m in (c.case or {}).get("media", [])[:12]:

@@ -1,4 +1,9 @@
-"""The RAG pipeline composed from its stages, as a plain Python API (``answer``/``stream``/``retrieve``)."""
+"""The RAG pipeline composed from its stages, as a plain Python API.
+
+``retrieval`` (one :class:`Retrieval`: retrieved, scored, kept), ``stream`` (events), ``run``/``answer`` (the
+:class:`Answer`); each takes the per-call overrides ``top_k``, ``top_n`` and ``rerank``. ``retrieve`` is the short
+form that returns (kept cases, reranked).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from typing import Iterator
 from rag.config import Settings
 from rag.errors import UserInputError
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
-from rag.pipeline.stages import Abstain, Generate, Rerank, Retrieve, abstention_text, finish
-from rag.pipeline.types import Answer, CaseCandidate, Event, Query, Trace
+from rag.pipeline.stages import (RETRIEVAL_INSTRUCTION, Abstain, Generate, Rerank, Retrieve, abstention_text,
+                                 finish)
+from rag.pipeline.types import Answer, CaseCandidate, Event, Query, Retrieval, Trace
 from rag.store.base import VectorStore
 
 logger = logging.getLogger(__name__)
@@ -40,11 +46,15 @@ class RagPipeline:
     @classmethod
     def from_components(cls, *, embedder: EmbeddingModel, reranker: RerankingModel | None, generator: GenerationModel,
                         store: VectorStore,
-                        settings: Settings | None = None, media_root: Path | None = None) -> "RagPipeline":
+                        settings: Settings | None = None, media_root: Path | None = None,
+                        retrieve_instruction: str | None = None) -> "RagPipeline":
+        """The pipeline on ``settings``; ``retrieve_instruction`` replaces the query instruction (benchmark corpora)."""
         s = settings or Settings()
         media_root = media_root or (Path(s.data_dir) / "media")
+        instruction = retrieve_instruction or RETRIEVAL_INSTRUCTION
         return cls(
-            Retrieve(embedder, store, media_root=media_root, top_k=s.retrieve_top_k, dim=store.dim),
+            Retrieve(embedder, store, media_root=media_root, top_k=s.retrieve_top_k, dim=store.dim,
+                     instruction=instruction),
             Rerank(reranker, top_n=s.rerank_top_n, batch_size=s.rerank_batch_size,
                    adaptive_margin=s.rerank_adaptive_margin) if reranker is not None else None,
             Abstain(s.abstain_rerank_threshold, s.abstain_retrieval_threshold),
@@ -54,17 +64,26 @@ class RagPipeline:
         )
 
     # -- stages before generation -------------------------------------------------------------------------------
-    def retrieve(self, query: Query, trace: Trace | None = None) -> tuple[list[CaseCandidate], bool]:
-        """Top cases for ``query`` (reranked unless switched off); returns (cases, reranked)."""
+    def retrieval(self, query: Query, trace: Trace | None = None, *, top_k: int | None = None,
+                  top_n: int | None = None, rerank: bool | None = None) -> Retrieval:
+        """Retrieve ``top_k`` cases, rerank them (``rerank``, else ``query.rerank``, else as configured) and keep
+        ``top_n``; the overrides default to the stages' settings."""
         if query.is_empty():
             raise QueryError("empty query: attach an image, video or PDF page, or type a question")
         trace = trace if trace is not None else Trace()
-        cands = self.retrieve_stage.run(query, trace)
-        use_rerank = self.rerank_enabled if query.rerank is None else (query.rerank and self.rerank_stage is not None)
+        retrieved = self.retrieve_stage.run(query, trace, top_k=top_k).candidates
+        wanted = query.rerank if rerank is None else rerank
+        use_rerank = self.rerank_enabled if wanted is None else (wanted and self.rerank_stage is not None)
         if use_rerank and self.rerank_stage is not None:
-            return self.rerank_stage.run(query, cands, trace), True
-        n = self.rerank_stage.top_n if self.rerank_stage is not None else 5
-        return cands[:n], False
+            r = self.rerank_stage.run(query, retrieved, trace, top_n=top_n)
+            return Retrieval(retrieved=retrieved, scored=r.scored, kept=r.kept)
+        n = top_n if top_n is not None else (self.rerank_stage.top_n if self.rerank_stage is not None else 5)
+        return Retrieval(retrieved=retrieved, scored=None, kept=retrieved[:n])
+
+    def retrieve(self, query: Query, trace: Trace | None = None) -> tuple[list[CaseCandidate], bool]:
+        """Top cases for ``query`` (reranked unless switched off); returns (cases, reranked)."""
+        r = self.retrieval(query, trace)
+        return r.kept, r.reranked
 
     def _with_history_cases(self, query: Query, cases: list[CaseCandidate]) -> list[CaseCandidate]:
         """A follow-up keeps the cases of the previous turn in context."""
@@ -75,21 +94,24 @@ class RagPipeline:
         return cases + self.retrieve_stage.fetch(prev) if prev else cases
 
     # -- public API ---------------------------------------------------------------------------------------------
-    def stream(self, query: Query, cancel: threading.Event | None = None) -> Iterator[Event]:
+    def stream(self, query: Query, cancel: threading.Event | None = None, *, top_k: int | None = None,
+               top_n: int | None = None, rerank: bool | None = None) -> Iterator[Event]:
+        """``sources`` (with the full :class:`Retrieval`), then ``token`` chunks, then ``done`` with the answer."""
         trace = Trace()
         t0 = time.perf_counter()
-        cases, reranked = self.retrieve(query, trace)
+        retrieval = self.retrieval(query, trace, top_k=top_k, top_n=top_n, rerank=rerank)
+        cases, reranked = retrieval.kept, retrieval.reranked
         decision = self.abstain_stage.run(cases, reranked, trace)
         if decision.abstain:
             text = abstention_text(cases, decision)
-            yield Event(type="sources", cases=cases, abstained=True)
+            yield Event(type="sources", cases=cases, abstained=True, retrieval=retrieval)
             yield Event(type="token", text=text)
             answer = finish(text, cases, decision, trace)
             answer.cited = []
             yield Event(type="done", answer=answer, cases=cases, abstained=True, text=text)
             return
         context = self._with_history_cases(query, cases)
-        yield Event(type="sources", cases=context)
+        yield Event(type="sources", cases=context, retrieval=retrieval)
         t_gen = time.perf_counter()
         first_ms: float | None = None
         chunks: list[str] = []
@@ -104,10 +126,15 @@ class RagPipeline:
         answer = finish(text, context, decision, trace)
         yield Event(type="done", answer=answer, cases=context, text=text)
 
-    def answer(self, query: Query) -> Answer:
+    def run(self, query: Query, cancel: threading.Event | None = None, *, top_k: int | None = None,
+            top_n: int | None = None, rerank: bool | None = None) -> Answer:
+        """The whole answer (:meth:`stream`, collected)."""
         result: Answer | None = None
-        for event in self.stream(query):
+        for event in self.stream(query, cancel, top_k=top_k, top_n=top_n, rerank=rerank):
             if event.type == "done":
                 result = event.answer
         assert result is not None
         return result
+
+    def answer(self, query: Query) -> Answer:
+        return self.run(query)

@@ -1,11 +1,14 @@
-"""The pipeline's stages: retrieve → rerank → abstain → generate. Each is a small class with one ``run``."""
+"""The pipeline's stages: retrieve → rerank → abstain → generate.
+
+Each is a small class with one ``run(...)`` that returns a typed result; per-call overrides (``top_k``, ``top_n``,
+``max_new_tokens`` …) are keyword arguments that default to the values the stage was built with. Media paths are
+resolved by :class:`rag.pipeline.media.MediaResolver`.
+"""
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
-import os
 import re
 import threading
 import time
@@ -17,7 +20,8 @@ from pydantic import ValidationError
 
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 from rag.payload import CaseTextFields, MediaFields
-from rag.pipeline.types import Answer, CaseCandidate, Decision, Query, Trace, Turn
+from rag.pipeline.media import MediaResolver
+from rag.pipeline.types import Answer, CaseCandidate, Decision, Generated, Query, Reranked, Retrieved, Trace, Turn
 from rag.store.base import VectorStore, point_id
 
 logger = logging.getLogger(__name__)
@@ -42,38 +46,6 @@ class _Timer:
         self.ms = (time.perf_counter() - self.t0) * 1000
 
 
-@functools.lru_cache(maxsize=64)
-def _real_root(media_root: str) -> str:
-    return os.path.realpath(media_root)
-
-
-def resolve_media(media_root: Path | None, rel: str | None) -> str | None:
-    """Absolute path of a media file, refusing anything outside the media root.
-
-    Runs for every candidate of every query, so it checks the path lexically and only follows symbolic links when
-    one is actually on the way below the root (a full ``realpath`` costs a ``stat`` per component of the path).
-    """
-    if not rel or media_root is None:
-        return None
-    if "\x00" in rel:
-        logger.warning("ignoring a media path with a NUL byte: %r", rel)
-        return None
-    root = _real_root(os.fspath(media_root))
-    path = os.path.normpath(os.path.join(root, rel))  # an absolute ``rel`` replaces the root and is refused below
-    inside = root.rstrip(os.sep) + os.sep
-    if path.startswith(inside):
-        cur = root
-        for part in path[len(inside):].split(os.sep):
-            cur = os.path.join(cur, part)
-            if os.path.islink(cur):  # a link could lead anywhere: judge where it really goes
-                path = os.path.realpath(path)
-                break
-        if path.startswith(inside):
-            return path
-    logger.warning("ignoring media path outside the media root: %s", rel)
-    return None
-
-
 #: Payload fields the search needs from each hit (the case itself comes from its text point).
 SEARCH_PAYLOAD = MediaFields.keys()
 
@@ -83,15 +55,19 @@ class Retrieve:
 
     def __init__(self, embedder: EmbeddingModel, store: VectorStore, *, media_root: Path | None, top_k: int = 20,
                  instruction: str = RETRIEVAL_INSTRUCTION, dim: int | None = None) -> None:
-        self.embedder, self.store, self.media_root = embedder, store, media_root
+        self.embedder, self.store, self.media = embedder, store, MediaResolver(media_root)
         self.top_k, self.instruction, self.dim = top_k, instruction, dim
+
+    @property
+    def media_root(self) -> Path | None:
+        return self.media.root
 
     def embed(self, query: Query) -> Any:
         return self.embedder.embed([query.embed_item()], instruction=self.instruction, dim=self.dim)[0]
 
-    def search(self, vector: Any, filters: dict | None, trace: Trace) -> list[CaseCandidate]:
+    def search(self, vector: Any, filters: dict | None, trace: Trace, *, top_k: int | None = None) -> list[CaseCandidate]:
         with _Timer() as t:
-            groups = self.store.search_cases(vector, limit_cases=self.top_k, filters=filters or None,
+            groups = self.store.search_cases(vector, limit_cases=self.top_k if top_k is None else top_k, filters=filters or None,
                                               payload_keys=SEARCH_PAYLOAD)
         trace.add("search", t.ms, cases=len(groups))
         with _Timer() as t:
@@ -124,18 +100,20 @@ class Retrieve:
                 retrieval_score=score,
                 document=doc.document,
                 case=doc.case,
-                media_path=resolve_media(self.media_root, media.media_path),
-                thumbnail=resolve_media(self.media_root, media.thumbnail),
+                media_path=self.media.resolve(media.media_path),
+                thumbnail=self.media.resolve(media.thumbnail),
                 media_kind=media.kind if media.kind != "text" else None,
                 matched=ids,
             ))
         return out
 
-    def run(self, query: Query, trace: Trace) -> list[CaseCandidate]:
+    def run(self, query: Query, trace: Trace | None = None, *, top_k: int | None = None) -> Retrieved:
+        """The ``top_k`` (default: the stage's) best cases for ``query``, in retrieval order."""
+        trace = trace if trace is not None else Trace()
         with _Timer() as t:
             vector = self.embed(query)
         trace.add("embed", t.ms)
-        return self.search(vector, query.filters, trace)
+        return Retrieved(candidates=self.search(vector, query.filters, trace, top_k=top_k))
 
 
 class Rerank:
@@ -165,10 +143,15 @@ class Rerank:
             doc["video"] = c.media_path
         return doc
 
-    def run(self, query: Query, candidates: Sequence[CaseCandidate], trace: Trace) -> list[CaseCandidate]:
+    def run(self, query: Query, candidates: Sequence[CaseCandidate], trace: Trace | None = None, *,
+            top_n: int | None = None) -> Reranked:
+        """Score the head of ``candidates`` (the adaptive depth, at least the stage's ``top_n``) and keep ``top_n``
+        (default: the stage's): the scored cases best first, then the unscored rest in retrieval order."""
+        trace = trace if trace is not None else Trace()
+        top_n = self.top_n if top_n is None else top_n
         if not candidates:
             trace.add("rerank", 0.0, scores={})
-            return []
+            return Reranked(scored=[], kept=[], depth=0)
         depth = self.adaptive_depth([c.retrieval_score for c in candidates], self.adaptive_margin, self.min_depth)
         todo, rest = list(candidates)[:depth], list(candidates)[depth:]
         with _Timer() as t:
@@ -178,7 +161,7 @@ class Rerank:
                         key=lambda c: -(c.rerank_score or 0.0))
         trace.add("rerank", t.ms, scores={c.case_id: round(c.rerank_score or 0.0, 4) for c in ranked},
                   depth=depth, candidates=len(candidates))
-        return (ranked + rest)[: self.top_n]
+        return Reranked(scored=ranked, kept=(ranked + rest)[:top_n], depth=depth)
 
 
 class Abstain:
@@ -187,9 +170,14 @@ class Abstain:
     def __init__(self, rerank_threshold: float = 0.5, retrieval_threshold: float = 0.35) -> None:
         self.rerank_threshold, self.retrieval_threshold = rerank_threshold, retrieval_threshold
 
-    def run(self, candidates: Sequence[CaseCandidate], reranked: bool, trace: Trace) -> Decision:
+    def run(self, candidates: Sequence[CaseCandidate], reranked: bool, trace: Trace | None = None, *,
+            threshold: float | None = None) -> Decision:
+        """Abstain when the best score of ``candidates`` (rerank scores if ``reranked``) is below ``threshold``
+        (default: the stage's threshold for that kind of score)."""
+        trace = trace if trace is not None else Trace()
         kind = "rerank" if reranked else "retrieval"
-        threshold = self.rerank_threshold if reranked else self.retrieval_threshold
+        if threshold is None:
+            threshold = self.rerank_threshold if reranked else self.retrieval_threshold
         best = max((c.score for c in candidates), default=None)
         if best is None:
             d = Decision(abstain=True, best_score=None, threshold=threshold, score_kind=kind, reason="no case in the knowledge base matches the filters")
@@ -331,9 +319,25 @@ class Generate:
         msgs.append({"role": "user", "content": content})
         return msgs
 
-    def stream(self, query: Query, cases: Sequence[CaseCandidate], cancel: threading.Event | None = None) -> Iterator[str]:
-        yield from self.generator.stream(self.messages(query, cases), max_new_tokens=self.max_new_tokens,
-                                         temperature=self.temperature, cancel=cancel)
+    def stream(self, query: Query, cases: Sequence[CaseCandidate], cancel: threading.Event | None = None, *,
+               max_new_tokens: int | None = None, temperature: float | None = None) -> Iterator[str]:
+        """The answer's text chunks as the generator writes them (overrides default to the stage's settings)."""
+        yield from self.generator.stream(self.messages(query, cases),
+                                         max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                                         temperature=self.temperature if temperature is None else temperature,
+                                         cancel=cancel)
+
+    def run(self, query: Query, cases: Sequence[CaseCandidate], cancel: threading.Event | None = None, *,
+            max_new_tokens: int | None = None, temperature: float | None = None) -> Generated:
+        """The whole answer at once (:meth:`stream`, collected), with its timing."""
+        t0 = time.perf_counter()
+        first_ms: float | None = None
+        chunks: list[str] = []
+        for chunk in self.stream(query, cases, cancel, max_new_tokens=max_new_tokens, temperature=temperature):
+            if first_ms is None:
+                first_ms = (time.perf_counter() - t0) * 1000
+            chunks.append(chunk)
+        return Generated(text="".join(chunks), first_token_ms=first_ms, ms=(time.perf_counter() - t0) * 1000)
 
 
 def citations(text: str, cases: Sequence[CaseCandidate]) -> list[str]:

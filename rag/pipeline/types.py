@@ -84,6 +84,46 @@ class CaseCandidate(BaseModel):
         return self.rerank_score if self.rerank_score is not None else self.retrieval_score
 
 
+class Retrieved(BaseModel):
+    """What :meth:`Retrieve.run` found: the top-k cases in retrieval order, each with its retrieval score."""
+
+    candidates: list[CaseCandidate]
+
+
+class Reranked(BaseModel):
+    """What :meth:`Rerank.run` did: every (query, case) pair it scored and the top-n it kept."""
+
+    #: The cases the reranker scored (the adaptive depth of the candidates), best rerank score first.
+    scored: list[CaseCandidate]
+    #: The top-n: the scored cases, then the unscored rest in retrieval order.
+    kept: list[CaseCandidate]
+    depth: int
+
+
+class Retrieval(BaseModel):
+    """One query's retrieval, in full: what was retrieved, what the reranker scored, what was kept.
+
+    Evaluation reads the whole lists from here (the answer only sees ``kept``).
+    """
+
+    retrieved: list[CaseCandidate]
+    #: The reranker's scored cases, best first; None when reranking was off for this query.
+    scored: list[CaseCandidate] | None = None
+    kept: list[CaseCandidate]
+
+    @property
+    def reranked(self) -> bool:
+        return self.scored is not None
+
+
+class Generated(BaseModel):
+    """What :meth:`Generate.run` wrote (the pipeline streams the same text through :meth:`Generate.stream`)."""
+
+    text: str
+    first_token_ms: float | None = None
+    ms: float
+
+
 class StageTiming(BaseModel):
     stage: str
     ms: float
@@ -135,3 +175,5 @@ class Event(BaseModel):
     cases: list[CaseCandidate] = Field(default_factory=list)
     abstained: bool = False
     answer: Answer | None = None
+    #: On ``sources``: the query's full retrieval (retrieved, scored, kept), for callers that evaluate it.
+    retrieval: Retrieval | None = None

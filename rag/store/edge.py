@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from rag.config import StoreConfig
 from rag.fileio import write_atomic
 from rag.store.base import (
     stored_points,
@@ -99,34 +100,30 @@ class EdgeStore(VectorStore):
         root: str | os.PathLike[str],
         meta: StoreMeta | None = None,
         *,
-        hnsw_ef: int | None = None,
-        oversampling: float = 2.0,
-        acorn: bool = False,
-        hnsw_m: int = 16,
-        hnsw_ef_construct: int = 100,
-        full_scan_threshold_kb: int = 2_000,
-        indexing_threshold_kb: int | None = None,
+        config: StoreConfig | None = None,
         default_segment_number: int | None = None,
         max_search_threads: int | None = None,
     ) -> EdgeStore:
         """Open the active version under ``root``, or create the first one from ``meta``.
 
-        ``full_scan_threshold_kb`` (vectors' KB, 2000 = 500 vectors of 1024-d): filters matching fewer points are
+        ``config`` gives the search and index options (its ``data_dir`` is not used: ``root`` is the place);
+        ``config.store_full_scan_threshold_kb`` (vectors' KB, 2000 = 500 vectors of 1024-d): filters matching fewer points are
         brute-forced via the payload index; larger payload-value blocks get extra HNSW links, which is what keeps
         filtered recall high (Qdrant's default 10000 lost ~7 % recall@10 on a 25 % filter in the benchmark).
         With ``meta`` given, an existing store must match its embedder_id/dim/schema (else
         :class:`StoreMismatchError`); without it the stored meta is trusted (tools that only read).
         """
         root = Path(root)
+        cfg = config or StoreConfig()
         opts = dict(
-            hnsw_ef=hnsw_ef,
-            oversampling=oversampling,
-            acorn=acorn,
+            hnsw_ef=cfg.store_hnsw_ef,
+            oversampling=cfg.store_oversampling,
+            acorn=cfg.store_acorn,
             engine_opts=dict(
-                hnsw_m=hnsw_m,
-                hnsw_ef_construct=hnsw_ef_construct,
-                full_scan_threshold_kb=full_scan_threshold_kb,
-                indexing_threshold_kb=indexing_threshold_kb,
+                hnsw_m=cfg.store_hnsw_m,
+                hnsw_ef_construct=cfg.store_hnsw_ef_construct,
+                full_scan_threshold_kb=cfg.store_full_scan_threshold_kb,
+                indexing_threshold_kb=cfg.store_indexing_threshold_kb,
                 default_segment_number=default_segment_number,
                 max_search_threads=max_search_threads,
             ),

@@ -25,6 +25,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.local.qdrant_local import QdrantLocal
 
+from rag.config import StoreConfig
 from rag.store.base import (
     stored_points,
     FILTER_KEYS,
@@ -107,24 +108,16 @@ class ServerStore(VectorStore):
         location: str | None = None,
         path: str | None = None,
         client: QdrantClient | None = None,
-        collection: str = "ragvqa",
+        collection: str | None = None,
         meta: StoreMeta | None = None,
-        shard_number: int = 1,
-        replication_factor: int = 1,
-        write_consistency_factor: int = 1,
-        on_disk_payload: bool = True,
-        hnsw_m: int = 16,
-        hnsw_ef_construct: int = 100,
-        full_scan_threshold_kb: int = 2_000,
-        hnsw_ef: int | None = None,
-        oversampling: float = 2.0,
-        acorn: bool = False,
-        indexing_threshold_kb: int | None = None,
-        timeout: int | None = None,
+        config: StoreConfig | None = None,
     ) -> ServerStore:
         """Connect (``url``/``api_key``, or ``location=":memory:"``/``path=`` local mode, or a given ``client``)
-        and open the store behind alias ``collection``, creating version 1 from ``meta`` if there is none.
+        and open the store behind alias ``collection`` (default: ``config.qdrant_collection``), creating version 1
+        from ``meta`` if there is none; ``config`` gives the layout, index and search options and the timeout.
         """
+        cfg = config or StoreConfig()
+        collection = cfg.qdrant_collection if collection is None else collection
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", collection):
             raise ValueError(f"collection name must be 1-200 characters of [A-Za-z0-9_-], got {collection!r}")
         owns = client is None
@@ -132,17 +125,18 @@ class ServerStore(VectorStore):
             if sum(x is not None for x in (url, location, path)) != 1:
                 raise ValueError("give exactly one of url=, location= or path= (or an existing client=)")
             with _engine(f"connection to {url or location or path}"):
-                client = QdrantClient(url=url, api_key=api_key, location=location, path=path, timeout=timeout)
-        opts = dict(hnsw_ef=hnsw_ef, oversampling=oversampling, acorn=acorn)
+                client = QdrantClient(url=url, api_key=api_key, location=location, path=path,
+                                      timeout=cfg.qdrant_timeout)
+        opts = dict(hnsw_ef=cfg.store_hnsw_ef, oversampling=cfg.store_oversampling, acorn=cfg.store_acorn)
         create_opts = dict(
-            shard_number=shard_number,
-            replication_factor=replication_factor,
-            write_consistency_factor=write_consistency_factor,
-            on_disk_payload=on_disk_payload,
-            hnsw_m=hnsw_m,
-            hnsw_ef_construct=hnsw_ef_construct,
-            full_scan_threshold_kb=full_scan_threshold_kb,
-            indexing_threshold_kb=indexing_threshold_kb,
+            shard_number=cfg.qdrant_shard_number,
+            replication_factor=cfg.qdrant_replication_factor,
+            write_consistency_factor=cfg.qdrant_write_consistency_factor,
+            on_disk_payload=cfg.qdrant_on_disk_payload,
+            hnsw_m=cfg.store_hnsw_m,
+            hnsw_ef_construct=cfg.store_hnsw_ef_construct,
+            full_scan_threshold_kb=cfg.store_full_scan_threshold_kb,
+            indexing_threshold_kb=cfg.store_indexing_threshold_kb,
         )
         try:
             target = cls._alias_target(client, collection)
