@@ -7,13 +7,14 @@ time: tables are filled by authorised calls only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import gradio as gr
 
@@ -49,30 +50,29 @@ def shown_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         logger.error("admin request failed (ref %s)", ref, exc_info=e)
         return gr.Error(server_error_text(ref))
 
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except UserInputError as e:
-                raise gr.Error(plain(user_error_text(e), 600)) from None
-            except Exception as e:
-                raise _server_error(e) from None
-
-        return gen_wrapper
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    @contextlib.contextmanager
+    def shown() -> Iterator[None]:
         try:
-            return fn(*args, **kwargs)
+            yield
         except gr.Error:
             raise
         except UserInputError as e:
             raise gr.Error(plain(user_error_text(e), 600)) from None
         except Exception as e:
             raise _server_error(e) from None
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with shown():
+                yield from fn(*args, **kwargs)
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with shown():
+            return fn(*args, **kwargs)
 
     return wrapper
 
