@@ -5,10 +5,12 @@ Screenshots go to ``artifacts/screenshots/`` (gitignored) for a human look.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -274,12 +276,11 @@ def _generation_threads() -> list:
     return [t for t in threading.enumerate() if t.name == "generator-stream" and t.is_alive()]
 
 
-def test_stop_ends_generation_within_a_step_and_frees_the_slot(browser, long_app: Served) -> None:
-    """Stop while the model writes: generation ends after the decoding step in progress and the next question is
-    answered. The model writes no end-of-sequence and no whitespace (so the chat handler receives no text at all:
-    the text streamer releases text only at word boundaries, as with a long part number or URL) and each step takes
-    STEP_S: only a cancel that reaches the model itself can stop it; closing the handler's generator cannot."""
-    gen = long_app.services.pipeline.generate_stage.generator
+@contextlib.contextmanager
+def endless_silent_model(app: Served) -> Iterator[list[int]]:
+    """The served generator writes no end-of-sequence and no whitespace (the text streamer then releases no text,
+    as with a long part number) and each forward takes STEP_S; yields the forward count. Restored on exit."""
+    gen = app.services.pipeline.generate_stage.generator
     tok, cfg = gen.tokenizer, gen.model.generation_config
     no_text = [i for i in range(len(tok)) if any(ch.isspace() or ord(ch) >= 0x2E80 for ch in tok.decode([i]))]
     cfg.min_new_tokens, cfg.suppress_tokens = 20_000, no_text  # = max_new_tokens: no end-of-sequence
@@ -290,10 +291,22 @@ def test_stop_ends_generation_within_a_step_and_frees_the_slot(browser, long_app
         time.sleep(STEP_S)
 
     handle = gen.model.register_forward_pre_hook(slow)
+    try:
+        yield steps
+    finally:
+        handle.remove()
+        cfg.min_new_tokens, cfg.suppress_tokens = None, None
+
+
+def test_stop_ends_generation_within_a_step_and_frees_the_slot(browser, long_app: Served) -> None:
+    """Stop while the model writes: generation ends after the decoding step in progress and the next question is
+    answered. The model writes no end-of-sequence and no whitespace (so the chat handler receives no text at all:
+    the text streamer releases text only at word boundaries, as with a long part number or URL) and each step takes
+    STEP_S: only a cancel that reaches the model itself can stop it; closing the handler's generator cannot."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = ctx.new_page()
     page.set_default_timeout(TIMEOUT_MS)
-    try:
+    with endless_silent_model(long_app) as steps:
         page.goto(long_app.url, wait_until="domcontentloaded")
         page.wait_for_selector("#chat-input textarea")
         ask(page, "What is wrong with the fuser?")
@@ -311,9 +324,6 @@ def test_stop_ends_generation_within_a_step_and_frees_the_slot(browser, long_app
             time.sleep(0.05)
         assert steps[0] - at <= 2, f"{steps[0] - at} decoding steps ran after Stop (one is in flight when it arrives)"
         shot(page, "chat_stopped")
-    finally:
-        handle.remove()
-        cfg.min_new_tokens, cfg.suppress_tokens = None, None
     # the one model slot is free: the next question is answered (short answers again)
     stage = long_app.services.pipeline.generate_stage
     stage.max_new_tokens = 8
@@ -329,19 +339,8 @@ def test_stop_ends_generation_within_a_step_and_frees_the_slot(browser, long_app
 
 def test_closing_the_page_ends_its_generation(browser, long_app: Served) -> None:
     """A page closed while its answer is being written: the model stops, it does not write on for nobody."""
-    gen = long_app.services.pipeline.generate_stage.generator
-    tok, cfg = gen.tokenizer, gen.model.generation_config
-    no_text = [i for i in range(len(tok)) if any(ch.isspace() or ord(ch) >= 0x2E80 for ch in tok.decode([i]))]
-    cfg.min_new_tokens, cfg.suppress_tokens = 20_000, no_text  # = max_new_tokens: no end-of-sequence
-    steps = [0]
-
-    def slow(module, args) -> None:
-        steps[0] += 1
-        time.sleep(STEP_S)
-
-    handle = gen.model.register_forward_pre_hook(slow)
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-    try:
+    with endless_silent_model(long_app) as steps:
         page = ctx.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(long_app.url, wait_until="domcontentloaded")
@@ -357,6 +356,3 @@ def test_closing_the_page_ends_its_generation(browser, long_app: Served) -> None
         while _generation_threads():
             assert time.time() < deadline, f"generation still running {steps[0] - at} steps after the page closed"
             time.sleep(0.05)
-    finally:
-        handle.remove()
-        cfg.min_new_tokens, cfg.suppress_tokens = None, None
