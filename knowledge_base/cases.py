@@ -170,9 +170,6 @@ class Cases:
             log.info("importing %d record(s) from %s (%s)", len(bundle.records), path, bundle.kind)
             return self.import_records(bundle.records, source=str(path), progress=progress, on_item=on_item)
 
-    #: Alias for callers that think in "cases".
-    import_cases = import_path
-
     # -- reading ------------------------------------------------------------------------------------------------
     def get(self, case_id: str) -> Case | None:
         """The stored case, or None."""
