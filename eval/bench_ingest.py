@@ -124,8 +124,8 @@ def run_ingest_bench(model_dir: str | Path, *, n_cases: int = 32, images_per_cas
     import embedded or wrote fewer items than the raw arm embedded."""
     import torch
 
-    from knowledge_base.kb import KnowledgeBase
     from knowledge_base.ingest import IngestOptions
+    from knowledge_base.kb import KnowledgeBase
     from rag.config import Settings
     from rag.models.embedder import Embedder
 

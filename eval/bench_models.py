@@ -18,6 +18,7 @@ import logging
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -161,8 +162,8 @@ def run_models_bench(model_dir: str | Path, *, dtype: str = "float32", device: s
     items = mixed_items()
     emb.embed(items[:4])  # warm-up (allocator, kernels)
     base_emb.embed(items[:4], batch_size=4)
-    t_base, v_base, split_base = _best_of(lambda: base_emb.embed(items, batch_size=len(items)), repeats, base_emb.model)
-    t_ours, v_ours, split_ours = _best_of(lambda: emb.embed(items, batch_size=embed_batch_size), repeats, emb.model)
+    t_base, v_base, split_base = _best_of(partial(base_emb.embed, items, batch_size=len(items)), repeats, base_emb.model)
+    t_ours, v_ours, split_ours = _best_of(partial(emb.embed, items, batch_size=embed_batch_size), repeats, emb.model)
     n_params = sum(p.numel() for p in emb.model.parameters())
     emb_dtype, emb_device = emb.dtype, emb.device
     del emb, base_emb
@@ -173,8 +174,8 @@ def run_models_bench(model_dir: str | Path, *, dtype: str = "float32", device: s
     query, docs = rerank_workload(n_docs=n_docs)
     rr.score(query, docs[:2])
     base_rr.score(query, docs[:1])
-    r_base_t, s_base, _ = _best_of(lambda: base_rr.score(query, docs), repeats)
-    r_ours_t, s_ours, _ = _best_of(lambda: rr.score(query, docs, batch_size=rerank_batch_size), repeats)
+    r_base_t, s_base, _ = _best_of(partial(base_rr.score, query, docs), repeats)
+    r_ours_t, s_ours, _ = _best_of(partial(rr.score, query, docs, batch_size=rerank_batch_size), repeats)
     del rr, base_rr
     _release_memory()
     return {

@@ -258,8 +258,8 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
 def bench_size(n_cases: int, *, dim: int, n_queries: int, n_tokens: int, generator: Generator, work_dir: Path,
                seed: int = 0) -> dict[str, Any]:
     from rag.config import Settings
-    from rag.pipeline import Query, RagPipeline, Turn
     from rag.models.query_image import load_query_image
+    from rag.pipeline import Query, RagPipeline, Turn
     from rag.pipeline.render import StreamRenderer
 
     root = work_dir / f"pipeline-{n_cases}-{dim}"

@@ -197,7 +197,7 @@ def _vision_tokens(model: Any, item: dict[str, Any]) -> int | None:
         enc = model.encode_item(item, None, 0)
         grid = enc.image_grid_thw
         return int(grid.prod(dim=1).sum()) // 4 if grid is not None else 0
-    except Exception:  # the count is informative only
+    except Exception:  # noqa: BLE001 - the count is informative only
         return None
 
 
@@ -457,7 +457,7 @@ def rerank_depth_study(run_dir: str | os.PathLike[str], margins: list[float], mi
         rows.append({"margin": m, "rerank_share": share, **evaluate(qrels, run, metrics)})
     try:
         significance = compare_runs(qrels, runs, metrics=list(metrics))
-    except Exception as e:  # the table is the result; significance is a bonus
+    except Exception as e:  # noqa: BLE001 - the table is the result; significance is a bonus
         significance = {"error": repr(e)}
     return {"run_dir": str(folder), "queries": len(records), "judged_queries": len(qrels.keys()),
             "min_depth": min_depth, "models": cfg.get("models"), "rows": rows, "significance": significance}

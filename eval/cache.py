@@ -49,7 +49,7 @@ def model_fingerprint(embedder: Any) -> str:
                 for p in params[:2] + params[-2:]:
                     h.update(p.detach().flatten()[:4096].float().cpu().numpy().tobytes())
             h.update(f"{params[0].dtype}|{params[0].device.type}".encode())
-        except Exception as e:  # not a torch model: name + config must do
+        except Exception as e:  # noqa: BLE001 - not a torch model: name + config must do
             logger.debug("no weight fingerprint for %s: %s", type(model).__name__, e)
     budget = getattr(embedder, "budget", None)
     if budget is not None and hasattr(budget, "model_dump_json"):

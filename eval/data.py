@@ -309,7 +309,7 @@ def load_vidore(root: str | Path, images_dir: str | Path, split: str = "test", l
             raise EvalDataError(f"ViDoRe {name} of {root} lacks columns {missing} (has {list(df.columns)})")
     images_dir.mkdir(parents=True, exist_ok=True)
     corpus = []
-    for cid, cell in zip(corpus_df["corpus-id"], corpus_df[image_col]):
+    for cid, cell in zip(corpus_df["corpus-id"], corpus_df[image_col], strict=False):
         cid = str(cid)
         existing = sorted(images_dir.glob(f"{cid}.*"))
         if existing:
@@ -324,9 +324,9 @@ def load_vidore(root: str | Path, images_dir: str | Path, split: str = "test", l
         corpus.append(CorpusDoc(cid, image=path))
     if language is not None and "language" in queries_df.columns:
         queries_df = queries_df[queries_df["language"] == language]
-    queries = {str(qid): {"text": str(text)} for qid, text in zip(queries_df["query-id"], queries_df["query"])}
+    queries = {str(qid): {"text": str(text)} for qid, text in zip(queries_df["query-id"], queries_df["query"], strict=False)}
     qrels: dict[str, dict[str, int]] = {}
-    for qid, did, score in zip(qrels_df["query-id"], qrels_df["corpus-id"], qrels_df["score"]):
+    for qid, did, score in zip(qrels_df["query-id"], qrels_df["corpus-id"], qrels_df["score"], strict=False):
         if float(score) > 0:
             qrels.setdefault(str(qid), {})[str(did)] = int(round(float(score)))
     items = _make_items(queries, qrels, root, str(root))

@@ -122,7 +122,7 @@ def write(res: dict[str, Any], out: Path) -> None:
     os.replace(tmp, out / "gpu-run.json")
     try:
         (out / "gpu-run.md").write_text(render_markdown(res), encoding="utf-8")
-    except Exception as e:  # the JSON is the record; a rendering bug must not lose it
+    except Exception as e:  # noqa: BLE001 - the JSON is the record; a rendering bug must not lose it
         (out / "gpu-run.md").write_text(f"markdown rendering failed: {e!r}\n", encoding="utf-8")
 
 
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         try:
             value = fn()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - one failed step must not lose the others' results
             logger.error("step %s failed: %s", name, e)
             res["errors"].append({"step": name, "error": repr(e), "traceback": traceback.format_exc()})
             value = {"error": repr(e)}

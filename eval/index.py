@@ -58,7 +58,7 @@ def index_corpus(store: VectorStore, embedder: EmbeddingModel, corpus: Sequence[
                 slots.append((d, "image"))
         vecs = embedder.embed(items, dim=store.dim, batch_size=batch_size)
         points = []
-        for (d, what), vec in zip(slots, vecs):
+        for (d, what), vec in zip(slots, vecs, strict=False):
             text = _doc_text(d)
             media_root_rel = d.image.resolve().relative_to(media_root).as_posix() if d.image is not None else None
             case = {"id": d.id, "title": d.title, "media": ([{"id": IMAGE_MEDIA_ID, "kind": "image", "path": media_root_rel,

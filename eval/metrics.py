@@ -147,9 +147,9 @@ def abstention_at(scores: Sequence[float | None], expect: Sequence[bool], thresh
     if len(scores) != len(expect):
         raise ValueError("scores and labels differ in length")
     pred = [_score(s) < threshold for s in scores]
-    tp = sum(p and e for p, e in zip(pred, expect))
-    fp = sum(p and not e for p, e in zip(pred, expect))
-    fn = sum((not p) and e for p, e in zip(pred, expect))
+    tp = sum(p and e for p, e in zip(pred, expect, strict=False))
+    fp = sum(p and not e for p, e in zip(pred, expect, strict=False))
+    fn = sum((not p) and e for p, e in zip(pred, expect, strict=False))
     tn = len(pred) - tp - fp - fn
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
@@ -166,7 +166,7 @@ def candidate_thresholds(scores: Sequence[float | None]) -> list[float]:
     vals = sorted({_score(s) for s in scores if math.isfinite(_score(s))})
     if not vals:
         return [0.0]
-    mids = [(a + b) / 2 for a, b in zip(vals, vals[1:])]
+    mids = [(a + b) / 2 for a, b in zip(vals, vals[1:], strict=False)]
     return [vals[0], *mids, float(np.nextafter(vals[-1], math.inf))]
 
 

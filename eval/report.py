@@ -93,7 +93,7 @@ def plot_latency(latency: Mapping[str, Mapping[str, float]], path: Path) -> Path
 def plot_abstention(abst: Mapping[str, Any], path: Path) -> Path:
     kinds = [k for k in ("rerank", "retrieval") if k in abst]
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), dpi=110, squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    for ax, kind in zip(axes[0], kinds, strict=False):
         curve = abst[kind]["curve"]
         ts = [p["threshold"] for p in curve]
         for key in ("precision", "recall", "f1"):

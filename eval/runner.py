@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, Field
 
+from eval import metrics as M
 from eval.cache import CachedEmbedder, EmbeddingCache
 from eval.data import EvalItem, EvalSet, load_eval_set, load_jsonl
-from eval import metrics as M
 from rag.config import Settings
 from rag.errors import RagvqaError
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
@@ -338,7 +338,7 @@ class EvalRunner:
                 trace = Trace()
                 retrieval = p.retrieval(q, trace)
                 decision = p.abstain_stage.run(retrieval.kept, retrieval.reranked, trace)
-        except Exception as e:  # one bad query must not sink a long run; it is reported and scored as a miss
+        except Exception as e:  # noqa: BLE001 - one bad query must not sink a long run; it is reported and scored as a miss
             logger.warning("query %s failed: %s: %s", item.id, type(e).__name__, e)
             rec.update(error=f"{type(e).__name__}: {e}", retrieval=[], rerank=None, decision=None, latency_ms={},
                        best_retrieval=None, best_rerank=None)

@@ -340,7 +340,7 @@ def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False
     for raw in header:
         key = re.sub(r"[\s-]+", "_", raw.strip().lower())
         columns.append(CSV_ALIASES.get(key, key))
-    unknown = [h for h, c in zip(header, columns) if c not in CSV_FIELDS]
+    unknown = [h for h, c in zip(header, columns, strict=False) if c not in CSV_FIELDS]
     if unknown:
         raise IngestInputError(
             f"{label}: unknown column(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(CSV_FIELDS))}"
@@ -362,7 +362,7 @@ def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False
             out.append(SourceCase(where=where, error=f"has {len(row)} cells but the header has {len(columns)}"))
             continue
         data: dict[str, Any] = {}
-        for col, cell in zip(columns, row):
+        for col, cell in zip(columns, row, strict=False):
             cell = cell.strip()
             if not cell:
                 continue
@@ -372,7 +372,7 @@ def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False
         if captions and len(captions) != len(media):
             out.append(SourceCase(where=where, error=f"{len(captions)} captions for {len(media)} media files"))
             continue
-        data["media"] = [{"path": m, "caption": c} for m, c in zip(media, captions or [""] * len(media))]
+        data["media"] = [{"path": m, "caption": c} for m, c in zip(media, captions or [""] * len(media), strict=False)]
         if "links" in data:
             data["links"] = [{"case_id": cid, "relation": "related"} for cid in data["links"]]
         out.append(_record(where, data, base, confine))

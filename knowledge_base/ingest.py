@@ -485,7 +485,7 @@ class _Run:
             try:
                 stage_all()
                 f.set_result(None)
-            except BaseException as e:  # pragma: no cover - surfaced by f.result()
+            except BaseException as e:  # noqa: BLE001 - pragma: no cover - surfaced by f.result()
                 f.set_exception(e)
             return f
         return pool.submit(stage_all)
@@ -647,7 +647,7 @@ class _Run:
 
     @staticmethod
     def _assign(jobs: list[tuple[_Work, str | None, dict[str, Any]]], vecs: np.ndarray) -> None:
-        for (w, mid, _), v in zip(jobs, vecs):
+        for (w, mid, _), v in zip(jobs, vecs, strict=False):
             if mid is None:
                 w.text_vector = v
             else:

@@ -299,7 +299,7 @@ class Maintenance:
             jobs.append((point_id(case.id), {"text": case.embedding_text()}))
         if jobs:
             vecs = self.s.embed([j[1] for j in jobs])
-            vectors.update({pid: v for (pid, _), v in zip(jobs, vecs)})
+            vectors.update({pid: v for (pid, _), v in zip(jobs, vecs, strict=False)})
         content_hash = (tp.payload.get("content_hash") if tp is not None else None) or ""
         if not content_hash:
             content_hash = case_content_hash(case)
@@ -352,7 +352,7 @@ class Maintenance:
                     vecs = self.s.embed([j[2] for j in jobs], embedder=new_embedder, dim=new_dim)
                     media_points, text_points = [], []
                     hashes = {c.id: h for c, h in chunk}
-                    for (case, m, _), v in zip(jobs, vecs):
+                    for (case, m, _), v in zip(jobs, vecs, strict=False):
                         if m is None:
                             text_points.append(VectorPoint(id=point_id(case.id), vector=v,
                                                            payload=text_payload(case, hashes[case.id], eid)))

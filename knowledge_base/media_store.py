@@ -345,7 +345,7 @@ class MediaStore:
         except Image.DecompressionBombError as e:
             raise MediaError(name, f"has too many pixels ({e}); the limit is {self.max_image_pixels / 1e6:.0f} MP",
                              "too_many_pixels") from None
-        except Exception as e:  # truncated/corrupt files raise assorted errors from the decoders
+        except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise assorted errors from the decoders
             raise MediaError(name, f"is a damaged image ({type(e).__name__}: {e})", "bad_image") from None
         ext, mime = _IMAGE_FORMATS[fmt]
         return _Probe("image", ext, mime, width=w, height=h, frames=frames)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401 - CI: skips fail
 
 pytest_plugins = ["pytester"]  # tests/test_skip_policy.py runs the skip policy on a scratch suite

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from knowledge_base.kb import KnowledgeBase
 from knowledge_base.ingest import IngestOptions
+from knowledge_base.kb import KnowledgeBase
 from rag.config import Settings
 from rag.store import open_store
 

@@ -161,7 +161,7 @@ def model_inputs(processor: Any, conversations: list[list[dict]], padding_side: 
     )
     video_metadata = None
     if videos is not None:
-        videos, video_metadata = (list(x) for x in zip(*videos))
+        videos, video_metadata = (list(x) for x in zip(*videos, strict=False))
     tok = processor.tokenizer
     saved, tok.padding_side = tok.padding_side, padding_side
     try:

@@ -22,14 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from conftest import write_video
+from kb_support import OPTIONS, case_dict, open_kb, scene, write_jsonl
 from PIL import Image
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from conftest import write_video
-from kb_support import OPTIONS, case_dict, open_kb, scene, write_jsonl
-from knowledge_base.kb import CaseRejectedError, KnowledgeBase
 from knowledge_base.archive import BACKUP_FORMAT
+from knowledge_base.kb import CaseRejectedError, KnowledgeBase
 from knowledge_base.media_store import MediaError
 from knowledge_base.pdf import images_to_pdf
 from rag.config import VisionBudget

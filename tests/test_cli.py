@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import case_picture
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

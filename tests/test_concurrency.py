@@ -21,17 +21,15 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import httpx
 import pytest
-from PIL import Image
-
 from conftest import case_picture
-from ui_helpers import ADMIN, Served, fn_index_for, serve_app, stop_app
-
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.utils import QueueError, Status  # noqa: E402
+from PIL import Image
+from ui_helpers import ADMIN, Served, fn_index_for, serve_app, stop_app
 
 pytestmark = pytest.mark.slow
 
@@ -220,7 +218,7 @@ def test_sessions_wait_in_queue_are_refused_when_full_then_all_get_their_own_ans
     stop.set()
     sampler.join()
     assert seen["max_running"] == CONCURRENCY, seen
-    for i, (first, out) in enumerate(zip(results, results2)):
+    for i, (first, out) in enumerate(zip(results, results2, strict=False)):
         history, _msg, gallery, _detail, _banner, timings, _crop, _fb = out
         assert "reuses the media of the earlier message" in timings and "follow-up: 1 earlier turn" in timings
         carried = [c for c in footer_ids(text_of(first[0][-1])) if c not in refs2[i]][:3]

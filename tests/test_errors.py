@@ -11,8 +11,8 @@ from rag.errors import RagvqaError, UserInputError, is_user_error
 def _user_classes() -> list[tuple[type[BaseException], type[BaseException]]]:
     from eval.compare import CompareError
     from eval.data import EvalDataError
-    from knowledge_base.kb import CaseNotFoundError, CaseRejectedError
     from knowledge_base.archive import IngestInputError
+    from knowledge_base.kb import CaseNotFoundError, CaseRejectedError
     from knowledge_base.media_store import MediaError
     from knowledge_base.pdf import PdfError
     from rag.models.embedder import EmbeddingError

@@ -392,7 +392,7 @@ def test_judge_metric_value_from_scripted_replies(tmp_path: Path) -> None:
     assert grades == {"q1": 4, "q2": 5, "q3": None, "q4": 2, "q5": None, "q6": None, "q7": None}
     asked = [m[1]["content"] for m, _ in judge.calls]
     assert len(asked) == 4 and not judge.replies
-    for n, prompt in zip((1, 2, 4, 7), asked):
+    for n, prompt in zip((1, 2, 4, 7), asked, strict=False):
         assert f"QUESTION:\nquestion {n}\n" in prompt and f"REFERENCE:\nreference {n}\n" in prompt
         assert f"ANSWER:\nanswer {n}\n" in prompt
     assert all(kw == {"max_new_tokens": 4, "temperature": 0.0} for _, kw in judge.calls)  # greedy: a reproducible grade

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kb_support import OPTIONS, case_dict, jpeg_bytes, kb_state, make_source, open_kb, scene, variant
 from typer.testing import CliRunner
 
-from kb_support import OPTIONS, case_dict, jpeg_bytes, kb_state, make_source, open_kb, scene, variant
 from knowledge_base.kb import CaseNotFoundError, CaseRejectedError, KnowledgeBase
 from knowledge_base.schema import CaseInput
 from rag.config import Settings

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from kb_support import OPTIONS, assert_same_state, kb_state, make_source, open_kb
 
 pytestmark = pytest.mark.slow

@@ -11,10 +11,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from kb_support import NEAR_DUP, OPTIONS, case_dict, jpeg_bytes, make_source, open_kb, scene, variant, write_jsonl
-from knowledge_base.kb import KnowledgeBase
+
 from knowledge_base.archive import IngestInputError
+from knowledge_base.kb import KnowledgeBase
 from knowledge_base.pdf import images_to_pdf
 from rag.store import point_id
 from rag.validation import InputRejected

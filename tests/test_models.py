@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import noise_image
 from reference_qwen3vl import ReferenceEmbedder, ReferenceReranker
+
 from rag.config import VisionBudget
 from rag.models.embedder import Embedder, EmbeddingError, normalise_instruction
 from rag.models.reranker import Reranker, RerankError
@@ -357,7 +357,7 @@ def test_reranker_equals_reference(reranker: Reranker, ref_reranker: ReferenceRe
     queries, docs = _rerank_cases(media_dir)
     query = queries[query_kind]
     _, encoded = reranker.encode_pairs(query, docs)
-    for enc, doc in zip(encoded, docs):
+    for enc, doc in zip(encoded, docs, strict=False):
         assert enc.input_ids.tolist() == ref_reranker.inputs(query, doc)["input_ids"][0].tolist()
     ref = np.array(ref_reranker.score(query, docs))
     assert ((ref > 0) & (ref < 1)).all() and np.ptp(ref) > 1e-4, "scores must depend on the document"

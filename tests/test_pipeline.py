@@ -6,9 +6,9 @@ import io
 from pathlib import Path
 
 import pytest
+from conftest import populate_store
 from PIL import Image
 
-from conftest import populate_store
 from rag.config import Settings
 from rag.pipeline import Query, QueryError, RagPipeline, Turn
 from rag.pipeline.langchain import CaseRetriever, as_runnable
@@ -99,7 +99,7 @@ def test_retrieval_holds_retrieved_scored_and_kept_with_per_call_overrides(kb, e
     assert r.reranked and r.scored is not None and {c.case_id for c in r.scored} == set(ref)
     assert [c.rerank_score for c in r.scored] == pytest.approx([ref[c.case_id] for c in r.scored], abs=1e-4)
     ids = [c.case_id for c in r.scored]  # best first by the reference scores (ties within the tolerance either way)
-    assert all(ref[a] >= ref[b] - 1e-4 for a, b in zip(ids, ids[1:]))
+    assert all(ref[a] >= ref[b] - 1e-4 for a, b in zip(ids, ids[1:], strict=False))
     assert [c.case_id for c in r.kept] == [c.case_id for c in r.scored[:2]]
 
     off = p.retrieval(q, rerank=False, top_n=1)  # reranking off for this call: no scores, retrieval order kept
@@ -247,8 +247,9 @@ def _injected_case(n: int, field: str, payload: str, media_root: Path):
     """A schema-valid stored case whose ``field`` carries ``payload`` followed by a marker; (case, marker)."""
     import hashlib
 
-    from knowledge_base.schema import Case, MediaItem
     from conftest import case_picture
+
+    from knowledge_base.schema import Case, MediaItem
 
     marker = f"Zq{n}x"
     value = f"{payload} {marker}"
@@ -291,7 +292,7 @@ def test_no_case_field_can_close_or_forge_the_reference_block(injection_kb, embe
     docs = [case.document_text() for (case, _), _ in built]
     vectors = embedder.embed([{"text": d} for d in docs])
     store.upsert([VectorPoint(id=point_id(case.id, None), vector=v, payload=text_payload(case, "sha256:0", "tiny"))
-                  for ((case, _), _), v in zip(built, vectors)])
+                  for ((case, _), _), v in zip(built, vectors, strict=False)])
     ids = [case.id for (case, _), _ in built]
     cases = pipeline.retrieve_stage.fetch(ids)
     assert [c.case_id for c in cases] == ids

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import MINI_CASES, populate_store
+
 from rag.store import StoreError, StoreMismatchError, VectorPoint, open_store, point_id
 from rag.store.base import VectorStore
 from rag.store.edge import EdgeStore

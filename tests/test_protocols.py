@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_remote import ModelServer
 
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
-from test_remote import ModelServer
 
 #: protocol -> the methods the callers use
 METHODS: dict[type, tuple[str, ...]] = {
@@ -35,7 +35,7 @@ def check_signature(proto: Callable[..., Any], impl: Callable[..., Any], *, own_
     have = list(inspect.signature(impl).parameters.values())[1:]
     where = f"{impl.__qualname__}{inspect.signature(impl)}"
     assert [p.name for p in have[:len(want)]] == [p.name for p in want], where
-    for w, h in zip(want, have):
+    for w, h in zip(want, have, strict=False):
         assert h.kind == w.kind, f"{where}: {h.name} is {h.kind}, the protocol says {w.kind}"
         if h.name in own_defaults:
             assert h.default is not inspect.Parameter.empty, f"{where}: {h.name} has no default"

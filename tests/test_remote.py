@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import populate_store
 from PIL import Image
 
-from conftest import populate_store
 from rag.config import Settings, VisionBudget
 from rag.models.encoding import Vision, encode, truncate
 from rag.models.remote import (

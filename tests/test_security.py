@@ -20,11 +20,9 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
-from ui_helpers import ADMIN, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
-
 from gradio_client import Client, handle_file  # noqa: E402
+from PIL import Image
+from ui_helpers import ADMIN, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
 
 GRADIO_MAX = 3 * 1024 * 1024  # RAGVQA_UI_MAX_FILE_SIZE=3mb: Gradio refuses larger uploads while receiving them
 VISION_MAX = 1_000_000  # Settings.vision.max_file_bytes: our validation refuses larger files by stat
@@ -50,10 +48,10 @@ XSS_CASES = [
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Iterator[Served]:
+    from conftest import case_picture
+
     from knowledge_base.schema import CaseInput
     from rag.config import VisionBudget
-
-    from conftest import case_picture
 
     root = tmp_path_factory.mktemp("ui-security")
     with pytest.MonkeyPatch.context() as mp:

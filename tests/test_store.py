@@ -502,7 +502,7 @@ def test_default_store_is_int8_and_searches_it_with_rescoring(kind: str, tmp_pat
     try:
         ids = [point_id(f"c{i}") for i in range(len(x))]
         store.upsert([VectorPoint(id=pid, vector=v, payload={"case_id": f"c{i}", "kind": "text"})
-                      for i, (pid, v) in enumerate(zip(ids, x))])
+                      for i, (pid, v) in enumerate(zip(ids, x, strict=False))])
         store.optimize()
         qtype, built = _engine_quantization(store)
         assert qtype == "int8" and built, (qtype, built)

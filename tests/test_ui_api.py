@@ -16,11 +16,9 @@ from typing import Any, Iterator, Sequence
 
 import httpx
 import pytest
-from PIL import Image
-
-from ui_helpers import ADMIN, RecordingGenerator, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
-
 from gradio_client import Client, handle_file  # noqa: E402
+from PIL import Image
+from ui_helpers import ADMIN, RecordingGenerator, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +99,7 @@ def test_image_question_streams_answer_and_sources(app: Served, client: Client, 
                 partials.append(last)
     assert len(partials) >= 3, f"expected several partial answers while streaming, got {len(partials)}"
     body = answer.split("\n\n**Cited cases")[0].split("\n\n**Cases used")[0]
-    for a, b in zip(partials, partials[1:] + [body]):
+    for a, b in zip(partials, partials[1:] + [body], strict=False):
         assert b.startswith(a) and len(b) > len(a), (a, b)
     assert any(isinstance(m["content"], list) and any(x.get("type") == "file" for x in m["content"]) for m in history)
     # every source tile: the case's own stored thumbnail (not the placeholder) and the case's score
@@ -585,13 +583,12 @@ def test_admin_operations_with_login(app: Served, client: Client, tmp_path: Path
 
 def test_query_image_decoded_once_matches_the_official_path(tmp_path: Path) -> None:
     import numpy as np
+    from qwen_vl_utils import fetch_image
+    from reference_qwen3vl import IMAGE_FACTOR, MAX_PIXELS, MIN_PIXELS
 
     from rag.config import VisionBudget
     from rag.models.query_image import QueryImageError, load_query_image
     from rag.models.vision import prepare_image
-
-    from qwen_vl_utils import fetch_image
-    from reference_qwen3vl import IMAGE_FACTOR, MAX_PIXELS, MIN_PIXELS
 
     def official(path: Path) -> Image.Image:  # the official path: qwen-vl-utils reads the file itself
         return fetch_image({"image": str(path), "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS},

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from conftest import case_picture
 from ui_helpers import ADMIN, Served, serve_app, stop_app
 
 pytestmark = pytest.mark.browser
 
 from playwright import sync_api  # noqa: E402 - pinned: a missing Playwright fails the run, never skips it
+
 CHROMIUM = os.environ.get("RAGVQA_CHROMIUM", "/usr/bin/chromium")
 if not Path(CHROMIUM).exists():
     pytest.fail(f"no Chromium at {CHROMIUM} (install it: `bash .ci/dev` does; or set RAGVQA_CHROMIUM)", pytrace=False)

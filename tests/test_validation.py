@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rag.validation import InputRejected, Limits, check_file, check_pdf, check_text, check_tree, check_zip, safe_extract, sniff
+from rag.validation import (
+    InputRejected,
+    Limits,
+    check_file,
+    check_pdf,
+    check_text,
+    check_tree,
+    check_zip,
+    safe_extract,
+    sniff,
+)
 
 
 def _png() -> bytes:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import httpx
-
 from conftest import case_picture
 
 ADMIN = ("admin", "correct-horse-battery")

@@ -58,7 +58,7 @@ def shown_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except UserInputError as e:
             raise gr.Error(plain(user_error_text(e), 600)) from None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the UI boundary: anything else is a server error, logged with its traceback
             raise _server_error(e) from None
 
     if inspect.isgeneratorfunction(fn):
@@ -146,9 +146,10 @@ class AdminTab:
                   cause: str, solution: str, error_codes: str, tags: str, severity: str, source: str,
                   files: list[str] | None, progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
         """Add a case, or update it when the id exists (its stored media are kept; attached files are added)."""
+        from pydantic import ValidationError
+
         from knowledge_base.kb import CaseNotFoundError, CaseRejectedError
         from knowledge_base.schema import CaseInput
-        from pydantic import ValidationError
 
         data = {"title": title, "product_line": product_line, "equipment_model": equipment_model or "",
                 "symptom": symptom, "cause": cause or "", "solution": _lines(solution), "error_codes": _csv(error_codes),

@@ -28,8 +28,17 @@ from rag.payload import PICTURE_KINDS
 from rag.pipeline import Answer, CaseCandidate, Query, Turn
 from rag.pipeline.render import StreamRenderer
 from ui.media import QueryMedia, UploadError, editor_image, prepare_uploads, save_image, upload_roots
-from ui.render import (abstain_banner_html, caption, case_detail_html, citations_md, inert_md, plain,
-                       server_error_text, timings_md, user_error_text)
+from ui.render import (
+    abstain_banner_html,
+    caption,
+    case_detail_html,
+    citations_md,
+    inert_md,
+    plain,
+    server_error_text,
+    timings_md,
+    user_error_text,
+)
 from ui.services import Services
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ def perspective_coeffs(dst: list[tuple[float, float]], src: list[tuple[float, fl
     """Coefficients for ``Image.transform(PERSPECTIVE)``: maps output points ``dst`` to input points ``src``."""
     a = []
     b = []
-    for (x, y), (u, v) in zip(dst, src):
+    for (x, y), (u, v) in zip(dst, src, strict=False):
         a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
         a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
         b.extend([u, v])

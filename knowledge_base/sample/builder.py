@@ -309,7 +309,7 @@ def _video_frame(img: Image.Image):
 
     w, h = img.size
     frame = av.VideoFrame(w, h, "yuv420p")
-    for plane, data in zip(frame.planes, _yuv420(img)):
+    for plane, data in zip(frame.planes, _yuv420(img), strict=False):
         buf = np.empty((data.shape[0], plane.line_size), np.uint8)
         buf[:, : data.shape[1]] = data
         buf[:, data.shape[1]:] = data[:, -1:]  # replicate the edge, as x264 pads itself

@@ -72,7 +72,7 @@ def shade(c: RGB, k: float) -> RGB:
 
 
 def mix(a: RGB, b: RGB, t: float) -> RGB:
-    return tuple(int(round(x + (y - x) * t)) for x, y in zip(a, b))  # type: ignore[return-value]
+    return tuple(int(round(x + (y - x) * t)) for x, y in zip(a, b, strict=False))  # type: ignore[return-value]
 
 
 def jitter(c: RGB, rng: random.Random, amount: int = 8) -> RGB:

@@ -96,7 +96,7 @@ def render_printer_lcd(p: Params, rng: random.Random) -> Image.Image:
         led(img, (x, y), 7, LED_COLORS[color], _is_on(leds.get(name, "off")))
         text(d, (x + 14, y), name.capitalize(), 15, fill=(60, 60, 60), anchor="lm")
     if p.get("toner_leds"):
-        for i, (name, color) in enumerate(zip("CMYK", ((0, 170, 230), (230, 0, 140), (250, 220, 0), (30, 30, 30)))):
+        for i, (_name, color) in enumerate(zip("CMYK", ((0, 170, 230), (230, 0, 140), (250, 220, 0), (30, 30, 30)), strict=False)):
             x = lx + 20 + i * 46
             y = ly + lcd.height + 40
             led(img, (x, y), 6, (255, 170, 0), p["toner_leds"][i] == "1")
@@ -207,7 +207,7 @@ def render_jam_diagram(p: Params, rng: random.Random) -> Image.Image:
         "exit": ((ox + 360, oy + 10, ox + 460, oy + 40), "Exit"),
         "laser": ((ox + 150, oy + 140, ox + 300, oy + 190), "Laser unit"),
     }
-    for key, (box, label) in comps.items():
+    for box, label in comps.values():
         d.rectangle(box, outline=(80, 80, 80), width=2, fill=(220, 224, 228))
         text(d, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), label, 14, fill=(50, 50, 50), anchor="mm")
     # paper path: from tray up the right side, through drum and fuser to exit
@@ -352,7 +352,6 @@ def render_hvac_board(p: Params, rng: random.Random) -> Image.Image:
     layout = p.get("layout", "rtu48")
     pcb = (28, 110, 60) if layout == "rtu48" else (25, 60, 120)
     bg = panel((W, H), jitter((150, 152, 150), rng, 6), rng)  # cabinet sheet metal
-    d = ImageDraw.Draw(bg)
     bx, by = 40 + rng.randint(-6, 6), 40 + rng.randint(-6, 6)
     board = texture(gradient((660, 440), shade(pcb, 1.1), shade(pcb, 0.9)), rng, 3)
     bd = ImageDraw.Draw(board)

@@ -154,8 +154,7 @@ def _quantize_if_cpu_fp32(role: str, model: Any) -> None:
 def plan_role_dtypes(settings: Settings, models: Mapping[Role, str] | Mapping[str, str]) -> dict[str, "DtypeChoice"]:
     """The dtype of each local role: the setting when explicit; for ``auto``, :func:`rag.models.loading.plan_dtypes`
     on this machine with the checkpoints' sizes (query-time roles first: embedder, reranker, then generator)."""
-    from rag.models.loading import (DtypeChoice, checkpoint_fp32_bytes, detect_hardware, plan_dtypes,
-                                    resolve_model_path)
+    from rag.models.loading import DtypeChoice, checkpoint_fp32_bytes, detect_hardware, plan_dtypes, resolve_model_path
 
     if settings.dtype != "auto":
         return {r: DtypeChoice(dtype=settings.dtype, reason="set by RAGVQA_DTYPE") for r in models}
@@ -164,6 +163,6 @@ def plan_role_dtypes(settings: Settings, models: Mapping[Role, str] | Mapping[st
         if role in models:
             try:
                 sizes[role] = checkpoint_fp32_bytes(resolve_model_path(models[role], role))
-            except Exception:  # a missing model fails with its own clear message when it is loaded
+            except Exception:  # noqa: BLE001 - a missing model fails with its own clear message when it is loaded
                 sizes[role] = None
     return plan_dtypes(detect_hardware(settings.device), sizes)

@@ -9,13 +9,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from rag.config import VisionBudget
 from rag.errors import UserInputError
 from rag.models.encoding import to_device
 from rag.models.loading import load_model, resolve_device, resolve_model_path
 from rag.models.vision import PreparedVideo, VisionInputError, prepare_image, prepare_video
-from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Generator:
             try:
                 with torch.inference_mode():
                     self.model.generate(**kwargs)
-            except BaseException as e:  # surfaced to the consumer below
+            except BaseException as e:  # noqa: BLE001 - surfaced to the consumer below
                 errors.append(e)
                 streamer.end()
 

@@ -68,7 +68,7 @@ def _torch_flag(name: str) -> bool:
     fn = getattr(torch.cpu, name, None)  # private helpers: absent on some torch versions → treated as "no"
     try:
         return bool(fn()) if callable(fn) else False
-    except Exception:  # pragma: no cover - defensive: a probe must never stop start-up
+    except Exception:  # noqa: BLE001 - pragma: no cover - defensive: a probe must never stop start-up
         return False
 
 
@@ -223,7 +223,7 @@ def resolve_model_path(name_or_path: str | Path, role: str) -> str:
         from huggingface_hub import snapshot_download
 
         return snapshot_download(str(name_or_path), local_files_only=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - not in the local HF cache (or no hub library): fall through to the clear error below
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False") and os.environ.get("RAGVQA_ALLOW_DOWNLOAD") == "1":
         return str(name_or_path)

@@ -23,7 +23,19 @@ import torch
 
 from rag.config import VisionBudget
 from rag.errors import UserInputError
-from rag.models.encoding import Encoded, Item, TokenizedModel, Vision, collate, encode, has_input, item_name, media_content, to_device, truncate
+from rag.models.encoding import (
+    Encoded,
+    Item,
+    TokenizedModel,
+    Vision,
+    collate,
+    encode,
+    has_input,
+    item_name,
+    media_content,
+    to_device,
+    truncate,
+)
 from rag.models.loading import load_model, resolve_device, resolve_model_path
 from rag.models.vision import VisionInputError
 
@@ -147,7 +159,7 @@ class Reranker(TokenizedModel):
             scores = [0.0] * len(encoded)
             for s in range(0, len(order), bs):
                 idx = order[s:s + bs]
-                for i, sc in zip(idx, self.score_encoded([encoded[i] for i in idx])):
+                for i, sc in zip(idx, self.score_encoded([encoded[i] for i in idx]), strict=False):
                     scores[i] = sc
             return scores
         return self._score_shared_prefix(q, encoded, bs)
@@ -262,6 +274,6 @@ class Reranker(TokenizedModel):
                     cat = torch.cat(parts, dim=0).to(dev)
                     inputs[key] = cat.to(self.dtype) if key.startswith("pixel") else cat
             out = model(**inputs, cache=batch_cache, use_cache=True)
-            for i, sc in zip(idx, self._scores(out.last_hidden_state[:, -1])):
+            for i, sc in zip(idx, self._scores(out.last_hidden_state[:, -1]), strict=False):
                 scores[i] = sc
         return scores

@@ -135,7 +135,7 @@ def load_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Im
     try:
         if img.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when there is nothing to turn
             img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not make the picture unusable
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the picture unusable
         logger.debug("ignoring unreadable EXIF in %s", name)
     ratio = max(w, h) / max(1, min(w, h))
     if ratio > qvu.MAX_RATIO:
@@ -208,7 +208,7 @@ def read_video_frames(path: str, fps: float, max_frames: int, budget: VisionBudg
     try:
         reader, total, video_fps = _decode_decord(path)
         backend = "decord"
-    except Exception as e_decord:  # decord cannot read some containers; PyAV reads nearly everything
+    except Exception as e_decord:  # noqa: BLE001 - decord cannot read some containers; PyAV reads nearly everything
         try:
             reader, total, video_fps = _decode_pyav(path)
             backend = "pyav"

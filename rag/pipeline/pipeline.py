@@ -16,8 +16,7 @@ from typing import Iterator
 from rag.config import Settings
 from rag.errors import UserInputError
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
-from rag.pipeline.stages import (RETRIEVAL_INSTRUCTION, Abstain, Generate, Rerank, Retrieve, abstention_text,
-                                 finish)
+from rag.pipeline.stages import RETRIEVAL_INSTRUCTION, Abstain, Generate, Rerank, Retrieve, abstention_text, finish
 from rag.pipeline.types import Answer, CaseCandidate, Event, Query, Retrieval, Trace
 from rag.store.base import VectorStore
 

@@ -157,7 +157,7 @@ class Rerank:
         with _Timer() as t:
             scores = self.reranker.score(query.embed_item(), [self.document(c) for c in todo],
                                          instruction=self.instruction, batch_size=self.batch_size)
-        ranked = sorted((c.model_copy(update={"rerank_score": s}) for c, s in zip(todo, scores)),
+        ranked = sorted((c.model_copy(update={"rerank_score": s}) for c, s in zip(todo, scores, strict=False)),
                         key=lambda c: -(c.rerank_score or 0.0))
         trace.add("rerank", t.ms, scores={c.case_id: round(c.rerank_score or 0.0, 4) for c in ranked},
                   depth=depth, candidates=len(candidates))

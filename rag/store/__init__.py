@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from rag.config import Settings, StoreConfig
-
 from rag.store.base import (
     FILTER_KEYS,
     KINDS,
@@ -29,6 +28,7 @@ from rag.store.base import (
 )
 from rag.store.edge import EdgeStore
 from rag.store.server import ServerStore
+
 
 def open_store(
     *,

@@ -460,7 +460,7 @@ class VectorStore(abc.ABC):
         change does not rewrite a vector (no second pass through the engine's normalisation, less to lose on a
         crash). All payloads are validated before the first write; returns how many."""
         self._check_open()
-        checked = dict(zip(normalize_ids(payloads), (check_payload(p) for p in payloads.values())))
+        checked = dict(zip(normalize_ids(payloads), (check_payload(p) for p in payloads.values()), strict=False))
         for pid, payload in checked.items():
             self._overwrite_payload(pid, payload)
         return len(checked)

@@ -23,13 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import qdrant_edge as qe
 
 from rag.config import StoreConfig
 from rag.fileio import write_atomic
 from rag.store.base import (
-    stored_points,
     FILTER_KEYS,
     VECTOR_NAME,
     Hit,
@@ -38,6 +36,7 @@ from rag.store.base import (
     StoreMeta,
     VectorPoint,
     VectorStore,
+    stored_points,
 )
 
 log = logging.getLogger(__name__)

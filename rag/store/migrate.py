@@ -313,7 +313,7 @@ def iter_snapshot(path: str | os.PathLike[str]) -> Iterator[list[VectorPoint]]:
                     raise SnapshotError(f"snapshot {path}: {c.name} holds {vectors.shape} {vectors.dtype} vectors and "
                                         f"{len(rows)} payloads, the manifest says {c.points}×{m.dim} float32")
                 try:
-                    yield [VectorPoint(id=r["id"], vector=v, payload=r["payload"]) for r, v in zip(rows, vectors)]
+                    yield [VectorPoint(id=r["id"], vector=v, payload=r["payload"]) for r, v in zip(rows, vectors, strict=False)]
                 except (KeyError, TypeError, ValueError) as e:
                     raise SnapshotError(f"snapshot {path}: invalid point in {c.name} ({e})") from e
     except (tarfile.TarError, OSError, EOFError) as e:

@@ -20,14 +20,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.local.qdrant_local import QdrantLocal
 
 from rag.config import StoreConfig
 from rag.store.base import (
-    stored_points,
     FILTER_KEYS,
     VECTOR_NAME,
     Hit,
@@ -36,6 +34,7 @@ from rag.store.base import (
     StoreMeta,
     VectorPoint,
     VectorStore,
+    stored_points,
 )
 
 log = logging.getLogger(__name__)
