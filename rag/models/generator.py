@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -41,6 +42,87 @@ class _Cancel:
 def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cut = min((text.find(s) for s in stop if s and s in text), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+REPLACEMENT = "\ufffd"
+
+
+def whole_chars(text: str, final: bool) -> str:
+    """Decoded text with no broken character: a byte-level tokenizer splits a CJK character (3 UTF-8 bytes) over
+    tokens, and decoding a prefix that ends inside one gives U+FFFD. A trailing run is a character still being
+    written (held back until ``final``); any other U+FFFD stands for bytes that never form a character (dropped)."""
+    if not final:
+        text = text.rstrip(REPLACEMENT)
+    return text.replace(REPLACEMENT, "") if REPLACEMENT in text else text
+
+
+class WholeCharStreamer:
+    """A ``generate(streamer=...)`` target that yields text in whole characters only (see :func:`whole_chars`).
+
+    transformers' ``TextIteratorStreamer`` flushes whatever is decoded at the end, so an answer cut by
+    ``max_new_tokens``, a stop string or Stop in the middle of a CJK character ends in U+FFFD; it also holds
+    Latin text back until a space. Here each new token's text is sent as soon as its characters are complete.
+    """
+
+    def __init__(self, tokenizer: Any, *, skip_prompt: bool = True, timeout: float | None = 600) -> None:
+        self.tokenizer, self.timeout = tokenizer, timeout
+        self._skip = skip_prompt
+        self._ids: list[int] = []
+        self._sent = 0  # characters of the decoded ``_ids`` already queued
+        self._queue: queue.Queue[str | None] = queue.Queue()
+
+    def _decode(self) -> str:
+        return str(self.tokenizer.decode(self._ids, skip_special_tokens=True))
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._skip:  # generate() first sends the prompt
+            self._skip = False
+            return
+        self._ids.extend(int(i) for i in value.reshape(-1).tolist())
+        raw = self._decode()
+        text = whole_chars(raw, final=False)
+        if len(text) > self._sent:
+            self._queue.put(text[self._sent:])
+            self._sent = len(text)
+        if raw.endswith("\n") and text == raw:
+            # a line is complete and no character is pending: start over, so decoding stays short
+            self._ids, self._sent = [], 0
+
+    def end(self) -> None:
+        text = whole_chars(self._decode(), final=True)
+        if len(text) > self._sent:
+            self._queue.put(text[self._sent:])
+        self._ids, self._sent = [], 0
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            chunk = self._queue.get(timeout=self.timeout)
+            if chunk is None:
+                return
+            yield chunk
+
+
+def hold_for_stop(chunks: Iterator[str], stop: Sequence[str]) -> Iterator[tuple[str, bool]]:
+    """``(text, stopped)`` pieces of the stream ``chunks`` cut at the first stop string: text that could still be
+    the start of a stop string is held back until it is known not to be one. Lengths are in characters, so a CJK
+    stop string (``。``, ``答案：``) is held and cut like an ASCII one."""
+    hold = max((len(s) for s in stop), default=1) - 1
+    text, sent = "", 0
+    for chunk in chunks:
+        text += chunk
+        cut, stopped = _cut_at_stop(text, stop)
+        safe = len(cut) if stopped else max(sent, len(text) - hold)
+        if safe > sent:
+            yield (cut[sent:safe] if stopped else text[sent:safe]), stopped
+            sent = safe
+        if stopped:
+            if safe <= sent:
+                yield "", True
+            return
+    final = _cut_at_stop(text, stop)[0]
+    if len(final) > sent:
+        yield final[sent:], False
 
 
 class Generator:
@@ -141,7 +223,7 @@ class Generator:
         inputs = self.prepare(messages)
         out = self.model.generate(**inputs, **self._gen_kwargs(max_new_tokens, temperature, top_p, stop, None))
         text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        return _cut_at_stop(text, stop or [])[0]
+        return _cut_at_stop(whole_chars(text, final=True), stop or [])[0]
 
     def stream(self, messages: Sequence[Message], max_new_tokens: int = 512, temperature: float = 0.0,
                top_p: float = 0.9, stop: Sequence[str] | None = None,
@@ -150,11 +232,9 @@ class Generator:
 
         Text that could be the start of a stop string is held back until it is known not to be one.
         """
-        from transformers import TextIteratorStreamer
-
         inputs = self.prepare(messages)
         cancel = cancel or threading.Event()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        streamer = WholeCharStreamer(self.tokenizer, skip_prompt=True, timeout=600)
         kwargs = {**inputs, **self._gen_kwargs(max_new_tokens, temperature, top_p, stop, cancel), "streamer": streamer}
         errors: list[BaseException] = []
 
@@ -168,23 +248,13 @@ class Generator:
 
         thread = threading.Thread(target=run, name="generator-stream", daemon=True)
         thread.start()
-        hold = max((len(s) for s in stop or []), default=1) - 1
-        text, sent = "", 0
         try:
-            for chunk in streamer:
-                text += chunk
-                cut, stopped = _cut_at_stop(text, stop or [])
-                safe = len(cut) if stopped else max(sent, len(text) - hold)
-                if safe > sent:
-                    yield cut[sent:safe] if stopped else text[sent:safe]
-                    sent = safe
+            for piece, stopped in hold_for_stop(iter(streamer), stop or []):
+                if piece:
+                    yield piece
                 if stopped:
                     cancel.set()
                     break
-            else:
-                final = _cut_at_stop(text, stop or [])[0]
-                if len(final) > sent:
-                    yield final[sent:]
         finally:
             cancel.set()
             thread.join(timeout=60)

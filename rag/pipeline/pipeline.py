@@ -102,7 +102,7 @@ class RagPipeline:
         cases, reranked = retrieval.kept, retrieval.reranked
         decision = self.abstain_stage.run(cases, reranked, trace)
         if decision.abstain:
-            text = abstention_text(cases, decision)
+            text = abstention_text(cases, decision, query.answer_lang)
             yield Event(type="sources", cases=cases, abstained=True, retrieval=retrieval)
             yield Event(type="token", text=text)
             answer = finish(text, cases, decision, trace)

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence
 
 from pydantic import ValidationError
 
+from rag.i18n import t as tr
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 from rag.payload import CaseTextFields, MediaFields
 from rag.pipeline.media import MediaResolver
@@ -254,12 +255,20 @@ def prompt_safe(text: str) -> str:
     return _BLOCK_TAG.sub(_defuse, _fold(text))
 
 
-def abstention_text(candidates: Sequence[CaseCandidate], decision: Decision) -> str:
-    lines = ["No similar case was found in the knowledge base, so I can't give a reliable diagnosis."]
+def language_instruction(lang: str) -> str:
+    """The system prompt's last sentence: which language to answer in (the cases may be in another one)."""
+    return (f"Write the whole answer in {tr('meta.prompt_name', lang)}, whatever the language of the reference "
+            "cases; keep every citation exactly as [case-id].")
+
+
+def abstention_text(candidates: Sequence[CaseCandidate], decision: Decision, lang: str | None = None) -> str:
+    """The answer when the pipeline abstains, in ``lang`` (a catalog tag; default English)."""
+    lines = [tr("answer.abstain.intro", lang)]
     if candidates:
-        lines.append("Possibly related cases (low confidence):")
-        lines += [f"- [{c.case_id}] {c.title} (score {c.score:.2f})" for c in candidates[:3]]
-    lines.append("Please add more detail (error code, LED pattern, model) or escalate to second-line support.")
+        lines.append(tr("answer.abstain.related", lang))
+        lines += [tr("answer.abstain.case", lang, case_id=c.case_id, title=c.title, score=f"{c.score:.2f}")
+                  for c in candidates[:3]]
+    lines.append(tr("answer.abstain.advice", lang))
     return "\n".join(lines)
 
 
@@ -299,7 +308,8 @@ class Generate:
         return list(reversed(kept))
 
     def messages(self, query: Query, cases: Sequence[CaseCandidate]) -> list[dict[str, Any]]:
-        msgs: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+        lang = query.answer_lang
+        msgs: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT + " " + language_instruction(lang)}]
         for turn in self.trim_history(query.history):
             # earlier turns are user text too: they must not end their turn or open a block either
             msgs.append({"role": "user", "content": prompt_safe(turn.question)})
@@ -313,7 +323,7 @@ class Generate:
             content.append({"type": "text", "text": "Images of the reference cases, in order: "
                             + ", ".join(f"[{c.case_id}]" for c in case_imgs) + "\n"})
             content += [{"type": "image", "image": c.media_path} for c in case_imgs]
-        question = query.text or "What is wrong and how do I fix it?"
+        question = query.text or tr("answer.default_question", lang)
         content.append({"type": "text", "text": self.context_block(cases, self.case_chars) + "\n\nQuestion: "
                         + prompt_safe(question)})
         msgs.append({"role": "user", "content": content})

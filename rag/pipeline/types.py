@@ -32,6 +32,15 @@ class Query(BaseModel):
     filters: dict[str, str | list[str]] = Field(default_factory=dict)
     history: list[Turn] = Field(default_factory=list)
     rerank: bool | None = None
+    #: The UI language (a catalog tag, see :mod:`rag.i18n`): the answer's language when the question has no text.
+    lang: str | None = None
+
+    @property
+    def answer_lang(self) -> str:
+        """The language the answer is written in: the question's, else the UI's (:func:`rag.i18n.answer_lang`)."""
+        from rag.i18n import answer_lang
+
+        return answer_lang(self.text, self.lang)
 
     @field_validator("text")
     @classmethod
