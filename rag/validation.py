@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Iterable, Literal
 
-from rag.errors import UserInputError
+from rag.errors import ParamValue, UserInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -32,14 +32,14 @@ class InputRejected(UserInputError, ValueError):
     """An input refused by validation. ``code`` names the rule, ``where`` the place (file, row, page); ``params``
     holds both (with the problem) for callers that should not parse the message."""
 
-    def __init__(self, code: str, problem: str, where: str = "") -> None:
-        self.problem, self.where = problem, where
+    def __init__(self, code: str, problem: str, where: str = "", **values: ParamValue) -> None:
+        self.problem, self.where, self.values = problem, where, values
         super().__init__(f"{where}: {problem}" if where else problem, code=code,
-                         params={"problem": problem, "where": where})
+                         params={"problem": problem, "where": where, **values})
 
     def at(self, where: str) -> "InputRejected":
         """The same rejection, located more precisely (e.g. an archive member inside a zip)."""
-        return InputRejected(self.code, self.problem, f"{where} › {self.where}" if self.where else where)
+        return InputRejected(self.code, self.problem, f"{where} › {self.where}" if self.where else where, **self.values)
 
 
 @dataclass(frozen=True)
@@ -148,15 +148,17 @@ def check_text(text: object, field: str, limits: Limits = Limits(), *, max_chars
         raise InputRejected("bad_text", f"must be text, got {type(text).__name__}", loc)
     cap = max_chars or limits.max_text_chars
     if len(text) > 4 * cap:  # refuse before normalising megabytes
-        raise InputRejected("text_too_long", f"is {len(text):,} characters; the limit is {cap:,}", loc)
+        raise InputRejected("text_too_long", f"is {len(text):,} characters; the limit is {cap:,}", loc,
+                            field=field, chars=len(text), limit=cap)
     text = unicodedata.normalize("NFC", text).strip()
     bad = next((c for c in text if (unicodedata.category(c) == "Cc" and c not in "\t\n\r") or c in _BIDI_CONTROLS
                 or unicodedata.category(c) == "Cs"), None)
     if bad is not None:
         raise InputRejected("bad_character", f"contains the control character U+{ord(bad):04X} at position "
                             f"{text.index(bad)}", loc)
-    if len(text) > cap:
-        raise InputRejected("text_too_long", f"is {len(text):,} characters; the limit is {cap:,}", loc)
+    if len(text) > cap:  # characters (code points after NFC): a CJK character counts one, like a Latin letter
+        raise InputRejected("text_too_long", f"is {len(text):,} characters; the limit is {cap:,}", loc,
+                            field=field, chars=len(text), limit=cap)
     if required and not text:
         raise InputRejected("missing_text", "is required", loc)
     return text

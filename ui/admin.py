@@ -20,15 +20,34 @@ import gradio as gr
 
 from rag.errors import UserInputError
 from ui.auth import AuthError, admin_only
+from ui.i18n import L, localized, tr
 from ui.render import esc, plain, server_error_text, user_error_text
 from ui.services import Services
 
 logger = logging.getLogger(__name__)
 
 LIST_LIMIT = 200
-CASE_HEADERS = ["id", "title", "product line", "model", "media", "updated"]
-FEEDBACK_HEADERS = ["#", "time (UTC)", "rating", "question", "answer", "cited", "top cases", "comment"]
-DUP_HEADERS = ["kind", "case", "media", "duplicate of case", "its media", "score"]
+#: Table headers as catalog keys, shown in the request's language by :func:`table`.
+CASE_HEADERS = ["ui.admin.col.id", "ui.admin.col.title", "ui.admin.col.product_line", "ui.admin.col.model",
+                "ui.admin.col.media", "ui.admin.col.updated"]
+FEEDBACK_HEADERS = ["ui.admin.col.number", "ui.admin.col.time", "ui.admin.col.rating", "ui.admin.col.question",
+                    "ui.admin.col.answer", "ui.admin.col.cited", "ui.admin.col.top_cases", "ui.admin.col.comment"]
+DUP_HEADERS = ["ui.admin.col.kind", "ui.admin.col.case", "ui.admin.col.media", "ui.admin.col.duplicate_of",
+               "ui.admin.col.its_media", "ui.admin.col.score"]
+#: The import report's counters, by their key in the report.
+IMPORT_FIELDS = {"added": "ui.admin.import.added", "updated": "ui.admin.import.updated",
+                 "skipped": "ui.admin.import.skipped", "rejected": "ui.admin.import.rejected",
+                 "duplicates": "ui.admin.import.duplicates", "media_embedded": "ui.admin.import.media_embedded",
+                 "elapsed_s": "ui.admin.import.elapsed_s"}
+
+
+def headers(keys: Sequence[str]) -> list[str]:
+    return [tr(k) for k in keys]
+
+
+def table(names: Sequence[str], rows: list[list[Any]]) -> dict[str, Any]:
+    """A Dataframe value with its headers in the request's language."""
+    return {"headers": headers(names), "data": rows}
 
 
 def _lines(text: str | None) -> list[str]:
@@ -89,7 +108,7 @@ class AdminTab:
     @property
     def kb(self) -> Any:
         if self.s.kb is None:
-            raise gr.Error(self.s.kb_error or "The knowledge-base admin module is not available on this server.")
+            raise gr.Error(self.s.kb_error or tr("ui.admin.kb_unavailable"))
         return self.s.kb
 
     def on(self, trigger: Callable[..., Any], fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any],
@@ -97,19 +116,19 @@ class AdminTab:
         """Register an admin handler: token state first in the inputs, checked server-side on every call; errors
         shown as :func:`shown_errors` says."""
         kwargs.setdefault("api_visibility", "private")
-        return trigger(self.guard(shown_errors(fn)), [self.token, *inputs], list(outputs), **kwargs)
+        return trigger(localized(self.guard(shown_errors(fn))), [self.token, *inputs], list(outputs), **kwargs)
 
     # -- login -------------------------------------------------------------------------------------------------
     def login(self, user: str, password: str) -> dict[gr.components.Component, Any]:
         try:
             token = self.auth.login(user, password)
         except AuthError as e:
-            return self._session_view(None, f"⛔ {esc(e)}", "")
-        return self._session_view(token, "", f"Logged in as **{esc(user)}**.")
+            return self._session_view(None, f"⛔ {esc(user_error_text(e))}", "")
+        return self._session_view(token, "", tr("ui.admin.logged_in", user=esc(user)))
 
     def logout(self, token: str | None) -> dict[gr.components.Component, Any]:
         self.auth.logout(token)
-        return self._session_view(None, "Logged out.", "")
+        return self._session_view(None, tr("ui.admin.logged_out"), "")
 
     def _session_view(self, token: str | None, login_msg: str, who: str) -> dict[gr.components.Component, Any]:
         """Login box or admin panel for ``token`` (None: logged out); the password box is always cleared."""
@@ -118,19 +137,19 @@ class AdminTab:
                 self.password: ""}
 
     # -- cases -------------------------------------------------------------------------------------------------
-    def list_cases(self, token: str, text: str, product_line: str) -> tuple[list[list[Any]], str]:
+    def list_cases(self, token: str, text: str, product_line: str) -> tuple[dict[str, Any], str]:
         filters = {"product_line": product_line.strip()} if (product_line or "").strip() else None
         page = self.kb.list_cases(filters=filters, text=(text or "").strip() or None, limit=LIST_LIMIT)
         rows = [[plain(c.id, 64), plain(c.title, 120), plain(c.product_line, 60), plain(c.equipment_model, 60),
                  len(c.media), c.updated_at.strftime("%Y-%m-%d %H:%M")] for c in page.cases]
-        more = f" (showing the first {len(rows)})" if page.total > len(rows) else ""
-        return rows, f"{page.total} case(s){more}."
+        more = tr("ui.admin.showing_first", n=len(rows)) if page.total > len(rows) else ""
+        return table(CASE_HEADERS, rows), tr("ui.admin.n_cases", n=page.total, more=more)
 
     def load_case(self, token: str, case_id: str) -> dict[gr.components.Component, Any]:
         case_id = (case_id or "").strip()
         case = self.kb.get(case_id) if case_id else None
         if case is None:
-            raise gr.Error(f"No case with id {plain(case_id, 64)!r}.")
+            raise gr.Error(tr("ui.admin.no_case_id", id=repr(plain(case_id, 64))))
         c = case.model_dump(mode="json")
         media = c.get("media") or []
         return {self.f_id: c.get("id", case_id), self.f_title: c.get("title", ""),
@@ -139,8 +158,7 @@ class AdminTab:
                 self.f_solution: "\n".join(c.get("solution") or []), self.f_codes: ", ".join(c.get("error_codes") or []),
                 self.f_tags: ", ".join(c.get("tags") or []), self.f_sev: c.get("severity") or "",
                 self.f_source: c.get("source", ""),
-                self.save_msg: f"Loaded **{esc(case_id)}** (version {esc(c.get('version', 1))}, {len(media)} media). "
-                               "Saving keeps its media and adds the files attached below."}
+                self.save_msg: tr("ui.admin.loaded", id=esc(case_id), version=esc(c.get("version", 1)), n=len(media))}
 
     def save_case(self, token: str, case_id: str, title: str, product_line: str, equipment_model: str, symptom: str,
                   cause: str, solution: str, error_codes: str, tags: str, severity: str, source: str,
@@ -159,53 +177,52 @@ class AdminTab:
             ci = CaseInput(id=cid, **data)
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'case'}: {err['msg']}" for err in e.errors())
-            raise gr.Error(f"The case is not valid — {problems}") from None
+            raise gr.Error(tr("ui.admin.case_invalid", problems=problems)) from None
         paths = [str(f) for f in (files or [])]
-        progress(0.1, desc="storing media and embedding the case")
+        progress(0.1, desc=tr("ui.admin.progress_saving"))
         t0 = time.perf_counter()
         try:
             if cid is not None and self.kb.get(ci.resolved_id()) is not None:
-                report, verb = self.kb.update(ci, add_media=paths), "Updated"
+                report, verb = self.kb.update(ci, add_media=paths), "ui.admin.saved_updated"
             else:
-                report, verb = self.kb.add_case(ci, media=paths), "Added"
+                report, verb = self.kb.add_case(ci, media=paths), "ui.admin.saved_added"
         except CaseRejectedError as e:
-            raise gr.Error(f"Case refused, nothing was written: {plain(e.report.reason, 600)}") from None
+            raise gr.Error(tr("ui.admin.case_refused", reason=plain(e.report.reason, 600))) from None
         except CaseNotFoundError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(user_error_text(e)) from None
         self.s.invalidate_choices()
         new_id = report.case_id or ci.resolved_id()
         if report.status == "skipped":
-            return new_id, f"No change: case **{esc(new_id)}** is already stored like this."
+            return new_id, tr("ui.admin.no_change", id=esc(new_id))
         notes = [*report.warnings, *(d.describe() for d in report.duplicates)]
         extra = ("\n\n" + "\n".join(f"- {esc(w)}" for w in notes)) if notes else ""
-        return new_id, (f"✅ {verb} case **{esc(new_id)}** ({report.media_embedded} media embedded) in "
-                        f"{time.perf_counter() - t0:.1f} s.{extra}")
+        return new_id, tr(verb, id=esc(new_id), n=report.media_embedded, s=f"{time.perf_counter() - t0:.1f}") + extra
 
     def delete_case(self, token: str, case_id: str, confirm: bool) -> str:
         case_id = (case_id or "").strip()
         if not case_id:
-            raise gr.Error("Enter the id of the case to delete.")
+            raise gr.Error(tr("ui.admin.delete_need_id"))
         if not confirm:
-            raise gr.Error("Tick 'confirm delete' first.")
+            raise gr.Error(tr("ui.admin.delete_need_confirm"))
         ok = self.kb.delete(case_id)
         self.s.invalidate_choices()
         if not ok:
-            return f"No case **{esc(case_id)}**."
-        return f"🗑️ Deleted case **{esc(case_id)}**."
+            return tr("ui.admin.delete_missing", id=esc(case_id))
+        return tr("ui.admin.deleted", id=esc(case_id))
 
     # -- bulk import -------------------------------------------------------------------------------------------
     def bulk_import(self, token: str, path: str | None, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
         if not path:
-            raise gr.Error("Choose a .zip, .jsonl or .csv file first.")
-        progress(0, desc="reading the file")
+            raise gr.Error(tr("ui.admin.import_need_file"))
+        progress(0, desc=tr("ui.admin.progress_reading"))
 
         def cb(done: int, total: int) -> None:
-            progress((done, total), desc="importing cases", unit="cases")
+            progress((done, total), desc=tr("ui.admin.progress_importing"), unit=tr("ui.admin.unit_cases"))
 
         try:
             result = self.kb.import_path(Path(path), progress=cb)
         except UserInputError as e:  # the source as a whole is unusable (IngestInputError and kin)
-            raise gr.Error(f"Import refused, nothing was written: {plain(e, 600)}") from None
+            raise gr.Error(tr("ui.admin.import_refused", reason=plain(user_error_text(e), 600))) from None
         self.s.invalidate_choices()
         data = result.to_dict()
         return self._import_summary(data), data
@@ -213,30 +230,29 @@ class AdminTab:
     @staticmethod
     def _import_summary(data: Any) -> str:
         if not isinstance(data, dict):
-            return f"Import finished: {esc(data)}"
-        keys = [k for k in ("added", "updated", "skipped", "rejected", "duplicates", "media_embedded", "elapsed_s")
-                if k in data]
+            return tr("ui.admin.import_finished", data=esc(data))
+        keys = [k for k in IMPORT_FIELDS if k in data]
         parts = []
         for k in keys:
             v = data[k]
-            parts.append(f"**{k}**: {len(v) if isinstance(v, (list, dict)) else esc(v)}")
-        lines = ["### Import summary", " · ".join(parts) if parts else ""]
+            parts.append(f"**{tr(IMPORT_FIELDS[k])}**: {len(v) if isinstance(v, (list, dict)) else esc(v)}")
+        lines = [tr("ui.admin.import_summary"), " · ".join(parts) if parts else ""]
         errors = data.get("errors") or []
         if errors:
-            lines.append("**Rejected records:**")
+            lines.append(tr("ui.admin.import_rejected"))
             lines += [f"- {esc(plain(x, 400))}" for x in errors[:50]]
             if len(errors) > 50:
-                lines.append(f"- … and {len(errors) - 50} more (see the report below)")
+                lines.append(tr("ui.admin.import_more", n=len(errors) - 50))
         return "\n".join(lines)
 
     # -- duplicates, maintenance, feedback -----------------------------------------------------------------------
-    def duplicates(self, token: str, threshold: float) -> tuple[list[list[Any]], str]:
+    def duplicates(self, token: str, threshold: float) -> tuple[dict[str, Any], str]:
         rows = []
         for d in (x.to_dict() for x in self.kb.near_duplicates(threshold=float(threshold))):
             rows.append([d.get("kind", ""), plain(d.get("case_id"), 64), plain(d.get("media"), 64),
                          plain(d.get("other_case_id"), 64), plain(d.get("other_media_id"), 64),
                          round(float(d.get("score", 0.0)), 4)])
-        return rows, f"{len(rows)} pair(s) at cosine ≥ {threshold:.2f}."
+        return table(DUP_HEADERS, rows), tr("ui.admin.dup_pairs", n=len(rows), threshold=f"{threshold:.2f}")
 
     def stats(self, token: str) -> Any:
         return {**self.kb.stats(), "feedback": self.s.feedback.summary()}
@@ -249,13 +265,13 @@ class AdminTab:
 
     def reindex(self, token: str, confirm: bool, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
         if not confirm:
-            raise gr.Error("Tick 'confirm reindex' first: it re-embeds every case.")
-        progress(0, desc="re-embedding all cases")
+            raise gr.Error(tr("ui.admin.reindex_need_confirm"))
+        progress(0, desc=tr("ui.admin.progress_reindex"))
         t0 = time.perf_counter()
 
         result = self.kb.reindex(self.s.embedder, dim=self.s.settings.embed_dim)
         self._refresh_pipeline_store()
-        return f"Reindexed {result.cases} case(s) in {time.perf_counter() - t0:.1f} s.", result.to_dict()
+        return tr("ui.admin.reindexed", n=result.cases, s=f"{time.perf_counter() - t0:.1f}"), result.to_dict()
 
     def _refresh_pipeline_store(self) -> None:
         """A blue-green reindex may swap the live store object: point the pipeline at the KB's current one."""
@@ -265,8 +281,8 @@ class AdminTab:
             self.s.pipeline.retrieve_stage.store = store
         self.s.invalidate_choices()
 
-    def feedback(self, token: str, which: str) -> tuple[list[list[Any]], str]:
-        rating = {"👍 only": 1, "👎 only": -1}.get(which)
+    def feedback(self, token: str, which: str) -> tuple[dict[str, Any], str]:
+        rating = {"👍 only": 1, "👎 only": -1, "up": 1, "down": -1}.get(which)
         rows = []
         for r in self.s.feedback.latest(limit=300, rating=rating):
             top = ", ".join(f"{c.get('case_id')} ({c.get('score')})" for c in (r.get("cases") or [])[:3])
@@ -275,7 +291,8 @@ class AdminTab:
                          plain(top, 200), plain(r["comment"], 300)])
         s = self.s.feedback.summary()
         sat = f"{s['satisfaction']:.0%}" if s["satisfaction"] is not None else "–"
-        return rows, f"{s['total']} vote(s): {s['up']} 👍 / {s['down']} 👎 (satisfaction {sat}); {s['abstained']} on abstentions."
+        return table(FEEDBACK_HEADERS, rows), tr("ui.admin.fb_summary", total=s["total"], up=s["up"], down=s["down"],
+                                                 sat=sat, abstained=s["abstained"])
 
     # -- layout ------------------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -285,107 +302,106 @@ class AdminTab:
         with gr.Column(visible=False, elem_id="admin-panel") as self.panel:
             with gr.Row():
                 self.who = gr.Markdown(elem_id="admin-who")
-                self.logout_btn = gr.Button("Log out", size="sm", elem_id="admin-logout", scale=0)
+                self.logout_btn = gr.Button(L("ui.admin.logout"), size="sm", elem_id="admin-logout", scale=0)
             with gr.Tabs():
-                with gr.Tab("Cases", elem_id="admin-cases"):
+                with gr.Tab(L("ui.admin.tab_cases"), elem_id="admin-cases"):
                     self._build_cases()
-                with gr.Tab("Add / edit case", elem_id="admin-edit"):
+                with gr.Tab(L("ui.admin.tab_edit"), elem_id="admin-edit"):
                     self._build_case_form()
-                with gr.Tab("Bulk import", elem_id="admin-import"):
+                with gr.Tab(L("ui.admin.tab_import"), elem_id="admin-import"):
                     self._build_import()
-                with gr.Tab("Duplicates", elem_id="admin-dups"):
+                with gr.Tab(L("ui.admin.tab_dups"), elem_id="admin-dups"):
                     self._build_duplicates()
-                with gr.Tab("Maintenance", elem_id="admin-maint"):
+                with gr.Tab(L("ui.admin.tab_maint"), elem_id="admin-maint"):
                     self._build_maintenance()
-                with gr.Tab("Feedback", elem_id="admin-feedback"):
+                with gr.Tab(L("ui.admin.tab_feedback"), elem_id="admin-feedback"):
                     self._build_feedback()
 
     def _build_login(self) -> None:
         with gr.Column(visible=True, elem_id="admin-login") as self.login_box:
-            gr.Markdown("### Admin login" + ("" if self.auth.enabled else
-                        "\n\n⚠️ Admin is disabled on this server: set `RAGVQA_ADMIN_USER` and `RAGVQA_ADMIN_PASSWORD` "
-                        "(or `RAGVQA_ADMIN_PASSWORD_FILE`)."))
-            self.user = gr.Textbox(label="User", elem_id="admin-user", max_length=200)
-            self.password = gr.Textbox(label="Password", type="password", elem_id="admin-password", max_length=500)
-            self.login_btn = gr.Button("Log in", variant="primary", elem_id="admin-login-btn")
+            gr.Markdown(L("ui.admin.login_title" if self.auth.enabled else "ui.admin.login_disabled"))
+            self.user = gr.Textbox(label=L("ui.admin.user"), elem_id="admin-user", max_length=200)
+            self.password = gr.Textbox(label=L("ui.admin.password"), type="password", elem_id="admin-password", max_length=500)
+            self.login_btn = gr.Button(L("ui.admin.login"), variant="primary", elem_id="admin-login-btn")
             self.login_msg = gr.Markdown(elem_id="admin-login-msg")
 
     def _build_cases(self) -> None:
         with gr.Row():
-            self.q = gr.Textbox(label="Search", placeholder="words in id, title, symptom…", elem_id="admin-search")
-            self.q_line = gr.Textbox(label="Product line (exact)", elem_id="admin-search-line")
-            self.list_btn = gr.Button("List / search", elem_id="admin-list-btn")
-        self.table = gr.Dataframe(headers=CASE_HEADERS, datatype=["str"] * 5 + ["str"], interactive=False,
+            self.q = gr.Textbox(label=L("ui.admin.search"), placeholder=L("ui.admin.search_placeholder"), elem_id="admin-search")
+            self.q_line = gr.Textbox(label=L("ui.admin.search_line"), elem_id="admin-search-line")
+            self.list_btn = gr.Button(L("ui.admin.list"), elem_id="admin-list-btn")
+        self.table = gr.Dataframe(headers=headers(CASE_HEADERS), datatype=["str"] * 5 + ["str"], interactive=False,
                                   elem_id="admin-case-table", wrap=True, max_height=360)
         self.list_msg = gr.Markdown()
         with gr.Row():
-            self.del_id = gr.Textbox(label="Case id", elem_id="admin-case-id")
-            self.load_btn = gr.Button("Load into the form", elem_id="admin-load-btn")
-            self.del_confirm = gr.Checkbox(label="confirm delete", elem_id="admin-del-confirm")
-            self.del_btn = gr.Button("Delete case", variant="stop", elem_id="admin-del-btn")
+            self.del_id = gr.Textbox(label=L("ui.admin.case_id"), elem_id="admin-case-id")
+            self.load_btn = gr.Button(L("ui.admin.load"), elem_id="admin-load-btn")
+            self.del_confirm = gr.Checkbox(label=L("ui.admin.confirm_delete"), elem_id="admin-del-confirm")
+            self.del_btn = gr.Button(L("ui.admin.delete"), variant="stop", elem_id="admin-del-btn")
         self.del_msg = gr.Markdown(elem_id="admin-del-msg")
 
     def _build_case_form(self) -> None:
         with gr.Row():
-            self.f_id = gr.Textbox(label="Case id (empty: derived from model + title)", elem_id="case-id")
-            self.f_title = gr.Textbox(label="Title *", elem_id="case-title")
+            self.f_id = gr.Textbox(label=L("ui.admin.f_id"), elem_id="case-id")
+            self.f_title = gr.Textbox(label=L("ui.admin.f_title"), elem_id="case-title")
         with gr.Row():
-            self.f_line = gr.Textbox(label="Product line *", elem_id="case-line")
-            self.f_model = gr.Textbox(label="Equipment model", elem_id="case-model")
-            self.f_sev = gr.Dropdown(label="Severity", choices=["", "low", "medium", "high", "critical"], value="",
+            self.f_line = gr.Textbox(label=L("ui.admin.f_line"), elem_id="case-line")
+            self.f_model = gr.Textbox(label=L("ui.admin.f_model"), elem_id="case-model")
+            self.f_sev = gr.Dropdown(label=L("ui.admin.f_severity"), choices=["", "low", "medium", "high", "critical"], value="",
                                      elem_id="case-severity")
-        self.f_symptom = gr.Textbox(label="Symptom *", lines=3, elem_id="case-symptom")
-        self.f_cause = gr.Textbox(label="Cause", lines=2, elem_id="case-cause")
-        self.f_solution = gr.Textbox(label="Solution (one step per line)", lines=4, elem_id="case-solution")
+        self.f_symptom = gr.Textbox(label=L("ui.admin.f_symptom"), lines=3, elem_id="case-symptom")
+        self.f_cause = gr.Textbox(label=L("ui.admin.f_cause"), lines=2, elem_id="case-cause")
+        self.f_solution = gr.Textbox(label=L("ui.admin.f_solution"), lines=4, elem_id="case-solution")
         with gr.Row():
-            self.f_codes = gr.Textbox(label="Error codes (comma-separated)", elem_id="case-codes")
-            self.f_tags = gr.Textbox(label="Tags (comma-separated)", elem_id="case-tags")
-            self.f_source = gr.Textbox(label="Source", elem_id="case-source")
-        self.f_files = gr.File(label="Images, a video and PDFs", file_count="multiple",
+            self.f_codes = gr.Textbox(label=L("ui.admin.f_codes"), elem_id="case-codes")
+            self.f_tags = gr.Textbox(label=L("ui.admin.f_tags"), elem_id="case-tags")
+            self.f_source = gr.Textbox(label=L("ui.admin.f_source"), elem_id="case-source")
+        self.f_files = gr.File(label=L("ui.admin.f_files"), file_count="multiple",
                                file_types=["image", "video", ".pdf"], type="filepath", elem_id="case-files")
-        self.save_btn = gr.Button("Save case", variant="primary", elem_id="case-save")
+        self.save_btn = gr.Button(L("ui.admin.save"), variant="primary", elem_id="case-save")
         self.save_msg = gr.Markdown(elem_id="case-save-msg")
 
     def _build_import(self) -> None:
-        gr.Markdown("Upload a **.zip** (cases.jsonl or cases.csv + media), a **.jsonl** or a **.csv** file.")
-        self.imp_file = gr.File(label="Import file", file_types=[".zip", ".jsonl", ".csv"], type="filepath",
+        gr.Markdown(L("ui.admin.import_help"))
+        self.imp_file = gr.File(label=L("ui.admin.import_file"), file_types=[".zip", ".jsonl", ".csv"], type="filepath",
                                 elem_id="import-file")
-        self.imp_btn = gr.Button("Import", variant="primary", elem_id="import-btn")
+        self.imp_btn = gr.Button(L("ui.admin.import_btn"), variant="primary", elem_id="import-btn")
         self.imp_msg = gr.Markdown(elem_id="import-msg")
-        self.imp_json = gr.JSON(label="Import report", elem_id="import-report")
+        self.imp_json = gr.JSON(label=L("ui.admin.import_report"), elem_id="import-report")
 
     def _build_duplicates(self) -> None:
-        self.dup_thr = gr.Slider(0.80, 1.0, value=0.95, step=0.01, label="Cosine threshold", elem_id="dup-thr")
-        self.dup_btn = gr.Button("Find near-duplicate media", elem_id="dup-btn")
+        self.dup_thr = gr.Slider(0.80, 1.0, value=0.95, step=0.01, label=L("ui.admin.dup_threshold"), elem_id="dup-thr")
+        self.dup_btn = gr.Button(L("ui.admin.dup_find"), elem_id="dup-btn")
         self.dup_msg = gr.Markdown()
-        self.dup_table = gr.Dataframe(headers=DUP_HEADERS, interactive=False, elem_id="dup-table")
+        self.dup_table = gr.Dataframe(headers=headers(DUP_HEADERS), interactive=False, elem_id="dup-table")
 
     def _build_maintenance(self) -> None:
         with gr.Row():
-            self.stats_btn = gr.Button("Stats", elem_id="stats-btn")
-            self.check_btn = gr.Button("Consistency check", elem_id="check-btn")
-            self.check_fix = gr.Checkbox(label="repair problems", elem_id="check-fix")
-            self.rx_confirm = gr.Checkbox(label="confirm reindex", elem_id="reindex-confirm")
-            self.rx_btn = gr.Button("Reindex", variant="stop", elem_id="reindex-btn")
+            self.stats_btn = gr.Button(L("ui.admin.stats"), elem_id="stats-btn")
+            self.check_btn = gr.Button(L("ui.admin.check"), elem_id="check-btn")
+            self.check_fix = gr.Checkbox(label=L("ui.admin.repair"), elem_id="check-fix")
+            self.rx_confirm = gr.Checkbox(label=L("ui.admin.confirm_reindex"), elem_id="reindex-confirm")
+            self.rx_btn = gr.Button(L("ui.admin.reindex"), variant="stop", elem_id="reindex-btn")
         self.maint_msg = gr.Markdown(elem_id="maint-msg")
-        self.maint_json = gr.JSON(label="Result", elem_id="maint-json")
+        self.maint_json = gr.JSON(label=L("ui.admin.result"), elem_id="maint-json")
 
     def _build_feedback(self) -> None:
         with gr.Row():
-            self.fb_which = gr.Radio(["all", "👍 only", "👎 only"], value="all", label="Show", elem_id="fb-which")
-            self.fb_btn = gr.Button("Refresh", elem_id="fb-refresh")
+            self.fb_which = gr.Radio([(str(L("ui.admin.fb_all")), "all"), (str(L("ui.admin.fb_up")), "👍 only"), (str(L("ui.admin.fb_down")), "👎 only")],
+                                     value="all", label=L("ui.admin.fb_show"), elem_id="fb-which")
+            self.fb_btn = gr.Button(L("ui.admin.fb_refresh"), elem_id="fb-refresh")
         self.fb_msg = gr.Markdown(elem_id="fb-summary")
-        self.fb_table = gr.Dataframe(headers=FEEDBACK_HEADERS, interactive=False, wrap=True, elem_id="fb-table",
+        self.fb_table = gr.Dataframe(headers=headers(FEEDBACK_HEADERS), interactive=False, wrap=True, elem_id="fb-table",
                                      max_height=420)
 
     # -- events ------------------------------------------------------------------------------------------------
     def wire(self) -> None:
         """Connect the laid-out components to the handlers (inside the same ``gr.Blocks``, after :meth:`build`)."""
         session = [self.token, self.login_box, self.panel, self.login_msg, self.who, self.password]
-        login_ev = dict(fn=self.login, inputs=[self.user, self.password], outputs=session)
+        login_ev = dict(fn=localized(self.login), inputs=[self.user, self.password], outputs=session)
         self.login_btn.click(**login_ev, api_name="admin_login", concurrency_limit=4)
         self.password.submit(**login_ev, api_visibility="private", concurrency_limit=4)
-        self.logout_btn.click(self.logout, [self.token], session, api_visibility="private")
+        self.logout_btn.click(localized(self.logout), [self.token], session, api_visibility="private")
 
         models = dict(concurrency_id="models", concurrency_limit=self.s.ui.concurrency_limit)
         form = [self.f_id, self.f_title, self.f_line, self.f_model, self.f_symptom, self.f_cause, self.f_solution,

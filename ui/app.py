@@ -11,8 +11,10 @@ from typing import Any
 
 import gradio as gr
 
+from rag.i18n import languages, t
 from ui.admin import AdminTab
 from ui.chat import ChatTab
+from ui.i18n import CURRENT, SESSIONS, L, i18n, relabel, request_lang, switch_choices, translatable
 from ui.services import Services
 
 logger = logging.getLogger(__name__)
@@ -29,28 +31,57 @@ CSS = """
 .ragvqa-tag {display:inline-block;background:#eef2ff;border-radius:4px;padding:0 6px;margin:0 3px 3px 0;font-size:0.85em}
 """
 
-TINY_BANNER = ("<div class='ragvqa-tiny-banner' id='tiny-banner' role='status'>Smoke-test mode: tiny random models are "
-               "loaded — answers and scores are meaningless. Start without <code>--models tiny</code> for real "
-               "answers.</div>")
+#: The smoke-test banner (HTML from the catalog's ``ui.app.tiny_banner``; the catalog text is trusted markup).
+TINY_BANNER = "ui.app.tiny_banner"
 
 
 def build_app(services: Services) -> gr.Blocks:
     """The whole UI for one :class:`Services` (models, store, KB, feedback log, admin auth)."""
     chat = ChatTab(services)
     admin = AdminTab(services)
-    with gr.Blocks(title="Support desk visual QA", analytics_enabled=False) as demo:
-        gr.Markdown("## Support desk visual QA\nDrop a photo, screenshot, short video or PDF page of the faulty "
-                    "equipment and ask what is wrong; the answer cites similar solved cases.")
+    # the browser tab's title is one for every user: each language's name of the app
+    with gr.Blocks(title=" · ".join(dict.fromkeys(t("ui.app.title", lang) for lang in languages())),
+                   analytics_enabled=False) as demo:
+        with gr.Row(equal_height=False):
+            gr.Markdown(L("ui.app.intro"), elem_id="app-intro")
+            switch = gr.Radio(switch_choices(), value=None, label=L("ui.app.language"), elem_id="lang-switch",
+                              scale=0, min_width=220)
         if services.models == "tiny":
-            gr.HTML(TINY_BANNER, elem_id="tiny-banner-box")
+            gr.HTML(L(TINY_BANNER), elem_id="tiny-banner-box", elem_classes=["ragvqa-tiny-banner"])
         with gr.Tabs():  # layout first, then the events (each tab's wire() connects what its build() laid out)
-            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+            with gr.Tab(L("ui.app.tab_chat"), id="chat", elem_id="tab-chat"):
                 chat_view = chat.build()
-            with gr.Tab("Admin", id="admin", elem_id="tab-admin"):
+            with gr.Tab(L("ui.app.tab_admin"), id="admin", elem_id="tab-admin"):
                 admin.build()
         chat.wire(chat_view)
         admin.wire()
-        demo.load(chat.on_load, None, chat.load_outputs, api_visibility="private")
+        texts = translatable(demo)
+        text_blocks = [b for b, _ in texts]
+
+        def on_page_load(request: gr.Request) -> dict[Any, Any]:
+            """The page's language (the browser's, as gr.I18n shows it) on the switch, and the filter choices."""
+            code = request_lang(request)
+            token = CURRENT.set(code)
+            try:
+                line_upd, model_upd = chat.on_load()
+            finally:
+                CURRENT.reset(token)
+            return {switch: code, chat.load_outputs[0]: line_upd, chat.load_outputs[1]: model_upd}
+
+        def on_switch(code: str | None, request: gr.Request) -> dict[Any, Any]:
+            """The visible switch: the session's language for server-made text, every static text and the filter
+            choices again in it."""
+            code = code or "en"
+            SESSIONS.set(getattr(request, "session_hash", None), code)
+            token = CURRENT.set(code)
+            try:
+                line_upd, _ = chat.on_load()
+            finally:
+                CURRENT.reset(token)
+            return {**relabel(texts, code), chat.load_outputs[0]: gr.update(choices=line_upd["choices"])}
+
+        demo.load(on_page_load, None, [switch, *chat.load_outputs], api_visibility="private")
+        switch.input(on_switch, [switch], [*text_blocks, chat.load_outputs[0]], api_visibility="private")
         demo.unload(chat.on_stop)  # a closed page stops the answer it was waiting for
     demo.queue(default_concurrency_limit=8, max_size=services.ui.queue_max_size)
     return demo
@@ -62,6 +93,7 @@ def launch_kwargs(services: Services) -> dict[str, Any]:
         "allowed_paths": [str(services.media_root), str(services.upload_dir)],
         "max_file_size": services.ui.max_file_size,
         "css": CSS,
+        "i18n": i18n(),  # static texts in the browser's language (gr.I18n); the switch re-sends them
         "ssr_mode": False,
         "mcp_server": False,
         "run_history": False,

@@ -31,12 +31,13 @@ from typing import Any, Callable, TypeVar
 import gradio as gr
 
 from rag.errors import UserInputError
+from ui.i18n import tr
 
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-NOT_LOGGED_IN = "Admin login required: log in on the Admin tab first."
+NOT_LOGGED_IN = "Admin login required: log in on the Admin tab first."  # the English of ui.auth.not_logged_in
 
 
 class AuthError(UserInputError):
@@ -79,13 +80,14 @@ class AdminAuth:
         """A session token for valid credentials; :class:`AuthError` otherwise."""
         if self._creds is None:
             raise AuthError("Admin is disabled on this server (set RAGVQA_ADMIN_USER and RAGVQA_ADMIN_PASSWORD "
-                            "or RAGVQA_ADMIN_PASSWORD_FILE).")
+                            "or RAGVQA_ADMIN_PASSWORD_FILE).", code="admin_disabled")
         now = time.time()
         with self._lock:
             while self._failures and now - self._failures[0] > self.lockout_seconds:
                 self._failures.popleft()
             if len(self._failures) >= self.max_failures:
-                raise AuthError(f"Too many failed logins; try again in {self.lockout_seconds} s.")
+                raise AuthError(f"Too many failed logins; try again in {self.lockout_seconds} s.", code="login_locked",
+                                params={"seconds": self.lockout_seconds})
         exp_user, exp_pw = self._creds
         # Compare digests so neither the length nor the content leaks through timing; check both always.
         ok_user = hmac.compare_digest(_digest(user or ""), _digest(exp_user))
@@ -94,7 +96,7 @@ class AdminAuth:
             with self._lock:
                 self._failures.append(now)
             logger.warning("admin login failed for user %r", (user or "")[:64])
-            raise AuthError("Wrong user name or password.")
+            raise AuthError("Wrong user name or password.", code="login_refused")
         logger.info("admin %r logged in", exp_user)
         return self._issue(exp_user, now)
 
@@ -135,7 +137,7 @@ class AdminAuth:
     def require(self, token: Any) -> str:
         user = self.verify(token)
         if user is None:
-            raise gr.Error(NOT_LOGGED_IN, title="Not authorised")
+            raise gr.Error(tr("ui.auth.not_logged_in"), title=tr("ui.auth.not_authorised"))
         return user
 
 

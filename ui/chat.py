@@ -27,6 +27,7 @@ from rag.models.query_image import QueryImageError, display_name, load_query_ima
 from rag.payload import PICTURE_KINDS
 from rag.pipeline import Answer, CaseCandidate, Query, Turn
 from rag.pipeline.render import StreamRenderer
+from ui.i18n import L, current, localized, tr
 from ui.media import QueryMedia, UploadError, editor_image, prepare_uploads, save_image, upload_roots
 from ui.render import (
     abstain_banner_html,
@@ -240,12 +241,12 @@ class ChatTab:
 
     def filter_updates(self, product_line: str | None = None) -> tuple[dict, dict]:
         lines, models = self.s.filter_choices()
-        line_choices = [("Any product line", ANY)] + [(plain(x, 80), x) for x in lines]
+        line_choices = [(tr("ui.chat.any_line"), ANY)] + [(plain(x, 80), x) for x in lines]
         if product_line and product_line in models:
             model_list = models[product_line]
         else:
             model_list = sorted({m for ms in models.values() for m in ms})
-        model_choices = [("Any model", ANY)] + [(plain(x, 80), x) for x in model_list]
+        model_choices = [(tr("ui.chat.any_model"), ANY)] + [(plain(x, 80), x) for x in model_list]
         return gr.update(choices=line_choices), gr.update(choices=model_choices, value=ANY)
 
     # -- handlers -----------------------------------------------------------------------------------------------
@@ -270,26 +271,26 @@ class ChatTab:
         try:  # 1. uploads (bad files become a chat message, never a traceback)
             media = self.read_uploads(files, pdf_page, crop)
         except (UploadError, QueryImageError) as e:
-            yield conv.refused(text, "⚠️ " + inert_md(str(e)))
+            yield conv.refused(text, "⚠️ " + inert_md(user_error_text(e)))
             return
         try:  # 2. query media
             inputs = self.query_inputs(media, conv)
         except QueryImageError as e:  # an earlier file that vanished (uploads are pruned after a day)
-            yield conv.refused(text, "⚠️ " + inert_md(str(e)) + " Start a new conversation.")
+            yield conv.refused(text, "⚠️ " + inert_md(user_error_text(e)) + " " + tr("ui.chat.start_new"))
             return
         inputs.ms_uploads = (time.perf_counter() - t0) * 1000
         conv.history += self._user_message(text, media.images + ([media.video] if media.video else []))
         if not text and inputs.query_media.empty:
-            conv.say("Please attach a photo, video or PDF page, or type a question.")
+            conv.say(tr("ui.chat.empty_message"))
             yield conv.update(textbox=None, crop=None, feedback="")
             return
         if conv.turns:
-            inputs.notes.append(f"follow-up: {len(conv.turns)} earlier turn(s) in the conversation")
-        conv.say("_Searching similar cases…_")
+            inputs.notes.append(tr("ui.chat.follow_up", n=len(conv.turns)))
+        conv.say(tr("ui.chat.searching"))
         yield conv.update(textbox=None, banner=gr.update(visible=False), crop=None, feedback="")
         query = Query(text=text, images=inputs.images, video=inputs.query_media.video,
                       filters=self.filters(product_line, equipment_model),
-                      history=[Turn(**t) for t in conv.turns], rerank=bool(rerank))
+                      history=[Turn(**t) for t in conv.turns], rerank=bool(rerank), lang=current())
         answer = yield from self.stream_answer(query, conv, getattr(request, "session_hash", None))  # 3. pipeline
         if answer is not None:  # 4. final message, state, timings
             yield self.final_update(answer, query, text, inputs, conv)
@@ -304,7 +305,7 @@ class ChatTab:
             path = save_image(cropped, self.s.upload_dir, "crop")
             media.images = [path]
             media.decoded = {path: load_query_image(cropped, self.s.settings.vision)}
-            media.notes.append("query image: the cropped region")
+            media.notes.append(tr("ui.chat.cropped"))
         return media
 
     def query_inputs(self, media: QueryMedia, conv: Conversation) -> QueryInputs:
@@ -315,7 +316,7 @@ class ChatTab:
         if media.empty and (conv.media_state.get("images") or conv.media_state.get("video")):
             query_media = QueryMedia(images=list(conv.media_state.get("images") or []),
                                      video=conv.media_state.get("video"))
-            notes.append("no new attachment: retrieval reuses the media of the earlier message")
+            notes.append(tr("ui.chat.media_reused"))
         images = [query_media.decoded.get(p) or load_query_image(p, self.s.settings.vision)
                   for p in query_media.images]
         if not media.empty:
@@ -335,8 +336,8 @@ class ChatTab:
             for ev in self.s.pipeline.stream(query, cancel=cancel):
                 if ev.type == "sources":
                     cases = ev.cases
-                    banner = gr.update(value=abstain_banner_html(cases, ""), visible=True) if ev.abstained else gr.update(visible=False)
-                    conv.history[-1] = {"role": "assistant", "content": "_Writing the answer…_" if not ev.abstained else ""}
+                    banner = gr.update(value=abstain_banner_html(cases, None), visible=True) if ev.abstained else gr.update(visible=False)
+                    conv.history[-1] = {"role": "assistant", "content": tr("ui.chat.writing") if not ev.abstained else ""}
                     yield conv.update(gallery=self.gallery(cases), sources=[c.model_dump() for c in cases],
                                       detail=case_detail_html(None), banner=banner, feedback="")
                 elif ev.type == "token":
@@ -366,7 +367,7 @@ class ChatTab:
     def final_update(self, answer: Answer, query: Query, text: str, inputs: QueryInputs, conv: Conversation) -> ChatUpdate:
         """Step 4: the finished answer with its citations, the turn added to the conversation, the record feedback
         refers to, and the timings."""
-        body = inert_md(answer.text) if answer.text else "_(empty answer)_"
+        body = inert_md(answer.text) if answer.text else tr("ui.chat.empty_answer")
         if not answer.abstained:
             body += citations_md(answer)
         conv.history[-1] = {"role": "assistant", "content": body}
@@ -374,8 +375,7 @@ class ChatTab:
         # reference cases, so an abstained turn carries none.
         carried = [] if answer.abstained else (answer.cited or [c.case_id for c in answer.cases[:3]])
         conv.turns.append(Turn(question=text or "(photo)", answer=answer.text, case_ids=carried).model_dump())
-        reason = answer.decision.reason if answer.decision else ""
-        banner = gr.update(value=abstain_banner_html(answer.cases, reason), visible=True) if answer.abstained else gr.update(visible=False)
+        banner = gr.update(value=abstain_banner_html(answer.cases, answer.decision), visible=True) if answer.abstained else gr.update(visible=False)
         qm = inputs.query_media
         last = {"question": text, "answer": answer.text, "cited": answer.cited, "abstained": answer.abstained,
                 "cases": [{"case_id": c.case_id, "score": round(c.score, 4), "retrieval_score": round(c.retrieval_score, 4),
@@ -421,12 +421,12 @@ class ChatTab:
 
     def on_feedback(self, rating: int, comment: str | None, last: dict[str, Any] | None) -> tuple[str, str]:
         if not last:
-            return "Ask a question first, then rate the answer.", comment or ""
+            return tr("ui.chat.feedback_first"), comment or ""
         fid = self.s.feedback.record(rating=rating, question=last.get("question", ""), answer=last.get("answer", ""),
                                      cited=list(last.get("cited") or []), cases=list(last.get("cases") or []),
                                      abstained=bool(last.get("abstained")), comment=comment or "",
                                      media=list(last.get("media") or []), filters=dict(last.get("filters") or {}))
-        return f"Thanks — feedback #{fid} recorded ({'helpful' if rating > 0 else 'not helpful'}).", ""
+        return tr("ui.chat.feedback_thanks", id=fid, rating=tr("ui.chat.rated_up" if rating > 0 else "ui.chat.rated_down")), ""
 
     def on_clear(self) -> dict[gr.components.Component, Any]:
         """New conversation: every output of the chat event back to its start value, and the case media emptied."""
@@ -461,50 +461,48 @@ class ChatTab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 banner = gr.HTML(visible=False, elem_id="abstain-banner")
-                chatbot = gr.Chatbot(label="Diagnosis", elem_id="chatbot", height=520, sanitize_html=True,
+                chatbot = gr.Chatbot(label=L("ui.chat.chatbot"), elem_id="chatbot", height=520, sanitize_html=True,
                                      render_markdown=True, allow_tags=False, latex_delimiters=[],
                                      feedback_options=None, buttons=["copy"])
                 msg = gr.MultimodalTextbox(
-                    placeholder="Attach a photo, screenshot, short video or PDF and ask what is wrong…",
+                    placeholder=L("ui.chat.placeholder"),
                     file_types=["image", "video", ".pdf"], file_count="multiple", sources=["upload"],
                     show_label=False, elem_id="chat-input", stop_btn=True, max_plain_text_length=4000)
                 with gr.Row():
                     # Choices are refreshed on page load; custom values are accepted because API clients never
                     # load the page and the KB may gain lines after start (values are only exact-match filters).
                     line_upd, model_upd = self.filter_updates()
-                    product_line = gr.Dropdown(label="Product line", choices=line_upd["choices"], value=ANY,
+                    product_line = gr.Dropdown(label=L("ui.chat.product_line"), choices=line_upd["choices"], value=ANY,
                                                allow_custom_value=True, elem_id="filter-line", scale=2)
-                    equipment_model = gr.Dropdown(label="Equipment model", choices=model_upd["choices"], value=ANY,
+                    equipment_model = gr.Dropdown(label=L("ui.chat.equipment_model"), choices=model_upd["choices"], value=ANY,
                                                   allow_custom_value=True, elem_id="filter-model", scale=2)
-                    pdf_page = gr.Number(label="PDF page", value=1, minimum=1, precision=0, elem_id="pdf-page",
-                                         scale=1, info="page used when a PDF is attached")
-                    rerank = gr.Checkbox(label="Rerank", value=bool(s.settings.rerank_enabled), elem_id="rerank", scale=1)
-                with gr.Accordion("Crop the photo to a region (optional)", open=False, elem_id="crop-panel"):
-                    gr.Markdown("Upload the photo here, crop it (Image tool → crop icon, drag the corners, "
-                                "**Confirm crop**), then send your question: the cropped region replaces the query "
-                                "image for that message and the rest of the conversation.")
+                    pdf_page = gr.Number(label=L("ui.chat.pdf_page"), value=1, minimum=1, precision=0, elem_id="pdf-page",
+                                         scale=1, info=L("ui.chat.pdf_page_info"))
+                    rerank = gr.Checkbox(label=L("ui.chat.rerank"), value=bool(s.settings.rerank_enabled), elem_id="rerank", scale=1)
+                with gr.Accordion(L("ui.chat.crop_panel"), open=False, elem_id="crop-panel"):
+                    gr.Markdown(L("ui.chat.crop_help"))
                     # brush/eraser stay enabled: in Gradio 6.31 disabling either hides the whole toolbar (crop too);
                     # a brush mark is harmless (and can point at the fault).
                     # No "load the conversation's photo" button: in Gradio 6.31 a crop of a server-set editor value
                     # is not exported (the composite stays uncropped); an uploaded one is.
-                    crop = gr.ImageEditor(label="Photo to crop",
+                    crop = gr.ImageEditor(label=L("ui.chat.crop_editor"),
                                           type="pil", sources=["upload", "clipboard"], transforms=("crop",),
                                           layers=False, elem_id="crop-editor", height=380)
                 with gr.Row(elem_id="feedback-row"):
-                    up = gr.Button("✓ Helpful", elem_id="fb-up", size="sm")
-                    down = gr.Button("✗ Not helpful", elem_id="fb-down", size="sm")
-                    comment = gr.Textbox(placeholder="Optional comment on the answer", show_label=False,
+                    up = gr.Button(L("ui.chat.helpful"), elem_id="fb-up", size="sm")
+                    down = gr.Button(L("ui.chat.not_helpful"), elem_id="fb-down", size="sm")
+                    comment = gr.Textbox(placeholder=L("ui.chat.comment"), show_label=False,
                                          elem_id="fb-comment", scale=3, max_length=2000)
-                    clear = gr.Button("New conversation", elem_id="clear-btn", size="sm")
+                    clear = gr.Button(L("ui.chat.new_conversation"), elem_id="clear-btn", size="sm")
                 fb_status = gr.Markdown(elem_id="fb-status")
-                with gr.Accordion("Timings", open=False, elem_id="timings-panel"):
-                    timings = gr.Markdown(timings_md(None), elem_id="timings")
+                with gr.Accordion(L("ui.chat.timings"), open=False, elem_id="timings-panel"):
+                    timings = gr.Markdown(L("ui.timings.none"), elem_id="timings")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Sources (click to open the case)", elem_id="sources", columns=3,
+                gallery = gr.Gallery(label=L("ui.chat.sources"), elem_id="sources", columns=3,
                                      height=300, allow_preview=False, object_fit="contain", interactive=False,
                                      fit_columns=False, preview=False)
-                detail = gr.HTML(case_detail_html(None), elem_id="case-detail")
-                case_media = gr.Gallery(label="Case media", elem_id="case-media", columns=4, height=180,
+                detail = gr.HTML(L("ui.case.select"), elem_id="case-detail")
+                case_media = gr.Gallery(label=L("ui.chat.case_media"), elem_id="case-media", columns=4, height=180,
                                         allow_preview=True, interactive=False, object_fit="contain",
                                         fit_columns=False, preview=False)
 
@@ -520,16 +518,17 @@ class ChatTab:
     def wire(self, v: ChatView) -> None:
         """Connect the laid-out components to the handlers (inside the same ``gr.Blocks``)."""
         s = self.s
-        ev = v.msg.submit(self.on_chat, v.inputs(), v.outputs(), api_name="chat", concurrency_limit=s.ui.concurrency_limit,
+        ev = v.msg.submit(localized(self.on_chat), v.inputs(), v.outputs(), api_name="chat", concurrency_limit=s.ui.concurrency_limit,
                           concurrency_id="models", show_progress="minimal", show_progress_on=[v.chatbot])
         v.msg.stop(None, None, None, cancels=[ev], api_visibility="private")
         # queue=False: runs at once, not behind the busy model slot it is meant to free
         v.msg.stop(self.on_stop, None, None, queue=False, api_visibility="private")
-        v.gallery.select(self.on_select, [v.sources], [v.detail, v.case_media], api_name="open_case")
-        v.product_line.change(self.on_line_change, [v.product_line], [v.equipment_model], api_visibility="private")
-        v.up.click(lambda c, l: self.on_feedback(1, c, l), [v.comment, v.last], [v.fb_status, v.comment],
+        v.gallery.select(localized(self.on_select), [v.sources], [v.detail, v.case_media], api_name="open_case")
+        v.product_line.change(localized(self.on_line_change), [v.product_line], [v.equipment_model],
+                              api_visibility="private")
+        v.up.click(localized(lambda c, l: self.on_feedback(1, c, l)), [v.comment, v.last], [v.fb_status, v.comment],
                    api_name="feedback_up")
-        v.down.click(lambda c, l: self.on_feedback(-1, c, l), [v.comment, v.last], [v.fb_status, v.comment],
+        v.down.click(localized(lambda c, l: self.on_feedback(-1, c, l)), [v.comment, v.last], [v.fb_status, v.comment],
                      api_name="feedback_down")
-        v.clear.click(self.on_clear, None, v.outputs() + [v.case_media], api_name="new_conversation")
+        v.clear.click(localized(self.on_clear), None, v.outputs() + [v.case_media], api_name="new_conversation")
 

@@ -13,7 +13,8 @@ import re
 from typing import Any, Iterable, Sequence
 
 from rag.pipeline.render import CONTROL_CHARS, inert_md
-from rag.pipeline.types import Answer, CaseCandidate, Trace
+from rag.pipeline.types import Answer, CaseCandidate, Decision, Trace
+from ui.i18n import error_text, tr
 
 _PATH_RE = re.compile(r"(?:/[^\s'\"/]+){2,}")
 
@@ -32,10 +33,10 @@ def plain(text: Any, limit: int = 200) -> str:
 
 def score_text(c: CaseCandidate) -> str:
     if c.rerank_score is not None:
-        return f"rerank {c.rerank_score:.2f} · retrieval {c.retrieval_score:.2f}"
+        return tr("ui.case.score_reranked", rerank=f"{c.rerank_score:.2f}", retrieval=f"{c.retrieval_score:.2f}")
     if c.retrieval_score:
-        return f"retrieval {c.retrieval_score:.2f}"
-    return "from the conversation"
+        return tr("ui.case.score_retrieval", retrieval=f"{c.retrieval_score:.2f}")
+    return tr("ui.case.from_conversation")
 
 
 def caption(c: CaseCandidate, cited: Iterable[str] = ()) -> str:
@@ -46,55 +47,68 @@ def caption(c: CaseCandidate, cited: Iterable[str] = ()) -> str:
 def case_detail_html(c: CaseCandidate | None) -> str:
     """The full case as escaped HTML (no Markdown: nothing in a case can become markup)."""
     if c is None:
-        return "<p class='ragvqa-muted'>Select a source to see the full case.</p>"
+        return f"<p class='ragvqa-muted'>{esc(tr('ui.case.select'))}</p>"
     case = c.case or {}
     rows: list[str] = [f"<h3>{esc(c.title or case.get('title', ''))} <code>{esc(c.case_id)}</code></h3>"]
     equip = " / ".join(str(x) for x in (case.get("product_line"), case.get("equipment_model")) if x)
     meta = []
     if equip:
-        meta.append(f"<b>Equipment:</b> {esc(equip)}")
+        meta.append(f"<b>{esc(tr('ui.case.equipment'))}</b> {esc(equip)}")
     if case.get("severity"):
-        meta.append(f"<b>Severity:</b> {esc(case['severity'])}")
+        meta.append(f"<b>{esc(tr('ui.case.severity'))}</b> {esc(case['severity'])}")
     if case.get("error_codes"):
-        meta.append(f"<b>Error codes:</b> {esc(', '.join(map(str, case['error_codes'])))}")
-    meta.append(f"<b>Score:</b> {esc(score_text(c))}")
+        meta.append(f"<b>{esc(tr('ui.case.error_codes'))}</b> {esc(', '.join(map(str, case['error_codes'])))}")
+    meta.append(f"<b>{esc(tr('ui.case.score'))}</b> {esc(score_text(c))}")
     rows.append("<p>" + " &nbsp;|&nbsp; ".join(meta) + "</p>")
-    for label, key in (("Symptom", "symptom"), ("Cause", "cause")):
+    for label, key in ((tr("ui.case.symptom"), "symptom"), (tr("ui.case.cause"), "cause")):
         if case.get(key):
-            rows.append(f"<p><b>{label}:</b> {esc(case[key])}</p>")
+            rows.append(f"<p><b>{esc(label)}</b> {esc(case[key])}</p>")
     steps = case.get("solution") or []
     if isinstance(steps, str):
         steps = [steps]
     if steps:
-        rows.append("<p><b>Solution:</b></p><ol>" + "".join(f"<li>{esc(s)}</li>" for s in steps) + "</ol>")
+        rows.append(f"<p><b>{esc(tr('ui.case.solution'))}</b></p><ol>" + "".join(f"<li>{esc(s)}</li>" for s in steps) + "</ol>")
     if not any(case.get(k) for k in ("symptom", "cause", "solution")) and c.document:
         rows.append(f"<pre class='ragvqa-doc'>{esc(c.document)}</pre>")
     if case.get("tags"):
-        rows.append("<p><b>Tags:</b> " + " ".join(f"<span class='ragvqa-tag'>{esc(t)}</span>" for t in case["tags"]) + "</p>")
+        rows.append(f"<p><b>{esc(tr('ui.case.tags'))}</b> " + " ".join(f"<span class='ragvqa-tag'>{esc(t)}</span>" for t in case["tags"]) + "</p>")
     media = case.get("media") or []
     if media:
         kinds: dict[str, int] = {}
         for m in media:
             kinds[str(m.get("kind"))] = kinds.get(str(m.get("kind")), 0) + 1
-        rows.append("<p><b>Media:</b> " + esc(", ".join(f"{n} {k}" for k, n in kinds.items())) + "</p>")
+        rows.append(f"<p><b>{esc(tr('ui.case.media'))}</b> " + esc(", ".join(f"{n} {k}" for k, n in kinds.items())) + "</p>")
     if case.get("source"):
-        rows.append(f"<p><b>Source:</b> {esc(case['source'])}</p>")
+        rows.append(f"<p><b>{esc(tr('ui.case.source'))}</b> {esc(case['source'])}</p>")
     return "<div class='ragvqa-case'>" + "\n".join(rows) + "</div>"
 
 
-def abstain_banner_html(cases: Sequence[CaseCandidate], reason: str = "") -> str:
+def reason_text(decision: Decision | None) -> str:
+    """Why the pipeline abstained, in the request's language (built from the decision's numbers, not its English
+    ``reason``, which is for logs)."""
+    if decision is None or not decision.abstain:
+        return ""
+    if decision.best_score is None:
+        return tr("ui.abstain.reason_no_case")
+    kind = tr("ui.abstain.kind_rerank" if decision.score_kind == "rerank" else "ui.abstain.kind_retrieval")
+    return tr("ui.abstain.reason_below", kind=kind, best=f"{decision.best_score:.3f}",
+              threshold=f"{decision.threshold:.3f}")
+
+
+def abstain_banner_html(cases: Sequence[CaseCandidate], decision: Decision | None = None) -> str:
     items = "".join(f"<li>{esc(c.title)} <code>{esc(c.case_id)}</code> — {esc(f'{c.score:.2f}')}</li>" for c in cases[:3])
-    body = f"<ul>{items}</ul>" if items else "<p>No case matches the current filters.</p>"
+    body = f"<ul>{items}</ul>" if items else f"<p>{esc(tr('ui.abstain.no_match'))}</p>"
+    reason = reason_text(decision)
     why = f"<p class='ragvqa-muted'>{esc(reason)}</p>" if reason else ""
-    return (f"<div class='ragvqa-abstain' role='alert'><b>⚠ No similar case found — possibly related:</b>{body}{why}"
-            "<p>Add detail (error code, LED pattern, model) or escalate to second-line support.</p></div>")
+    return (f"<div class='ragvqa-abstain' role='alert'><b>{esc(tr('ui.abstain.title'))}</b>{body}{why}"
+            f"<p>{esc(tr('ui.abstain.advice'))}</p></div>")
 
 
 def citations_md(answer: Answer) -> str:
     """A footer under the answer listing the cited cases (or the cases used, when none was cited)."""
     by_id = {c.case_id: c for c in answer.cases}
     ids = answer.cited or []
-    label = "Cited cases" if ids else "Cases used"
+    label = tr("ui.answer.cited") if ids else tr("ui.answer.used")
     if not ids:
         ids = [c.case_id for c in answer.cases[:3]]
     if not ids:
@@ -105,19 +119,19 @@ def citations_md(answer: Answer) -> str:
 
 def timings_md(trace: Trace | None, extra: dict[str, float] | None = None, notes: Sequence[str] = ()) -> str:
     """Per-stage timings as a Markdown table (numbers and fixed stage names only)."""
-    rows = [("upload handling", ms) for ms in [(extra or {}).get("uploads", 0.0)] if ms]
+    rows = [(tr("ui.timings.uploads"), ms) for ms in [(extra or {}).get("uploads", 0.0)] if ms]
     if trace is not None:
         for s in trace.stages:
             if s.stage == "total":
-                rows.append(("total (pipeline wall)", float(s.detail.get("wall_ms", 0.0))))
+                rows.append((tr("ui.timings.total"), float(s.detail.get("wall_ms", 0.0))))
                 continue
             label = s.stage
             if s.stage == "generate" and s.detail.get("first_token_ms") is not None:
-                label = f"generate (first token {s.detail['first_token_ms']:.0f} ms)"
+                label = tr("ui.timings.generate", first=f"{s.detail['first_token_ms']:.0f}")
             rows.append((label, s.ms))
     if not rows and not notes:
-        return "_No timings yet._"
-    out = ["| stage | ms |", "|---|---:|"] + [f"| {esc(k)} | {v:.1f} |" for k, v in rows]
+        return tr("ui.timings.none")
+    out = [f"| {esc(tr('ui.timings.stage'))} | ms |", "|---|---:|"] + [f"| {esc(k)} | {v:.1f} |" for k, v in rows]
     if notes:
         out.append("")
         out += [f"- {inert_md(n)}" for n in notes]
@@ -125,12 +139,12 @@ def timings_md(trace: Trace | None, extra: dict[str, float] | None = None, notes
 
 
 def user_error_text(e: BaseException, limit: int = 500) -> str:
-    """The message of a user-facing error (:class:`rag.errors.UserInputError`) without internal paths, trimmed."""
-    msg = _PATH_RE.sub(lambda m: m.group(0).rsplit("/", 1)[-1], str(e))
+    """The message of a user-facing error (:class:`rag.errors.UserInputError`) in the request's language (its
+    ``code`` + ``params`` through the catalog, else its English message), without internal paths, trimmed."""
+    msg = _PATH_RE.sub(lambda m: m.group(0).rsplit("/", 1)[-1], error_text(e, str(e)))
     return msg if len(msg) <= limit else msg[: limit - 3] + "…"
 
 
 def server_error_text(ref: str) -> str:
     """What the user sees for any error that is not theirs: no detail, a reference to find it in the server log."""
-    return (f"Something went wrong on the server (reference {ref}). "
-            "Please try again; if it persists, tell the administrator this reference.")
+    return tr("ui.error.server", ref=ref)

@@ -68,7 +68,7 @@ class RagPipeline:
         """Retrieve ``top_k`` cases, rerank them (``rerank``, else ``query.rerank``, else as configured) and keep
         ``top_n``; the overrides default to the stages' settings."""
         if query.is_empty():
-            raise QueryError("empty query: attach an image, video or PDF page, or type a question")
+            raise QueryError("empty query: attach an image, video or PDF page, or type a question", code="empty_query")
         trace = trace if trace is not None else Trace()
         retrieved = self.retrieve_stage.run(query, trace, top_k=top_k).candidates
         wanted = query.rerank if rerank is None else rerank
