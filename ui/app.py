@@ -75,13 +75,17 @@ def build_app(services: Services) -> gr.Blocks:
             SESSIONS.set(getattr(request, "session_hash", None), code)
             token = CURRENT.set(code)
             try:
-                line_upd, _ = chat.on_load()
+                line_upd, model_upd = chat.on_load()
             finally:
                 CURRENT.reset(token)
-            return {**relabel(texts, code), chat.load_outputs[0]: gr.update(choices=line_upd["choices"])}
+            updates = relabel(texts, code)
+            for comp, upd in zip(chat.load_outputs, (line_upd, model_upd), strict=True):
+                updates[comp] = {**updates.get(comp, {}), "choices": upd["choices"]}
+            return updates
 
         demo.load(on_page_load, None, [switch, *chat.load_outputs], api_visibility="private")
-        switch.input(on_switch, [switch], [*text_blocks, chat.load_outputs[0]], api_visibility="private")
+        switch_outputs = list(dict.fromkeys([*text_blocks, *chat.load_outputs]))
+        switch.input(on_switch, [switch], switch_outputs, api_visibility="private")
         demo.unload(chat.on_stop)  # a closed page stops the answer it was waiting for
     demo.queue(default_concurrency_limit=8, max_size=services.ui.queue_max_size)
     return demo

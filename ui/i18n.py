@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import json
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, TypeVar
@@ -156,11 +157,25 @@ def localized(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _key_of(value: object) -> str | None:
+    """The catalog key of a static text: an ``I18nData``, or the ``__i18n__{json}`` string some components (Markdown,
+    Button) turn it into."""
+    if isinstance(value, I18nData):
+        return value.key
+    if isinstance(value, str) and value.startswith("__i18n__"):
+        try:
+            data = json.loads(value[len("__i18n__"):])
+        except ValueError:
+            return None
+        return data.get("key") if isinstance(data, dict) else None
+    return None
+
+
 def translatable(blocks: gr.Blocks) -> list[tuple[Any, dict[str, str]]]:
     """Every component of ``blocks`` with static :func:`L` text: (component, {property: key})."""
     out = []
     for block in blocks.blocks.values():
-        props = {p: getattr(block, p).key for p in TEXT_PROPS if isinstance(getattr(block, p, None), I18nData)}
+        props = {p: k for p in TEXT_PROPS if (k := _key_of(getattr(block, p, None))) is not None}
         if props:
             out.append((block, props))
     return out
