@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from knowledge_base.schema import CASE_ID_PATTERN, Case, CaseInput, MediaItem, MediaKind, slugify
+from rag.text import TextDecodeError, declared_encoding, decode_text
 from rag.validation import InputRejected, Limits, check_file, check_text, check_tree, confine_path, safe_extract
 
 __all__ = [
@@ -235,16 +236,32 @@ def _record(where: str, data: Any, base: Path, confine: bool, default_id: str | 
 MAX_TEXT_SOURCE_BYTES = 256 * 1024 * 1024
 
 
-def _check_text_file(path: Path, label: str) -> None:
+def _check_text_file(path: Path, label: str, encoding: str | None = None) -> None:
     """The shared file rules before a text source is read whole: a regular file, not a link, within the size cap,
-    and text by content (a spreadsheet or an image renamed .csv is refused, not parsed)."""
+    and text by content (a spreadsheet or an image renamed .csv is refused, not parsed). Content sniffing knows
+    UTF-8 and byte-order marks; a file that declares another encoding (``encoding``, or its name) is text when its
+    bytes decode in it."""
     try:
         check_file(path, ("text",), Limits(max_file_bytes=MAX_TEXT_SOURCE_BYTES), where=label)
     except InputRejected as e:
         if e.code == "empty_file":
             return  # an empty JSONL is zero records; an empty CSV says it needs a header
-        hint = "; save it as UTF-8 text" if e.code == "wrong_type" else ""
+        declared = encoding or declared_encoding(path.name)
+        if e.code == "wrong_type" and declared and _decodes_as_text(path, declared):
+            return
+        hint = ("; save it as UTF-8 text, or declare GB18030 (a byte-order mark or a name like cases.gb18030.csv)"
+                if e.code == "wrong_type" else "")
         raise IngestInputError(e.problem + hint, e.where, e.code) from None
+
+
+def _decodes_as_text(path: Path, encoding: str) -> bool:
+    try:
+        with path.open("rb") as f:
+            head = f.read(64 * 1024)
+        text = decode_text(head, encoding)[0] if len(head) < 64 * 1024 else decode_text(head[:-4], encoding)[0]
+    except (OSError, TextDecodeError):
+        return False
+    return "\x00" not in text
 
 
 def _join(label: str, name: str) -> str:
@@ -253,18 +270,28 @@ def _join(label: str, name: str) -> str:
 
 
 
-def read_jsonl(path: Path, *, base_dir: Path | None = None, confine: bool = False, label: str | None = None) -> list[SourceCase]:
-    """One ``CaseInput`` JSON object per line; media paths relative to ``base_dir`` (default: the file's folder)."""
+def _read_text(path: Path, label: str, encoding: str | None) -> str:
+    """The file's text: UTF-8 (with or without a BOM), or GB18030/UTF-16 when a BOM, ``encoding`` or the file name
+    (``cases.gb18030.csv``) declares it (:func:`rag.text.decode_text`)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise IngestInputError(f"{label}: cannot be read ({e.strerror})") from None
+    try:
+        return decode_text(raw, encoding or declared_encoding(path.name))[0]
+    except TextDecodeError as e:
+        raise IngestInputError(f"{label}: {e}") from None
+
+
+def read_jsonl(path: Path, *, base_dir: Path | None = None, confine: bool = False, label: str | None = None,
+               encoding: str | None = None) -> list[SourceCase]:
+    """One ``CaseInput`` JSON object per line; media paths relative to ``base_dir`` (default: the file's folder).
+    ``encoding``: see :func:`_read_text` (UTF-8 unless declared)."""
     base = base_dir or path.parent
     label = label or path.name
     out: list[SourceCase] = []
-    _check_text_file(path, label)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise IngestInputError(f"{label}: not UTF-8 text ({e})") from None
-    except OSError as e:
-        raise IngestInputError(f"{label}: cannot be read ({e.strerror})") from None
+    _check_text_file(path, label, encoding)
+    text = _read_text(path, label, encoding)
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -314,7 +341,8 @@ def _split_list(value: str, delimiter: str) -> list[str]:
     return [v.strip() for v in value.split(sep) if v.strip()]
 
 
-def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False, label: str | None = None) -> list[SourceCase]:
+def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False, label: str | None = None,
+             encoding: str | None = None) -> list[SourceCase]:
     """A header row with CaseInput field names (aliases allowed); list cells split on ``|`` or ``;``.
 
     Media cells name files in ``media_dir`` (default: the CSV's folder); an optional ``captions`` column gives
@@ -322,13 +350,8 @@ def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False
     """
     base = media_dir or path.parent
     label = label or path.name
-    _check_text_file(path, label)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise IngestInputError(f"{label}: not UTF-8 text ({e}); save the sheet as 'CSV UTF-8'") from None
-    except OSError as e:
-        raise IngestInputError(f"{label}: cannot be read ({e.strerror})") from None
+    _check_text_file(path, label, encoding)
+    text = _read_text(path, label, encoding)
     first = text.split("\n", 1)[0]
     delimiter = max([",", ";", "\t"], key=first.count)
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)

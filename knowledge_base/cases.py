@@ -34,6 +34,7 @@ from knowledge_base.schema import Case, CaseInput
 from knowledge_base.state import KBState, now
 from rag.errors import UserInputError
 from rag.store import point_id
+from rag.text import fold
 from rag.validation import InputRejected, confine_path
 
 __all__ = [
@@ -188,7 +189,7 @@ class Cases:
             raise ValueError(f"unknown filter(s) {sorted(bad)}; allowed: {', '.join(CASE_FILTERS)}")
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
-        needle = (text or "").strip().lower()
+        needle = fold((text or "").strip())  # NFKC + case-fold both sides: full-width Ｅ１３ finds E13
         cases = []
         for p in self.s.text_payloads(filters, ["case"]):
             try:
@@ -197,7 +198,7 @@ class Cases:
                 continue
             if needle:
                 hay = "\n".join([c.id, c.title, c.equipment, c.symptom, c.cause, *c.solution, *c.error_codes, *c.tags])
-                if needle not in hay.lower():
+                if needle not in fold(hay):
                     continue
             cases.append(c)
         cases.sort(key=lambda c: c.id)

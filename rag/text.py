@@ -31,3 +31,45 @@ def dominant_script(text: str) -> str | None:
         counts["Kana"] += counts.pop("Hani")
     name, n = max(counts.items(), key=lambda kv: kv[1])
     return name if n else None
+
+
+#: Byte-order marks that declare a text file's encoding (GB18030 encodes U+FEFF as these four bytes).
+BOMS: tuple[tuple[bytes, str], ...] = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\x84\x31\x95\x33", "gb18030"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+#: Encodings a file may declare besides UTF-8; GBK and GB2312 are read as GB18030 (a superset of both).
+DECLARABLE = {"utf-8": "utf-8", "utf8": "utf-8", "gb18030": "gb18030", "gbk": "gb18030", "gb2312": "gb18030",
+              "utf-16": "utf-16"}
+
+
+class TextDecodeError(ValueError):
+    """Bytes that are not text in the encoding the file has or declares; the message names both."""
+
+
+def declared_encoding(name: str) -> str | None:
+    """An encoding declared in a file name, ``cases.gb18030.csv`` → ``gb18030`` (None when the name declares none)."""
+    parts = name.lower().split(".")
+    return DECLARABLE.get(parts[-2]) if len(parts) >= 3 else None
+
+
+def decode_text(raw: bytes, declared: str | None = None) -> tuple[str, str]:
+    """(text, encoding) of a text file's bytes: a byte-order mark decides (UTF-8, GB18030, UTF-16), else the
+    ``declared`` encoding, else UTF-8. Nothing is guessed: GB18030 bytes read as UTF-8 fail with a message saying
+    how to declare them, never as mojibake."""
+    for bom, enc in BOMS:
+        if raw.startswith(bom):
+            body, encoding = raw[len(bom):], enc
+            break
+    else:
+        body, encoding = raw, DECLARABLE.get((declared or "utf-8").lower().replace("_", "-"), "")
+        if not encoding:
+            raise TextDecodeError(f"unsupported encoding {declared!r} (use UTF-8, or declare GB18030)")
+    try:
+        return body.decode(encoding), encoding
+    except UnicodeDecodeError as e:
+        hint = "" if encoding != "utf-8" else ("; save it as UTF-8, or declare GB18030 with a byte-order mark or "
+                                               "a name like cases.gb18030.csv")
+        raise TextDecodeError(f"not {encoding} text (byte {e.start}){hint}") from None

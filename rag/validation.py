@@ -88,6 +88,8 @@ def sniff(head: bytes) -> tuple[Kind, str]:
         return "video", "avi"
     if len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47:
         return "video", "mpegts"
+    if head.startswith((b"\x84\x31\x95\x33", b"\xff\xfe", b"\xfe\xff")):  # GB18030 / UTF-16 byte-order marks
+        return "text", "text"
     try:
         head.decode("utf-8")
         if b"\x00" not in head:

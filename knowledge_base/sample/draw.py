@@ -5,9 +5,12 @@ dial gauges and icons.  Everything is pure Pillow/numpy and deterministic for a 
 from __future__ import annotations
 
 import math
+import os
 import random
+import re
 import threading
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
@@ -21,15 +24,44 @@ Box = tuple[float, float, float, float]
 _local = threading.local()
 
 
-def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's bundled scalable font (no system fonts: identical output on every machine).
+#: CJK fonts looked for, in order (Debian: fonts-wqy-zenhei, fonts-noto-cjk); ``RAGVQA_CJK_FONT`` names another.
+CJK_FONT_PATHS = (
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+)
+_CJK = re.compile("[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]")
+
+
+class FontMissingError(RuntimeError):
+    """Text with CJK characters needs a CJK font and none is installed."""
+
+
+def cjk_font_path() -> Path:
+    """The CJK font file: ``RAGVQA_CJK_FONT``, else the first of :data:`CJK_FONT_PATHS` that exists."""
+    env = os.environ.get("RAGVQA_CJK_FONT")
+    for cand in ([env] if env else []) + list(CJK_FONT_PATHS):
+        if Path(cand).is_file():
+            return Path(cand)
+    raise FontMissingError("drawing Chinese text needs a CJK font: `apt-get install fonts-wqy-zenhei` (the README "
+                           "set-up does) or set RAGVQA_CJK_FONT to a .ttf/.ttc/.otf file")
+
+
+def has_cjk(s: str) -> bool:
+    return bool(_CJK.search(s))
+
+
+def font(size: int, cjk: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled scalable font (no system fonts: identical output on every machine); for text with CJK
+    characters (``cjk``), the installed CJK font (:func:`cjk_font_path`; its output depends on that font's version).
 
     Cached per thread: a FreeType face must not be used by two threads at once.
     """
-    cache: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = _local.__dict__.setdefault("fonts", {})
-    f = cache.get(size)
+    cache: dict[tuple[int, bool], ImageFont.FreeTypeFont | ImageFont.ImageFont] = _local.__dict__.setdefault("fonts", {})
+    f = cache.get((size, cjk))
     if f is None:
-        f = cache[size] = ImageFont.load_default(size=size)
+        f = cache[(size, cjk)] = (ImageFont.truetype(str(cjk_font_path()), size=size) if cjk
+                                  else ImageFont.load_default(size=size))
     return f
 
 
@@ -43,25 +75,36 @@ def text(
     bold: bool = False,
 ) -> None:
     """Draw text; ``bold`` fakes a heavier weight with a thin stroke in the same colour."""
-    d.text(xy, s, font=font(size), fill=fill, anchor=anchor, stroke_width=1 if bold else 0, stroke_fill=fill)
+    d.text(xy, s, font=font(size, has_cjk(s)), fill=fill, anchor=anchor, stroke_width=1 if bold else 0,
+           stroke_fill=fill)
 
 
 def text_width(s: str, size: int) -> float:
-    return font(size).getlength(s)
+    return font(size, has_cjk(s)).getlength(s)
+
+
+def _units(para: str) -> list[tuple[str, str]]:
+    """(separator, unit) pieces of a line: Latin words joined by spaces, each CJK character a unit of its own
+    (Chinese breaks between any two characters)."""
+    out: list[tuple[str, str]] = []
+    for word in para.split():
+        pieces = re.findall(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]|[^\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]+", word)
+        out += [(" " if i == 0 else "", p) for i, p in enumerate(pieces)]
+    return out
 
 
 def wrap(s: str, size: int, width: float) -> list[str]:
-    """Greedy word wrap to a pixel width."""
+    """Greedy wrap to a pixel width: at spaces, and between CJK characters."""
     out: list[str] = []
     for para in s.split("\n"):
         line = ""
-        for word in para.split():
-            cand = f"{line} {word}".strip()
+        for sep, unit in _units(para):
+            cand = (line + sep + unit) if line else unit
             if text_width(cand, size) <= width or not line:
                 line = cand
             else:
                 out.append(line)
-                line = word
+                line = unit
         out.append(line)
     return out
 
