@@ -169,6 +169,35 @@ def comparison_table(cmp: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+#: What each per-language table groups by.
+LANG_TABLES = (("query", "query language", "the question's text (`none`: a picture or clip without text)"),
+               ("case", "case language", "the text of the query's most relevant case"),
+               ("pair", "query → case", "cross-lingual pairs: e.g. `zh-CN → en` is a Chinese question about an English case"))
+
+
+def language_tables(summary: Mapping[str, Any], *, tiny: bool) -> list[str]:
+    """The per-language tables (query language, case language, query → case pairs) of a run's summary."""
+    by_lang = summary.get("by_lang") or {}
+    if not any(by_lang.values()):
+        return []
+    lines = ["## By language", ""]
+    if tiny:
+        lines += ["**Mechanics only**: tiny random-weight models; these numbers show that the per-language split works, "
+                  "not how well Chinese and English retrieve each other.", ""]
+    for key, title, what in LANG_TABLES:
+        table = by_lang.get(key) or {}
+        if not table:
+            continue
+        cols = [(r, m) for r in ("retrieval", "rerank") for m in ("recall@1", "mrr@10") if any(r in v for v in table.values())]
+        lines += [f"### By {title}", "", f"Grouped by {what}.", "",
+                  f"| {title} | n | " + " | ".join(f"{r} {metric_label(m)}" for r, m in cols) + " |",
+                  "|---|---:|" + "---:|" * len(cols)]
+        for lang, v in table.items():
+            lines.append(f"| {lang} | {v['n']} | " + " | ".join(_fmt(v.get(r, {}).get(m)) for r, m in cols) + " |")
+        lines.append("")
+    return lines
+
+
 def run_markdown(summary: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     run = summary.get("run", {})
     lines = [f"# Eval run: {summary.get('mode')} on {run.get('eval_set', '?')}", ""]
@@ -201,6 +230,7 @@ def run_markdown(summary: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
         for kind, v in summary["by_kind"].items():
             lines.append(f"| {kind} | {v['n']} | " + " | ".join(_fmt(v.get(r, {}).get(m)) for r, m in cols) + " |")
         lines.append("")
+    lines += language_tables(summary, tiny=run.get("models") == "tiny")
     abst = summary.get("abstention")
     if abst:
         lines += ["## Abstention (out-of-KB queries)", "",

@@ -31,6 +31,7 @@ from eval.cache import CachedEmbedder, EmbeddingCache
 from eval.data import EvalItem, EvalSet, load_eval_set, load_jsonl
 from rag.config import Settings
 from rag.errors import RagvqaError
+from rag.i18n import detect_lang
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 from rag.pipeline import RagPipeline, Trace
 from rag.pipeline.types import Retrieval
@@ -193,6 +194,7 @@ class EvalRunner:
         self.import_stats: dict[str, int] = {}
         self.query_stats: dict[str, int] = {}
         self.timings: dict[str, float] = {}
+        self._case_langs: dict[str, str] | None = None
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def load_data(self) -> EvalSet:
@@ -314,6 +316,20 @@ class EvalRunner:
         tmp.replace(cfg_path)
         return read_results(res_path)
 
+    # -- languages -----------------------------------------------------------------------------------------------
+    @property
+    def case_langs(self) -> dict[str, str]:
+        """Case id -> the language its text is written in (read once from the KB's cases.jsonl)."""
+        if self._case_langs is None:
+            self._case_langs = case_languages(self.cases_jsonl) if self.cases_jsonl is not None else {}
+        return self._case_langs
+
+    def languages(self, item: EvalItem) -> dict[str, str]:
+        """The query's language (``none``: no text) and the language of its best relevant case (``none``: out of KB)."""
+        best = max(item.relevant.items(), key=lambda kv: kv[1], default=None)
+        return {"query_lang": detect_lang(item.query.text or "") or "none",
+                "case_lang": self.case_langs.get(best[0], "?") if best else "none"}
+
     # -- one query -------------------------------------------------------------------------------------------------
     def run_query(self, item: EvalItem) -> dict[str, Any]:
         p = self.pipeline
@@ -321,7 +337,8 @@ class EvalRunner:
         cfg = self.cfg
         q = item.to_query(rerank=self.uses_rerank)
         rec: dict[str, Any] = {"id": item.id, "kind": item.query.kind, "variant": item.query.variant,
-                               "expect_abstain": item.query.expect_abstain, "relevant": item.relevant, "error": None}
+                               "expect_abstain": item.query.expect_abstain, "relevant": item.relevant, "error": None,
+                               **self.languages(item)}
         t0 = time.perf_counter()
         answer = None
         retrieval: Retrieval | None = None
@@ -478,7 +495,7 @@ def summarise(records: Sequence[dict[str, Any]], cfg: RunConfig | None = None, s
         "n_queries": len(records), "n_answerable": len(answerable),
         "n_abstain": sum(1 for r in records if r.get("expect_abstain")),
         "errors": [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")],
-        "metrics": {}, "by_kind": {}, "recall_curve": {}, "ablation": None,
+        "metrics": {}, "by_kind": {}, "by_lang": {}, "recall_curve": {}, "ablation": None,
     }
     has_rerank = any(r.get("rerank") is not None for r in records)
     rankings = ["retrieval", "rerank"] if has_rerank else ["retrieval"]
@@ -494,12 +511,47 @@ def summarise(records: Sequence[dict[str, Any]], cfg: RunConfig | None = None, s
             sub = [r for r in answerable if (r.get("kind") or "?") == kind]
             kq = M.build_qrels(sub)
             out["by_kind"][kind] = {"n": len(sub), **{w: M.evaluate(kq, M.build_run(sub, w, name=w)) for w in rankings}}
+        out["by_lang"] = by_language(answerable, rankings)
         if has_rerank and len(answerable) >= 2:
             out["ablation"] = M.compare_runs(qrels, [runs["retrieval"], runs["rerank"]], stat_test=stat_test, max_p=max_p)
     out["abstention"] = abstention_summary(records, settings, has_rerank)
     if any("answer" in r for r in records):
         out["answers"] = answer_summary(records)
     out["latency"] = M.latency_summary([r for r in records if not r.get("error")])
+    return out
+
+
+def case_languages(cases_jsonl: Path) -> dict[str, str]:
+    """Case id -> language of its title and symptom (:func:`rag.i18n.detect_lang`; ``?`` when it cannot tell)."""
+    out: dict[str, str] = {}
+    with open(cases_jsonl, encoding="utf-8-sig") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                out[str(row["id"])] = detect_lang(f"{row.get('title', '')} {row.get('symptom', '')}") or "?"
+            except (ValueError, KeyError, TypeError):
+                continue
+    return out
+
+
+def by_language(answerable: Sequence[dict[str, Any]], rankings: Sequence[str]) -> dict[str, Any]:
+    """Retrieval metrics per query language, per case language and per (query → case) language pair; records
+    written before languages were recorded count as ``?``."""
+    out: dict[str, Any] = {}
+    groups = {
+        "query": lambda r: r.get("query_lang") or "?",
+        "case": lambda r: r.get("case_lang") or "?",
+        "pair": lambda r: f"{r.get('query_lang') or '?'} → {r.get('case_lang') or '?'}",
+    }
+    for name, key in groups.items():
+        table: dict[str, Any] = {}
+        for lang in sorted({key(r) for r in answerable}):
+            sub = [r for r in answerable if key(r) == lang]
+            kq = M.build_qrels(sub)
+            table[lang] = {"n": len(sub), **{w: M.evaluate(kq, M.build_run(sub, w, name=w)) for w in rankings}}
+        out[name] = table
     return out
 
 

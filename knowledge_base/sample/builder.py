@@ -3,7 +3,7 @@
 Output layout under ``dest``::
 
     cases.jsonl            one CaseInput per line; media paths are relative to dest ("media/...")
-    media/                 KB pictures (PNG), lx4200_service_manual.pdf, *.mp4 clips
+    media/                 KB pictures (PNG), lx4200_service_manual.pdf (+ _zh.pdf: the Chinese pages), *.mp4 clips
     eval.jsonl             one EvalQuery per line; media paths relative to dest ("eval_media/...")
     eval_media/            query pictures/clips: different renderings of the KB media
     manifest.json          sha256 of every file above (quick change/determinism check)
@@ -33,7 +33,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from knowledge_base.sample import augment
-from knowledge_base.sample.catalog import Catalog, Spec, load_catalog
+from knowledge_base.sample.catalog import Catalog, ManualPage, Spec, load_catalog
 from knowledge_base.sample.scenes import render, render_pump_gauge_frames
 from knowledge_base.schema import CaseInput, EvalQuery
 
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 MANUAL_NAME = "lx4200_service_manual.pdf"
 MANUAL_TITLE = "Printek LX-4200 Service Manual"
+MANUAL_ZH_NAME = "lx4200_service_manual_zh.pdf"
+MANUAL_ZH_TITLE = "Printek LX-4200 维修手册"
+#: The cases written in Chinese (issue 14), beside the English ``cases.json``: read by :func:`load_zh`.
+CATALOG_ZH_JSON = Path(__file__).with_name("cases_zh.json")
 #: Fixed PDF dates (Pillow would otherwise stamp the current time and break byte-identical builds).
 _PDF_DATE = time.gmtime(1_704_067_200)  # 2024-01-01T00:00:00Z
 HVAC_VIDEO_CASE = "hvac-rtu48-hp-lockout"
@@ -57,6 +61,50 @@ _GENERIC_QUESTIONS = (
     "How do I clear this?",
     "What does this mean?",
 )
+
+
+class ZhSpec(Spec):
+    """A case written in Chinese: a :class:`Spec` plus its fault family (``like:<English case id>`` when it shares
+    the family of an English case, else a family name). Its ``ask`` is an English question (cross-lingual eval)."""
+
+    family: str
+
+
+class CrossQuery(BaseModel):
+    """A Chinese question about an English case (cross-lingual eval)."""
+
+    case_id: str
+    text: str
+
+
+class ZhCatalog(BaseModel):
+    """``cases_zh.json``: the Chinese cases, their manual pages (a separate Chinese PDF) and Chinese questions
+    about English cases."""
+
+    cases: list[ZhSpec]
+    manual_pages: list[ManualPage]
+    queries: list[CrossQuery]
+
+
+def load_zh(path: Path | None = None) -> ZhCatalog:
+    p = path or CATALOG_ZH_JSON
+    try:
+        return ZhCatalog.model_validate(json.loads(p.read_text("utf-8")))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"sample catalog {p}: {e}") from e
+
+
+def sample_catalog() -> tuple[Catalog, ZhCatalog]:
+    """The whole sample: the English catalog with the Chinese cases appended (ids, product lines and links checked
+    together), and the Chinese catalog itself."""
+    en, zh = load_catalog(), load_zh()
+    both = Catalog(product_lines=en.product_lines, cases=[*en.cases, *zh.cases],
+                   manual_pages=[*en.manual_pages, *zh.manual_pages], abstain_text=en.abstain_text,
+                   abstain_images=en.abstain_images)
+    bad = [q.case_id for q in zh.queries if q.case_id not in both.case_by_id]
+    if bad:
+        raise ValueError(f"sample catalog {CATALOG_ZH_JSON}: questions about unknown case(s) {bad}")
+    return both, zh
 
 
 class SampleKB(BaseModel):
@@ -129,7 +177,10 @@ def build_sample_kb(dest: Path | str, *, seed: int = 0, workers: int | None = No
     ``workers`` = threads for rendering/encoding (default: CPU count, max 8); output does not depend on it.
     """
     t0 = time.perf_counter()
-    cat = load_catalog()
+    full, zh = sample_catalog()
+    en = load_catalog()
+    # the English part keeps its own manual (page numbers), eval ids and pictures; the Chinese part is appended
+    cat = full.model_copy(update={"manual_pages": en.manual_pages})
     root = Path(dest).resolve()
     root.mkdir(parents=True, exist_ok=True)
     w = _Writer(root)
@@ -151,6 +202,12 @@ def build_sample_kb(dest: Path | str, *, seed: int = 0, workers: int | None = No
         media_rel[mp.case_id].append(
             {"path": manual_rel, "kind": "pdf_page", "page": page_no, "caption": f"{MANUAL_TITLE}, p. {page_no}: {mp.page['title']}"}
         )
+    manual_zh_rel = f"media/{MANUAL_ZH_NAME}"
+    pages_zh = _manual_pages_zh(zh.manual_pages, seed)
+    jobs.append(lambda: [(manual_zh_rel, _pdf(pages_zh, MANUAL_ZH_TITLE))])
+    for page_no, mp in enumerate(zh.manual_pages, 1):
+        media_rel[mp.case_id].append({"path": manual_zh_rel, "kind": "pdf_page", "page": page_no,
+                                      "caption": f"{MANUAL_ZH_TITLE}，第 {page_no} 页：{mp.page['title']}"})
 
     # ---- video clips
     hvac_rel = f"media/{HVAC_VIDEO_CASE}_blink.mp4"
@@ -170,7 +227,8 @@ def build_sample_kb(dest: Path | str, *, seed: int = 0, workers: int | None = No
         rows.append(json.dumps(row, ensure_ascii=False))
 
     # ---- eval set (query media are produced by jobs too)
-    queries = _eval_queries(cat, jobs, seed, pages)
+    queries = _eval_queries(en, jobs, seed, pages)
+    queries += _eval_queries_zh(full, zh, jobs, seed, pages_zh, first=len(queries) + 1)
     lines = []
     for q in queries:
         EvalQuery.model_validate(q)
@@ -241,12 +299,24 @@ def _manual_pages(cat: Catalog, seed: int) -> list[Image.Image]:
     return pages
 
 
-def _pdf(pages: list[Image.Image]) -> bytes:
+def _manual_pages_zh(manual_pages: list[ManualPage], seed: int) -> list[Image.Image]:
+    """The Chinese service-manual pages (drawn with the CJK font, see ``draw.font``)."""
+    pages = []
+    for n, mp in enumerate(manual_pages, 1):
+        p: dict[str, Any] = dict(mp.page)
+        p["diagram"] = render(mp.diagram.scene, mp.diagram.params, _rng(seed, "manual-zh-figure", n))
+        p.update(manual=MANUAL_ZH_TITLE, section=f"第 {str(mp.page['title']).split()[0]} 节",
+                 page_label=f"第 {n} 页，共 {len(manual_pages)} 页", footer="仅限授权维修人员使用 - C 版")
+        pages.append(render("manual_page", p, _rng(seed, "manual-zh", n)))
+    return pages
+
+
+def _pdf(pages: list[Image.Image], title: str = MANUAL_TITLE) -> bytes:
     """Multi-page PDF via Pillow (JPEG-compressed page images, like a scanned manual) with fixed dates."""
     buf = io.BytesIO()
     pages[0].save(
         buf, "PDF", save_all=True, append_images=pages[1:], resolution=100.0, quality=80,
-        title=MANUAL_TITLE, author="Printek Service", creationDate=_PDF_DATE, modDate=_PDF_DATE,
+        title=title, author="Printek Service", creationDate=_PDF_DATE, modDate=_PDF_DATE,
     )
     return buf.getvalue()
 
@@ -463,4 +533,54 @@ def _eval_queries(cat: Catalog, jobs: list[Job], seed: int, manual_pages: list[I
 
     assert {c for q in queries for c in q["relevant"]} <= set(cat.case_by_id), "eval references an unknown case"
     assert len({c.product_line for c in cat.cases}) == len(cat.product_lines)
+    return queries
+
+
+def _eval_queries_zh(cat: Catalog, zh: ZhCatalog, jobs: list[Job], seed: int, manual_pages: list[Image.Image], *,
+                     first: int) -> list[dict[str, Any]]:
+    """Cross-lingual eval rows, numbered from ``first`` (after the English set, whose ids stay as they were):
+    a picture query per Chinese case (Chinese error screens; every third with an English question), the English
+    question of each Chinese case, Chinese questions about English cases, and a photo of the Chinese manual page
+    with a Chinese question."""
+    queries: list[dict[str, Any]] = []
+
+    def add(kind: str, case: Spec, variant: str, *, text: str | None = None, image: str | None = None) -> None:
+        q: dict[str, Any] = {"id": f"q{first + len(queries):03d}", "kind": kind}
+        if text is not None:
+            q["text"] = text
+        if image is not None:
+            q["image"] = image
+        q.update(relevant=_relevant(case), reference_answer=_reference(case), key_facts=list(case.key_facts),
+                 expect_abstain=False, variant=variant)
+        queries.append(q)
+
+    def picture(img_fn: Callable[[random.Random], Image.Image], recipe: str, rng_parts: tuple) -> tuple[str, str]:
+        rel = f"eval_media/q{first + len(queries):03d}.jpg"
+
+        def job() -> list[tuple[str, bytes]]:
+            rng = _rng(*rng_parts)
+            data, ext, _how = augment.apply(recipe, img_fn(rng), rng)
+            assert ext == ".jpg"
+            return [(rel, data)]
+
+        jobs.append(job)
+        return rel, augment.DESCRIPTIONS[recipe]
+
+    for i, case in enumerate(zh.cases):
+        im = case.images[0]
+        rel, how = picture(partial(render, im.scene, im.params), augment.RECIPES[i % len(augment.RECIPES)],
+                           (seed, "query-zh", case.id))
+        with_text = i % 3 == 0
+        add("image+text" if with_text else "image", case, f"Chinese case; re-rendered; {how}", image=rel,
+            text=_GENERIC_QUESTIONS[i % len(_GENERIC_QUESTIONS)] if with_text else None)
+    for case in zh.cases:
+        if case.ask:
+            add("text", case, "English question, Chinese case", text=case.ask)
+    for q in zh.queries:
+        add("text", cat.case_by_id[q.case_id], "Chinese question, English case", text=q.text)
+    for page_no, mp in enumerate(zh.manual_pages, 1):
+        page = manual_pages[page_no - 1]
+        rel, how = picture(lambda _rng_, page=page: page, "phone_photo", (seed, "query-manual-zh", page_no))
+        add("image+text", cat.case_by_id[mp.case_id], f"photo of Chinese manual page {page_no}; {how}", image=rel,
+            text="这页维修手册讲的是哪个故障？应该怎么处理？")
     return queries
