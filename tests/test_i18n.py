@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from ui_helpers import Served, serve_app, stop_app
+from ui_helpers import ADMIN, Served, serve_app, stop_app
 
 from rag.i18n import DEFAULT_LANG, LOCALES_DIR, catalogs, languages
 
@@ -181,3 +181,14 @@ def test_a_chinese_photo_question_gets_sources_and_an_answer(app: Served, tmp_pa
     zh = Client(app.url, verbose=False, download_files=False, headers={"Accept-Language": "zh-CN"})
     history, _msg, gallery, *_ = _chat(zh, "打印机显示E13，怎么修？", [str(photo)], rerank=True)
     assert gallery and _text(history[-1]).strip()
+
+
+def test_admin_login_messages_and_user_errors_in_chinese(app: Served) -> None:
+    """A user error raised deep in the code (AuthError with its code) is shown from the catalog's error.<code>."""
+    zh = Client(app.url, verbose=False, download_files=False, headers={"Accept-Language": "zh-CN"})
+    out = zh.predict("admin", "wrong", api_name="/admin_login")
+    assert "用户名或密码错误。" in str(out)
+    out = zh.predict(*ADMIN, api_name="/admin_login")
+    assert f"已登录：**{ADMIN[0]}**" in str(out)
+    en = Client(app.url, verbose=False, download_files=False)
+    assert "Wrong user name or password." in str(en.predict("admin", "wrong", api_name="/admin_login"))

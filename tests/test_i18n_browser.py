@@ -70,6 +70,13 @@ def test_chinese_ui_ask_with_photo_and_abstention(zh_page, app: Served, tmp_path
     assert "没有找到相似案例" in banner and "二线支持" in banner
     shot(page, "i18n-zh-abstain")
 
+    page.locator("#tab-admin-button, button[role=tab]:has-text('管理')").first.click()
+    page.wait_for_selector("#admin-login", state="visible")
+    login = page.locator("#admin-login").inner_text()
+    assert "管理员登录" in login and "用户名" in login and "密码" in login
+    shot(page, "i18n-zh-admin")
+    page.locator("#tab-chat-button, button[role=tab]:has-text('对话')").first.click()
+
     page.locator("#lang-switch label", has_text="English").click()  # the visible switch
     page.wait_for_function("() => (document.querySelector('#chat-input textarea')?.placeholder || '').startsWith('Attach')")
     assert "Product line" in page.locator("body").inner_text()

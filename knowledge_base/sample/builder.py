@@ -579,8 +579,10 @@ def _eval_queries_zh(cat: Catalog, zh: ZhCatalog, jobs: list[Job], seed: int, ma
     for q in zh.queries:
         add("text", cat.case_by_id[q.case_id], "Chinese question, English case", text=q.text)
     for page_no, mp in enumerate(zh.manual_pages, 1):
-        page = manual_pages[page_no - 1]
-        rel, how = picture(lambda _rng_, page=page: page, "phone_photo", (seed, "query-manual-zh", page_no))
+        def page_image(_rng: random.Random, page: Image.Image = manual_pages[page_no - 1]) -> Image.Image:
+            return page
+
+        rel, how = picture(page_image, "phone_photo", (seed, "query-manual-zh", page_no))
         add("image+text", cat.case_by_id[mp.case_id], f"photo of Chinese manual page {page_no}; {how}", image=rel,
             text="这页维修手册讲的是哪个故障？应该怎么处理？")
     return queries
