@@ -121,10 +121,11 @@ def check_file(path: str | os.PathLike[str], allowed: Iterable[Kind], limits: Li
     if not stat.S_ISREG(st.st_mode):
         raise InputRejected("not_a_file", "not a regular file", where)
     if st.st_size == 0:
-        raise InputRejected("empty_file", "file is empty", where)
+        raise InputRejected("empty_file", "file is empty", where, name=Path(where).name)
     if st.st_size > limits.max_file_bytes:
         raise InputRejected("file_too_large", f"file is {st.st_size / 1e6:.1f} MB; the limit is "
-                            f"{limits.max_file_bytes / 1e6:.0f} MB", where)
+                            f"{limits.max_file_bytes / 1e6:.0f} MB", where, name=Path(where).name,
+                            mb=round(st.st_size / 1e6, 1), limit_mb=round(limits.max_file_bytes / 1e6))
     with open(p, "rb") as f:
         head = f.read(512)
     kind, fmt = sniff(head)

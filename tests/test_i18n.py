@@ -192,3 +192,15 @@ def test_admin_login_messages_and_user_errors_in_chinese(app: Served) -> None:
     assert f"已登录：**{ADMIN[0]}**" in str(out)
     en = Client(app.url, verbose=False, download_files=False)
     assert "Wrong user name or password." in str(en.predict("admin", "wrong", api_name="/admin_login"))
+
+
+def test_upload_errors_are_shown_in_the_browser_language(app: Served, tmp_path: Path) -> None:
+    """ui.media raises UploadError with a code and params; the chat shows the catalog's text for them."""
+    fake = tmp_path / "photo.png"
+    fake.write_text("not a picture at all, just text", encoding="utf-8")
+    zh = Client(app.url, verbose=False, download_files=False, headers={"Accept-Language": "zh-CN"})
+    history, *_ = _chat(zh, "这是什么故障？", [str(fake)])
+    assert "“photo.png”不是支持的文件" in _text(history[-1])
+    en = Client(app.url, verbose=False, download_files=False)
+    history, *_ = _chat(en, "what is this?", [str(fake)])
+    assert "'photo.png' is not a supported file" in _text(history[-1])

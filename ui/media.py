@@ -58,8 +58,9 @@ def sniff(path: Path, budget: VisionBudget) -> Kind:
     except InputRejected as e:
         if e.code == "wrong_type":
             raise UploadError(f"'{display_name(path)}' is not a supported file. Attach a photo or screenshot "
-                              "(PNG, JPEG, WebP), a short video (MP4, WebM, MOV) or a PDF.") from None
-        raise UploadError(str(e)) from None
+                              "(PNG, JPEG, WebP), a short video (MP4, WebM, MOV) or a PDF.", code="unsupported_upload",
+                              params={"name": display_name(path)}) from None
+        raise UploadError(str(e), code=e.code, params=e.params) from None
     return kind  # type: ignore[return-value]
 
 
@@ -80,7 +81,8 @@ def check_video(path: Path, budget: VisionBudget) -> None:
         raise UploadError(f"'{display_name(path)}' is not a readable video ({type(e).__name__}).") from e
     if dur is not None and dur > budget.max_video_seconds:
         raise UploadError(f"'{display_name(path)}' is {dur:.0f} s long; the limit is {budget.max_video_seconds:.0f} s. "
-                          "Trim it to the moment that shows the fault.")
+                          "Trim it to the moment that shows the fault.", code="video_too_long",
+                          params={"name": display_name(path), "seconds": round(dur), "limit": round(budget.max_video_seconds)})
     if w and h:
         _check_min_side(w, h, budget, f"each frame of '{display_name(path)}'")
 
