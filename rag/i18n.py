@@ -104,8 +104,11 @@ def answer_lang(question: str, ui_lang: str | None) -> str:
 
 def error_text(code: str, params: Mapping[str, ParamValue], lang: str | None, fallback: str) -> str:
     """A user error shown in ``lang``: the catalog's ``error.<code>`` template with the error's params, else
-    ``fallback`` (the English message the error was raised with)."""
+    ``fallback`` (the English message the error was raised with, also used for English itself: it is the most
+    precise wording, the English catalog entry documents the code)."""
     key = f"error.{code}"
+    if resolve(lang) == DEFAULT_LANG:
+        return fallback
     template = catalogs()[resolve(lang)].get(key)
     if template is None:
         return fallback

@@ -19,6 +19,7 @@ from rag.config import VisionBudget
 from rag.errors import UserInputError
 from rag.models.query_image import QueryImageError, display_name, load_query_image
 from rag.validation import InputRejected, Limits, check_file, check_image_size
+from ui.i18n import tr
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +73,15 @@ def check_video(path: Path, budget: VisionBudget) -> None:
         with av.open(str(path)) as c:
             streams = [s for s in c.streams if s.type == "video"]
             if not streams:
-                raise UploadError(f"'{display_name(path)}' has no video stream.")
+                raise UploadError(f"'{display_name(path)}' has no video stream.", code="no_video_stream",
+                                  params={"name": display_name(path)})
             dur = float(c.duration / 1_000_000) if c.duration else None
             w, h = streams[0].codec_context.width, streams[0].codec_context.height
     except UploadError:
         raise
     except Exception as e:  # PyAV raises many types for broken files
-        raise UploadError(f"'{display_name(path)}' is not a readable video ({type(e).__name__}).") from e
+        raise UploadError(f"'{display_name(path)}' is not a readable video ({type(e).__name__}).",
+                          code="unreadable_video", params={"name": display_name(path)}) from e
     if dur is not None and dur > budget.max_video_seconds:
         raise UploadError(f"'{display_name(path)}' is {dur:.0f} s long; the limit is {budget.max_video_seconds:.0f} s. "
                           "Trim it to the moment that shows the fault.", code="video_too_long",
@@ -103,14 +106,15 @@ def render_pdf_page(path: Path, page: int, out_dir: Path, *, dpi: int = 150, max
     try:
         pdf = pdfium.PdfDocument(str(path))
     except Exception as e:  # PdfiumError: encrypted, corrupt...
-        raise UploadError(f"'{name}' is not a readable PDF ({e}).") from e
+        raise UploadError(f"'{name}' is not a readable PDF ({e}).", code="unreadable_pdf", params={"name": name}) from e
     try:
         n = len(pdf)
         if n == 0:
-            raise UploadError(f"'{name}' has no pages.")
+            raise UploadError(f"'{name}' has no pages.", code="pdf_no_pages", params={"name": name})
         if not 1 <= page <= n:
             raise UploadError(f"'{name}' has {n} page{'s' if n != 1 else ''}; page {page} does not exist. "
-                              f"Set 'PDF page' to a number from 1 to {n}.")
+                              f"Set 'PDF page' to a number from 1 to {n}.", code="pdf_page_missing",
+                              params={"name": name, "pages": n, "page": page})
         pg = pdf[page - 1]
         w_pt, h_pt = pg.get_size()
         scale = dpi / 72
@@ -212,7 +216,7 @@ def prepare_uploads(files: list[Any], *, pdf_page: int, out_dir: Path, budget: V
             except UploadError as e:  # name the PDF page, not the temporary rendering
                 raise UploadError(str(e).replace(display_name(png), f"{name} page {pdf_page}")) from None
             media.images.append(png)
-            media.notes.append(f"PDF '{name}': page {pdf_page} of {n}")
+            media.notes.append(tr("ui.chat.pdf_note", name=name, page=pdf_page, pages=n))
         elif kind == "video":
             if media.video is not None:
                 raise UploadError("Attach at most one video per message.")
