@@ -449,3 +449,34 @@ def duplicates(
 
 if __name__ == "__main__":  # pragma: no cover
     kb_app()
+
+
+# ------------------------------------------------------------------------------------------------ KB intelligence
+
+
+@kb_app.command("related")
+def related(
+    case_id: Annotated[str, typer.Argument(help="Case id.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100, help="How many related cases.")] = 5,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Cases related to CASE_ID by their stored text and media vectors, with the pairs that matched (read-only)."""
+    from knowledge_base.related import related_cases
+    from rag.errors import UserInputError
+
+    with _open(data_dir, models, strict=False, model=False) as kb:
+        try:
+            found = related_cases(kb, case_id, limit=limit)
+        except UserInputError as e:
+            raise _fail(str(e)) from None
+    if as_json:
+        _dump([{**r.model_dump(mode="json"), "reasons": [{**x.model_dump(mode="json"), "text": x.text}
+                                                        for x in r.reasons]} for r in found])
+        return
+    if not found:
+        out.print(f"no other case to relate {case_id} to", highlight=False)
+    for r in found:
+        why = "; ".join(f"{x.text} ({x.score:.3f})" for x in r.reasons)
+        out.print(f"{r.score:.3f}  [bold]{r.case_id}[/bold] — {r.title}  [dim]{why}", highlight=False)
