@@ -416,7 +416,7 @@ class VectorStore(abc.ABC):
 
     def search_batch(
         self,
-        vectors: Sequence[Sequence[float]] | np.ndarray,
+        vectors: Sequence[Sequence[float] | np.ndarray] | np.ndarray,
         limit: int = 10,
         filters: Filters | None = None,
         exact: bool = False,
