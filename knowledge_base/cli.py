@@ -480,3 +480,34 @@ def related(
     for r in found:
         why = "; ".join(f"{x.text} ({x.score:.3f})" for x in r.reasons)
         out.print(f"{r.score:.3f}  [bold]{r.case_id}[/bold] — {r.title}  [dim]{why}", highlight=False)
+
+
+@kb_app.command("classify")
+def classify(
+    target: Annotated[str, typer.Argument(help="A case id (its stored vectors), or an image/video file to classify.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=100, help="Neighbouring cases that vote.")] = 10,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Suggested product line, equipment model, tags and severity, with confidences (read-only)."""
+    from knowledge_base.labels import suggest_labels
+    from rag.errors import UserInputError
+    from rag.store import StoreMismatchError
+
+    path = Path(target)
+    with _open(data_dir, models) as kb:
+        try:
+            if path.is_file():
+                found = suggest_labels(kb, media=[path], k=k)
+            else:
+                found = suggest_labels(kb, case_id=target, k=k)
+        except (UserInputError, StoreMismatchError) as e:
+            raise _fail(str(e)) from None
+    if as_json:
+        _dump([s.model_dump(mode="json") for s in found])
+        return
+    if not found:
+        out.print("no confident suggestion", highlight=False)
+    for s in found:
+        out.print(f"suggested {s.field}: [bold]{s.value}[/bold]  ({s.confidence:.0%}, {s.source})", highlight=False)

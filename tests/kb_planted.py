@@ -82,7 +82,7 @@ def grouped_cases(rng: np.random.Generator, *, groups: int, per_group: int, dim:
     out = []
     for g in range(groups):
         for j in range(per_group):
-            n_media = int(rng.integers(0, 4))
+            n_media = int(rng.integers(0, 4)) if media_kinds else 0
             kinds = ["text", *(media_kinds[int(rng.integers(len(media_kinds)))] for _ in range(n_media))]
             pts = [(k, unit(centres[g] + noise * rng.normal(size=dim))) for k in kinds]
             out.append(Planted(id=f"g{g}-c{j:02d}", product_line=f"line{g}", equipment_model=f"model{g}",
