@@ -511,3 +511,43 @@ def classify(
         out.print("no confident suggestion", highlight=False)
     for s in found:
         out.print(f"suggested {s.field}: [bold]{s.value}[/bold]  ({s.confidence:.0%}, {s.source})", highlight=False)
+
+
+@kb_app.command("search")
+def search(
+    text: Annotated[Optional[str], typer.Option("--text", help="What to look for, in words.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="A photo or screenshot to look for.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=200, help="Results per view.")] = 10,
+    kind: Annotated[Optional[list[str]], typer.Option("--kind", help="Only these point kinds: text, image, "
+                                                      "pdf_page, video (repeatable).")] = None,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Semantic, cross-modal search over cases and their individual media (text and/or image query; read-only)."""
+    from knowledge_base.semantic_search import semantic_search
+    from rag.errors import UserInputError
+
+    with _open(data_dir, models) as kb:
+        try:
+            res = semantic_search(kb, text=text, image=image, limit=limit, kinds=kind or None)  # type: ignore[arg-type]
+        except UserInputError as e:
+            raise _fail(str(e)) from None
+        root = kb.media_root
+    if as_json:
+        _dump(res.model_dump(mode="json"))
+        return
+    t = Table(title="cases", show_header=True)
+    for col in ("score", "case", "title", "best match"):
+        t.add_column(col)
+    for c in res.cases:
+        best = c.points[0]
+        t.add_row(f"{c.score:.3f}", c.case_id, c.title, best.kind + (f" p{best.page}" if best.page else ""))
+    out.print(t)
+    t = Table(title="media and texts", show_header=True)
+    for col in ("score", "case", "kind", "file"):
+        t.add_column(col)
+    for p in res.points:
+        t.add_row(f"{p.score:.3f}", p.case_id, p.kind + (f" p{p.page}" if p.page else ""),
+                  str(root / p.media_path) if p.media_path else "")
+    out.print(t)
