@@ -35,7 +35,7 @@ def test_planted_search_equals_brute_force(tmp_path: Path) -> None:
     cases = grouped_cases(rng, groups=3, per_group=5, dim=DIM)
     store = open_planted(tmp_path / "s", cases, DIM)
     try:
-        for trial in range(5):
+        for _trial in range(5):
             q = rng.normal(size=DIM)
             res = semantic_search(store, vector=q, limit=7, exact=True)
             want_pts, want_cases = brute(cases, q, 7)
