@@ -89,3 +89,40 @@ def test_intel_with_login(app: Served, tmp_path: Path) -> None:
     assert "Linked" in out
     assert [(lk.case_id, lk.relation) for lk in kb.get("prn-e13").links] == [(want[0], "related")]
     assert "Already linked" in c.predict("prn-e13", want[0], fn_index=idx["intel-link-btn"])
+
+
+def test_chat_open_related_case(app: Served) -> None:
+    from knowledge_base.related import related_cases
+
+    c = Client(app.url, verbose=False, download_files=False)
+    detail, media, related = c.predict("prn-jam2", api_name="/open_related")
+    assert "prn-jam2" in detail and "Paper jam in tray 2" in detail and media
+    want = [r.case_id for r in related_cases(app.services.kb, "prn-jam2", limit=5)]
+    assert [ch[1] for ch in related["choices"]] == want and related["visible"] is True
+    detail, media, related = c.predict("no-such-case", api_name="/open_related")
+    assert "Select a source" in detail and media == [] and related["visible"] is False
+
+
+def test_chat_line_hint_is_a_vote_of_the_retrieved_cases(app: Served) -> None:
+    """The hint is the similarity-weighted vote of the retrieved cases (reference computed by hand here), shown
+    only for a photo/video query without a product-line filter, and applied only when clicked."""
+    from ui.chat import ChatTab
+
+    kb = app.services.kb
+    tab = ChatTab(app.services)
+
+    def src(cid: str, score: float) -> dict:
+        return {"case_id": cid, "retrieval_score": score, "case": kb.get(cid).model_dump(mode="json")}
+
+    sources = [src("prn-e13", 0.9), src("prn-jam2", 0.8), src("hvac-f3", 0.5), src("xss-case", 0.1)]
+    photo = {"images": ["/tmp/q.png"], "video": None}
+    upd, value = tab.intel.line_hint(sources, photo, "")
+    share = (0.9 + 0.8 + 0.1) / (0.9 + 0.8 + 0.5 + 0.1)  # printers: 78 %
+    assert value == "printers" and upd["visible"] is True and f"({share:.0%})" in upd["value"]
+    assert tab.intel.line_hint(sources, {"images": [], "video": None}, "")[1] is None  # text-only query: no hint
+    assert tab.intel.line_hint(sources, photo, "hvac")[1] is None  # a filter is already chosen
+    assert tab.intel.line_hint(sources[2:], photo, "")[1] is None  # two voters: not evidence
+    split = [src("prn-e13", 0.5), src("hvac-f3", 0.5), src("pump-seal", 0.5)]
+    assert tab.intel.line_hint(split, photo, "")[1] is None  # no majority
+    line_upd, hint_upd = tab.intel.accept_line("printers")
+    assert line_upd["value"] == "printers" and hint_upd["visible"] is False
