@@ -106,12 +106,13 @@ def brute_vote(cases: list[Planted], q: np.ndarray, skip: str, k: int, field: st
     return {v: w / total for v, w in votes.items()}
 
 
-def test_case_id_votes_with_all_its_points(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_case_id_votes_with_all_its_points(tmp_path: Path, backend: str) -> None:
     rng = np.random.default_rng(5)
     cases = grouped_cases(rng, groups=3, per_group=5, dim=DIM, noise=0.6)
     for c in cases[::4]:
         c.equipment_model = "odd-model"
-    store = open_planted(tmp_path / "s", cases, DIM)
+    store = open_planted(tmp_path / "s", cases, DIM, backend=backend)
     try:
         for c in cases:
             q = np.stack([unit(v) for _, v in c.points])

@@ -18,11 +18,11 @@ from rag.store import point_id
 DIM = 24
 
 
-@pytest.fixture
-def planted(tmp_path: Path):
+@pytest.fixture(params=["edge", "local"])
+def planted(request, tmp_path: Path):
     rng = np.random.default_rng(7)
     cases = grouped_cases(rng, groups=4, per_group=6, dim=DIM)
-    store = open_planted(tmp_path / "store", cases, DIM)
+    store = open_planted(tmp_path / "store", cases, DIM, backend=request.param)
     yield cases, store
     store.close()
 

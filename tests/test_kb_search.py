@@ -30,10 +30,11 @@ def brute(cases, q: np.ndarray, limit: int, kinds=None, line=None):
     return pts[:limit], sorted(best.items(), key=lambda kv: -kv[1])[:limit]
 
 
-def test_planted_search_equals_brute_force(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_planted_search_equals_brute_force(tmp_path: Path, backend: str) -> None:
     rng = np.random.default_rng(4)
     cases = grouped_cases(rng, groups=3, per_group=5, dim=DIM)
-    store = open_planted(tmp_path / "s", cases, DIM)
+    store = open_planted(tmp_path / "s", cases, DIM, backend=backend)
     try:
         for _trial in range(5):
             q = rng.normal(size=DIM)
