@@ -283,3 +283,23 @@ def test_cli_import_suggest_fills_only_missing_fields(tmp_path: Path, tiny_model
         assert (c7.product_line, c7.tags, c7.severity) == (case_dict(7)["product_line"], case_dict(7)["tags"], "low")
     res = run(kb_app, ["import", str(src / "img00.png"), "--suggest", *common])
     assert res.exit_code == 1 and "--suggest works on a .jsonl file" in res.output
+
+
+def test_store_of_another_embedder_gets_a_clear_message(tmp_path: Path, embedder) -> None:
+    """A KB opened (non-strict) on a store whose vectors come from another embedder: classifying or searching new
+    text/media refuses with a message naming the mismatch and the fix; stored-vector reads still work."""
+    from knowledge_base.kb import KnowledgeBase
+    from knowledge_base.semantic_search import SearchInputError, semantic_search
+    from rag.config import Settings
+
+    cases = grouped_cases(np.random.default_rng(3), groups=2, per_group=3, dim=embedder.dim)
+    store = open_planted(tmp_path / "data" / "store", cases, embedder.dim)
+    kb = KnowledgeBase.open(Settings(data_dir=tmp_path / "data"), embedder, store=store, strict=False)
+    try:
+        with pytest.raises(LabelsInputError, match="planted-embedder.*reindex"):
+            suggest_labels(kb, text="paper jam")
+        with pytest.raises(SearchInputError, match="planted-embedder.*reindex"):
+            semantic_search(kb, text="paper jam")
+        assert suggest_labels(kb, case_id=cases[0].id)  # stored vectors: comparable (zero-shot is skipped)
+    finally:
+        kb.close()
