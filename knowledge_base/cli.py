@@ -492,8 +492,7 @@ def related(
         except UserInputError as e:
             raise _fail(str(e)) from None
     if as_json:
-        _dump([{**r.model_dump(mode="json"), "reasons": [{**x.model_dump(mode="json"), "text": x.text}
-                                                        for x in r.reasons]} for r in found])
+        _dump([r.model_dump(mode="json") for r in found])
         return
     if not found:
         out.print(f"no other case to relate {case_id} to", highlight=False)
