@@ -44,7 +44,7 @@ from knowledge_base.media_store import MediaStore
 from knowledge_base.schema import Case, CaseInput
 from knowledge_base.state import EmbedderLike, KBState
 from rag.config import Settings
-from rag.store import EdgeStore, StoreError, StoreMeta, VectorStore, open_store, store_kwargs_from_settings
+from rag.store import EdgeStore, StoreError, StoreMeta, VectorStore, open_store
 
 __all__ = [
     "CASE_FILTERS",
@@ -126,20 +126,20 @@ class KnowledgeBase:
             if strict or store is not None:
                 raise ValueError("an embedder is needed (see rag.models.factory.load_models); "
                                  "without one, open read-only with strict=False")
-            store = open_store(embedder_id=None, dim=None, **store_kwargs_from_settings(settings))
+            store = open_store(embedder_id=None, dim=None, config=settings.store_config())
             eid, dim = store.meta.embedder_id, store.dim
         else:
             eid = cls.embedder_id_of(embedder, settings)
             dim = settings.embed_dim or int(embedder.dim)
         if store is None:
-            kwargs = store_kwargs_from_settings(settings)
+            config = settings.store_config()
             if strict:
-                store = open_store(embedder_id=eid, dim=dim, **kwargs)
+                store = open_store(embedder_id=eid, dim=dim, config=config)
             else:
                 try:
-                    store = open_store(embedder_id=None, dim=None, **kwargs)
+                    store = open_store(embedder_id=None, dim=None, config=config)
                 except StoreError:  # nothing there yet: create it for this embedder
-                    store = open_store(embedder_id=eid, dim=dim, **kwargs)
+                    store = open_store(embedder_id=eid, dim=dim, config=config)
         elif strict:
             StoreMeta(embedder_id=eid, dim=dim).check_compatible(store.meta, repr(store))
         vb = settings.vision
