@@ -100,7 +100,7 @@ class Cases:
             elif isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], (bytes, bytearray)):
                 out.append(MediaSource(name=str(m[0]), data=bytes(m[1])))
             else:
-                p = Path(m)  # type: ignore[arg-type]
+                p = Path(m)
                 if not p.is_file():
                     raise MediaError(p.name, f"file not found ({p})")
                 out.append(MediaSource(name=p.name, path=p))
@@ -319,7 +319,7 @@ class Cases:
             if self.count_cases() > 0:
                 return None
             try:
-                from knowledge_base.sample import build_sample_kb  # type: ignore[attr-defined]
+                from knowledge_base.sample import build_sample_kb
             except ImportError as e:
                 raise IngestInputError(f"the sample knowledge base generator is not available ({e})") from e
             sample = build_sample_kb(Path(sample_dir))

@@ -20,9 +20,10 @@ Edge itself allows one process per store.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, cast, overload
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class _Shared(Generic[T]):
     @overload
     def __get__(self, obj: KnowledgeBase, owner: type | None = None) -> T: ...
     def __get__(self, obj: KnowledgeBase | None, owner: type | None = None) -> T | _Shared[T]:
-        return self if obj is None else getattr(obj.state, self.attr)  # type: ignore[no-any-return]
+        return self if obj is None else cast(T, getattr(obj.state, self.attr))
 
     def __set__(self, obj: KnowledgeBase, value: T) -> None:
         setattr(obj.state, self.attr, value)
@@ -96,7 +97,7 @@ class KnowledgeBase:
     #: The vector size this KB writes (``Settings.embed_dim`` or the model's; a reindex may change it).
     embed_dim: _Shared[int] = _Shared("embed_dim")
     #: The write lock (re-entrant), shared by both parts.
-    _lock = _Shared("lock")
+    _lock: _Shared[threading.RLock] = _Shared("lock")
 
     def __init__(self, *, settings: Settings, embedder: EmbedderLike | None, store: VectorStore, media: MediaStore,
                  options: IngestOptions | None = None, embedder_id: str | None = None) -> None:

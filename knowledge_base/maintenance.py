@@ -126,14 +126,15 @@ class Maintenance:
                                    payload_keys=["case_id", "media_id", "source_file", "caption"]):
             if p.vector is None:
                 continue
-            cid, mid = p.payload.get("case_id"), p.payload.get("media_id")
+            cid, mid = str(p.payload.get("case_id")), str(p.payload.get("media_id"))
             for h in self.s.store.search(p.vector, limit=8, filters={"kind": list(NEAR_DUP_KINDS)}):
                 if h.score < thr:
                     break
-                ocid, omid = h.payload.get("case_id"), h.payload.get("media_id")
+                ocid, omid = str(h.payload.get("case_id") or ""), str(h.payload.get("media_id"))
                 if not ocid or ocid == cid:
                     continue
-                key = tuple(sorted([f"{cid}/{mid}", f"{ocid}/{omid}"]))
+                a, b = sorted([f"{cid}/{mid}", f"{ocid}/{omid}"])
+                key = (a, b)
                 if key not in pairs:
                     pairs[key] = Duplicate("near" if h.score < 0.99999 else "exact", cid, mid, ocid, omid, float(h.score))
         return sorted(pairs.values(), key=lambda d: -d.score)[:limit]
@@ -367,15 +368,16 @@ class Maintenance:
                             else:
                                 skipped.append(f"{case.id}: {m.path} (file missing)")
                     vecs = self.s.embed([j[2] for j in jobs], embedder=new_embedder, dim=new_dim)
-                    media_points, text_points = [], []
+                    media_points: list[VectorPoint] = []
+                    text_points: list[VectorPoint] = []
                     hashes = {c.id: h for c, h in chunk}
-                    for (case, m, _), v in zip(jobs, vecs, strict=False):
-                        if m is None:
+                    for (case, item, _), v in zip(jobs, vecs, strict=True):
+                        if item is None:
                             text_points.append(VectorPoint(id=point_id(case.id), vector=v,
                                                            payload=text_payload(case, hashes[case.id], eid)))
                         else:
-                            media_points.append(VectorPoint(id=point_id(case.id, m.id), vector=v,
-                                                            payload=media_payload(case, m, eid)))
+                            media_points.append(VectorPoint(id=point_id(case.id, item.id), vector=v,
+                                                            payload=media_payload(case, item, eid)))
                     new.upsert(media_points)
                     new.upsert(text_points)
                     points += len(media_points) + len(text_points)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Literal, Sequence
 
 from rag.pipeline.types import CaseCandidate, Decision, Trace
 
@@ -20,7 +20,7 @@ class Abstain:
         """Abstain when the best score of ``candidates`` (rerank scores if ``reranked``) is below ``threshold``
         (default: the stage's threshold for that kind of score)."""
         trace = trace if trace is not None else Trace()
-        kind = "rerank" if reranked else "retrieval"
+        kind: Literal["rerank", "retrieval"] = "rerank" if reranked else "retrieval"
         if threshold is None:
             threshold = self.rerank_threshold if reranked else self.retrieval_threshold
         best = max((c.score for c in candidates), default=None)

@@ -18,10 +18,13 @@ RERANK_INSTRUCTION = (
 
 
 class Rerank:
-    """Qwen3-VL-Reranker over the top-k: the query's media + text against each case's text and best media."""
+    """Qwen3-VL-Reranker over the top-k: the query's media + text against each case's text and best media.
+
+    ``batch_size`` None uses the reranker model's own default (4 on CPU, 16 on CUDA; ``RAGVQA_RERANK_BATCH_SIZE``).
+    """
 
     def __init__(self, reranker: RerankingModel, *, top_n: int = 5, instruction: str = RERANK_INSTRUCTION,
-                 batch_size: int = 8, adaptive_margin: float | None = None) -> None:
+                 batch_size: int | None = None, adaptive_margin: float | None = None) -> None:
         self.reranker, self.top_n, self.instruction, self.batch_size = reranker, top_n, instruction, batch_size
         #: Adaptive depth (issue 16): rerank only the candidates within this retrieval-score margin of the best one
         #: (at least top_n); None reranks all. The rest keep their retrieval order after the reranked ones.
