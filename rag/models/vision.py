@@ -25,7 +25,7 @@ from qwen_vl_utils import vision_process as qvu  # noqa: E402  (reader choice mu
 
 from rag.config import VisionBudget  # noqa: E402
 from rag.errors import UserInputError  # noqa: E402
-from rag.validation import InputRejected, Limits, check_file, check_image_size, to_8bit  # noqa: E402
+from rag.validation import InputRejected, check_file, check_image_size, to_8bit  # noqa: E402
 from rag.validation import Kind as FileKind  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _check_file(path: Path, budget: VisionBudget, kind: str) -> None:
     """Exists, regular, within the size cap, and really an image/video by content (the shared validation layer)."""
     allowed: tuple[FileKind] = ("image",) if kind == "image" else ("video",)
     try:
-        check_file(path, allowed, Limits(max_file_bytes=budget.max_file_bytes), where=f"'{path}'")
+        check_file(path, allowed, budget.limits(), where=f"'{path}'")
     except InputRejected as e:
         raise VisionInputError(f"{e.problem}: '{path}'") from e
 
