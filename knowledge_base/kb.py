@@ -35,6 +35,7 @@ from knowledge_base.cases import (
     CasePage,
     CaseRejectedError,
     Cases,
+    KBStats,
     MediaLike,
     Progress,
 )
@@ -45,6 +46,7 @@ from knowledge_base.media_store import MediaStore
 from knowledge_base.schema import Case, CaseInput
 from knowledge_base.state import EmbedderLike, KBState
 from rag.config import Settings
+from rag.models.protocols import Item
 from rag.store import EdgeStore, StoreError, StoreMeta, VectorStore, open_store
 
 __all__ = [
@@ -181,7 +183,7 @@ class KnowledgeBase:
         self.close()
 
     # -- shared internals ---------------------------------------------------------------------------------------
-    def embed(self, items: Sequence[dict[str, Any]], embedder: EmbedderLike | None = None,
+    def embed(self, items: Sequence[Item], embedder: EmbedderLike | None = None,
               dim: int | None = None) -> np.ndarray:
         """Document-side embeddings (default instruction), at the store's dimension."""
         return self.state.embed(items, embedder, dim)
@@ -221,7 +223,7 @@ class KnowledgeBase:
         """Cases sorted by id, filtered; see :meth:`Cases.list_cases`."""
         return self.cases.list_cases(filters, text, limit, offset)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> KBStats:
         """Counts for dashboards; see :meth:`Cases.stats`."""
         return self.cases.stats()
 

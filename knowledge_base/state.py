@@ -23,7 +23,7 @@ from knowledge_base.ingest import IngestContext, IngestOptions
 from knowledge_base.media_store import MediaStore
 from knowledge_base.schema import Case
 from rag.config import Settings
-from rag.models.protocols import EmbeddingModel
+from rag.models.protocols import EmbeddingModel, Item
 from rag.store import StoredPoint, StoreMismatchError, VectorStore, point_id
 
 __all__ = ["EmbedderLike", "KBState", "now"]
@@ -63,7 +63,7 @@ class KBState:
         return str(getattr(embedder, "name", "") or settings.embedder_model)
 
     # -- embedding ------------------------------------------------------------------------------------------------
-    def embed(self, items: Sequence[dict[str, Any]], embedder: EmbedderLike | None = None,
+    def embed(self, items: Sequence[Item], embedder: EmbedderLike | None = None,
               dim: int | None = None) -> np.ndarray:
         """Document-side embeddings (default instruction), at the store's dimension."""
         emb = embedder or self.embedder

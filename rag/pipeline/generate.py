@@ -8,6 +8,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 from rag.models.protocols import GenerationModel
+from rag.payload import PICTURE_KINDS
 from rag.pipeline.prompt import SAFE_ID, SYSTEM_PROMPT, prompt_safe
 from rag.pipeline.types import CaseCandidate, Generated, Query, Turn
 
@@ -58,7 +59,7 @@ class Generate:
         if query.video is not None:
             content.append({"type": "video", "video": query.video})
         content += [{"type": "image", "image": im} for im in query.images]
-        case_imgs = [c for c in cases if c.media_path and c.media_kind in ("image", "pdf_page")][: self.case_images]
+        case_imgs = [c for c in cases if c.media_path and c.media_kind in PICTURE_KINDS][: self.case_images]
         if case_imgs:
             content.append({"type": "text", "text": "Images of the reference cases, in order: "
                             + ", ".join(f"[{c.case_id}]" for c in case_imgs) + "\n"})

@@ -6,6 +6,7 @@ import logging
 from typing import Any, Sequence
 
 from rag.models.protocols import RerankingModel
+from rag.payload import PICTURE_KINDS
 from rag.pipeline.timing import Timer
 from rag.pipeline.types import CaseCandidate, Query, Reranked, Trace
 
@@ -41,7 +42,7 @@ class Rerank:
     @staticmethod
     def document(c: CaseCandidate) -> dict[str, Any]:
         doc: dict[str, Any] = {"text": c.document or c.title}
-        if c.media_path and c.media_kind in ("image", "pdf_page", None):
+        if c.media_path and (c.media_kind is None or c.media_kind in PICTURE_KINDS):
             doc["image"] = c.media_path
         elif c.media_path and c.media_kind == "video":
             doc["video"] = c.media_path
