@@ -510,7 +510,8 @@ def related(
 
 @kb_app.command("classify")
 def classify(
-    target: Annotated[str, typer.Argument(help="A case id (its stored vectors), or an image/video file to classify.")],
+    target: Annotated[str, typer.Argument(help="A case id (its stored vectors), an image/video file, or a case record "
+                                                "(.json, media paths relative to it) to classify.")],
     k: Annotated[int, typer.Option("--k", min=1, max=100, help="Neighbouring cases that vote.")] = 10,
     data_dir: DataDir = None,
     models: Models = "real",
@@ -524,7 +525,12 @@ def classify(
     path = Path(target)
     with _open(data_dir, models) as kb:
         try:
-            if path.is_file():
+            if path.is_file() and path.suffix.lower() == ".json":  # one case record (its text and media)
+                from knowledge_base.import_suggest import record_query
+
+                text, media = record_query(path)
+                found = suggest_labels(kb, text=text or None, media=media, k=k)
+            elif path.is_file():
                 found = suggest_labels(kb, media=[path], k=k)
             else:
                 found = suggest_labels(kb, case_id=target, k=k)

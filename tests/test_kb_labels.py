@@ -230,6 +230,14 @@ def test_cli_classify(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert all(s["source"] in ("neighbours", "zero-shot") for s in json.loads(res.stdout))
     res = run(kb_app, ["classify", "case-02", *common])
     assert res.exit_code == 0 and ("suggested" in res.stdout or "no confident suggestion" in res.stdout)
+    record = tmp_path / "src" / "new.json"  # a case record: its text and its picture (relative to the file)
+    record.write_text(json.dumps({"title": "Fault number 2 on the unit", "media": ["img02.png"]}))
+    res = run(kb_app, ["classify", str(record), "--json", *common])
+    assert res.exit_code == 0, res.output
+    assert all(s["source"] in ("neighbours", "zero-shot") for s in json.loads(res.stdout))
+    record.write_text("[1, 2]")
+    res = run(kb_app, ["classify", str(record), *common])
+    assert res.exit_code == 1 and "must hold one case record" in res.output and "Traceback" not in res.output
     res = run(kb_app, ["classify", "nope", *common])
     assert res.exit_code == 1 and "nope" in res.output and "Traceback" not in res.output
     with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
