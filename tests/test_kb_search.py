@@ -76,7 +76,7 @@ def test_search_bad_input(tmp_path: Path) -> None:
 
 
 def test_tiny_model_text_and_image_queries(tmp_path: Path, embedder) -> None:
-    from rag.pipeline.stages import RETRIEVAL_INSTRUCTION
+    from rag.pipeline.retrieve import RETRIEVAL_INSTRUCTION
 
     kb = open_kb("edge", tmp_path / "data", embedder)
     try:
