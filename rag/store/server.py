@@ -349,6 +349,17 @@ class ServerStore(VectorStore):
             )
         return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in res.points]
 
+    def _search_batch(
+        self, vectors: list[list[float]], limit: int, filters: dict[str, list[str]], exact: bool,
+        hnsw_ef: int | None, payload_keys: list[str] | None = None,
+    ) -> list[list[Hit]]:
+        flt, params = _to_filter(filters), self._search_params(exact, hnsw_ef, bool(filters))
+        reqs = [qm.QueryRequest(query=v, using=VECTOR_NAME, limit=limit, filter=flt, params=params,
+                                with_payload=payload_keys if payload_keys is not None else True) for v in vectors]
+        with _engine("batch search"):
+            res = self.client.query_batch_points(self._name, requests=reqs)
+        return [[Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in r.points] for r in res]
+
     def _overwrite_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         with _engine("overwrite payload"):
             self.client.overwrite_payload(self._name, payload=payload, points=[point_id], wait=True)
