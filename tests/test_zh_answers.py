@@ -15,7 +15,7 @@ from test_pipeline import kb, make_pipeline  # noqa: F401 - the module-scoped st
 from rag.i18n import answer_lang, detect_lang, negotiate
 from rag.models.generator import WholeCharStreamer, hold_for_stop
 from rag.pipeline import Query
-from rag.pipeline.stages import CaseCandidate
+from rag.pipeline.types import CaseCandidate
 
 CJK = "打印机显示错误代码E13，定影器过热。请关机冷却30分钟，然后检查热敏电阻 [prn-e13]。"
 

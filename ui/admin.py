@@ -103,6 +103,9 @@ class AdminTab:
         self.s = services
         self.auth = services.auth
         self.guard = admin_only(services.auth)
+        from ui.admin_intel import AdminIntel
+
+        self.intel = AdminIntel(self)
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     @property
@@ -308,6 +311,9 @@ class AdminTab:
                     self._build_cases()
                 with gr.Tab(L("ui.admin.tab_edit"), elem_id="admin-edit"):
                     self._build_case_form()
+                    self.intel.build_form()
+                with gr.Tab(L("ui.admin.tab_intel"), elem_id="admin-intel"):
+                    self.intel.build_tab()
                 with gr.Tab(L("ui.admin.tab_import"), elem_id="admin-import"):
                     self._build_import()
                 with gr.Tab(L("ui.admin.tab_dups"), elem_id="admin-dups"):
@@ -417,3 +423,4 @@ class AdminTab:
         self.on(self.check_btn.click, self.check, [self.check_fix], [self.maint_msg, self.maint_json])
         self.on(self.rx_btn.click, self.reindex, [self.rx_confirm], [self.maint_msg, self.maint_json], **models)
         self.on(self.fb_btn.click, self.feedback, [self.fb_which], [self.fb_table, self.fb_msg])
+        self.intel.wire()
