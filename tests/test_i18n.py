@@ -189,7 +189,7 @@ def test_admin_login_messages_and_user_errors_in_chinese(app: Served) -> None:
     out = zh.predict("admin", "wrong", api_name="/admin_login")
     assert "用户名或密码错误。" in str(out)
     out = zh.predict(*ADMIN, api_name="/admin_login")
-    assert f"已登录：**{ADMIN[0]}**" in str(out)
+    assert f"已登录：**{ADMIN[0]}**" in str(out) and "仅 👍" in str(out)  # the feedback filter's labels too
     en = Client(app.url, verbose=False, download_files=False)
     assert "Wrong user name or password." in str(en.predict("admin", "wrong", api_name="/admin_login"))
 

@@ -133,11 +133,15 @@ class AdminTab:
         self.auth.logout(token)
         return self._session_view(None, tr("ui.admin.logged_out"), "")
 
+    @staticmethod
+    def _fb_choices() -> list[tuple[str, str]]:
+        return [(tr("ui.admin.fb_all"), "all"), (tr("ui.admin.fb_up"), "👍 only"), (tr("ui.admin.fb_down"), "👎 only")]
+
     def _session_view(self, token: str | None, login_msg: str, who: str) -> dict[gr.components.Component, Any]:
         """Login box or admin panel for ``token`` (None: logged out); the password box is always cleared."""
         return {self.token: token, self.login_box: gr.update(visible=token is None),
                 self.panel: gr.update(visible=token is not None), self.login_msg: login_msg, self.who: who,
-                self.password: ""}
+                self.password: "", self.fb_which: gr.update(choices=self._fb_choices())}
 
     # -- cases -------------------------------------------------------------------------------------------------
     def list_cases(self, token: str, text: str, product_line: str) -> tuple[dict[str, Any], str]:
@@ -393,8 +397,8 @@ class AdminTab:
 
     def _build_feedback(self) -> None:
         with gr.Row():
-            self.fb_which = gr.Radio([(str(L("ui.admin.fb_all")), "all"), (str(L("ui.admin.fb_up")), "👍 only"), (str(L("ui.admin.fb_down")), "👎 only")],
-                                     value="all", label=L("ui.admin.fb_show"), elem_id="fb-which")
+            # choice labels are server text: set in the session's language on login (see _session_view)
+            self.fb_which = gr.Radio(self._fb_choices(), value="all", label=L("ui.admin.fb_show"), elem_id="fb-which")
             self.fb_btn = gr.Button(L("ui.admin.fb_refresh"), elem_id="fb-refresh")
         self.fb_msg = gr.Markdown(elem_id="fb-summary")
         self.fb_table = gr.Dataframe(headers=headers(FEEDBACK_HEADERS), interactive=False, wrap=True, elem_id="fb-table",
@@ -403,7 +407,7 @@ class AdminTab:
     # -- events ------------------------------------------------------------------------------------------------
     def wire(self) -> None:
         """Connect the laid-out components to the handlers (inside the same ``gr.Blocks``, after :meth:`build`)."""
-        session = [self.token, self.login_box, self.panel, self.login_msg, self.who, self.password]
+        session = [self.token, self.login_box, self.panel, self.login_msg, self.who, self.password, self.fb_which]
         login_ev = dict(fn=localized(self.login), inputs=[self.user, self.password], outputs=session)
         self.login_btn.click(**login_ev, api_name="admin_login", concurrency_limit=4)
         self.password.submit(**login_ev, api_visibility="private", concurrency_limit=4)
