@@ -53,6 +53,8 @@ def untranslated_strings(path: Path) -> list[str]:
             continue
         visible = VISIBLE_KWARGS | ({"value"} if node.func.attr in TEXT_FIRST_ARG else set())
         args = [kw.value for kw in node.keywords if kw.arg in visible]
+        if node.func.attr == "update":  # an update's value may be data; an f-string with words is text to read
+            args += [kw.value for kw in node.keywords if kw.arg == "value" and isinstance(kw.value, ast.JoinedStr)]
         if node.func.attr in TEXT_FIRST_ARG and node.args:
             args.append(node.args[0])
         for arg in args:
@@ -123,8 +125,9 @@ def test_no_visible_ui_string_bypasses_the_catalogs() -> None:
 def test_the_scan_catches_a_planted_string(tmp_path: Path) -> None:
     planted = tmp_path / "admin_new.py"
     planted.write_text('import gradio as gr\nb = gr.Button("Run audit")\nt = gr.Textbox(label=f"Max {3} rows")\n'
-                       'ok = gr.Button(L("ui.admin.save"))\nerr = gr.Error("Nothing to do")\n')
-    assert len(untranslated_strings(planted)) == 3
+                       'ok = gr.Button(L("ui.admin.save"))\nerr = gr.Error("Nothing to do")\n'
+                       'u = gr.update(value=f"Looks like: {3}")\nd = gr.update(value="all")\n')
+    assert len(untranslated_strings(planted)) == 4
 
 
 # -- the served app --------------------------------------------------------------------------------------------------
