@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -104,24 +105,29 @@ def serve(
     ui = UISettings()
     ui = ui.model_copy(update={k: v for k, v in {"concurrency_limit": concurrency, "queue_max_size": queue_size}.items()
                                if v is not None})
-    from ui.app import launch
-    from ui.services import build_services
+    from ui.serving import ServeHandle
+    from ui.serving import serve as run_service
 
+    if models == "tiny":
+        console.print("[bold yellow]Smoke-test mode: tiny random models, answers are meaningless.")
+    handle = ServeHandle()
+
+    def freeze_when_started() -> None:
+        # Models, store and app live as long as the server: take them out of the cyclic collector's view, so a full
+        # collection does not walk them during an answer (pauses of up to 0.3 s measured in `ragvqa bench pipeline`).
+        if handle.started.wait() and handle.services is not None:
+            gc.collect()
+            gc.freeze()
+
+    threading.Thread(target=freeze_when_started, daemon=True).start()
     try:
-        services = build_services(settings, models=models, ui=ui, load_sample=sample)  # type: ignore[arg-type]
+        code = run_service(settings, models=models, ui=ui, sample=sample, host=host, port=port,  # type: ignore[arg-type]
+                           handle=handle)
     except (ModelNotAvailableError, StoreMismatchError, StoreError) as e:
         console.print(f"[red]{e}")
         raise typer.Exit(2) from None
-    if models == "tiny":
-        console.print("[bold yellow]Smoke-test mode: tiny random models, answers are meaningless.")
-    # Models, store and app live as long as the server: take them out of the cyclic collector's view, so a full
-    # collection does not walk them during an answer (pauses of up to 0.3 s measured in `ragvqa bench pipeline`).
-    gc.collect()
-    gc.freeze()
-    try:
-        launch(services, host=host, port=port, block=True)
-    finally:
-        services.close()
+    if code:
+        raise typer.Exit(code)
 
 
 def _query_media(image: list[Path], video: Optional[Path], pdf: Optional[Path], page: int, budget: Any, tmp: Path):
