@@ -21,8 +21,16 @@ __all__ = ["kb_app"]
 
 log = logging.getLogger(__name__)
 
+class _KbGroup(typer.core.TyperGroup):
+    """Keeps the sub-command's argv for the callback (``_main`` hands it to a serving app, ``ui.control``)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        ctx.meta["ragvqa_kb_argv"] = [*ctx._protected_args, *ctx.args]
+        return super().invoke(ctx)
+
+
 kb_app = typer.Typer(help="Knowledge base: add, import, list, show, update, delete, reindex, check, stats, export.",
-                     no_args_is_help=True, pretty_exceptions_enable=False)
+                     no_args_is_help=True, pretty_exceptions_enable=False, cls=_KbGroup)
 out = Console()
 err = Console(stderr=True)
 
@@ -32,8 +40,18 @@ AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")
 
 
 @kb_app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    """Set up logging when run on its own (``ragvqa`` already does it)."""
+def _main(ctx: typer.Context,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    """Set up logging when run on its own (``ragvqa`` already does it); hand the command to the app when one serves
+    its data dir (``ui.control``: the store is the app's while it runs)."""
+    from ui.control import route_kb_command
+
+    try:
+        code = route_kb_command(list(ctx.meta.get("ragvqa_kb_argv", [])))
+    except PermissionError as e:
+        raise _fail(str(e)) from None
+    if code is not None:
+        raise typer.Exit(code)
     if not logging.getLogger().handlers:
         from rich.logging import RichHandler
 
@@ -61,7 +79,11 @@ def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: A
     from rag.models.factory import load_models
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
+    from ui.control import SERVED_KB
 
+    served = SERVED_KB.get()
+    if served is not None:  # run by the serving app (ui.control): its open KB, not closed by the command
+        return _Borrowed(served)
     settings = cli_settings(data_dir, models=models)
     embedder = None
     if model:
@@ -74,8 +96,21 @@ def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: A
     except StoreMismatchError as e:
         raise _fail(str(e)) from None
     except StoreError as e:
-        hint = "" if model else " (nothing imported yet? run `ragvqa kb import`)"
+        hint = " (nothing imported yet? run `ragvqa kb import`)" if "no vector store under" in str(e) else ""
         raise _fail(f"cannot open the vector store: {e}{hint}") from None
+
+
+class _Borrowed:
+    """The serving app's KnowledgeBase for one routed command: ``with`` gives it, leaving closes nothing."""
+
+    def __init__(self, kb: Any) -> None:
+        self.kb = kb
+
+    def __enter__(self) -> Any:
+        return self.kb
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _dump(obj: Any) -> None:
@@ -338,7 +373,11 @@ def reindex(
     from knowledge_base.kb import KnowledgeBase
     from rag.cli_settings import cli_settings
     from rag.models.factory import load_models
+    from ui.control import SERVED_KB
 
+    if SERVED_KB.get() is not None:
+        raise _fail("reindex swaps the embedder and the store under the running app: use the admin tab's Reindex, "
+                    "or stop `ragvqa serve` and run it again", 2)
     settings = cli_settings(data_dir, models=models)
     upd: dict[str, Any] = {}
     if embedder_model:
