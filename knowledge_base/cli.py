@@ -468,6 +468,46 @@ def export(
     out.print(f"[green]exported[/green] {n} case(s) to {path}", highlight=False)
 
 
+@kb_app.command("audit")
+def audit(
+    since: Annotated[Optional[str], typer.Option(help="Only changes from this ISO date or time on (UTC if no zone).")] = None,
+    case: Annotated[Optional[str], typer.Option("--case", help="Only changes of this case id.")] = None,
+    actor: Annotated[Optional[str], typer.Option(help="Only changes by this actor (admin name or cli:<user>).")] = None,
+    action: Annotated[Optional[str], typer.Option(help="add | update | delete | import | reindex | check --fix | …")] = None,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines: one change per line (for log collectors).")] = False,
+) -> None:
+    """Who changed which case, when, and the versions before/after (the audit log; read-only)."""
+    from datetime import datetime, timezone
+
+    from knowledge_base.audit import AUDIT_FILE, AuditLog
+    from rag.cli_settings import cli_settings
+
+    when = None
+    if since:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            raise _fail(f"--since {since!r}: expected an ISO date or time, e.g. 2026-11-29 or 2026-11-29T08:00", 2) from None
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    log_ = AuditLog(Path(cli_settings(data_dir).data_dir) / AUDIT_FILE)
+    entries = log_.query(since=when, case_id=case, actor=actor, action=action)
+    if as_json:
+        for e in entries:
+            typer.echo(e.model_dump_json())
+        return
+    t = Table(title=f"{len(entries)} change(s)")
+    for col in ("when (UTC)", "who", "action", "case", "version", "status"):
+        t.add_column(col)
+    for e in entries:
+        versions = f"{e.before_version if e.before_version is not None else '—'} → " \
+                   f"{e.after_version if e.after_version is not None else '—'}"
+        t.add_row(e.ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.case_id or "",
+                  versions, e.status)
+    out.print(t)
+
+
 @kb_app.command("duplicates")
 def duplicates(
     threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Cosine similarity.")] = 0.95,
