@@ -107,9 +107,12 @@ class AuditLog:
         self._lock = threading.Lock()
 
     # -- writing ----------------------------------------------------------------------------------------------------
-    def _append(self, record: dict[str, JsonValue]) -> None:
-        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+    def _append(self, record: dict[str, JsonValue] | None) -> None:
+        """Append one line (None: only cut off a torn last line), fsynced, under the file lock."""
+        line = b"" if record is None else (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
         with self._lock:
+            if record is None and not self.path.exists():
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             new = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
@@ -258,6 +261,7 @@ class AuditLog:
         Only entries of processes that are gone (or of this process's pid from an earlier life) are closed; a change
         another live process is making (server store) stays pending. Returns the closed entries.
         """
+        self._append(None)  # a torn last line goes now, not at the next change
         closed = []
         for e in self.entries():
             if e.status != "pending" or (e.pid is not None and e.pid != os.getpid() and _alive(e.pid)):
