@@ -65,6 +65,7 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
     from rag.store import StoreError, StoreMismatchError
     from ui.app import launch
     from ui.control import ControlServer
+    from ui.metrics import AppMetrics
     from ui.services import build_services, load_sample_kb
 
     h = handle or ServeHandle()
@@ -93,12 +94,14 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
         raise
     h.services = services
     control: ControlServer | None = None
+    metrics: AppMetrics | None = None
     demo = None
     try:
         h.readiness.set(False, "starting the web app")
         early.stop()
         demo, h.url = launch(services, host=host, port=port, block=False, readiness=h.readiness)
         assert services.kb is not None
+        metrics = AppMetrics.from_env(services, demo)
         control = ControlServer(services.kb, services.data_dir, on_change=services.invalidate_choices).start()
         h.started.set()
         if sample and services.kb.count_cases() == 0:
@@ -114,6 +117,8 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
         h.readiness.set(False, "stopping")
         if control is not None:
             control.stop()
+        if metrics is not None:
+            metrics.close()
         if demo is not None:
             demo.close()
         services.close()
