@@ -508,6 +508,63 @@ def audit(
     out.print(t)
 
 
+def restore_backup(kb: Any, file: Path, *, progress: bool = False) -> tuple[Any, Any]:
+    """Import backup ``file`` into the EMPTY ``kb``; returns (import result, check report after)."""
+    if kb.count_cases():
+        raise ValueError(f"{kb.data_dir} already has {kb.count_cases()} case(s): restore needs an empty data dir")
+    res = kb.import_path(file, progress=progress)
+    return res, kb.check()
+
+
+@kb_app.command("restore")
+def restore(
+    file: Annotated[Path, typer.Argument(help="A backup zip (`ragvqa kb export` or a scheduled backup).")],
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Restore a backup into an EMPTY data dir: the same cases (versions, dates), media files, vectors, payloads."""
+    import zipfile
+
+    from knowledge_base.archive import BACKUP_FORMAT
+    from ui.control import SERVED_KB
+
+    if SERVED_KB.get() is not None:
+        raise _fail("restore goes into an empty data dir, not the one the app serves: stop it, or restore elsewhere", 2)
+    if not file.is_file():
+        raise _fail(f"{file}: no such backup file", 2)
+    try:
+        with zipfile.ZipFile(file) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+        if manifest.get("format") != BACKUP_FORMAT:
+            raise ValueError("not a backup")
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        raise _fail(f"{file}: not a ragvqa backup (no {BACKUP_FORMAT} manifest.json); use `ragvqa kb import` for "
+                    f"other sources", 2) from None
+    from rag.cli_settings import cli_settings
+    from rag.store.edge import read_active_meta
+
+    settings = cli_settings(data_dir, models=models)
+    if read_active_meta(Path(settings.data_dir) / "qdrant") is not None or settings.qdrant_url:
+        with _open(data_dir, models, strict=False, model=False) as kb:  # refuse before loading any model
+            n = kb.count_cases()
+        if n:
+            raise _fail(f"{settings.data_dir} already has {n} case(s): restore needs an empty data dir "
+                        f"(use `ragvqa kb import {file}` to merge into this one)", 2)
+    with _open(data_dir, models, strict=False) as kb:
+        try:
+            res, rep = restore_backup(kb, file, progress=sys.stderr.isatty())
+        except ValueError as e:
+            raise _fail(str(e), 2) from None
+    if as_json:
+        _dump({**res.to_dict(), "problems_after": rep.problems})
+    else:
+        _print_result(res, False)
+        out.print(f"[green]restored[/green] {res.added} case(s) from {file}; check: {rep.summary()}", highlight=False)
+    if res.rejected or rep.problems:
+        raise typer.Exit(1)
+
+
 @kb_app.command("duplicates")
 def duplicates(
     threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Cosine similarity.")] = 0.95,

@@ -169,15 +169,14 @@ class AppMetrics:
             self._server = None
 
     @classmethod
-    def from_env(cls, services: Services, demo: Any = None) -> AppMetrics | None:
-        """Metrics as configured: ``RAGVQA_METRICS_PORT`` unset or empty → None (off)."""
+    def from_env(cls, services: Services, demo: Any = None) -> AppMetrics:
+        """Observe the app (the answer log line always); serve the metrics only when ``RAGVQA_METRICS_PORT`` is set."""
         port = os.environ.get("RAGVQA_METRICS_PORT", "").strip()
-        if not port:
-            return None
         try:
-            p = int(port)
+            p = int(port) if port else None
         except ValueError:
             raise ValueError(f"RAGVQA_METRICS_PORT must be a port number, got {port!r}") from None
         m = cls().install(services, demo)
-        m.serve(p, os.environ.get("RAGVQA_METRICS_HOST", "").strip() or services.ui.host)
+        if p is not None:
+            m.serve(p, os.environ.get("RAGVQA_METRICS_HOST", "").strip() or services.ui.host)
         return m

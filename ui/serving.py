@@ -64,6 +64,7 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
     from ui.app import launch
+    from ui.backups import BackupScheduler
     from ui.control import ControlServer
     from ui.metrics import AppMetrics
     from ui.services import build_services, load_sample_kb
@@ -95,6 +96,7 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
     h.services = services
     control: ControlServer | None = None
     metrics: AppMetrics | None = None
+    backups: BackupScheduler | None = None
     demo = None
     try:
         h.readiness.set(False, "starting the web app")
@@ -103,6 +105,9 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
         assert services.kb is not None
         metrics = AppMetrics.from_env(services, demo)
         control = ControlServer(services.kb, services.data_dir, on_change=services.invalidate_choices).start()
+        backups = BackupScheduler.from_env(services.kb, services.data_dir)
+        if backups is not None:
+            backups.start()
         h.started.set()
         if sample and services.kb.count_cases() == 0:
             h.readiness.set(False, "importing the sample knowledge base")
@@ -115,6 +120,8 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
         return 0
     finally:
         h.readiness.set(False, "stopping")
+        if backups is not None:
+            backups.stop()
         if control is not None:
             control.stop()
         if metrics is not None:
