@@ -35,8 +35,17 @@ logger = logging.getLogger("ragvqa")
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    level = logging.DEBUG if verbose else logging.INFO
+    fmt = os.environ.get("RAGVQA_LOG_FORMAT", "").strip().lower()
+    if fmt == "json":  # one JSON object per line on stderr, for log collectors (ui.logfmt)
+        from ui.logfmt import json_handler
+
+        logging.basicConfig(level=level, handlers=[json_handler()], force=True)
+    elif fmt in ("", "text"):
+        logging.basicConfig(level=level, format="%(message)s",
+                            handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    else:
+        raise typer.BadParameter(f"RAGVQA_LOG_FORMAT must be 'text' or 'json', got {fmt!r}")
     for noisy in ("httpx", "urllib3", "numba", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
