@@ -138,7 +138,7 @@ class EdgeStore(VectorStore):
                 store._discard()
                 raise
             log.info("created vector store %s (%s, dim=%d)", store.shard_dir, meta.embedder_id, meta.dim)
-            _write_holder(root)
+            _write_holder(root / store.version)
             return store
         vdir = root / active
         stored = cls._read_meta(vdir)
@@ -161,9 +161,9 @@ class EdgeStore(VectorStore):
                 shard = qe.EdgeShard.load(str(vdir / SHARD_DIR), cfg)
         except StoreError as e:
             if "WouldBlock" in str(e.__cause__ or e):
-                raise StoreError(_held_message(root)) from e
+                raise StoreError(f"Qdrant Edge load of {vdir / SHARD_DIR} failed: {_held_message(root, vdir)}") from e
             raise
-        _write_holder(root)
+        _write_holder(vdir)
         return cls(root, active, shard, stored, **opts)
 
     @staticmethod
@@ -415,7 +415,7 @@ class EdgeStore(VectorStore):
 HOLDER_FILE = ".holder.json"
 
 
-def _write_holder(root: Path) -> None:
+def _write_holder(vdir: Path) -> None:
     """Who opened the store (pid, since, command), for the message another process gets (Edge's lock says only
     "WouldBlock")."""
     import datetime
@@ -424,14 +424,14 @@ def _write_holder(root: Path) -> None:
     info = {"pid": os.getpid(), "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv else ""}
     try:
-        write_atomic(root / HOLDER_FILE, json.dumps(info) + "\n")
+        write_atomic(vdir / HOLDER_FILE, json.dumps(info) + "\n")
     except OSError as e:  # informative only
         log.debug("could not record the store holder: %s", e)
 
 
-def _held_message(root: Path) -> str:
+def _held_message(root: Path, vdir: Path) -> str:
     try:
-        h = json.loads((root / HOLDER_FILE).read_text())
+        h = json.loads((vdir / HOLDER_FILE).read_text())
         who = f"process {h['pid']} (`{h.get('command') or '?'}`) since {h['since']}"
     except (OSError, ValueError, KeyError, TypeError):
         who = "another process"
