@@ -104,14 +104,22 @@ def serve(
     sample: bool = typer.Option(True, help="Load the bundled sample KB when the store is empty."),
 ) -> None:
     """Run the web app (chat + admin) on the embedded Qdrant Edge store under data_dir."""
+    from ui.health import Readiness, StartupServer
+    from ui.settings import UISettings
+
+    ui = UISettings()
+    readiness = Readiness("loading models")
+    try:  # the probes answer before torch and the models are even imported (docker healthchecks)
+        early = StartupServer(host or ui.host, port or ui.port, readiness).start()
+    except OSError as e:
+        console.print(f"[red]cannot listen on {host or ui.host}:{port or ui.port}: {e}")
+        raise typer.Exit(2) from None
     from rag.cli_settings import check_models, cli_settings
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
-    from ui.settings import UISettings
 
     check_models(models)
     settings = cli_settings(data_dir)
-    ui = UISettings()
     ui = ui.model_copy(update={k: v for k, v in {"concurrency_limit": concurrency, "queue_max_size": queue_size}.items()
                                if v is not None})
     from ui.serving import ServeHandle
@@ -119,7 +127,7 @@ def serve(
 
     if models == "tiny":
         console.print("[bold yellow]Smoke-test mode: tiny random models, answers are meaningless.")
-    handle = ServeHandle()
+    handle = ServeHandle(readiness=readiness, early=early)
 
     def freeze_when_started() -> None:
         # Models, store and app live as long as the server: take them out of the cyclic collector's view, so a full

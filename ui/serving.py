@@ -38,6 +38,8 @@ class ServeHandle:
     url: str | None = None
     started: threading.Event = field(default_factory=threading.Event)
     services: object | None = None
+    #: Probes already listening on the app's port (``ragvqa serve`` starts them before its heavy imports).
+    early: StartupServer | None = None
 
 
 def _store_problem(services: object) -> str | None:
@@ -74,7 +76,7 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: h.stop.set())
     host, port = host or ui.host, port or ui.port
-    early = StartupServer(host, port, h.readiness).start()
+    early = h.early or StartupServer(host, port, h.readiness).start()
     try:
         services = build_services(settings, models=models, ui=ui, credentials=credentials, load_sample=False,
                                   loaded=loaded)
