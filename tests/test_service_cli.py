@@ -216,6 +216,22 @@ def test_browser_requests_cannot_reach_the_channel(running: Running, channel: tu
     assert len(running.handle.services.kb.audit.entries()) == before  # nothing ran
 
 
+def test_idle_open_stdin_does_not_hang(running: Running, channel: tuple[int, str]) -> None:
+    """A caller that leaves stdin an open, silent pipe (cron wrappers, supervisors) still gets its answer."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "knowledge_base.cli", "stats", "--json", "--data-dir",
+                          str(running.data)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env, cwd=ROOT)
+    try:
+        assert p.wait(timeout=60) == 0
+        assert "cases" in json.loads(p.stdout.read() if p.stdout else "{}")
+    finally:
+        if p.stdin:
+            p.stdin.close()
+        if p.poll() is None:
+            p.kill()
+
+
 def test_lock_message_names_the_holder(running: Running, channel: tuple[int, str]) -> None:
     """Without the channel (its files gone, e.g. an app of an older version), the CLI opens the store itself and the
     lock error names the holder and what to do, without the old "nothing imported yet?" hint."""

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import sys
 import threading
 import time
@@ -401,6 +402,32 @@ def _data_dir_of(argv: list[str]) -> Path:
     return Path(cli_settings(given).data_dir)
 
 
+def _piped_stdin(idle_s: float = 0.2) -> str:
+    """What is piped into the CLI (``yes | ragvqa kb delete X``), read until EOF or ``idle_s`` without data, so a
+    caller that leaves an idle pipe open does not hang the command; "" for a terminal."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return ""
+    if os.isatty(fd):
+        return ""
+    chunks: list[bytes] = []
+    total = 0
+    while total < MAX_STDIN:
+        try:
+            ready, _, _ = select.select([fd], [], [], idle_s)
+            if not ready:
+                break
+            data = os.read(fd, 65536)
+        except (OSError, ValueError):
+            break
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
 def route_kb_command(argv: list[str]) -> int | None:
     """Run ``ragvqa kb <argv>`` through the app serving its data dir; None when no app serves it (run locally).
 
@@ -413,10 +440,7 @@ def route_kb_command(argv: list[str]) -> int | None:
     if found is None:
         return None
     info, token = found
-    stdin = ""
-    if not sys.stdin.isatty():
-        with contextlib.suppress(OSError, ValueError):
-            stdin = sys.stdin.read(MAX_STDIN)
+    stdin = _piped_stdin()
     req = KbRequest(argv=argv, cwd=os.getcwd(), actor=f"cli:{getpass.getuser()}", stdin=stdin)
     conn = http.client.HTTPConnection(info.host, info.port, timeout=None)
     try:
