@@ -137,6 +137,13 @@ def test_kb_commands_run_through_the_serving_app(running: Running, tmp_path: Pat
     r = running.kb("update", "svc-a", "--set", "nonsense")
     assert r.returncode == 2 and "expected FIELD=VALUE" in r.stderr
 
+    r = running.kb("duplicates", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stderr
+    r = running.kb("audit", "--json", "--case", "svc-a")  # the audit log, read through the app as well
+    assert r.returncode == 0 and [json.loads(x)["action"] for x in r.stdout.splitlines()] == ["import", "update"]
+    # reindex swaps the app's embedder and store: refused with what to do instead (the admin tab), store untouched
+    r = running.kb("reindex", "--yes")
+    assert r.returncode == 2 and "admin tab" in " ".join(r.stderr.split()), r.stderr
     # delete asks: piped "y" answers the prompt in the app; --yes skips it
     r = running.kb("delete", "svc-b", stdin="n\n")
     assert r.returncode == 1 and running.handle.services.kb.get("svc-b") is not None

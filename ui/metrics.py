@@ -1,7 +1,7 @@
 """Prometheus metrics and the one-line-per-answer log of the served app.
 
 Off by default: ``RAGVQA_METRICS_PORT`` starts ``prometheus_client``'s HTTP server on its own port (address
-``RAGVQA_METRICS_HOST``, default the app's host), never on the public app. Metrics (``ragvqa_`` prefix):
+``RAGVQA_METRICS_HOST``, default the interface the app listens on), never on the public app. Metrics (``ragvqa_`` prefix):
 
 * ``answers_total{outcome}`` (answered | abstained | error), ``answer_stage_seconds{stage}`` histograms for
   embed, search, rerank, first_token (from the start of generation) and total (whole request);
@@ -169,7 +169,7 @@ class AppMetrics:
             self._server = None
 
     @classmethod
-    def from_env(cls, services: Services, demo: Any = None) -> AppMetrics:
+    def from_env(cls, services: Services, demo: Any = None, host: str | None = None) -> AppMetrics:
         """Observe the app (the answer log line always); serve the metrics only when ``RAGVQA_METRICS_PORT`` is set."""
         port = os.environ.get("RAGVQA_METRICS_PORT", "").strip()
         try:
@@ -178,5 +178,5 @@ class AppMetrics:
             raise ValueError(f"RAGVQA_METRICS_PORT must be a port number, got {port!r}") from None
         m = cls().install(services, demo)
         if p is not None:
-            m.serve(p, os.environ.get("RAGVQA_METRICS_HOST", "").strip() or services.ui.host)
+            m.serve(p, os.environ.get("RAGVQA_METRICS_HOST", "").strip() or host or services.ui.host)
         return m

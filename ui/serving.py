@@ -105,7 +105,7 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
         early.stop()
         demo, h.url = launch(services, host=host, port=port, block=False, readiness=h.readiness)
         assert services.kb is not None
-        metrics = AppMetrics.from_env(services, demo)
+        metrics = AppMetrics.from_env(services, demo, host)
         control = ControlServer(services.kb, services.data_dir, on_change=services.invalidate_choices).start()
         backups = BackupScheduler.from_env(services.kb, services.data_dir)
         if backups is not None:
