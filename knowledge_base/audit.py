@@ -35,11 +35,16 @@ from rag.fileio import fsync_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AUDIT_FILE", "AuditEntry", "AuditLog", "Change", "acting_as", "current_actor"]
+__all__ = ["AUDIT_FILE", "AuditEntry", "AuditLog", "Change", "acting_as", "current_actor", "os_actor"]
 
 AUDIT_FILE = "audit.jsonl"
 
 Status = Literal["pending", "done", "failed", "applied after a crash", "not applied (crash)"]
+
+
+def os_actor() -> str:
+    """``cli:<os user>`` of this process (what a CLI run is recorded as)."""
+    return _default_actor()
 
 
 def _default_actor() -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import getpass
 import hmac
 import http.client
 import io
@@ -35,6 +34,7 @@ import logging
 import os
 import secrets
 import select
+import shutil
 import sys
 import threading
 import time
@@ -78,6 +78,8 @@ class KbRequest(BaseModel):
     cwd: str
     actor: str = Field(description="Who runs it, recorded in the audit log: cli:<os user>.")
     stdin: str = ""
+    #: The caller's terminal width (None: not a terminal), so tables are laid out as they would be run alone.
+    columns: int | None = None
 
 
 # -- output routing: the command's thread writes to its caller, every other thread to the real streams ------------
@@ -202,7 +204,31 @@ def _main(group: object, argv: list[str], write: Callable[[str, str], None]) -> 
         return 1
 
 
-def run_kb_argv(argv: list[str], cwd: Path, write: Callable[[str, str], None], stdin: str = "") -> int:
+_width_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _console_width(columns: int | None) -> Iterator[None]:
+    """Lay out ``knowledge_base.cli``'s rich output at the caller's terminal width while its command runs."""
+    import knowledge_base.cli as kb_cli
+
+    if not columns:
+        yield
+        return
+    with _width_lock:
+        saved = [(c, c._width) for c in (kb_cli.out, kb_cli.err)]
+        for c, _ in saved:
+            c.width = columns
+    try:
+        yield
+    finally:
+        with _width_lock:
+            for c, w in saved:
+                c._width = w
+
+
+def run_kb_argv(argv: list[str], cwd: Path, write: Callable[[str, str], None], stdin: str = "",
+                columns: int | None = None) -> int:
     """Run ``ragvqa kb <argv>`` in this thread with its output sent to ``write(stream, text)``; returns the exit
     code. The caller sets :data:`SERVED_KB` (and the audit actor)."""
     import typer
@@ -215,7 +241,7 @@ def run_kb_argv(argv: list[str], cwd: Path, write: Callable[[str, str], None], s
             cmd.callback = _absolutizing(cmd.callback, cwd)
     _route.sink, _route.stdin = write, io.StringIO(stdin)
     try:
-        with _routed_streams():
+        with _routed_streams(), _console_width(columns):
             return _main(group, argv, write)
     finally:
         with contextlib.suppress(Exception):
@@ -325,7 +351,7 @@ class ControlServer:
         tok = SERVED_KB.set(self.kb)
         try:
             with acting_as(req.actor):
-                return run_kb_argv(req.argv, Path(req.cwd), write, req.stdin)
+                return run_kb_argv(req.argv, Path(req.cwd), write, req.stdin, req.columns)
         finally:
             SERVED_KB.reset(tok)
             if self.on_change is not None:
@@ -433,6 +459,8 @@ def route_kb_command(argv: list[str]) -> int | None:
 
     Streams the app's stdout/stderr to ours and returns the command's exit code.
     """
+    from knowledge_base.audit import os_actor
+
     if not argv or "--help" in argv or SERVED_KB.get() is not None:
         return None
     data_dir = _data_dir_of(argv)
@@ -441,7 +469,8 @@ def route_kb_command(argv: list[str]) -> int | None:
         return None
     info, token = found
     stdin = _piped_stdin()
-    req = KbRequest(argv=argv, cwd=os.getcwd(), actor=f"cli:{getpass.getuser()}", stdin=stdin)
+    columns = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    req = KbRequest(argv=argv, cwd=os.getcwd(), actor=os_actor(), stdin=stdin, columns=columns)
     conn = http.client.HTTPConnection(info.host, info.port, timeout=None)
     try:
         conn.request("POST", KB_PATH, body=req.model_dump_json().encode(),
