@@ -44,7 +44,7 @@ def _main(ctx: typer.Context,
           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     """Set up logging when run on its own (``ragvqa`` already does it); hand the command to the app when one serves
     its data dir (``ui.control``: the store is the app's while it runs)."""
-    from ui.control import route_kb_command
+    from knowledge_base.channel import route_kb_command
 
     try:
         code = route_kb_command(list(ctx.meta.get("ragvqa_kb_argv", [])))
@@ -74,12 +74,12 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: Any = None, model: bool = True):
     """Load the embedder (unless ``model`` is False: read-only commands) and open the KB; expected failures become
     one-line messages."""
+    from knowledge_base.channel import SERVED_KB
     from knowledge_base.kb import KnowledgeBase
     from rag.cli_settings import cli_settings
     from rag.models.factory import load_models
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
-    from ui.control import SERVED_KB
 
     served = SERVED_KB.get()
     if served is not None:  # run by the serving app (ui.control): its open KB, not closed by the command
@@ -370,10 +370,10 @@ def reindex(
     old store's. The old store keeps serving until the switch. With Qdrant Edge, stop the app first (one process
     per store).
     """
+    from knowledge_base.channel import SERVED_KB
     from knowledge_base.kb import KnowledgeBase
     from rag.cli_settings import cli_settings
     from rag.models.factory import load_models
-    from ui.control import SERVED_KB
 
     if SERVED_KB.get() is not None:
         raise _fail("reindex swaps the embedder and the store under the running app: use the admin tab's Reindex, "
@@ -527,7 +527,7 @@ def restore(
     import zipfile
 
     from knowledge_base.archive import BACKUP_FORMAT
-    from ui.control import SERVED_KB
+    from knowledge_base.channel import SERVED_KB
 
     if SERVED_KB.get() is not None:
         raise _fail("restore goes into an empty data dir, not the one the app serves: stop it, or restore elsewhere", 2)
