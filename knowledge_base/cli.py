@@ -11,11 +11,15 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:  # pragma: no cover - types only: `ragvqa --help` must not import the models
+    from knowledge_base.ingest import IngestOptions
+    from knowledge_base.kb import KnowledgeBase
 
 __all__ = ["kb_app"]
 
@@ -71,12 +75,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: Any = None, model: bool = True):
+def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: IngestOptions | None = None,
+          model: bool = True) -> KnowledgeBase:
     """Load the embedder (unless ``model`` is False: read-only commands) and open the KB; expected failures become
     one-line messages."""
     from knowledge_base.channel import SERVED_KB
     from knowledge_base.kb import KnowledgeBase
-    from rag.cli_settings import cli_settings
+    from rag.cli_settings import check_models, cli_settings
     from rag.models.factory import load_models
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
@@ -88,7 +93,7 @@ def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: A
     embedder = None
     if model:
         try:
-            embedder = load_models(settings, models, need=("embedder",)).embedder  # type: ignore[arg-type]
+            embedder = load_models(settings, check_models(models), need=("embedder",)).embedder
         except ModelNotAvailableError as e:
             raise _fail(str(e)) from None
     try:
@@ -211,6 +216,8 @@ def import_(
     chunk: Annotated[Optional[int], typer.Option(min=1, help="Cases per embed/write chunk.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Also write the full report as JSON here.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any record was rejected.")] = False,
+    suggest: Annotated[bool, typer.Option("--suggest", help="Fill missing product line / model / tags / severity of "
+                                          "each JSONL record from suggestions (reported as suggested).")] = False,
     data_dir: DataDir = None,
     models: Models = "real",
     as_json: AsJson = False,
@@ -227,15 +234,33 @@ def import_(
     if chunk is not None:
         upd["chunk_cases"] = chunk
     options = IngestOptions().model_copy(update=upd)
+    filled: list[Any] = []
     with _open(data_dir, models, options=options) as kb:
         try:
-            res = kb.import_path(source, media_dir=media_dir, progress=sys.stderr.isatty())
+            if suggest:
+                from knowledge_base.import_suggest import filled_source
+                from rag.errors import UserInputError
+
+                try:
+                    with filled_source(kb, source, media_dir) as (copy, base, filled):
+                        res = kb.import_path(copy, media_dir=base, progress=sys.stderr.isatty())
+                except UserInputError as e:
+                    raise _fail(str(e)) from None
+            else:
+                res = kb.import_path(source, media_dir=media_dir, progress=sys.stderr.isatty())
         except InputRejected as e:
             raise _fail(str(e)) from None
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(res.to_dict(), indent=2, default=str), encoding="utf-8")
-    _print_result(res, as_json)
+        report.write_text(json.dumps({**res.to_dict(), "suggested": [f.to_dict() for f in filled]}, indent=2,
+                                     default=str), encoding="utf-8")
+    if as_json and suggest:
+        _dump({**res.to_dict(), "suggested": [f.to_dict() for f in filled]})
+    else:
+        _print_result(res, as_json)
+    for f in filled if not as_json else []:
+        out.print(f"[cyan]suggested[/cyan] {f.where} ({f.case_id or '?'}): {f.field} = {f.value} "
+                  f"({f.confidence:.0%}, {f.source})", highlight=False)
     if strict and res.rejected:
         raise typer.Exit(1)
 
@@ -372,7 +397,7 @@ def reindex(
     """
     from knowledge_base.channel import SERVED_KB
     from knowledge_base.kb import KnowledgeBase
-    from rag.cli_settings import cli_settings
+    from rag.cli_settings import check_models, cli_settings
     from rag.models.factory import load_models
 
     if SERVED_KB.get() is not None:
@@ -387,7 +412,9 @@ def reindex(
     if quantization is not None:
         upd["store_quantization"] = quantization
     settings = settings.model_copy(update=upd)
-    new = load_models(settings, models, need=("embedder",)).embedder  # type: ignore[arg-type]
+    new = load_models(settings, check_models(models), need=("embedder",)).embedder
+    if new is None:  # pragma: no cover - load_models raises first
+        raise _fail("no embedder was loaded")
     quant = bool(settings.store_quantization)
 
     def kind(q: bool) -> str:
@@ -585,3 +612,110 @@ def duplicates(
 
 if __name__ == "__main__":  # pragma: no cover
     kb_app()
+
+
+# ------------------------------------------------------------------------------------------------ KB intelligence
+
+
+@kb_app.command("related")
+def related(
+    case_id: Annotated[str, typer.Argument(help="Case id.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100, help="How many related cases.")] = 5,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Cases related to CASE_ID by their stored text and media vectors, with the pairs that matched (read-only)."""
+    from knowledge_base.related import related_cases
+    from rag.errors import UserInputError
+
+    with _open(data_dir, models, strict=False, model=False) as kb:
+        try:
+            found = related_cases(kb, case_id, limit=limit)
+        except UserInputError as e:
+            raise _fail(str(e)) from None
+    if as_json:
+        _dump([r.model_dump(mode="json") for r in found])
+        return
+    if not found:
+        out.print(f"no other case to relate {case_id} to", highlight=False)
+    for r in found:
+        why = "; ".join(f"{x.text} ({x.score:.3f})" for x in r.reasons)
+        out.print(f"{r.score:.3f}  [bold]{r.case_id}[/bold] — {r.title}  [dim]{why}", highlight=False)
+
+
+@kb_app.command("classify")
+def classify(
+    target: Annotated[str, typer.Argument(help="A case id (its stored vectors), an image/video file, or a case record "
+                                                "(.json, media paths relative to it) to classify.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=100, help="Neighbouring cases that vote.")] = 10,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Suggested product line, equipment model, tags and severity, with confidences (read-only)."""
+    from knowledge_base.labels import suggest_labels
+    from rag.errors import UserInputError
+    from rag.store import StoreMismatchError
+
+    path = Path(target)
+    with _open(data_dir, models) as kb:
+        try:
+            if path.is_file() and path.suffix.lower() == ".json":  # one case record (its text and media)
+                from knowledge_base.import_suggest import record_query
+
+                text, media = record_query(path)
+                found = suggest_labels(kb, text=text or None, media=media, k=k)
+            elif path.is_file():
+                found = suggest_labels(kb, media=[path], k=k)
+            else:
+                found = suggest_labels(kb, case_id=target, k=k)
+        except (UserInputError, StoreMismatchError) as e:
+            raise _fail(str(e)) from None
+    if as_json:
+        _dump([s.model_dump(mode="json") for s in found])
+        return
+    if not found:
+        out.print("no confident suggestion", highlight=False)
+    for s in found:
+        out.print(f"suggested {s.field}: [bold]{s.value}[/bold]  ({s.confidence:.0%}, {s.source})", highlight=False)
+
+
+@kb_app.command("search")
+def search(
+    text: Annotated[Optional[str], typer.Option("--text", help="What to look for, in words.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="A photo or screenshot to look for.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=200, help="Results per view.")] = 10,
+    kind: Annotated[Optional[list[str]], typer.Option("--kind", help="Only these point kinds: text, image, "
+                                                      "pdf_page, video (repeatable).")] = None,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Semantic, cross-modal search over cases and their individual media (text and/or image query; read-only)."""
+    from knowledge_base.semantic_search import semantic_search
+    from rag.errors import UserInputError
+
+    with _open(data_dir, models) as kb:
+        try:
+            res = semantic_search(kb, text=text, image=image, limit=limit, kinds=kind or None)  # type: ignore[arg-type]
+        except UserInputError as e:
+            raise _fail(str(e)) from None
+        root = kb.media_root
+    if as_json:
+        _dump(res.model_dump(mode="json"))
+        return
+    t = Table(title="cases", show_header=True)
+    for col in ("score", "case", "title", "best match"):
+        t.add_column(col)
+    for c in res.cases:
+        best = c.points[0]
+        t.add_row(f"{c.score:.3f}", c.case_id, c.title, best.kind + (f" p{best.page}" if best.page else ""))
+    out.print(t)
+    t = Table(title="media and texts", show_header=True)
+    for col in ("score", "case", "kind", "file"):
+        t.add_column(col)
+    for p in res.points:
+        t.add_row(f"{p.score:.3f}", p.case_id, p.kind + (f" p{p.page}" if p.page else ""),
+                  str(root / p.media_path) if p.media_path else "")
+    out.print(t)
