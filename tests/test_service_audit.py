@@ -58,6 +58,11 @@ def test_kb_changes_are_audited_with_versions_and_cli_export(tmp_path: Path, emb
             kb.check(fix=True)
         with acting_as("alice"):
             kb.update("case-00", {"cause": "Another cause."})
+        with acting_as("bob"):  # the related-cases helper's confirmation, audited as a link confirmation
+            from knowledge_base.related import confirm_related
+
+            confirm_related(kb, "case-00", "case-05", note="same fuser")
+            assert [link.case_id for link in kb.get("case-00").links] == ["case-05"]
     finally:
         kb.close()
     # the CLI export (run alone: no app serves this data dir)
@@ -80,20 +85,23 @@ def test_kb_changes_are_audited_with_versions_and_cli_export(tmp_path: Path, emb
         ("cli:tester", "delete", "case-01", 1, None, "done"),
         ("cli:tester", "check --fix", None, None, None, "done"),
         ("alice", "update", "case-00", 2, 3, "done"),
+        ("bob", "link-confirm", "case-00", 3, 4, "done"),
     ], got
+    assert rows[-1]["detail"]["other"] == "case-05"
     assert rows[0]["detail"]["added"] == 2
     for x in rows:
         ts = datetime.fromisoformat(x["ts"])
         assert ts.tzinfo is not None and abs(datetime.now(timezone.utc) - ts) < timedelta(minutes=10)
     r = cli("--json", "--case", "case-00")
-    assert [json.loads(line)["action"] for line in r.stdout.splitlines()] == ["import", "update", "update"]
+    assert [json.loads(line)["action"] for line in r.stdout.splitlines()] == ["import", "update", "update",
+                                                                              "link-confirm"]
     future = (datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()
     r = cli("--json", "--since", future)
     assert r.returncode == 0 and r.stdout == ""
     r = cli("--since", "yesterday-ish")
     assert r.returncode == 2 and "--since" in r.stderr
     r = cli()
-    assert r.returncode == 0 and "8 change(s)" in r.stdout
+    assert r.returncode == 0 and "9 change(s)" in r.stdout
 
 
 @pytest.fixture(scope="module")

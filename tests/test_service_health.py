@@ -94,12 +94,11 @@ def test_not_ready_during_start_and_sample_import_then_ready(tmp_path: Path, emb
 
 def test_store_of_another_embedder_stays_not_ready_with_reason(tmp_path: Path, embedder, reranker, generator) -> None:
     from rag.models.factory import LoadedModels
-    from rag.store import StoreMeta, open_store, store_kwargs_from_settings
+    from rag.store import open_store
 
     data = tmp_path / "data"
-    other = open_store(embedder_id="someone/else-embedder", dim=32, **store_kwargs_from_settings(_settings(data)))
+    other = open_store(embedder_id="someone/else-embedder", dim=32, config=_settings(data).store_config())
     other.close()
-    assert StoreMeta  # the store's meta names the other embedder
     port = free_port()
     loaded = LoadedModels(which="tiny", embedder=embedder, reranker=reranker, generator=generator)
     h, t, result = _run(data, port, loaded, sample=False)
