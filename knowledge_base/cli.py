@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -25,8 +26,16 @@ __all__ = ["kb_app"]
 
 log = logging.getLogger(__name__)
 
+class _KbGroup(typer.core.TyperGroup):
+    """Keeps the sub-command's argv for the callback (``_main`` hands it to a serving app, ``ui.control``)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        ctx.meta["ragvqa_kb_argv"] = [*ctx._protected_args, *ctx.args]
+        return super().invoke(ctx)
+
+
 kb_app = typer.Typer(help="Knowledge base: add, import, list, show, update, delete, reindex, check, stats, export.",
-                     no_args_is_help=True, pretty_exceptions_enable=False)
+                     no_args_is_help=True, pretty_exceptions_enable=False, cls=_KbGroup)
 out = Console()
 err = Console(stderr=True)
 
@@ -36,8 +45,18 @@ AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")
 
 
 @kb_app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    """Set up logging when run on its own (``ragvqa`` already does it)."""
+def _main(ctx: typer.Context,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    """Set up logging when run on its own (``ragvqa`` already does it); hand the command to the app when one serves
+    its data dir (``ui.control``: the store is the app's while it runs)."""
+    from knowledge_base.channel import route_kb_command
+
+    try:
+        code = route_kb_command(list(ctx.meta.get("ragvqa_kb_argv", [])))
+    except PermissionError as e:
+        raise _fail(str(e)) from None
+    if code is not None:
+        raise typer.Exit(code)
     if not logging.getLogger().handlers:
         from rich.logging import RichHandler
 
@@ -58,15 +77,19 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: IngestOptions | None = None,
-          model: bool = True) -> KnowledgeBase:
+          model: bool = True) -> AbstractContextManager[KnowledgeBase]:
     """Load the embedder (unless ``model`` is False: read-only commands) and open the KB; expected failures become
     one-line messages."""
+    from knowledge_base.channel import SERVED_KB
     from knowledge_base.kb import KnowledgeBase
     from rag.cli_settings import check_models, cli_settings
     from rag.models.factory import load_models
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
 
+    served = SERVED_KB.get()
+    if served is not None:  # run by the serving app (ui.control): its open KB, not closed by the command
+        return _Borrowed(served)
     settings = cli_settings(data_dir, models=models)
     embedder = None
     if model:
@@ -79,8 +102,21 @@ def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: I
     except StoreMismatchError as e:
         raise _fail(str(e)) from None
     except StoreError as e:
-        hint = "" if model else " (nothing imported yet? run `ragvqa kb import`)"
+        hint = " (nothing imported yet? run `ragvqa kb import`)" if "no vector store under" in str(e) else ""
         raise _fail(f"cannot open the vector store: {e}{hint}") from None
+
+
+class _Borrowed:
+    """The serving app's KnowledgeBase for one routed command: ``with`` gives it, leaving closes nothing."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+
+    def __enter__(self) -> KnowledgeBase:
+        return self.kb
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _dump(obj: Any) -> None:
@@ -360,10 +396,14 @@ def reindex(
     old store's. The old store keeps serving until the switch. With Qdrant Edge, stop the app first (one process
     per store).
     """
+    from knowledge_base.channel import SERVED_KB
     from knowledge_base.kb import KnowledgeBase
     from rag.cli_settings import check_models, cli_settings
     from rag.models.factory import load_models
 
+    if SERVED_KB.get() is not None:
+        raise _fail("reindex swaps the embedder and the store under the running app: use the admin tab's Reindex, "
+                    "or stop `ragvqa serve` and run it again", 2)
     settings = cli_settings(data_dir, models=models)
     upd: dict[str, Any] = {}
     if embedder_model:
@@ -454,6 +494,103 @@ def export(
         path = kb.export(dest)
         n = kb.count_cases()
     out.print(f"[green]exported[/green] {n} case(s) to {path}", highlight=False)
+
+
+@kb_app.command("audit")
+def audit(
+    since: Annotated[Optional[str], typer.Option(help="Only changes from this ISO date or time on (UTC if no zone).")] = None,
+    case: Annotated[Optional[str], typer.Option("--case", help="Only changes of this case id.")] = None,
+    actor: Annotated[Optional[str], typer.Option(help="Only changes by this actor (admin name or cli:<user>).")] = None,
+    action: Annotated[Optional[str], typer.Option(help="add | update | delete | import | reindex | check --fix | …")] = None,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines: one change per line (for log collectors).")] = False,
+) -> None:
+    """Who changed which case, when, and the versions before/after (the audit log; read-only)."""
+    from datetime import datetime, timezone
+
+    from knowledge_base.audit import AUDIT_FILE, AuditLog
+    from rag.cli_settings import cli_settings
+
+    when = None
+    if since:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            raise _fail(f"--since {since!r}: expected an ISO date or time, e.g. 2026-11-29 or 2026-11-29T08:00", 2) from None
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    log_ = AuditLog(Path(cli_settings(data_dir).data_dir) / AUDIT_FILE)
+    entries = log_.query(since=when, case_id=case, actor=actor, action=action)
+    if as_json:
+        for e in entries:
+            typer.echo(e.model_dump_json())
+        return
+    t = Table(title=f"{len(entries)} change(s)")
+    for col in ("when (UTC)", "who", "action", "case", "version", "status"):
+        t.add_column(col)
+    for e in entries:
+        versions = f"{e.before_version if e.before_version is not None else '—'} → " \
+                   f"{e.after_version if e.after_version is not None else '—'}"
+        t.add_row(e.ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.case_id or "",
+                  versions, e.status)
+    out.print(t)
+
+
+def restore_backup(kb: Any, file: Path, *, progress: bool = False) -> tuple[Any, Any]:
+    """Import backup ``file`` into the EMPTY ``kb``; returns (import result, check report after)."""
+    if kb.count_cases():
+        raise ValueError(f"{kb.data_dir} already has {kb.count_cases()} case(s): restore needs an empty data dir")
+    res = kb.import_path(file, progress=progress)
+    return res, kb.check()
+
+
+@kb_app.command("restore")
+def restore(
+    file: Annotated[Path, typer.Argument(help="A backup zip (`ragvqa kb export` or a scheduled backup).")],
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Restore a backup into an EMPTY data dir: the same cases (versions, dates), media files, vectors, payloads."""
+    import zipfile
+
+    from knowledge_base.archive import BACKUP_FORMAT
+    from knowledge_base.channel import SERVED_KB
+
+    if SERVED_KB.get() is not None:
+        raise _fail("restore goes into an empty data dir, not the one the app serves: stop it, or restore elsewhere", 2)
+    if not file.is_file():
+        raise _fail(f"{file}: no such backup file", 2)
+    try:
+        with zipfile.ZipFile(file) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+        if manifest.get("format") != BACKUP_FORMAT:
+            raise ValueError("not a backup")
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        raise _fail(f"{file}: not a ragvqa backup (no {BACKUP_FORMAT} manifest.json); use `ragvqa kb import` for "
+                    f"other sources", 2) from None
+    from rag.cli_settings import cli_settings
+    from rag.store.edge import read_active_meta
+
+    settings = cli_settings(data_dir, models=models)
+    if read_active_meta(Path(settings.data_dir) / "qdrant") is not None or settings.qdrant_url:
+        with _open(data_dir, models, strict=False, model=False) as kb:  # refuse before loading any model
+            n = kb.count_cases()
+        if n:
+            raise _fail(f"{settings.data_dir} already has {n} case(s): restore needs an empty data dir "
+                        f"(use `ragvqa kb import {file}` to merge into this one)", 2)
+    with _open(data_dir, models, strict=False) as kb:
+        try:
+            res, rep = restore_backup(kb, file, progress=sys.stderr.isatty())
+        except ValueError as e:
+            raise _fail(str(e), 2) from None
+    if as_json:
+        _dump({**res.to_dict(), "problems_after": rep.problems})
+    else:
+        _print_result(res, False)
+        out.print(f"[green]restored[/green] {res.added} case(s) from {file}; check: {rep.summary()}", highlight=False)
+    if res.rejected or rep.problems:
+        raise typer.Exit(1)
 
 
 @kb_app.command("duplicates")
