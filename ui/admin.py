@@ -327,7 +327,7 @@ class AdminTab:
                     self._build_maintenance()
                 with gr.Tab(L("ui.admin.tab_feedback"), elem_id="admin-feedback"):
                     self._build_feedback()
-                with gr.Tab("Audit log", elem_id="admin-audit"):
+                with gr.Tab(L("ui.admin.tab_audit"), elem_id="admin-audit"):
                     self.audit = AuditPanel(self)
                     self.audit.build()
 
