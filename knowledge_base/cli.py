@@ -497,5 +497,26 @@ def clusters(
     out.print(f"wrote {folder / 'report.json'}, {folder / 'report.md'} and {png}", highlight=False)
 
 
+@kb_app.command("gaps")
+def gaps(
+    threshold: Annotated[float, typer.Option(min=0.05, max=1.0, help="Cosine distance below which questions share a topic.")] = 0.8,
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Knowledge gaps: abstained and thumbs-down questions from the feedback log, grouped into topics (reads only)."""
+    from knowledge_base.gaps import GapError, find_gaps, gaps_markdown
+    from rag.cli_settings import cli_settings
+
+    settings = cli_settings(data_dir)
+    try:
+        report = find_gaps(settings.data_dir, distance_threshold=threshold)
+    except GapError as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        _dump(report.model_dump(mode="json"))
+        return
+    out.print(gaps_markdown(report), highlight=False, markup=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     kb_app()

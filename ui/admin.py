@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import gradio as gr
 
 from rag.errors import UserInputError
+from ui.admin_clusters import AdminClusters
 from ui.auth import AuthError, admin_only
 from ui.render import esc, plain, server_error_text, user_error_text
 from ui.services import Services
@@ -299,6 +300,8 @@ class AdminTab:
                     self._build_maintenance()
                 with gr.Tab("Feedback", elem_id="admin-feedback"):
                     self._build_feedback()
+                self.kb_views = AdminClusters(self)
+                self.kb_views.build()
 
     def _build_login(self) -> None:
         with gr.Column(visible=True, elem_id="admin-login") as self.login_box:
@@ -401,3 +404,4 @@ class AdminTab:
         self.on(self.check_btn.click, self.check, [self.check_fix], [self.maint_msg, self.maint_json])
         self.on(self.rx_btn.click, self.reindex, [self.rx_confirm], [self.maint_msg, self.maint_json], **models)
         self.on(self.fb_btn.click, self.feedback, [self.fb_which], [self.fb_table, self.fb_msg])
+        self.kb_views.wire()
