@@ -520,3 +520,105 @@ def gaps(
 
 if __name__ == "__main__":  # pragma: no cover
     kb_app()
+
+
+# ------------------------------------------------------------------------------------------------ KB intelligence
+
+
+@kb_app.command("related")
+def related(
+    case_id: Annotated[str, typer.Argument(help="Case id.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100, help="How many related cases.")] = 5,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Cases related to CASE_ID by their stored text and media vectors, with the pairs that matched (read-only)."""
+    from knowledge_base.related import related_cases
+    from rag.errors import UserInputError
+
+    with _open(data_dir, models, strict=False, model=False) as kb:
+        try:
+            found = related_cases(kb, case_id, limit=limit)
+        except UserInputError as e:
+            raise _fail(str(e)) from None
+    if as_json:
+        _dump([{**r.model_dump(mode="json"), "reasons": [{**x.model_dump(mode="json"), "text": x.text}
+                                                        for x in r.reasons]} for r in found])
+        return
+    if not found:
+        out.print(f"no other case to relate {case_id} to", highlight=False)
+    for r in found:
+        why = "; ".join(f"{x.text} ({x.score:.3f})" for x in r.reasons)
+        out.print(f"{r.score:.3f}  [bold]{r.case_id}[/bold] — {r.title}  [dim]{why}", highlight=False)
+
+
+@kb_app.command("classify")
+def classify(
+    target: Annotated[str, typer.Argument(help="A case id (its stored vectors), or an image/video file to classify.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=100, help="Neighbouring cases that vote.")] = 10,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Suggested product line, equipment model, tags and severity, with confidences (read-only)."""
+    from knowledge_base.labels import suggest_labels
+    from rag.errors import UserInputError
+    from rag.store import StoreMismatchError
+
+    path = Path(target)
+    with _open(data_dir, models) as kb:
+        try:
+            if path.is_file():
+                found = suggest_labels(kb, media=[path], k=k)
+            else:
+                found = suggest_labels(kb, case_id=target, k=k)
+        except (UserInputError, StoreMismatchError) as e:
+            raise _fail(str(e)) from None
+    if as_json:
+        _dump([s.model_dump(mode="json") for s in found])
+        return
+    if not found:
+        out.print("no confident suggestion", highlight=False)
+    for s in found:
+        out.print(f"suggested {s.field}: [bold]{s.value}[/bold]  ({s.confidence:.0%}, {s.source})", highlight=False)
+
+
+@kb_app.command("search")
+def search(
+    text: Annotated[Optional[str], typer.Option("--text", help="What to look for, in words.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="A photo or screenshot to look for.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=200, help="Results per view.")] = 10,
+    kind: Annotated[Optional[list[str]], typer.Option("--kind", help="Only these point kinds: text, image, "
+                                                      "pdf_page, video (repeatable).")] = None,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Semantic, cross-modal search over cases and their individual media (text and/or image query; read-only)."""
+    from knowledge_base.semantic_search import semantic_search
+    from rag.errors import UserInputError
+
+    with _open(data_dir, models) as kb:
+        try:
+            res = semantic_search(kb, text=text, image=image, limit=limit, kinds=kind or None)  # type: ignore[arg-type]
+        except UserInputError as e:
+            raise _fail(str(e)) from None
+        root = kb.media_root
+    if as_json:
+        _dump(res.model_dump(mode="json"))
+        return
+    t = Table(title="cases", show_header=True)
+    for col in ("score", "case", "title", "best match"):
+        t.add_column(col)
+    for c in res.cases:
+        best = c.points[0]
+        t.add_row(f"{c.score:.3f}", c.case_id, c.title, best.kind + (f" p{best.page}" if best.page else ""))
+    out.print(t)
+    t = Table(title="media and texts", show_header=True)
+    for col in ("score", "case", "kind", "file"):
+        t.add_column(col)
+    for p in res.points:
+        t.add_row(f"{p.score:.3f}", p.case_id, p.kind + (f" p{p.page}" if p.page else ""),
+                  str(root / p.media_path) if p.media_path else "")
+    out.print(t)

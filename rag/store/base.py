@@ -328,6 +328,13 @@ class VectorStore(abc.ABC):
         payload_keys: list[str] | None = None,
     ) -> list[Hit]: ...
 
+    def _search_batch(
+        self, vectors: list[list[float]], limit: int, filters: dict[str, list[str]], exact: bool,
+        hnsw_ef: int | None, payload_keys: list[str] | None = None,
+    ) -> list[list[Hit]]:
+        """One :meth:`_search` per vector; backends with a batch query override it (one planned engine call)."""
+        return [self._search(v, limit, filters, exact, hnsw_ef, payload_keys) for v in vectors]
+
     @abc.abstractmethod
     def _overwrite_payload(self, point_id: str, payload: dict[str, Any]) -> None: ...
 
@@ -406,6 +413,26 @@ class VectorStore(abc.ABC):
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
         q = check_query_vector(vector, self.dim)
         return self._search(q, limit, validate_filters(filters), exact, hnsw_ef or self.hnsw_ef, _keys(payload_keys))
+
+    def search_batch(
+        self,
+        vectors: Sequence[Sequence[float] | np.ndarray] | np.ndarray,
+        limit: int = 10,
+        filters: Filters | None = None,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+        payload_keys: Sequence[str] | None = None,
+    ) -> list[list[Hit]]:
+        """:meth:`search` for several query vectors at once (one result list per vector, in order): a case's
+        text and media vectors searched together, as one engine call where the backend plans batches."""
+        self._check_open()
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        qs = [check_query_vector(v, self.dim) for v in vectors]
+        if not qs:
+            return []
+        return self._search_batch(qs, limit, validate_filters(filters), exact, hnsw_ef or self.hnsw_ef,
+                                  _keys(payload_keys))
 
     def search_cases(
         self,

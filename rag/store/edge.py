@@ -315,6 +315,18 @@ class EdgeStore(VectorStore):
             res = self._shard.query(req)
         return [Hit(id=str(r.id), score=float(r.score), payload=r.payload or {}) for r in res]
 
+    def _search_batch(
+        self, vectors: list[list[float]], limit: int, filters: dict[str, list[str]], exact: bool,
+        hnsw_ef: int | None, payload_keys: list[str] | None = None,
+    ) -> list[list[Hit]]:
+        flt, params = to_filter(filters), self._search_params(exact, hnsw_ef, bool(filters))
+        reqs = [qe.QueryRequest(limit=limit, query=qe.Query.Nearest(v, using=VECTOR_NAME), filter=flt,
+                                with_payload=payload_keys if payload_keys is not None else True, params=params)
+                for v in vectors]
+        with _engine("batch search"):
+            res = self._shard.query_batch(qe.QueryBatchRequest(reqs))
+        return [[Hit(id=str(r.id), score=float(r.score), payload=r.payload or {}) for r in rs] for rs in res]
+
     def _overwrite_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         with _engine("overwrite payload"):
             self._shard.update(qe.UpdateOperation.overwrite_payload([point_id], payload))

@@ -1,0 +1,236 @@
+"""Suggested labels on planted structure (real Qdrant Edge store) against references written here: scikit-learn's
+KNeighborsClassifier (cosine, similarity weights) for one-point cases, a numpy best-pair vote for multi-point cases,
+and a softmax for zero-shot; then the mechanics on the tiny model (embedding a new case, label-description cache,
+``kb classify``) and bad input. Suggestions never write to the store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kb_planted import Planted, grouped_cases, open_planted, unit
+from kb_support import case_dict, jpeg_bytes, kb_state, make_source, open_kb, scene
+from scipy.special import softmax
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import MultiLabelBinarizer
+
+from knowledge_base.cases import CaseNotFoundError
+from knowledge_base.labels import (
+    MIN_CONFIDENCE,
+    LabelsInputError,
+    LabelSuggestion,
+    suggest_labels,
+    zero_shot,
+)
+
+DIM = 16
+K = 5
+
+
+def _sim_weights(d: np.ndarray) -> np.ndarray:
+    return np.clip(1.0 - d, 0.0, None)  # cosine distance -> similarity, negatives do not vote
+
+
+def noisy_one_point_cases(seed: int) -> list[Planted]:
+    """One-point cases in 3 families; 25 % of the product lines and severities are flipped, so votes are split."""
+    rng = np.random.default_rng(seed)
+    cases = grouped_cases(rng, groups=3, per_group=8, dim=DIM, noise=0.5, media_kinds=())
+    for c in cases:
+        c.points = c.points[:1]
+        if rng.random() < 0.25:
+            c.product_line = f"line{int(rng.integers(3))}"
+        if rng.random() < 0.25:
+            c.severity = ("low", "high", "critical")[int(rng.integers(3))]
+        c.tags = [t for t in (f"fam{c.id[1]}", "common", "rare" if rng.random() < 0.3 else "") if t]
+    return cases
+
+
+def test_neighbour_votes_equal_sklearn_knn(tmp_path: Path) -> None:
+    cases = noisy_one_point_cases(11)
+    store = open_planted(tmp_path / "s", cases, DIM)
+    try:
+        X = np.stack([c.points[0][1] for c in cases])
+        n_checked = n_suggested = 0
+        for i, c in enumerate(cases):  # leave-one-out, as the evaluation does
+            train = [j for j in range(len(cases)) if j != i]
+            got = suggest_labels(store, vectors=X[i], exclude_case_id=c.id, k=K, exact=True)
+            for field in ("product_line", "severity"):
+                y = [getattr(cases[j], field) for j in train]
+                knn = KNeighborsClassifier(n_neighbors=K, metric="cosine", algorithm="brute", weights=_sim_weights)
+                proba = knn.fit(X[train], y).predict_proba(X[i:i + 1])[0]
+                best = int(np.argmax(proba))
+                mine = [s for s in got if s.field == field]
+                if proba[best] >= MIN_CONFIDENCE:
+                    assert [(s.value, s.source) for s in mine] == [(knn.classes_[best], "neighbours")], (c.id, field)
+                    assert mine[0].confidence == pytest.approx(proba[best], abs=1e-5)
+                    n_suggested += 1
+                else:
+                    assert mine == [], (c.id, field, proba)
+                n_checked += 1
+            mlb = MultiLabelBinarizer().fit([cases[j].tags for j in train])
+            knn = KNeighborsClassifier(n_neighbors=K, metric="cosine", algorithm="brute", weights=_sim_weights)
+            knn.fit(X[train], mlb.transform([cases[j].tags for j in train]))
+            per_tag = {t: (p[0, 1] if p.shape[1] == 2 else float(knn.classes_[n][0] == 1))
+                       for n, (t, p) in enumerate(zip(mlb.classes_, knn.predict_proba(X[i:i + 1]), strict=True))}
+            want = {t: p for t, p in per_tag.items() if p >= MIN_CONFIDENCE}
+            mine_tags = {s.value: s.confidence for s in got if s.field == "tags"}
+            assert set(mine_tags) == set(want), (c.id, per_tag)
+            for t, p in want.items():
+                assert mine_tags[t] == pytest.approx(p, abs=1e-5)
+        assert n_suggested >= n_checked // 2 and n_suggested < n_checked  # both branches were exercised
+    finally:
+        store.close()
+
+
+def brute_vote(cases: list[Planted], q: np.ndarray, skip: str, k: int, field: str) -> dict[str, float]:
+    """Reference for multi-point cases: neighbours = top-k cases by best (query row, case point) cosine."""
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    scored = []
+    for c in cases:
+        if c.id == skip:
+            continue
+        b = np.stack([unit(v) for _, v in c.points])
+        scored.append((float((qn @ b.T).max()), c))
+    scored.sort(key=lambda t: -t[0])
+    votes: dict[str, float] = {}
+    total = 0.0
+    for s, c in scored[:k]:
+        w = max(s, 0.0)
+        total += w
+        values = c.tags if field == "tags" else [getattr(c, field)]
+        for v in values:
+            votes[v] = votes.get(v, 0.0) + w
+    return {v: w / total for v, w in votes.items()}
+
+
+def test_case_id_votes_with_all_its_points(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    cases = grouped_cases(rng, groups=3, per_group=5, dim=DIM, noise=0.6)
+    for c in cases[::4]:
+        c.equipment_model = "odd-model"
+    store = open_planted(tmp_path / "s", cases, DIM)
+    try:
+        for c in cases:
+            q = np.stack([unit(v) for _, v in c.points])
+            got = suggest_labels(store, case_id=c.id, k=K, exact=True)
+            for field in ("product_line", "equipment_model", "severity", "tags"):
+                ref = brute_vote(cases, q, c.id, K, field)
+                want = {v: p for v, p in ref.items() if p >= MIN_CONFIDENCE}
+                if field != "tags":
+                    want = dict(sorted(want.items(), key=lambda kv: -kv[1])[:1])
+                mine = {s.value: s.confidence for s in got if s.field == field}
+                assert set(mine) == set(want), (c.id, field, ref)
+                for v in want:
+                    assert mine[v] == pytest.approx(want[v], abs=1e-5)
+    finally:
+        store.close()
+
+
+def test_zero_shot_is_a_softmax_of_best_cosines() -> None:
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(3, DIM))
+    labels = {f"v{i}": rng.normal(size=DIM) for i in range(4)}
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    cos = np.array([[float(r @ v / np.linalg.norm(v)) for v in labels.values()] for r in qn]).max(axis=0)
+    want = softmax(cos / 0.02)
+    got = zero_shot(q, labels)
+    np.testing.assert_allclose([got[n] for n in labels], want, rtol=0, atol=1e-9)
+    assert zero_shot(q, {}) == {}
+
+
+def test_small_knowledge_bases_suggest_nothing_from_neighbours(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    two = [Planted(id=f"c{i}", product_line="printer", severity="low", tags=["jam"],
+                   points=[("text", unit(rng.normal(size=DIM)))]) for i in range(2)]
+    store = open_planted(tmp_path / "s", two, DIM)
+    try:  # one neighbour is not evidence: no suggestion (and a bare store has no zero-shot)
+        assert suggest_labels(store, case_id="c0") == []
+    finally:
+        store.close()
+    empty = open_planted(tmp_path / "e", [], DIM)
+    try:
+        assert suggest_labels(empty, vectors=unit(rng.normal(size=DIM))) == []
+        with pytest.raises(CaseNotFoundError):
+            suggest_labels(empty, case_id="c0")
+        with pytest.raises(LabelsInputError, match="exactly one"):
+            suggest_labels(empty)
+        with pytest.raises(LabelsInputError, match=r"\(n, 16\)"):
+            suggest_labels(empty, vectors=np.ones(3))
+        with pytest.raises(LabelsInputError, match="k must be"):
+            suggest_labels(empty, vectors=np.ones(DIM), k=0)
+    finally:
+        empty.close()
+
+
+def test_new_case_zero_shot_and_cache(tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real tiny model: a one-label KB (no neighbour evidence) falls back to zero-shot over described labels;
+    label embeddings are computed once; nothing is written."""
+    kb = open_kb("edge", tmp_path / "data", embedder)
+    try:
+        kb.add_case(case_dict(1), media=[("a.jpg", jpeg_bytes(scene(1)))])
+        (tmp_path / "data" / "labels.json").write_text(json.dumps(
+            {"product_line": {"printer": "paper jams, toner", "pump": "water pumps, leaks", "hvac": "air"}}))
+        before = kb_state(kb)
+        calls: list[int] = []
+        real_embed = kb.state.embed
+
+        def counting(items, *a, **kw):
+            calls.append(len(items))
+            return real_embed(items, *a, **kw)
+
+        monkeypatch.setattr(kb.state, "embed", counting)
+        img = tmp_path / "q.jpg"
+        img.write_bytes(jpeg_bytes(scene(9)))
+        got = suggest_labels(kb, text="Paper jam in tray 2", media=[img], min_confidence=1e-6)
+        assert all(isinstance(s, LabelSuggestion) for s in got)
+        zs = {s.field: s for s in got if s.source == "zero-shot"}
+        assert set(zs) == {"product_line", "severity"}  # every candidate clears a near-zero threshold
+        assert zs["product_line"].value in {"printer", "pump", "hvac"}
+        first = list(calls)
+        got2 = suggest_labels(kb, text="Paper jam in tray 2", media=[img], min_confidence=1e-6)
+        assert [(s.field, s.value, s.source) for s in got2] == [(s.field, s.value, s.source) for s in got]
+        np.testing.assert_allclose([s.confidence for s in got2], [s.confidence for s in got], rtol=0, atol=1e-5)
+        assert len(calls) == len(first) + 1 and calls[-1] == 2  # only the query was embedded again: labels cached
+        from kb_support import assert_same_state
+        assert_same_state(kb_state(kb), before)
+        (tmp_path / "data" / "labels.json").write_text("{not json")
+        with pytest.raises(LabelsInputError, match="labels.json"):
+            suggest_labels(kb, text="x", min_confidence=1e-6)
+    finally:
+        kb.close()
+
+
+def test_cli_classify(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from knowledge_base.cli import kb_app
+    from knowledge_base.kb import KnowledgeBase
+    from rag.config import Settings
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_model_dir, data / "models" / "tiny")
+    run = CliRunner().invoke
+    common = ["--data-dir", str(data), "--models", "tiny"]
+    assert run(kb_app, ["import", str(make_source(tmp_path / "src", 6)), *common]).exit_code == 0
+    with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
+        want = suggest_labels(kb, case_id="case-02")
+        before = kb_state(kb)
+    res = run(kb_app, ["classify", "case-02", "--json", *common])
+    assert res.exit_code == 0, res.output
+    got = [LabelSuggestion.model_validate(s) for s in json.loads(res.stdout)]
+    assert [s for s in got if s.source == "neighbours"] == want  # the CLI has the model: zero-shot may add more
+    img = tmp_path / "new.jpg"
+    img.write_bytes(jpeg_bytes(scene(3)))
+    res = run(kb_app, ["classify", str(img), "--json", *common])
+    assert res.exit_code == 0, res.output
+    assert all(s["source"] in ("neighbours", "zero-shot") for s in json.loads(res.stdout))
+    res = run(kb_app, ["classify", "case-02", *common])
+    assert res.exit_code == 0 and ("suggested" in res.stdout or "no confident suggestion" in res.stdout)
+    res = run(kb_app, ["classify", "nope", *common])
+    assert res.exit_code == 1 and "nope" in res.output and "Traceback" not in res.output
+    with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
+        from kb_support import assert_same_state
+        assert_same_state(kb_state(kb), before)
