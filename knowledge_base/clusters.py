@@ -498,8 +498,9 @@ def compute_clusters(store: VectorStore, settings: ClusterSettings | None = None
 # ------------------------------------------------------------------------------------------------ output
 
 
-def plot_map(report: ClusterReport, path: str | Path, *, max_legend: int = 12) -> Path:
-    """The 2-D map (PCA) as a PNG: left coloured by cluster (unclustered grey), right by product line."""
+def plot_map(report: ClusterReport, path: str | Path, *, max_legend: int = 12,
+             by: Sequence[str] = ("cluster", "product line")) -> Path:
+    """The 2-D map (PCA) as a PNG, one panel per ``by``: coloured by cluster (unclustered grey) and/or product line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -507,12 +508,13 @@ def plot_map(report: ClusterReport, path: str | Path, *, max_legend: int = 12) -
 
     ids = list(report.map_xy)
     xy = np.asarray([report.map_xy[i] for i in ids], dtype=np.float64).reshape(-1, 2)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=100)
+    panels = [b for b in by if b in ("cluster", "product line")] or ["cluster"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), dpi=100, squeeze=False)
     cmap = plt.get_cmap("tab20")
-    for ax, by in zip(axes, ("cluster", "product line"), strict=True):
+    for ax, what in zip(axes[0], panels, strict=True):
         groups: dict[str, list[int]] = {}
         for k, cid in enumerate(ids):
-            if by == "cluster":
+            if what == "cluster":
                 c = report.assignments.get(cid)
                 key = "unclustered" if c is None else f"cluster {c}"
             else:
@@ -524,7 +526,7 @@ def plot_map(report: ClusterReport, path: str | Path, *, max_legend: int = 12) -
             colour = "#b0b0b0" if key == "unclustered" else cmap(gi % 20)
             ax.scatter(xy[rows, 0], xy[rows, 1], s=8 if len(ids) > 2000 else 22, color=colour, alpha=0.8,
                        label=key if gi < max_legend else None, linewidths=0)
-        ax.set_title(f"{report.n_cases} cases by {by}")
+        ax.set_title(f"{report.n_cases} cases by {what}")
         ax.set_xticks([])
         ax.set_yticks([])
         if keys:

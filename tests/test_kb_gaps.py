@@ -137,6 +137,8 @@ def test_admin_clusters_and_gaps_end_to_end(tmp_path: Path, embedder, reranker, 
         assert f"{len(app.images)} case(s)" in msg and picture is not None
         assert all(row[1] >= 2 for row in table["data"])
         assert (app.services.data_dir / "clusters" / "model.npz").is_file()
+        by_line = raw_call(app.url, fn_index_for(cfg, "clusters-btn"), [None, 2, "product line"], session_hash=session)
+        assert by_line["success"] and by_line["output"]["data"][1] is not None
         gp = raw_call(app.url, fn_index_for(cfg, "gaps-btn"), [None], session_hash=session)
         assert gp["success"] and "1 question(s) in 1 topic(s)" in gp["output"]["data"][0]
         new = raw_call(app.url, fn_index_for(cfg, "gap-new-case"), [None, 0], session_hash=session)

@@ -49,7 +49,7 @@ class AdminClusters:
         except ClusterError as e:
             raise gr.Error(str(e)) from None
         folder = save_model(model, kb.data_dir)
-        png = plot_map(report, folder / "map.png")
+        png = plot_map(report, folder / "map.png", by=(colour or "cluster",))
         with Image.open(png) as im:
             picture = im.copy()
         rows, gallery = [], []
@@ -66,8 +66,6 @@ class AdminClusters:
         msg = (f"{report.n_cases} case(s): **{report.n_clusters}** cluster(s), {report.n_unclustered} unclustered "
                f"({report.elapsed_s:.1f} s). {esc(report.note)}"
                + (f"\n\n**Merge candidates:**{merges}" if merges else ""))
-        if colour == "product line":
-            msg += "\n\nThe map's right panel is coloured by product line."
         return msg, picture, rows, gallery
 
     def gaps(self, token: str) -> tuple[str, list[list[Any]], dict[str, Any]]:
