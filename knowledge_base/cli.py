@@ -176,6 +176,8 @@ def import_(
     chunk: Annotated[Optional[int], typer.Option(min=1, help="Cases per embed/write chunk.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Also write the full report as JSON here.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any record was rejected.")] = False,
+    suggest: Annotated[bool, typer.Option("--suggest", help="Fill missing product line / model / tags / severity of "
+                                          "each JSONL record from suggestions (reported as suggested).")] = False,
     data_dir: DataDir = None,
     models: Models = "real",
     as_json: AsJson = False,
@@ -192,15 +194,33 @@ def import_(
     if chunk is not None:
         upd["chunk_cases"] = chunk
     options = IngestOptions().model_copy(update=upd)
+    filled: list[Any] = []
     with _open(data_dir, models, options=options) as kb:
         try:
-            res = kb.import_path(source, media_dir=media_dir, progress=sys.stderr.isatty())
+            if suggest:
+                from knowledge_base.import_suggest import filled_source
+                from rag.errors import UserInputError
+
+                try:
+                    with filled_source(kb, source, media_dir) as (copy, base, filled):
+                        res = kb.import_path(copy, media_dir=base, progress=sys.stderr.isatty())
+                except UserInputError as e:
+                    raise _fail(str(e)) from None
+            else:
+                res = kb.import_path(source, media_dir=media_dir, progress=sys.stderr.isatty())
         except InputRejected as e:
             raise _fail(str(e)) from None
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(res.to_dict(), indent=2, default=str), encoding="utf-8")
-    _print_result(res, as_json)
+        report.write_text(json.dumps({**res.to_dict(), "suggested": [f.to_dict() for f in filled]}, indent=2,
+                                     default=str), encoding="utf-8")
+    if as_json and suggest:
+        _dump({**res.to_dict(), "suggested": [f.to_dict() for f in filled]})
+    else:
+        _print_result(res, as_json)
+    for f in filled if not as_json else []:
+        out.print(f"[cyan]suggested[/cyan] {f.where} ({f.case_id or '?'}): {f.field} = {f.value} "
+                  f"({f.confidence:.0%}, {f.source})", highlight=False)
     if strict and res.rejected:
         raise typer.Exit(1)
 

@@ -71,7 +71,8 @@ class SearchResults(BaseModel):
 
 def _point(h: Hit) -> PointResult:
     p = h.payload
-    kind = p.get("kind") if p.get("kind") in POINT_KINDS else "text"
+    raw_kind = p.get("kind")
+    kind: PointKind = next((k for k in POINT_KINDS if k == raw_kind), "text")
     media_path, thumb = p.get("media_path"), p.get("thumbnail")
     if kind == "text":  # show the case's first picture next to a matched case text
         media = (p.get("case") or {}).get("media") or []

@@ -234,3 +234,51 @@ def test_cli_classify(tmp_path: Path, tiny_model_dir: Path) -> None:
     with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
         from kb_support import assert_same_state
         assert_same_state(kb_state(kb), before)
+
+
+def test_cli_import_suggest_fills_only_missing_fields(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A KB where every case is a high-severity LP-5 printer tagged "jam": the neighbours' vote is unanimous whatever
+    the (random) model, so the missing fields of new records are filled with those values and reported as
+    suggested; present fields are kept; a record is never written with a value the report does not show."""
+    from kb_support import write_jsonl
+    from typer.testing import CliRunner
+
+    from knowledge_base.cli import kb_app
+    from knowledge_base.kb import KnowledgeBase
+    from rag.config import Settings
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_model_dir, data / "models" / "tiny")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        scene(i).save(src / f"img{i:02d}.png")
+    base = [case_dict(i, [f"img{i:02d}.png"], product_line="printer", equipment_model="LP-5", tags=["jam"],
+                      severity="high") for i in range(5)]
+    run = CliRunner().invoke
+    common = ["--data-dir", str(data), "--models", "tiny"]
+    assert run(kb_app, ["import", str(write_jsonl(src / "base.jsonl", base)), *common]).exit_code == 0
+    new = [
+        {k: v for k, v in case_dict(5, ["img05.png"]).items() if k not in ("product_line", "tags", "equipment_model")},
+        {**{k: v for k, v in case_dict(6, ["img06.png"]).items() if k not in ("tags",)}, "product_line": "pump"},
+        case_dict(7, ["img07.png"], severity="low"),  # complete: nothing to suggest
+    ]
+    path = write_jsonl(src / "new.jsonl", new)
+    original = path.read_text()
+    res = run(kb_app, ["import", str(path), "--suggest", "--json", *common])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["added"] == 3 and path.read_text() == original  # the source file is not modified
+    got = {(s["case_id"], s["field"]): s for s in rep["suggested"]}
+    assert all(s["suggested"] is True and s["confidence"] >= MIN_CONFIDENCE for s in rep["suggested"])
+    assert {k: v["value"] for k, v in got.items()} == {
+        ("case-05", "product_line"): "printer", ("case-05", "equipment_model"): "LP-5", ("case-05", "tags"): ["jam"],
+        ("case-05", "severity"): "high", ("case-06", "tags"): ["jam"], ("case-06", "severity"): "high"}
+    assert {v["source"] for v in got.values()} == {"neighbours"}
+    with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
+        c5, c6, c7 = (kb.get(f"case-0{i}") for i in (5, 6, 7))
+        assert (c5.product_line, c5.equipment_model, c5.tags, c5.severity) == ("printer", "LP-5", ["jam"], "high")
+        assert (c6.product_line, c6.equipment_model, c6.tags, c6.severity) == ("pump", "M0", ["jam"], "high")
+        assert (c7.product_line, c7.tags, c7.severity) == (case_dict(7)["product_line"], case_dict(7)["tags"], "low")
+    res = run(kb_app, ["import", str(src / "img00.png"), "--suggest", *common])
+    assert res.exit_code == 1 and "--suggest works on a .jsonl file" in res.output

@@ -85,6 +85,9 @@ class AdminTab:
         self.s = services
         self.auth = services.auth
         self.guard = admin_only(services.auth)
+        from ui.admin_intel import AdminIntel
+
+        self.intel = AdminIntel(self)
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     @property
@@ -292,6 +295,9 @@ class AdminTab:
                     self._build_cases()
                 with gr.Tab("Add / edit case", elem_id="admin-edit"):
                     self._build_case_form()
+                    self.intel.build_form()
+                with gr.Tab("Search & related", elem_id="admin-intel"):
+                    self.intel.build_tab()
                 with gr.Tab("Bulk import", elem_id="admin-import"):
                     self._build_import()
                 with gr.Tab("Duplicates", elem_id="admin-dups"):
@@ -404,4 +410,5 @@ class AdminTab:
         self.on(self.check_btn.click, self.check, [self.check_fix], [self.maint_msg, self.maint_json])
         self.on(self.rx_btn.click, self.reindex, [self.rx_confirm], [self.maint_msg, self.maint_json], **models)
         self.on(self.fb_btn.click, self.feedback, [self.fb_which], [self.fb_table, self.fb_msg])
+        self.intel.wire()
         self.kb_views.wire()

@@ -185,6 +185,9 @@ class ChatTab:
         self._running_lock = threading.Lock()
         #: the laid-out components, set by :meth:`build`
         self.view: ChatView
+        from ui.chat_intel import ChatIntel
+
+        self.intel = ChatIntel(self)
 
     # -- stop ---------------------------------------------------------------------------------------------------
     def _track(self, session: str | None, cancel: threading.Event, running: bool) -> None:
@@ -486,6 +489,7 @@ class ChatTab:
                     pdf_page = gr.Number(label="PDF page", value=1, minimum=1, precision=0, elem_id="pdf-page",
                                          scale=1, info="page used when a PDF is attached")
                     rerank = gr.Checkbox(label="Rerank", value=bool(s.settings.rerank_enabled), elem_id="rerank", scale=1)
+                self.intel.build_hint()
                 with gr.Accordion("Crop the photo to a region (optional)", open=False, elem_id="crop-panel"):
                     gr.Markdown("Upload the photo here, crop it (Image tool → crop icon, drag the corners, "
                                 "**Confirm crop**), then send your question: the cropped region replaces the query "
@@ -514,6 +518,7 @@ class ChatTab:
                 case_media = gr.Gallery(label="Case media", elem_id="case-media", columns=4, height=180,
                                         allow_preview=True, interactive=False, object_fit="contain",
                                         fit_columns=False, preview=False)
+                self.intel.build_related()
 
         self.view = ChatView(chatbot=chatbot, msg=msg, gallery=gallery, sources=sources, detail=detail, banner=banner,
                              timings=timings, turns=turns, media_state=media_state, last=last, crop=crop,
@@ -539,4 +544,5 @@ class ChatTab:
         v.down.click(lambda c, l: self.on_feedback(-1, c, l), [v.comment, v.last], [v.fb_status, v.comment],
                      api_name="feedback_down")
         v.clear.click(self.on_clear, None, v.outputs() + [v.case_media], api_name="new_conversation")
+        self.intel.wire(v, ev)
 
