@@ -479,6 +479,7 @@ def clusters(
     """Fault clusters (HDBSCAN on the stored vectors; reads the store, never writes it): report.json, report.md and
     map.png in --out; the cluster model for incremental assignment is saved under DATA_DIR/clusters."""
     from knowledge_base.clusters import (
+        MODEL_DIR,
         ClusterError,
         ClusterSettings,
         assign_case,
@@ -499,7 +500,8 @@ def clusters(
                     where = f"cluster {res.cluster}" if res.cluster is not None else "no cluster (unclustered)"
                     out.print(f"{assign} → {where} (centroid cosine {res.similarity:.3f})", highlight=False)
                 return
-            report, model = compute_clusters(kb.store, ClusterSettings(min_cluster_size=min_cluster_size))
+            report, model = compute_clusters(kb.store, ClusterSettings(min_cluster_size=min_cluster_size),
+                                             cache_dir=Path(kb.data_dir) / MODEL_DIR)
         except ClusterError as e:
             raise _fail(str(e)) from None
         save_model(model, kb.data_dir)

@@ -24,14 +24,16 @@ How it works (scikit-learn throughout, no hand-written algorithm):
   terms: the TF-IDF terms (``TfidfVectorizer`` over each case's embedded document) whose mean weight in the cluster
   most exceeds their mean weight in the rest of the knowledge base.
 * **Merge candidates**: pairs of cases in the same cluster (or both unclustered) whose case vectors have cosine
-  ``>= merge_threshold``; screened in the PCA space (projection never lengthens a difference, so no pair is missed)
-  and confirmed on the full vectors.
+  ``>= merge_threshold``: exact blocked products within a group; a group above ``EXACT_GROUP`` cases is screened in
+  the PCA space first (a projection never lengthens a difference, so no pair is missed) and confirmed on the full
+  vectors.
 * **2-D map**: PCA to two dimensions (deterministic and fast at 100k cases; t-SNE would take minutes there and moves
   points between runs), drawn coloured by cluster and by product line (:func:`plot_map`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -72,6 +74,7 @@ log = logging.getLogger(__name__)
 MODEL_DIR = "clusters"
 MODEL_FILE = "model.npz"
 MODEL_META = "model.json"
+CACHE_FILE = "case_vectors.npz"
 UNCLUSTERED = -1
 
 
@@ -112,6 +115,8 @@ class CaseVectors:
     embedder_id: str
     dim: int
     skipped_orphans: int = 0
+    #: cases whose vectors were read from the store (the others came from the cache)
+    read_from_store: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -119,12 +124,18 @@ class CaseVectors:
 
 @dataclass
 class _Acc:
-    text: np.ndarray | None = None
-    media: list[np.ndarray] = field(default_factory=list)
+    text_id: str | None = None
+    points: list[tuple[str, str]] = field(default_factory=list)  # (point id, content key or "")
     product_line: str = ""
     title: str = ""
     document: str = ""
     thumbnail: str | None = None
+
+    def key(self) -> str | None:
+        """What the case vector depends on: its points and their content hashes (None: a point without one)."""
+        if any(not k for _, k in self.points):
+            return None
+        return hashlib.sha1("|".join(sorted(f"{i}:{k}" for i, k in self.points)).encode()).hexdigest()
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -141,49 +152,104 @@ def case_vector(text: np.ndarray, media: Sequence[np.ndarray]) -> np.ndarray:
     return _unit(t + m).astype(np.float32)
 
 
-def case_vectors(store: VectorStore, batch_size: int = 512) -> CaseVectors:
-    """Read every case's points (vectors included) and build one vector per case. Reads only.
+def _load_cache(cache_dir: Path | None, meta: StoreMeta) -> dict[str, tuple[str, np.ndarray]]:
+    if cache_dir is None or not (cache_dir / CACHE_FILE).is_file():
+        return {}
+    try:
+        with np.load(cache_dir / CACHE_FILE) as z:
+            if str(z["embedder_id"]) != meta.embedder_id or int(z["dim"]) != meta.dim:
+                return {}
+            vecs = z["vectors"]
+            return {str(c): (str(k), vecs[i]) for i, (c, k) in enumerate(zip(z["case_ids"], z["keys"], strict=True))}
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("case-vector cache unreadable (%s); reading every vector from the store", e)
+        return {}
 
-    Raises :class:`ClusterError` when points were written by an embedder other than the store's (a half-finished
-    change of model): their vectors are not comparable, so clustering them would mean nothing.
+
+def _save_cache(cache_dir: Path, meta: StoreMeta, ids: list[str], keys: list[str | None], vecs: np.ndarray) -> None:
+    rows = [i for i, k in enumerate(keys) if k]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / (CACHE_FILE + ".tmp.npz")
+    np.savez(tmp, embedder_id=np.array(meta.embedder_id), dim=np.array(meta.dim),
+             case_ids=np.array([ids[i] for i in rows]), keys=np.array([keys[i] for i in rows]),
+             vectors=vecs[rows] if rows else np.zeros((0, meta.dim), dtype=np.float32))
+    tmp.replace(cache_dir / CACHE_FILE)
+
+
+def case_vectors(store: VectorStore, batch_size: int = 1024, cache_dir: str | Path | None = None) -> CaseVectors:
+    """Read every case (payloads, then the vectors of the cases not in the cache) and build one vector per case.
+
+    Reads the store only. ``cache_dir`` (the CLI and the admin view use ``data_dir/clusters``) keeps the case vectors
+    keyed by their points' content hashes, so a later run reads only the vectors of new or changed cases: turning
+    200k stored 2048-d vectors into numpy arrays is most of a cold 100k-case run. Raises :class:`ClusterError` when
+    points were written by an embedder other than the store's (a half-finished change of model): their vectors are
+    not comparable, so clustering them would mean nothing.
     """
     meta = store.meta
     accs: dict[str, _Acc] = {}
     foreign: Counter[str] = Counter()
-    keys = ["case_id", "kind", "product_line", "title", "document", "thumbnail", "embedder"]
-    for p in store.scroll(with_vectors=True, batch_size=batch_size, payload_keys=keys):
+    keys = ["case_id", "kind", "product_line", "title", "document", "thumbnail", "embedder", "content_hash", "sha256"]
+    for p in store.scroll(with_vectors=False, batch_size=batch_size, payload_keys=keys):
         pl = p.payload
         cid = pl.get("case_id")
-        if not isinstance(cid, str) or p.vector is None:
+        if not isinstance(cid, str):
             continue
         emb = pl.get("embedder")
         if isinstance(emb, str) and emb and emb != meta.embedder_id:
             foreign[emb] += 1
             continue
         acc = accs.setdefault(cid, _Acc())
+        content = pl.get("content_hash") if pl.get("kind") == "text" else pl.get("sha256")
+        acc.points.append((p.id, content if isinstance(content, str) else ""))
         if pl.get("kind") == "text":
-            acc.text = p.vector
+            acc.text_id = p.id
             acc.product_line = str(pl.get("product_line") or "")
             acc.title = str(pl.get("title") or "")
             acc.document = str(pl.get("document") or "")
-        else:
-            acc.media.append(p.vector)
-            if acc.thumbnail is None and isinstance(pl.get("thumbnail"), str):
-                acc.thumbnail = pl["thumbnail"]
+        elif acc.thumbnail is None and isinstance(pl.get("thumbnail"), str):
+            acc.thumbnail = pl["thumbnail"]
     if foreign:
         names = ", ".join(f"{k!r} ({v} points)" for k, v in foreign.most_common(3))
         raise ClusterError(f"the store holds vectors of {meta.embedder_id!r} but also points written by {names}; "
                            "their vectors are not comparable. Run `ragvqa kb check --fix` or `ragvqa kb reindex` first.")
-    ids = sorted(cid for cid, a in accs.items() if a.text is not None)
+    ids = sorted(cid for cid, a in accs.items() if a.text_id is not None)
     orphans = len(accs) - len(ids)
     if orphans:
         log.warning("%d case(s) have media points but no text point (an interrupted write?); left out", orphans)
-    vecs = (np.stack([case_vector(accs[c].text, accs[c].media) for c in ids])  # type: ignore[arg-type]
-            if ids else np.zeros((0, meta.dim), dtype=np.float32))
+    folder = Path(cache_dir) if cache_dir is not None else None
+    cache = _load_cache(folder, meta)
+    case_keys = [accs[c].key() for c in ids]
+    vecs = np.zeros((len(ids), meta.dim), dtype=np.float32)
+    need: list[int] = []
+    for i, (c, k) in enumerate(zip(ids, case_keys, strict=True)):
+        hit = cache.get(c)
+        if k is not None and hit is not None and hit[0] == k and hit[1].shape == (meta.dim,):
+            vecs[i] = hit[1]
+        else:
+            need.append(i)
+    cached_ids = set(cache)
+    del cache
+    for s in range(0, len(need), max(1, batch_size // 2)):
+        part = need[s:s + max(1, batch_size // 2)]
+        pids = [pid for i in part for pid, _ in accs[ids[i]].points]
+        got = {p.id: p.vector for p in store.retrieve(pids, with_vectors=True) if p.vector is not None}
+        for i in part:
+            acc = accs[ids[i]]
+            text = got.get(acc.text_id or "")
+            if text is None:  # deleted between the two reads
+                raise ClusterError(f"case {ids[i]!r} changed while it was read; run again")
+            media = [got[pid] for pid, _ in acc.points if pid != acc.text_id and pid in got]
+            vecs[i] = case_vector(text, media)
+    if folder is not None and (need or cached_ids != set(ids)):
+        _save_cache(folder, meta, ids, case_keys, vecs)
+    log.info("case vectors: %d case(s), %d read from the store, %d from the cache", len(ids), len(need),
+             len(ids) - len(need))
     return CaseVectors(ids=ids, vectors=vecs, product_lines=[accs[c].product_line for c in ids],
                        titles=[accs[c].title for c in ids], documents=[accs[c].document for c in ids],
-                       thumbnails=[accs[c].thumbnail for c in ids], media_counts=[len(accs[c].media) for c in ids],
-                       embedder_id=meta.embedder_id, dim=meta.dim, skipped_orphans=orphans)
+                       thumbnails=[accs[c].thumbnail for c in ids],
+                       media_counts=[len(accs[c].points) - 1 for c in ids],
+                       embedder_id=meta.embedder_id, dim=meta.dim, skipped_orphans=orphans,
+                       read_from_store=len(need))
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -407,42 +473,66 @@ def _terms(docs: Sequence[str], labels: np.ndarray, ids: np.ndarray, k: int) -> 
     return out
 
 
+#: Groups up to this size are searched exactly (blocked full-vector products); larger ones are screened in PCA space.
+EXACT_GROUP = 6000
+#: Candidate pairs verified per block of the screened search (keeps memory bounded on degenerate data).
+MAX_SCREENED = 2_000_000
+
+
 def _merge_candidates(x: np.ndarray, z: np.ndarray, labels: np.ndarray, ids: list[str], thr: float,
                       limit: int) -> list[MergeCandidate]:
-    """Pairs within each cluster (and among the unclustered) with full-vector cosine >= ``thr``."""
-    # |x_i - x_j|^2 = 2 - 2 cos; a projection never lengthens a difference, so screening in z misses no pair.
+    """Pairs within each cluster (and among the unclustered) with full-vector cosine >= ``thr``.
+
+    A group of up to ``EXACT_GROUP`` cases is searched exactly with blocked products of the full vectors. A larger
+    group is screened in PCA space first: ``|x_i - x_j|^2 = 2 - 2 cos`` and a projection never lengthens a difference,
+    so the screen misses no pair; the survivors are confirmed on the full vectors.
+    """
     max_d2 = 2.0 - 2.0 * thr + 1e-5
-    out: list[MergeCandidate] = []
+    found: list[tuple[float, int, int, int]] = []
     for c in sorted(set(labels.tolist())):
         rows = np.flatnonzero(labels == c)
         if len(rows) < 2:
             continue
-        zz = z[rows]
-        sq = (zz * zz).sum(axis=1)
-        for s in range(0, len(rows), 2048):
-            blk = slice(s, min(s + 2048, len(rows)))
-            d2 = sq[blk, None] + sq[None, :] - 2.0 * zz[blk] @ zz.T
-            bi, bj = np.nonzero(d2 <= max_d2)
-            for i, j in zip(bi + s, bj, strict=True):
-                if i >= j:
-                    continue
-                cos = float(x[rows[i]] @ x[rows[j]])
-                if cos >= thr:
-                    out.append(MergeCandidate(case_id=ids[rows[i]], other_case_id=ids[rows[j]], cosine=round(cos, 6),
-                                              cluster=None if c == UNCLUSTERED else int(c)))
-    out.sort(key=lambda m: -m.cosine)
-    return out[:limit]
+        xs = x[rows]
+        zs = z[rows] if len(rows) > EXACT_GROUP else None
+        sq = (zs * zs).sum(axis=1) if zs is not None else None
+        for s in range(0, len(rows), 1024):
+            e = min(s + 1024, len(rows))
+            if zs is None:
+                cos = xs[s:e] @ xs[s:].T
+                bi, bj = np.nonzero(cos >= thr)
+                keep = bj > bi  # column j of this block is row s + j: keep each pair once
+                bi, bj = bi[keep] + s, bj[keep] + s
+                vals = cos[bi - s, bj - s]
+            else:
+                assert sq is not None
+                d2 = sq[s:e, None] + sq[None, s:] - 2.0 * zs[s:e] @ zs[s:].T
+                bi, bj = np.nonzero(d2 <= max_d2)
+                keep = bj > bi
+                bi, bj = bi[keep] + s, bj[keep] + s
+                if len(bi) > MAX_SCREENED:
+                    log.warning("merge candidates: %d screened pairs in one block of cluster %s; only the first %d "
+                                "are checked", len(bi), c, MAX_SCREENED)
+                    bi, bj = bi[:MAX_SCREENED], bj[:MAX_SCREENED]
+                vals = np.einsum("ij,ij->i", xs[bi], xs[bj])
+                ok = vals >= thr
+                bi, bj, vals = bi[ok], bj[ok], vals[ok]
+            found += [(float(v), int(rows[i]), int(rows[j]), int(c)) for v, i, j in zip(vals, bi, bj, strict=True)]
+    found.sort(key=lambda t: -t[0])
+    return [MergeCandidate(case_id=ids[i], other_case_id=ids[j], cosine=round(v, 6),
+                           cluster=None if c == UNCLUSTERED else c) for v, i, j, c in found[:limit]]
 
 
-def compute_clusters(store: VectorStore, settings: ClusterSettings | None = None,
-                     cases: CaseVectors | None = None) -> tuple[ClusterReport, ClusterModel]:
-    """Cluster the knowledge base in ``store`` (read only); returns the report and the model to save."""
+def compute_clusters(store: VectorStore, settings: ClusterSettings | None = None, cases: CaseVectors | None = None,
+                     cache_dir: str | Path | None = None) -> tuple[ClusterReport, ClusterModel]:
+    """Cluster the knowledge base in ``store`` (read only); returns the report and the model to save.
+    ``cache_dir``: see :func:`case_vectors`."""
     from sklearn.cluster import HDBSCAN
     from sklearn.decomposition import PCA
 
     cfg = settings or ClusterSettings()
     t0 = time.perf_counter()
-    cv = cases if cases is not None else case_vectors(store)
+    cv = cases if cases is not None else case_vectors(store, cache_dir=cache_dir)
     n = len(cv)
     if n == 0:
         raise ClusterError("the knowledge base has no cases: nothing to cluster (import cases first)")

@@ -271,3 +271,50 @@ def test_cli_clusters_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_di
     r = runner.invoke(app, ["kb", "clusters", "--data-dir", str(tmp_path / "empty"), "--models", "tiny"])
     assert r.exit_code != 0
     assert "Traceback" not in r.output
+
+
+def test_case_vector_cache_reads_only_new_or_changed_cases(tmp_path: Path) -> None:
+    from knowledge_base.clusters import case_vectors
+
+    store = EdgeStore.open(tmp_path / "q", StoreMeta(embedder_id=EMBEDDER, dim=DIM))
+    try:
+        plant(store, seed=4, n_noise=2)
+        # give every point the content hash ingestion writes (text: content_hash, media: sha256)
+        store.overwrite_payload({p.id: {**p.payload, ("content_hash" if p.payload["kind"] == "text" else "sha256"):
+                                        f"h-{p.id}-v1"} for p in store.scroll()})
+        cache = tmp_path / "clusters"
+        first = case_vectors(store, cache_dir=cache)
+        assert first.read_from_store == len(first) and (cache / "case_vectors.npz").is_file()
+        for i, cid in enumerate(first.ids):  # the reference rule, on vectors read back from the store
+            np.testing.assert_allclose(first.vectors[i], _case_vec(store, cid), atol=1e-5)
+        second = case_vectors(store, cache_dir=cache)
+        assert second.read_from_store == 0 and second.ids == first.ids
+        np.testing.assert_array_equal(second.vectors, first.vectors)
+        # one case re-embedded (new vector, new content hash), one deleted: only the changed case is read again
+        new = _unit(np.random.default_rng(9).normal(size=DIM))
+        old = next(p for p in store.scroll(filters={"case_id": "g1-c0"}) if p.payload["kind"] == "text")
+        store.upsert([VectorPoint(id=old.id, vector=new, payload={**old.payload, "content_hash": "h-new"})])
+        store.delete_case("g2-c3")
+        third = case_vectors(store, cache_dir=cache)
+        assert third.read_from_store == 1 and "g2-c3" not in third.ids
+        np.testing.assert_allclose(third.vectors[third.ids.index("g1-c0")], _case_vec(store, "g1-c0"), atol=1e-5)
+        assert not np.allclose(third.vectors[third.ids.index("g1-c0")], first.vectors[first.ids.index("g1-c0")])
+        # a cache written for another embedder is ignored
+        other = EdgeStore.open(tmp_path / "o", StoreMeta(embedder_id="other", dim=DIM))
+        try:
+            other.upsert([VectorPoint(id=point_id("x"), vector=new, payload={
+                **_payload("x", "text", "pos", "d", embedder="other"), "content_hash": "h"})])
+            assert case_vectors(other, cache_dir=cache).read_from_store == 1
+        finally:
+            other.close()
+    finally:
+        store.close()
+
+
+def test_screened_merge_search_finds_the_same_pairs(planted, monkeypatch) -> None:
+    import knowledge_base.clusters as clusters
+
+    store, gt = planted
+    monkeypatch.setattr(clusters, "EXACT_GROUP", 1)  # every group goes through the PCA screen
+    report, _ = compute_clusters(store)
+    assert {frozenset((m.case_id, m.other_case_id)) for m in report.merge_candidates} == {frozenset(gt["pair"])}

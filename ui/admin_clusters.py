@@ -35,6 +35,7 @@ class AdminClusters:
     # -- handlers ----------------------------------------------------------------------------------------------
     def clusters(self, token: str, min_size: float, colour: str) -> tuple[str, Any, list[list[Any]], list[tuple[str, str]]]:
         from knowledge_base.clusters import (
+            MODEL_DIR,
             ClusterError,
             ClusterSettings,
             compute_clusters,
@@ -45,7 +46,8 @@ class AdminClusters:
 
         kb = self.tab.kb
         try:
-            report, model = compute_clusters(kb.store, ClusterSettings(min_cluster_size=int(min_size)))
+            report, model = compute_clusters(kb.store, ClusterSettings(min_cluster_size=int(min_size)),
+                                             cache_dir=Path(kb.data_dir) / MODEL_DIR)
         except ClusterError as e:
             raise gr.Error(str(e)) from None
         folder = save_model(model, kb.data_dir)
