@@ -107,3 +107,20 @@ def test_eval_kb_command_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path,
     assert "Mechanics only" in md
     for png in ("kb_eval.png", "kb_map.png"):
         assert (out / "plots" / png).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_bench_kb_runs_on_a_small_store(tmp_path: Path) -> None:
+    from eval.bench_kb import render_markdown, run_kb_bench, write_report
+
+    res = run_kb_bench([400], dim=64, n_queries=10, work_dir=tmp_path / "w", optimize=False)
+    run = res["runs"][0]
+    assert run["n_cases"] == 400 and run["points"] == 800
+    for k in ("related_ms", "labels_ms", "assign_ms", "assign_case_ms"):
+        assert run[k]["n"] == 10 and run[k]["p95"] >= run[k]["p50"] > 0
+    c = run["clusters"]
+    assert c["warm_read_from_store"] == 0 and c["peak_rss_mb"] > 0 and c["n_clusters"] >= 1
+    assert res["goal"] is None  # no 100k run
+    jpath, mpath = write_report(res, tmp_path / "out")
+    assert json.loads(jpath.read_text())["runs"][0]["n_cases"] == 400
+    assert "| 400 |" in mpath.read_text() and "| 400 |" in render_markdown(res)
