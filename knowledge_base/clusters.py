@@ -556,7 +556,9 @@ def compute_clusters(store: VectorStore, settings: ClusterSettings | None = None
         rest = np.setdiff1d(np.arange(n), fit_rows)
         for s in range(0, len(rest), 8192):
             labels[rest[s:s + 8192]] = model.assign_many(x[rest[s:s + 8192]])
-    terms = _terms(cv.documents, labels, cids, cfg.terms)
+    # distinguishing terms from the cases HDBSCAN was fitted on (all of them up to fit_sample): tokenising 100k
+    # documents would cost more than the clustering, and a 20k sample gives the same top terms per family
+    terms = _terms([cv.documents[i] for i in fit_rows], labels[fit_rows], cids, cfg.terms)
     clusters: list[ClusterInfo] = []
     for j, c in enumerate(cids):
         rows = np.flatnonzero(labels == c)
@@ -572,8 +574,12 @@ def compute_clusters(store: VectorStore, settings: ClusterSettings | None = None
                                     members=[cv.ids[i] for i in order]))
     clusters.sort(key=lambda ci: (-ci.size, ci.id))
     merges = _merge_candidates(x, z, labels, cv.ids, cfg.merge_threshold, cfg.max_merge_pairs)
-    xy_all = (PCA(n_components=2, random_state=cfg.seed).fit(x[fit_rows]).transform(x) if len(fit_rows) >= 2
-              else np.zeros((n, 2)))
+    if z is not x and z.shape[1] >= 2:  # PCA components come by explained variance: the map is z's first two
+        xy_all = z[:, :2]
+    elif len(fit_rows) >= 2:
+        xy_all = PCA(n_components=2, random_state=cfg.seed).fit(x[fit_rows]).transform(x)
+    else:
+        xy_all = np.zeros((n, 2))
     report = ClusterReport(
         n_cases=n, n_clusters=len(clusters), n_unclustered=int((labels == UNCLUSTERED).sum()),
         embedder_id=cv.embedder_id, dim=cv.dim, fitted_on=len(fit_rows), clusters=clusters,
