@@ -126,6 +126,7 @@ class CaseVectors:
 class _Acc:
     text_id: str | None = None
     points: list[tuple[str, str]] = field(default_factory=list)  # (point id, content key or "")
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # point id -> vector, when read in the first pass
     product_line: str = ""
     title: str = ""
     document: str = ""
@@ -176,20 +177,13 @@ def _save_cache(cache_dir: Path, meta: StoreMeta, ids: list[str], keys: list[str
     tmp.replace(cache_dir / CACHE_FILE)
 
 
-def case_vectors(store: VectorStore, batch_size: int = 1024, cache_dir: str | Path | None = None) -> CaseVectors:
-    """Read every case (payloads, then the vectors of the cases not in the cache) and build one vector per case.
-
-    Reads the store only. ``cache_dir`` (the CLI and the admin view use ``data_dir/clusters``) keeps the case vectors
-    keyed by their points' content hashes, so a later run reads only the vectors of new or changed cases: turning
-    200k stored 2048-d vectors into numpy arrays is most of a cold 100k-case run. Raises :class:`ClusterError` when
-    points were written by an embedder other than the store's (a half-finished change of model): their vectors are
-    not comparable, so clustering them would mean nothing.
-    """
+def _read_points(store: VectorStore, *, with_vectors: bool, batch_size: int) -> dict[str, _Acc]:
+    """Every point's payload (and vector, when asked), gathered per case; refuses points of another embedder."""
     meta = store.meta
     accs: dict[str, _Acc] = {}
     foreign: Counter[str] = Counter()
     keys = ["case_id", "kind", "product_line", "title", "document", "thumbnail", "embedder", "content_hash", "sha256"]
-    for p in store.scroll(with_vectors=False, batch_size=batch_size, payload_keys=keys):
+    for p in store.scroll(with_vectors=with_vectors, batch_size=batch_size, payload_keys=keys):
         pl = p.payload
         cid = pl.get("case_id")
         if not isinstance(cid, str):
@@ -201,6 +195,8 @@ def case_vectors(store: VectorStore, batch_size: int = 1024, cache_dir: str | Pa
         acc = accs.setdefault(cid, _Acc())
         content = pl.get("content_hash") if pl.get("kind") == "text" else pl.get("sha256")
         acc.points.append((p.id, content if isinstance(content, str) else ""))
+        if p.vector is not None:
+            acc.vectors[p.id] = p.vector
         if pl.get("kind") == "text":
             acc.text_id = p.id
             acc.product_line = str(pl.get("product_line") or "")
@@ -212,12 +208,28 @@ def case_vectors(store: VectorStore, batch_size: int = 1024, cache_dir: str | Pa
         names = ", ".join(f"{k!r} ({v} points)" for k, v in foreign.most_common(3))
         raise ClusterError(f"the store holds vectors of {meta.embedder_id!r} but also points written by {names}; "
                            "their vectors are not comparable. Run `ragvqa kb check --fix` or `ragvqa kb reindex` first.")
+    return accs
+
+
+def case_vectors(store: VectorStore, batch_size: int = 1024, cache_dir: str | Path | None = None) -> CaseVectors:
+    """Read every case and build one vector per case: one pass with the vectors when nothing is cached, else the
+    payloads, then the vectors of the new or changed cases only.
+
+    Reads the store only. ``cache_dir`` (the CLI and the admin view use ``data_dir/clusters``) keeps the case vectors
+    keyed by their points' content hashes, so a later run reads only the vectors of new or changed cases: turning
+    200k stored 2048-d vectors into numpy arrays is most of a cold 100k-case run. Raises :class:`ClusterError` when
+    points were written by an embedder other than the store's (a half-finished change of model): their vectors are
+    not comparable, so clustering them would mean nothing.
+    """
+    meta = store.meta
+    folder = Path(cache_dir) if cache_dir is not None else None
+    cache = _load_cache(folder, meta)
+    cold = not cache  # nothing cached: one pass with the vectors (a second pass by id reads them twice as slowly)
+    accs = _read_points(store, with_vectors=cold, batch_size=batch_size)
     ids = sorted(cid for cid, a in accs.items() if a.text_id is not None)
     orphans = len(accs) - len(ids)
     if orphans:
         log.warning("%d case(s) have media points but no text point (an interrupted write?); left out", orphans)
-    folder = Path(cache_dir) if cache_dir is not None else None
-    cache = _load_cache(folder, meta)
     case_keys = [accs[c].key() for c in ids]
     vecs = np.zeros((len(ids), meta.dim), dtype=np.float32)
     need: list[int] = []
@@ -231,8 +243,10 @@ def case_vectors(store: VectorStore, batch_size: int = 1024, cache_dir: str | Pa
     del cache
     for s in range(0, len(need), max(1, batch_size // 2)):
         part = need[s:s + max(1, batch_size // 2)]
-        pids = [pid for i in part for pid, _ in accs[ids[i]].points]
-        got = {p.id: p.vector for p in store.retrieve(pids, with_vectors=True) if p.vector is not None}
+        pids = [pid for i in part for pid, _ in accs[ids[i]].points if pid not in accs[ids[i]].vectors]
+        got = {p.id: p.vector for p in store.retrieve(pids, with_vectors=True) if p.vector is not None} if pids else {}
+        for i in part:
+            got.update(accs[ids[i]].vectors)
         for i in part:
             acc = accs[ids[i]]
             text = got.get(acc.text_id or "")
