@@ -254,6 +254,7 @@ def case_vectors(store: VectorStore, batch_size: int = 1024, cache_dir: str | Pa
                 raise ClusterError(f"case {ids[i]!r} changed while it was read; run again")
             media = [got[pid] for pid, _ in acc.points if pid != acc.text_id and pid in got]
             vecs[i] = case_vector(text, media)
+            acc.vectors.clear()  # the point vectors are not needed any more: keep the peak memory down
     if folder is not None and (need or cached_ids != set(ids)):
         _save_cache(folder, meta, ids, case_keys, vecs)
     log.info("case vectors: %d case(s), %d read from the store, %d from the cache", len(ids), len(need),
