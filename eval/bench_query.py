@@ -423,7 +423,7 @@ def rerank_depth_study(run_dir: str | os.PathLike[str], margins: list[float], mi
     saved is the share of (query, case) pairs not scored.
     """
     from eval.metrics import build_qrels, build_run, compare_runs, evaluate
-    from rag.pipeline.stages import Rerank
+    from rag.pipeline.rerank import Rerank
 
     folder = Path(run_dir)
     records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]

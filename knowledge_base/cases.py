@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import ValidationError
 
@@ -56,6 +56,24 @@ UPDATABLE = ("title", "product_line", "equipment_model", "symptom", "cause", "so
              "severity", "source", "links")
 
 MediaLike = MediaSource | str | os.PathLike[str] | bytes | tuple[str, bytes]
+
+
+class KBStats(TypedDict):
+    """What :meth:`Cases.stats` reports (a dict, so the CLI prints it as JSON as it is)."""
+
+    cases: int
+    points: int
+    #: Media points by kind (image, pdf_page, video).
+    media: dict[str, int]
+    #: Cases per product line ("?" for none).
+    product_lines: dict[str, int]
+    media_files: int
+    media_bytes: int
+    #: The store's meta (embedder id, dim, schema, quantization) as JSON.
+    store: dict[str, object]
+    store_backend: str
+    embedder: str
+    data_dir: str
 Progress = bool | Callable[[int, int], Any]
 
 
@@ -100,7 +118,7 @@ class Cases:
             elif isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], (bytes, bytearray)):
                 out.append(MediaSource(name=str(m[0]), data=bytes(m[1])))
             else:
-                p = Path(m)  # type: ignore[arg-type]
+                p = Path(m)
                 if not p.is_file():
                     raise MediaError(p.name, f"file not found ({p})")
                 out.append(MediaSource(name=p.name, path=p))
@@ -203,7 +221,7 @@ class Cases:
         cases.sort(key=lambda c: c.id)
         return CasePage(total=len(cases), cases=cases[offset:offset + limit], offset=offset)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> KBStats:
         """Counts for dashboards: cases, points, media by kind, cases per product line, files, store meta."""
         kinds: Counter[str] = Counter()
         lines: Counter[str] = Counter()
@@ -214,7 +232,7 @@ class Cases:
                 lines[p.payload.get("product_line") or "?"] += 1
         files = list(self.s.media.iter_files())
         size = sum((self.s.media.root / f).stat().st_size for f in files)
-        return {
+        return KBStats(**{
             "cases": kinds.pop("text", 0),
             "points": sum(kinds.values()) + sum(lines.values()),
             "media": dict(sorted(kinds.items())),
@@ -225,7 +243,7 @@ class Cases:
             "store_backend": type(self.s.store).__name__,
             "embedder": self.s.embedder_id,
             "data_dir": str(self.s.data_dir),
-        }
+        })
 
     # -- changing -----------------------------------------------------------------------------------------------
     def update(self, case: str | CaseInput, changes: Mapping[str, Any] | None = None, *,
@@ -319,7 +337,7 @@ class Cases:
             if self.count_cases() > 0:
                 return None
             try:
-                from knowledge_base.sample import build_sample_kb  # type: ignore[attr-defined]
+                from knowledge_base.sample import build_sample_kb
             except ImportError as e:
                 raise IngestInputError(f"the sample knowledge base generator is not available ({e})") from e
             sample = build_sample_kb(Path(sample_dir))

@@ -11,11 +11,15 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:  # pragma: no cover - types only: `ragvqa --help` must not import the models
+    from knowledge_base.ingest import IngestOptions
+    from knowledge_base.kb import KnowledgeBase
 
 __all__ = ["kb_app"]
 
@@ -53,11 +57,12 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: Any = None, model: bool = True):
+def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: IngestOptions | None = None,
+          model: bool = True) -> KnowledgeBase:
     """Load the embedder (unless ``model`` is False: read-only commands) and open the KB; expected failures become
     one-line messages."""
     from knowledge_base.kb import KnowledgeBase
-    from rag.cli_settings import cli_settings
+    from rag.cli_settings import check_models, cli_settings
     from rag.models.factory import load_models
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
@@ -66,7 +71,7 @@ def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: A
     embedder = None
     if model:
         try:
-            embedder = load_models(settings, models, need=("embedder",)).embedder  # type: ignore[arg-type]
+            embedder = load_models(settings, check_models(models), need=("embedder",)).embedder
         except ModelNotAvailableError as e:
             raise _fail(str(e)) from None
     try:
@@ -356,7 +361,7 @@ def reindex(
     per store).
     """
     from knowledge_base.kb import KnowledgeBase
-    from rag.cli_settings import cli_settings
+    from rag.cli_settings import check_models, cli_settings
     from rag.models.factory import load_models
 
     settings = cli_settings(data_dir, models=models)
@@ -368,7 +373,9 @@ def reindex(
     if quantization is not None:
         upd["store_quantization"] = quantization
     settings = settings.model_copy(update=upd)
-    new = load_models(settings, models, need=("embedder",)).embedder  # type: ignore[arg-type]
+    new = load_models(settings, check_models(models), need=("embedder",)).embedder
+    if new is None:  # pragma: no cover - load_models raises first
+        raise _fail("no embedder was loaded")
     quant = bool(settings.store_quantization)
 
     def kind(q: bool) -> str:
@@ -565,8 +572,7 @@ def related(
         except UserInputError as e:
             raise _fail(str(e)) from None
     if as_json:
-        _dump([{**r.model_dump(mode="json"), "reasons": [{**x.model_dump(mode="json"), "text": x.text}
-                                                        for x in r.reasons]} for r in found])
+        _dump([r.model_dump(mode="json") for r in found])
         return
     if not found:
         out.print(f"no other case to relate {case_id} to", highlight=False)
@@ -577,7 +583,8 @@ def related(
 
 @kb_app.command("classify")
 def classify(
-    target: Annotated[str, typer.Argument(help="A case id (its stored vectors), or an image/video file to classify.")],
+    target: Annotated[str, typer.Argument(help="A case id (its stored vectors), an image/video file, or a case record "
+                                                "(.json, media paths relative to it) to classify.")],
     k: Annotated[int, typer.Option("--k", min=1, max=100, help="Neighbouring cases that vote.")] = 10,
     data_dir: DataDir = None,
     models: Models = "real",
@@ -591,7 +598,12 @@ def classify(
     path = Path(target)
     with _open(data_dir, models) as kb:
         try:
-            if path.is_file():
+            if path.is_file() and path.suffix.lower() == ".json":  # one case record (its text and media)
+                from knowledge_base.import_suggest import record_query
+
+                text, media = record_query(path)
+                found = suggest_labels(kb, text=text or None, media=media, k=k)
+            elif path.is_file():
                 found = suggest_labels(kb, media=[path], k=k)
             else:
                 found = suggest_labels(kb, case_id=target, k=k)

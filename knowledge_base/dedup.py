@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from rag.payload import PICTURE_KINDS, MediaKind
 from rag.store import VectorStore
 
 __all__ = ["Duplicate", "MediaIndex", "MediaRef", "NearDupFinder", "NEAR_DUP_KINDS"]
@@ -22,7 +23,7 @@ __all__ = ["Duplicate", "MediaIndex", "MediaRef", "NearDupFinder", "NEAR_DUP_KIN
 log = logging.getLogger(__name__)
 
 #: Media kinds compared by cosine similarity (videos only by exact hash: their vectors blur many frames).
-NEAR_DUP_KINDS = ("image", "pdf_page")
+NEAR_DUP_KINDS: tuple[MediaKind, ...] = tuple(sorted(PICTURE_KINDS))
 
 
 @dataclass(frozen=True)

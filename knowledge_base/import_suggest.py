@@ -23,7 +23,7 @@ from rag.errors import UserInputError
 if TYPE_CHECKING:  # pragma: no cover
     from knowledge_base.kb import KnowledgeBase
 
-__all__ = ["FilledField", "SuggestInputError", "filled_source"]
+__all__ = ["FilledField", "SuggestInputError", "filled_source", "record_query"]
 
 _FIELDS: tuple[LabelField, ...] = ("product_line", "equipment_model", "tags", "severity")
 _VIDEO = (".mp4", ".webm", ".mov", ".mkv", ".avi")
@@ -92,6 +92,20 @@ def fill_record(kb: KnowledgeBase, data: dict[str, Any], base: Path, where: str)
                                   field=field, value=value, confidence=min(s.confidence for s in picks),
                                   source=picks[0].source))
     return filled
+
+
+def record_query(path: Path) -> tuple[str, list[Path]]:
+    """The text and pictures of one case record in a ``.json`` file (media relative to the file), to classify it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SuggestInputError(f"{path.name} is not a readable JSON case record ({e})") from None
+    if not isinstance(data, dict):
+        raise SuggestInputError(f"{path.name} must hold one case record (a JSON object)")
+    text, media = _record_text(data), _record_media(data, path.parent)
+    if not text and not media:
+        raise SuggestInputError(f"{path.name} has no title, symptom, cause or picture to classify")
+    return text, media
 
 
 @contextmanager

@@ -35,11 +35,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from knowledge_base.archive import MediaSource, SourceCase, format_validation_error
 from knowledge_base.dedup import NEAR_DUP_KINDS, Duplicate, MediaIndex, MediaRef, NearDupFinder
-from knowledge_base.media_store import MediaError, MediaStore
+from knowledge_base.media_store import MediaError, MediaStore, StoredKind, StoredMedia
 from knowledge_base.pdf import PdfError, is_pdf, render_pdf_pages
 from knowledge_base.schema import Case, CaseInput, CaseLink, MediaItem
 from rag.models.embedder import EmbeddingError
-from rag.payload import MediaPointPayload, TextPointPayload
+from rag.payload import MediaKind, MediaPointPayload, TextPointPayload
 from rag.store import VectorPoint, VectorStore, point_id
 from rag.store.base import check_payload
 from rag.validation import InputRejected, Limits, check_pdf
@@ -354,10 +354,12 @@ class _Stager:
             if it.id not in old_ids:
                 w.new_ids.add(it.id)
 
-    def _put(self, w: _Work, ms: MediaSource, data: bytes | None, hint: Any):
+    def _put(self, w: _Work, ms: MediaSource, data: bytes | None, hint: StoredKind | MediaKind | None) -> StoredMedia:
+        if data is None and ms.path is None and ms.data is None:
+            raise MediaError(ms.name, "has neither a file nor data")
         stored = (self.media.put_bytes(data, hint, name=ms.name) if data is not None
-                  else self.media.put_file(ms.path, hint) if ms.path is not None  # type: ignore[arg-type]
-                  else self.media.put_bytes(ms.data, hint, name=ms.name))  # type: ignore[arg-type]
+                  else self.media.put_file(ms.path, hint) if ms.path is not None
+                  else self.media.put_bytes(ms.data or b"", hint, name=ms.name))
         if stored.created:
             w.created.append((stored.sha256, stored.rel_path))
         return stored

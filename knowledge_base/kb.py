@@ -20,9 +20,10 @@ Edge itself allows one process per store.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, cast, overload
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from knowledge_base.cases import (
     CasePage,
     CaseRejectedError,
     Cases,
+    KBStats,
     MediaLike,
     Progress,
 )
@@ -44,7 +46,8 @@ from knowledge_base.media_store import MediaStore
 from knowledge_base.schema import Case, CaseInput
 from knowledge_base.state import EmbedderLike, KBState
 from rag.config import Settings
-from rag.store import EdgeStore, StoreError, StoreMeta, VectorStore, open_store, store_kwargs_from_settings
+from rag.models.protocols import Item
+from rag.store import EdgeStore, StoreError, StoreMeta, VectorStore, open_store
 
 __all__ = [
     "CASE_FILTERS",
@@ -77,7 +80,7 @@ class _Shared(Generic[T]):
     @overload
     def __get__(self, obj: KnowledgeBase, owner: type | None = None) -> T: ...
     def __get__(self, obj: KnowledgeBase | None, owner: type | None = None) -> T | _Shared[T]:
-        return self if obj is None else getattr(obj.state, self.attr)  # type: ignore[no-any-return]
+        return self if obj is None else cast(T, getattr(obj.state, self.attr))
 
     def __set__(self, obj: KnowledgeBase, value: T) -> None:
         setattr(obj.state, self.attr, value)
@@ -96,7 +99,7 @@ class KnowledgeBase:
     #: The vector size this KB writes (``Settings.embed_dim`` or the model's; a reindex may change it).
     embed_dim: _Shared[int] = _Shared("embed_dim")
     #: The write lock (re-entrant), shared by both parts.
-    _lock = _Shared("lock")
+    _lock: _Shared[threading.RLock] = _Shared("lock")
 
     def __init__(self, *, settings: Settings, embedder: EmbedderLike | None, store: VectorStore, media: MediaStore,
                  options: IngestOptions | None = None, embedder_id: str | None = None) -> None:
@@ -126,20 +129,20 @@ class KnowledgeBase:
             if strict or store is not None:
                 raise ValueError("an embedder is needed (see rag.models.factory.load_models); "
                                  "without one, open read-only with strict=False")
-            store = open_store(embedder_id=None, dim=None, **store_kwargs_from_settings(settings))
+            store = open_store(embedder_id=None, dim=None, config=settings.store_config())
             eid, dim = store.meta.embedder_id, store.dim
         else:
             eid = cls.embedder_id_of(embedder, settings)
             dim = settings.embed_dim or int(embedder.dim)
         if store is None:
-            kwargs = store_kwargs_from_settings(settings)
+            config = settings.store_config()
             if strict:
-                store = open_store(embedder_id=eid, dim=dim, **kwargs)
+                store = open_store(embedder_id=eid, dim=dim, config=config)
             else:
                 try:
-                    store = open_store(embedder_id=None, dim=None, **kwargs)
+                    store = open_store(embedder_id=None, dim=None, config=config)
                 except StoreError:  # nothing there yet: create it for this embedder
-                    store = open_store(embedder_id=eid, dim=dim, **kwargs)
+                    store = open_store(embedder_id=eid, dim=dim, config=config)
         elif strict:
             StoreMeta(embedder_id=eid, dim=dim).check_compatible(store.meta, repr(store))
         vb = settings.vision
@@ -180,7 +183,7 @@ class KnowledgeBase:
         self.close()
 
     # -- shared internals ---------------------------------------------------------------------------------------
-    def embed(self, items: Sequence[dict[str, Any]], embedder: EmbedderLike | None = None,
+    def embed(self, items: Sequence[Item], embedder: EmbedderLike | None = None,
               dim: int | None = None) -> np.ndarray:
         """Document-side embeddings (default instruction), at the store's dimension."""
         return self.state.embed(items, embedder, dim)
@@ -220,7 +223,7 @@ class KnowledgeBase:
         """Cases sorted by id, filtered; see :meth:`Cases.list_cases`."""
         return self.cases.list_cases(filters, text, limit, offset)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> KBStats:
         """Counts for dashboards; see :meth:`Cases.stats`."""
         return self.cases.stats()
 

@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field, ValidationError
 from knowledge_base.related import case_points, nearest_cases
 from knowledge_base.schema import Case
 from rag.errors import UserInputError
-from rag.store import VectorStore, point_id
+from rag.store import StoreMismatchError, VectorStore, point_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from knowledge_base.kb import KnowledgeBase
@@ -182,7 +182,7 @@ def _label_vectors(kb: KnowledgeBase, texts: Mapping[str, str]) -> dict[str, np.
     with _CACHE_LOCK:
         todo = [v for v, t in texts.items() if (*key, t) not in _EMBED_CACHE]
     if todo:
-        vecs = kb.embed([{"text": texts[v]} for v in todo])
+        vecs = _embed(kb, [{"text": texts[v]} for v in todo])
         with _CACHE_LOCK:
             for v, vec in zip(todo, vecs, strict=True):
                 _EMBED_CACHE[(*key, texts[v])] = np.asarray(vec, dtype=np.float32)
@@ -236,7 +236,15 @@ def _query_vectors(kb: KnowledgeBase | VectorStore, vectors: np.ndarray | Sequen
             raise LabelsInputError(f"media file not found: {p}")
         kind = "video" if p.suffix.lower() in (".mp4", ".webm", ".mov", ".mkv", ".avi") else "image"
         items.append({kind: str(p)})
-    return np.asarray(kb.embed(items), dtype=np.float32)
+    return _embed(kb, items)
+
+
+def _embed(kb: KnowledgeBase, items: list[dict[str, str]]) -> np.ndarray:
+    """``kb.embed``, with a store of another embedder reported as the user's problem (run a reindex)."""
+    try:
+        return np.asarray(kb.embed(items), dtype=np.float32)
+    except StoreMismatchError as e:
+        raise LabelsInputError(str(e), code="store_mismatch") from None
 
 
 def suggest_labels(kb: KnowledgeBase | VectorStore, *, vectors: np.ndarray | Sequence[np.ndarray] | None = None,
@@ -281,7 +289,11 @@ def suggest_labels(kb: KnowledgeBase | VectorStore, *, vectors: np.ndarray | Seq
         if not picks and field != "tags":
             need_zero_shot.append(field)
     if need_zero_shot and zero_shot_fallback and not isinstance(kb, VectorStore) and kb.embedder is not None:
-        out += _zero_shot_suggestions(kb, q, need_zero_shot, min_confidence)
+        if kb.embedder_id == kb.store.meta.embedder_id and kb.embed_dim == kb.store.dim:
+            out += _zero_shot_suggestions(kb, q, need_zero_shot, min_confidence)
+        else:  # label texts embedded now would not be comparable with the stored vectors
+            log.warning("zero-shot labels skipped: the store holds %s vectors, the embedder is %s",
+                        kb.store.meta.embedder_id, kb.embedder_id)
     return out
 
 

@@ -126,14 +126,15 @@ class Maintenance:
                                    payload_keys=["case_id", "media_id", "source_file", "caption"]):
             if p.vector is None:
                 continue
-            cid, mid = p.payload.get("case_id"), p.payload.get("media_id")
+            cid, mid = str(p.payload.get("case_id")), str(p.payload.get("media_id"))
             for h in self.s.store.search(p.vector, limit=8, filters={"kind": list(NEAR_DUP_KINDS)}):
                 if h.score < thr:
                     break
-                ocid, omid = h.payload.get("case_id"), h.payload.get("media_id")
+                ocid, omid = str(h.payload.get("case_id") or ""), str(h.payload.get("media_id"))
                 if not ocid or ocid == cid:
                     continue
-                key = tuple(sorted([f"{cid}/{mid}", f"{ocid}/{omid}"]))
+                a, b = sorted([f"{cid}/{mid}", f"{ocid}/{omid}"])
+                key = (a, b)
                 if key not in pairs:
                     pairs[key] = Duplicate("near" if h.score < 0.99999 else "exact", cid, mid, ocid, omid, float(h.score))
         return sorted(pairs.values(), key=lambda d: -d.score)[:limit]
@@ -192,23 +193,40 @@ class Maintenance:
         if eid != self.s.embedder_id or self.s.store.dim != self.s.embed_dim:
             r.meta_problem = (f"store built for {eid!r} (dim {self.s.store.dim}) but the configured embedder is "
                               f"{self.s.embedder_id!r} (dim {self.s.embed_dim}); run `ragvqa kb reindex`")
+        cases, media_pts = self._read_points(r, eid)
+        r.cases = len(cases)
+        self._check_media_points(r, cases, media_pts, eid)
+        referenced = self._check_media_files(r, cases, media_pts)
+        files = list(self.s.media.iter_files())
+        r.media_files = len(files)
+        r.unreferenced_files = [f for f in files if f not in referenced]
+        tmp = self.s.media.root / ".tmp"
+        r.temp_files = sum(1 for _ in tmp.iterdir()) if tmp.is_dir() else 0
+        return r, {"cases": cases}
+
+    def _read_points(self, r: CheckReport, eid: str) -> tuple[dict[str, Case], dict[str, dict[str, dict[str, Any]]]]:
+        """One pass over the store: the valid cases by id, and each case's media points by point id."""
         cases: dict[str, Case] = {}
         media_pts: dict[str, dict[str, dict[str, Any]]] = {}
         for p in self.s.store.scroll(batch_size=256):
             r.points += 1
             pl = p.payload
-            cid = pl.get("case_id")
+            cid = str(pl.get("case_id"))
             if pl.get("embedder") != eid:
                 r.embedder_mismatch.append(p.id)
             if pl.get("kind") == "text":
                 try:
                     cases[cid] = Case.model_validate(pl["case"])
                 except (ValidationError, KeyError):
-                    r.invalid_cases.append(str(cid))
+                    r.invalid_cases.append(cid)
             else:
                 media_pts.setdefault(cid, {})[p.id] = pl
-        r.cases = len(cases)
-        referenced: set[str] = set()
+        return cases, media_pts
+
+    @staticmethod
+    def _check_media_points(r: CheckReport, cases: dict[str, Case], media_pts: dict[str, dict[str, dict[str, Any]]],
+                            eid: str) -> None:
+        """Media points without a case (orphans), without a media item (stale), or with a payload that drifted."""
         for cid, pts in media_pts.items():
             case = cases.get(cid)
             if case is None:
@@ -222,6 +240,11 @@ class Maintenance:
                     r.stale_points.append(pid)
                 elif any(pl.get(k) != v for k, v in media_payload(case, item, eid).items() if k != "embedder"):
                     r.payload_mismatch.append(pid)
+
+    def _check_media_files(self, r: CheckReport, cases: dict[str, Case],
+                           media_pts: dict[str, dict[str, dict[str, Any]]]) -> set[str]:
+        """Media items whose file is gone or whose point is missing; returns the files the cases reference."""
+        referenced: set[str] = set()
         for cid, case in cases.items():
             pts = media_pts.get(cid, {})
             for m in case.media:
@@ -230,12 +253,7 @@ class Maintenance:
                     r.missing_files.append((cid, m.id, m.path))
                 elif point_id(cid, m.id) not in pts:
                     r.missing_points.append((cid, m.id))
-        files = list(self.s.media.iter_files())
-        r.media_files = len(files)
-        r.unreferenced_files = [f for f in files if f not in referenced]
-        tmp = self.s.media.root / ".tmp"
-        r.temp_files = sum(1 for _ in tmp.iterdir()) if tmp.is_dir() else 0
-        return r, {"cases": cases}
+        return referenced
 
     def _repair(self, r: CheckReport, state: dict[str, Any]) -> None:
         cases: dict[str, Case] = state["cases"]
@@ -350,15 +368,16 @@ class Maintenance:
                             else:
                                 skipped.append(f"{case.id}: {m.path} (file missing)")
                     vecs = self.s.embed([j[2] for j in jobs], embedder=new_embedder, dim=new_dim)
-                    media_points, text_points = [], []
+                    media_points: list[VectorPoint] = []
+                    text_points: list[VectorPoint] = []
                     hashes = {c.id: h for c, h in chunk}
-                    for (case, m, _), v in zip(jobs, vecs, strict=False):
-                        if m is None:
+                    for (case, item, _), v in zip(jobs, vecs, strict=True):
+                        if item is None:
                             text_points.append(VectorPoint(id=point_id(case.id), vector=v,
                                                            payload=text_payload(case, hashes[case.id], eid)))
                         else:
-                            media_points.append(VectorPoint(id=point_id(case.id, m.id), vector=v,
-                                                            payload=media_payload(case, m, eid)))
+                            media_points.append(VectorPoint(id=point_id(case.id, item.id), vector=v,
+                                                            payload=media_payload(case, item, eid)))
                     new.upsert(media_points)
                     new.upsert(text_points)
                     points += len(media_points) + len(text_points)

@@ -11,10 +11,14 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from rag.errors import UserInputError
+
+if TYPE_CHECKING:  # pragma: no cover - pdfium is imported when a PDF is first read
+    import pypdfium2 as pdfium
 
 __all__ = ["PdfError", "RenderedPage", "images_to_pdf", "is_pdf", "pdf_page_count", "render_pdf_pages"]
 
@@ -45,7 +49,7 @@ def is_pdf(head: bytes) -> bool:
     return b"%PDF-" in head[:1024]
 
 
-def _open(src: Path | bytes, name: str):
+def _open(src: Path | bytes, name: str) -> pdfium.PdfDocument:
     import pypdfium2 as pdfium
 
     try:
@@ -101,7 +105,7 @@ def render_pdf_pages(
         pdf.close()
 
 
-def _render_page(pdf, number: int, name: str, long_side: int) -> RenderedPage:
+def _render_page(pdf: pdfium.PdfDocument, number: int, name: str, long_side: int) -> RenderedPage:
     import pypdfium2 as pdfium
 
     try:

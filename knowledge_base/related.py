@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, computed_field
 
 from knowledge_base.cases import CaseNotFoundError
 from knowledge_base.ingest import ItemReport
@@ -76,6 +76,7 @@ class MatchReason(BaseModel):
     other: PointRef
     score: float
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def text(self) -> str:
         """``"photo 1 ↔ manual page 2"``."""

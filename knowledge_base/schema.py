@@ -75,7 +75,7 @@ def _clean(text: str) -> str:
     return "\n".join(lines).strip()
 
 
-def _capped(field: str, *, required: bool = False):
+def _capped(field: str, *, required: bool = False) -> AfterValidator:
     """An ``AfterValidator`` that cleans whitespace and enforces ``LIMITS[field]`` with a readable message."""
     limit = LIMITS[field]
 

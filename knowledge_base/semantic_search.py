@@ -91,7 +91,7 @@ def _point(h: Hit) -> PointResult:
 
 def embed_query(kb: KnowledgeBase, *, text: str | None = None, image: str | Path | None = None) -> np.ndarray:
     """One query vector for text and/or an image (both in one multimodal input), with the retrieval instruction."""
-    from rag.pipeline.stages import RETRIEVAL_INSTRUCTION
+    from rag.pipeline.retrieve import RETRIEVAL_INSTRUCTION
 
     text = (text or "").strip() or None
     if text is None and image is None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -23,18 +23,15 @@ from knowledge_base.ingest import IngestContext, IngestOptions
 from knowledge_base.media_store import MediaStore
 from knowledge_base.schema import Case
 from rag.config import Settings
-from rag.store import StoreMismatchError, VectorPoint, VectorStore, point_id
-
-if TYPE_CHECKING:  # pragma: no cover - types only: importing the model code pulls in torch
-    from rag.models.embedder import Embedder
-    from rag.models.remote.embedder import RemoteEmbedder
+from rag.models.protocols import EmbeddingModel, Item
+from rag.store import StoredPoint, StoreMismatchError, VectorStore, point_id
 
 __all__ = ["EmbedderLike", "KBState", "now"]
 
 log = logging.getLogger(__name__)
 
-#: The embedders a knowledge base writes with (local model or remote endpoint): ``name``, ``dim``, ``embed``.
-EmbedderLike: TypeAlias = "Embedder | RemoteEmbedder"
+#: The embedders a knowledge base writes with (local model or remote endpoint): the embedding contract.
+EmbedderLike: TypeAlias = EmbeddingModel
 
 
 def now() -> datetime:
@@ -66,7 +63,7 @@ class KBState:
         return str(getattr(embedder, "name", "") or settings.embedder_model)
 
     # -- embedding ------------------------------------------------------------------------------------------------
-    def embed(self, items: Sequence[dict[str, Any]], embedder: EmbedderLike | None = None,
+    def embed(self, items: Sequence[Item], embedder: EmbedderLike | None = None,
               dim: int | None = None) -> np.ndarray:
         """Document-side embeddings (default instruction), at the store's dimension."""
         emb = embedder or self.embedder
@@ -93,10 +90,10 @@ class KBState:
         return self.index
 
     def text_payloads(self, filters: Mapping[str, Any] | None = None,
-                      keys: list[str] | None = None) -> Iterator[VectorPoint]:
+                      keys: list[str] | None = None) -> Iterator[StoredPoint]:
         """Every case's text point (the case record lives in its payload)."""
         flt = {**(filters or {}), "kind": "text"}
-        return iter(self.store.scroll(filters=flt, batch_size=512, payload_keys=keys))
+        return self.store.scroll(filters=flt, batch_size=512, payload_keys=keys)
 
     def get(self, case_id: str) -> Case | None:
         """The stored case, or None."""

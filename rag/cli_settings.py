@@ -21,11 +21,12 @@ Models = Literal["real", "tiny"]
 MODELS: tuple[Models, ...] = ("real", "tiny")
 
 
-def check_models(models: str) -> str:
-    """``--models`` as given, or a usage error (exit 2) naming the allowed values."""
-    if models not in MODELS:
-        raise typer.BadParameter(f"--models must be 'real' or 'tiny', got {models!r}")
-    return models
+def check_models(models: str) -> Models:
+    """``--models`` as the factory's choice, or a usage error (exit 2) naming the allowed values."""
+    for choice in MODELS:
+        if models == choice:
+            return choice
+    raise typer.BadParameter(f"--models must be 'real' or 'tiny', got {models!r}")
 
 
 def cli_settings(data_dir: Path | None = None, *, models: str | None = None,

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rag.validation import MIN_IMAGE_SIDE
+from rag.validation import MIN_IMAGE_SIDE, Limits
 
 #: The three model roles; each has its own model id (here) and backend/endpoint (rag.models.remote.settings).
 Role = Literal["embedder", "reranker", "generator"]
@@ -36,14 +36,20 @@ class VisionBudget(BaseSettings):
     #: Images or video frames with a side shorter than this are refused (too small to show a fault; one 32-px cell
     #: is the model's smallest unit, see ``rag.validation.MIN_IMAGE_SIDE``).
     min_image_side: int = Field(default=MIN_IMAGE_SIDE, ge=1)
+    # The input caps below default to the validation layer's (``rag.validation.Limits``): written once there.
     #: Images larger than this are refused before decoding (decompression bombs).
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = Limits.max_image_pixels
     #: Files larger than this are refused before they are read whole.
-    max_file_bytes: int = 200 * 1024 * 1024
+    max_file_bytes: int = Limits.max_file_bytes
     #: Longest video accepted, seconds.
-    max_video_seconds: float = 600.0
+    max_video_seconds: float = Limits.max_video_seconds
     #: Most frames a video may have (decoding cost of absurd frame rates).
-    max_video_frames: int = 100_000
+    max_video_frames: int = Limits.max_video_frames
+
+    def limits(self) -> Limits:
+        """The validation layer's caps as this budget sets them (the other caps keep their defaults)."""
+        return Limits(max_file_bytes=self.max_file_bytes, max_image_pixels=self.max_image_pixels,
+                      max_video_seconds=self.max_video_seconds, max_video_frames=self.max_video_frames)
 
 
 class RoleSettings(BaseModel):

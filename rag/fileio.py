@@ -82,7 +82,8 @@ def _atomic_writer(path: Path, mode: Literal["wb", "w"], tmp: Path | None) -> It
         # 0o666 & umask, like open(tmp, "xb"): these files keep their mode when moved into place
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+        f: BinaryIO | TextIO = os.fdopen(fd, "wb") if mode == "wb" else os.fdopen(fd, "w", encoding="utf-8")
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())

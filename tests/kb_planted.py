@@ -15,7 +15,7 @@ import numpy as np
 
 from knowledge_base.schema import Case, MediaItem
 from rag.payload import MediaPointPayload, TextPointPayload
-from rag.store import EdgeStore, StoreMeta, VectorPoint, point_id
+from rag.store import EdgeStore, StoreMeta, VectorPoint, VectorStore, open_store, point_id
 
 EMBEDDER = "planted-embedder"
 
@@ -65,9 +65,14 @@ def planted_points(c: Planted, embedder: str = EMBEDDER) -> list[VectorPoint]:
     return pts
 
 
-def open_planted(root: Path, cases: list[Planted], dim: int, embedder: str = EMBEDDER) -> EdgeStore:
-    """A real Edge store holding ``cases`` (small and unoptimised: searches are exhaustive)."""
-    store = EdgeStore.open(root, StoreMeta(embedder_id=embedder, dim=dim))
+def open_planted(root: Path, cases: list[Planted], dim: int, embedder: str = EMBEDDER,
+                 backend: str = "edge") -> VectorStore:
+    """A real store holding ``cases``: Qdrant Edge (small and unoptimised: searches are exhaustive), or with
+    ``backend="local"`` qdrant-client's local mode (the server code path without a server)."""
+    if backend == "local":
+        store: VectorStore = open_store(embedder_id=embedder, dim=dim, qdrant_location=":memory:")
+    else:
+        store = EdgeStore.open(root, StoreMeta(embedder_id=embedder, dim=dim))
     pts = [p for c in cases for p in planted_points(c, embedder)]
     if pts:
         store.upsert(pts)

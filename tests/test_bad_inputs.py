@@ -36,7 +36,7 @@ from rag.config import VisionBudget
 from rag.models.embedder import EmbeddingError
 from rag.models.vision import VisionInputError, load_image, prepare_video
 from rag.pipeline.media import MediaResolver, resolve_media
-from rag.pipeline.stages import Retrieve
+from rag.pipeline.retrieve import Retrieve
 from rag.pipeline.types import Query
 from rag.validation import InputRejected, confine_path
 

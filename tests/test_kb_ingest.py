@@ -48,7 +48,7 @@ def test_jsonl_import_query_reimport_and_partial_update(kb: KnowledgeBase, tmp_p
     res = kb.import_path(src)
     assert (res.added, res.rejected, res.media_embedded) == (4, 0, 4), res.to_dict()
 
-    # Payload contract: exactly what rag/pipeline/stages.py reads.
+    # Payload contract: exactly what rag/pipeline/retrieve.py reads.
     text = kb.store.retrieve([point_id("case-02")])[0].payload
     assert TEXT_KEYS <= set(text) and text["kind"] == "text" and text["media_id"] is None
     case = kb.get("case-02")

@@ -106,12 +106,13 @@ def brute_vote(cases: list[Planted], q: np.ndarray, skip: str, k: int, field: st
     return {v: w / total for v, w in votes.items()}
 
 
-def test_case_id_votes_with_all_its_points(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_case_id_votes_with_all_its_points(tmp_path: Path, backend: str) -> None:
     rng = np.random.default_rng(5)
     cases = grouped_cases(rng, groups=3, per_group=5, dim=DIM, noise=0.6)
     for c in cases[::4]:
         c.equipment_model = "odd-model"
-    store = open_planted(tmp_path / "s", cases, DIM)
+    store = open_planted(tmp_path / "s", cases, DIM, backend=backend)
     try:
         for c in cases:
             q = np.stack([unit(v) for _, v in c.points])
@@ -229,6 +230,14 @@ def test_cli_classify(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert all(s["source"] in ("neighbours", "zero-shot") for s in json.loads(res.stdout))
     res = run(kb_app, ["classify", "case-02", *common])
     assert res.exit_code == 0 and ("suggested" in res.stdout or "no confident suggestion" in res.stdout)
+    record = tmp_path / "src" / "new.json"  # a case record: its text and its picture (relative to the file)
+    record.write_text(json.dumps({"title": "Fault number 2 on the unit", "media": ["img02.png"]}))
+    res = run(kb_app, ["classify", str(record), "--json", *common])
+    assert res.exit_code == 0, res.output
+    assert all(s["source"] in ("neighbours", "zero-shot") for s in json.loads(res.stdout))
+    record.write_text("[1, 2]")
+    res = run(kb_app, ["classify", str(record), *common])
+    assert res.exit_code == 1 and "must hold one case record" in res.output and "Traceback" not in res.output
     res = run(kb_app, ["classify", "nope", *common])
     assert res.exit_code == 1 and "nope" in res.output and "Traceback" not in res.output
     with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
@@ -282,3 +291,23 @@ def test_cli_import_suggest_fills_only_missing_fields(tmp_path: Path, tiny_model
         assert (c7.product_line, c7.tags, c7.severity) == (case_dict(7)["product_line"], case_dict(7)["tags"], "low")
     res = run(kb_app, ["import", str(src / "img00.png"), "--suggest", *common])
     assert res.exit_code == 1 and "--suggest works on a .jsonl file" in res.output
+
+
+def test_store_of_another_embedder_gets_a_clear_message(tmp_path: Path, embedder) -> None:
+    """A KB opened (non-strict) on a store whose vectors come from another embedder: classifying or searching new
+    text/media refuses with a message naming the mismatch and the fix; stored-vector reads still work."""
+    from knowledge_base.kb import KnowledgeBase
+    from knowledge_base.semantic_search import SearchInputError, semantic_search
+    from rag.config import Settings
+
+    cases = grouped_cases(np.random.default_rng(3), groups=2, per_group=3, dim=embedder.dim)
+    store = open_planted(tmp_path / "data" / "store", cases, embedder.dim)
+    kb = KnowledgeBase.open(Settings(data_dir=tmp_path / "data"), embedder, store=store, strict=False)
+    try:
+        with pytest.raises(LabelsInputError, match="planted-embedder.*reindex"):
+            suggest_labels(kb, text="paper jam")
+        with pytest.raises(SearchInputError, match="planted-embedder.*reindex"):
+            semantic_search(kb, text="paper jam")
+        assert suggest_labels(kb, case_id=cases[0].id)  # stored vectors: comparable (zero-shot is skipped)
+    finally:
+        kb.close()

@@ -18,11 +18,11 @@ from rag.store import point_id
 DIM = 24
 
 
-@pytest.fixture
-def planted(tmp_path: Path):
+@pytest.fixture(params=["edge", "local"])
+def planted(request, tmp_path: Path):
     rng = np.random.default_rng(7)
     cases = grouped_cases(rng, groups=4, per_group=6, dim=DIM)
-    store = open_planted(tmp_path / "store", cases, DIM)
+    store = open_planted(tmp_path / "store", cases, DIM, backend=request.param)
     yield cases, store
     store.close()
 
@@ -175,3 +175,21 @@ def test_cli_related(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert res.exit_code == 1 and "no case with id 'nope'" in res.output and "Traceback" not in res.output
     with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
         _same(kb_state(kb), before)
+
+
+def test_search_batch_equals_one_search_per_vector(planted) -> None:
+    """The batched engine query behind related cases and labels (Edge query_batch, server query_batch_points) gives
+    each vector the results a single search gives it, with filters and payload selection."""
+    cases, store = planted
+    rng = np.random.default_rng(9)
+    vs = [unit(rng.normal(size=DIM)) for _ in range(4)]
+    for flt, keys in ((None, None), ({"product_line": "line1"}, ["case_id", "kind"])):
+        batch = store.search_batch(vs, 6, filters=flt, exact=True, payload_keys=keys)
+        single = [store.search(v, 6, filters=flt, exact=True, payload_keys=keys) for v in vs]
+        assert [[h.id for h in hs] for hs in batch] == [[h.id for h in hs] for hs in single]
+        assert [[h.payload for h in hs] for hs in batch] == [[h.payload for h in hs] for hs in single]
+        np.testing.assert_allclose([[h.score for h in hs] for hs in batch], [[h.score for h in hs] for hs in single],
+                                   rtol=0, atol=1e-6)
+    assert store.search_batch([], 3) == []
+    with pytest.raises(ValueError, match="store expects dim"):
+        store.search_batch([np.ones(DIM + 1)], 3)

@@ -30,10 +30,11 @@ def brute(cases, q: np.ndarray, limit: int, kinds=None, line=None):
     return pts[:limit], sorted(best.items(), key=lambda kv: -kv[1])[:limit]
 
 
-def test_planted_search_equals_brute_force(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_planted_search_equals_brute_force(tmp_path: Path, backend: str) -> None:
     rng = np.random.default_rng(4)
     cases = grouped_cases(rng, groups=3, per_group=5, dim=DIM)
-    store = open_planted(tmp_path / "s", cases, DIM)
+    store = open_planted(tmp_path / "s", cases, DIM, backend=backend)
     try:
         for _trial in range(5):
             q = rng.normal(size=DIM)
@@ -75,7 +76,7 @@ def test_search_bad_input(tmp_path: Path) -> None:
 
 
 def test_tiny_model_text_and_image_queries(tmp_path: Path, embedder) -> None:
-    from rag.pipeline.stages import RETRIEVAL_INSTRUCTION
+    from rag.pipeline.retrieve import RETRIEVAL_INSTRUCTION
 
     kb = open_kb("edge", tmp_path / "data", embedder)
     try:

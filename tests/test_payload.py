@@ -220,7 +220,7 @@ def test_text_payload_needs_its_record_and_document() -> None:
 
 def test_read_views_are_subsets_of_the_written_payloads() -> None:
     """Retrieval fetches only some fields: every one of them is a field the writers write."""
-    from rag.pipeline.stages import SEARCH_PAYLOAD
+    from rag.pipeline.retrieve import SEARCH_PAYLOAD
 
     assert SEARCH_PAYLOAD == ["case_id", "media_id", "kind", "media_path", "thumbnail"]
     assert set(SEARCH_PAYLOAD) <= set(MediaPointPayload.model_fields)
@@ -237,7 +237,7 @@ def test_one_kind_vocabulary() -> None:
 
 
 def test_retrieve_reads_old_payloads_from_a_real_store(tmp_path: Path) -> None:
-    from rag.pipeline.stages import Retrieve
+    from rag.pipeline.retrieve import Retrieve
     from rag.pipeline.types import Trace
     from rag.store import VectorPoint, open_store, point_id
 

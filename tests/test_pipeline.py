@@ -11,8 +11,9 @@ from PIL import Image
 
 from rag.config import Settings
 from rag.pipeline import Query, QueryError, RagPipeline, Turn
+from rag.pipeline.answer import citations
+from rag.pipeline.generate import Generate
 from rag.pipeline.langchain import CaseRetriever, as_runnable
-from rag.pipeline.stages import Generate, citations
 from rag.store import open_store
 
 
@@ -81,7 +82,8 @@ def test_rerank_can_be_switched_off_per_request(kb, embedder, reranker, generato
 def test_retrieval_holds_retrieved_scored_and_kept_with_per_call_overrides(kb, embedder, reranker, generator) -> None:
     """One Retrieval per query: the top-k as the store ranks them, every case the reranker scored (best first, each
     score the reranker's own for that case within 1e-4: batching), and the top-n kept. Overrides hold for one call."""
-    from rag.pipeline.stages import RERANK_INSTRUCTION, RETRIEVAL_INSTRUCTION
+    from rag.pipeline.rerank import RERANK_INSTRUCTION
+    from rag.pipeline.retrieve import RETRIEVAL_INSTRUCTION
 
     store = kb[0]
     p = make_pipeline(kb, embedder, reranker, generator, retrieve_top_k=4, rerank_top_n=3)

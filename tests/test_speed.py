@@ -119,7 +119,7 @@ def test_factory_logs_choice_and_reason(tiny_model_dir: Path, caplog: pytest.Log
 
 # -- adaptive rerank depth -------------------------------------------------------------------------------------------
 def test_adaptive_depth_rule() -> None:
-    from rag.pipeline.stages import Rerank
+    from rag.pipeline.rerank import Rerank
 
     scores = [0.90, 0.88, 0.80, 0.79, 0.60, 0.50]
     assert Rerank.adaptive_depth(scores, None, 2) == 6  # off: all
@@ -133,7 +133,7 @@ def test_adaptive_depth_rule() -> None:
 
 def test_rerank_stage_scores_only_the_adaptive_depth(reranker, tmp_path: Path) -> None:
     """With a margin, only the decisive head is sent to the real reranker; the trace says how many."""
-    from rag.pipeline.stages import Rerank
+    from rag.pipeline.rerank import Rerank
     from rag.pipeline.types import CaseCandidate, Query, Trace
 
     seen: list[int] = []

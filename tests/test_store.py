@@ -441,13 +441,12 @@ def _planted(n: int = 1500, dim: int = 64, seed: int = 3) -> np.ndarray:
 
 
 def _app_store(backend_kind: str, tmp_path: Path, dim: int, **overrides) -> VectorStore:
-    """A store opened the way the app opens it (Settings -> store_kwargs_from_settings -> open_store)."""
+    """A store opened the way the app opens it (Settings -> Settings.store_config() -> open_store)."""
     from rag.config import Settings
-    from rag.store import store_kwargs_from_settings
 
     s = Settings(data_dir=tmp_path / "data", qdrant_url=SERVER_URL if backend_kind == "server" else None,
                  qdrant_collection=f"ragvqa_int8_{uuid.uuid4().hex[:8]}")
-    return open_store(embedder_id="int8-test", dim=dim, **{**store_kwargs_from_settings(s), **overrides})
+    return open_store(embedder_id="int8-test", dim=dim, config=s.store_config(), **overrides)
 
 
 def _engine_quantization(store: VectorStore) -> tuple[str | None, bool]:
@@ -561,12 +560,11 @@ def test_bench_store_measures_the_app_store_config(tmp_path: Path, monkeypatch: 
     from typer.testing import CliRunner
 
     from rag.config import Settings
-    from rag.store import store_kwargs_from_settings
     from ui.cli import app as cli_app
 
     dim = 64
-    kwargs = {**store_kwargs_from_settings(Settings(data_dir=tmp_path / "app")), "qdrant_url": None}
-    app_store = open_store(embedder_id="app", dim=dim, **kwargs)  # as ui/services.py opens it
+    config = Settings(data_dir=tmp_path / "app").store_config()
+    app_store = open_store(embedder_id="app", dim=dim, config=config, qdrant_url=None)  # as ui/services.py opens it
     assert isinstance(app_store, EdgeStore)
     app_engine = json.loads((app_store.shard_dir / "edge_config.json").read_text())
     app_spy = _Spy(app_store._shard, "query")
@@ -610,7 +608,6 @@ def test_store_options_have_one_default_and_travel_whole(tmp_path: Path, monkeyp
     from pydantic import ValidationError
 
     from rag.config import Settings
-    from rag.store import store_kwargs_from_settings
 
     for name in ("RAGVQA_STORE_QUANTIZATION", "RAGVQA_STORE_HNSW_EF", "RAGVQA_QDRANT_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -625,8 +622,8 @@ def test_store_options_have_one_default_and_travel_whole(tmp_path: Path, monkeyp
     monkeypatch.setenv("RAGVQA_STORE_HNSW_EF", "77")
     monkeypatch.setenv("RAGVQA_STORE_QUANTIZATION", "false")
     settings = Settings(data_dir=tmp_path / "app", _env_file=None)  # type: ignore[call-arg]
-    assert isinstance(store_kwargs_from_settings(settings)["config"], StoreConfig)
-    app = open_store(embedder_id="e", dim=DIM, **store_kwargs_from_settings(settings))
+    assert isinstance(settings.store_config(), StoreConfig)
+    app = open_store(embedder_id="e", dim=DIM, config=settings.store_config())
     try:
         assert isinstance(app, EdgeStore) and app.root == tmp_path / "app" / "qdrant"
         assert app.hnsw_ef == 77 and app.meta.quantization is False

@@ -133,6 +133,11 @@ class AdminIntel:
             "No confident suggestion: the knowledge base has too few similar, consistently labelled cases."
         return (*outs, msg)  # type: ignore[return-value]
 
+    def clear_marks(self, token: str) -> tuple[Any, Any, Any, Any, str]:
+        """A loaded case's values are stored ones: drop the "(suggested)" marks."""
+        labels = ("Product line *", "Equipment model", "Tags (comma-separated)", "Severity")
+        return (*(gr.update(label=lb) for lb in labels), "")  # type: ignore[return-value]
+
     # -- layout ------------------------------------------------------------------------------------------------------
     def build_tab(self) -> None:
         """Inside the admin panel's "Search & related" tab."""
@@ -178,3 +183,5 @@ class AdminIntel:
         t.on(self.f_suggest.click, self.suggest,
              [t.f_title, t.f_symptom, t.f_cause, t.f_line, t.f_model, t.f_tags, t.f_sev, t.f_files],
              [t.f_line, t.f_model, t.f_tags, t.f_sev, self.f_suggest_msg], **models)
+        marks = [t.f_line, t.f_model, t.f_tags, t.f_sev, self.f_suggest_msg]
+        t.on(t.load_btn.click, self.clear_marks, [], marks)

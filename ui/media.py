@@ -18,7 +18,7 @@ from PIL import Image
 from rag.config import VisionBudget
 from rag.errors import UserInputError
 from rag.models.query_image import QueryImageError, display_name, load_query_image
-from rag.validation import InputRejected, Limits, check_file, check_image_size
+from rag.validation import InputRejected, check_file, check_image_size
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ def sniff(path: Path, budget: VisionBudget) -> Kind:
     """Kind by content (the shared validation layer: magic bytes, never the name), with the size caps applied."""
     try:
         kind, _fmt = check_file(path, ("image", "video", "pdf"),
-                                Limits(max_file_bytes=budget.max_file_bytes, max_image_pixels=budget.max_image_pixels,
-                                       max_video_seconds=budget.max_video_seconds), where=f"'{display_name(path)}'")
+                                budget.limits(), where=f"'{display_name(path)}'")
     except InputRejected as e:
         if e.code == "wrong_type":
             raise UploadError(f"'{display_name(path)}' is not a supported file. Attach a photo or screenshot "

@@ -146,7 +146,8 @@ def panel(size: tuple[int, int], color: RGB, rng: random.Random, *, grain: float
     return texture(gradient(size, top, bottom), rng, grain)
 
 
-def rounded(d: ImageDraw.ImageDraw, box: Box, r: float, fill=None, outline=None, width: int = 1) -> None:
+def rounded(d: ImageDraw.ImageDraw, box: Box, r: float, fill: RGB | None = None, outline: RGB | None = None,
+            width: int = 1) -> None:
     d.rounded_rectangle([round(v) for v in box], radius=round(r), fill=fill, outline=outline, width=width)
 
 
@@ -388,7 +389,8 @@ def _gauge_glass(S: int) -> Image.Image:
     return gl.filter(ImageFilter.GaussianBlur(q * 0.03)).resize((S, S), Image.Resampling.BILINEAR)
 
 
-def _needle(d: ImageDraw.ImageDraw, c: float, R: float, angle: float, fill, ss: int) -> None:
+def _needle(d: ImageDraw.ImageDraw, c: float, R: float, angle: float, fill: RGB | tuple[int, int, int, int],
+            ss: int) -> None:
     a = math.radians(angle)
     tip = (c + R * 0.76 * math.cos(a), c + R * 0.76 * math.sin(a))
     tail = (c - R * 0.15 * math.cos(a), c - R * 0.15 * math.sin(a))

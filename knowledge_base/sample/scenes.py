@@ -74,7 +74,7 @@ def _is_on(state: str | bool) -> bool:
 def render_printer_lcd(p: Params, rng: random.Random) -> Image.Image:
     """Front control panel of an office laser printer with a character LCD, status LEDs and keys."""
     W, H = 760, 430
-    body = jitter(tuple(p.get("body", (214, 214, 210))), rng, 5)  # type: ignore[arg-type]
+    body = jitter(tuple(p.get("body", (214, 214, 210))), rng, 5)
     img = panel((W, H), body, rng)
     d = ImageDraw.Draw(img)
     dx, dy = rng.randint(-6, 6), rng.randint(-4, 4)
@@ -96,11 +96,12 @@ def render_printer_lcd(p: Params, rng: random.Random) -> Image.Image:
         led(img, (x, y), 7, LED_COLORS[color], _is_on(leds.get(name, "off")))
         text(d, (x + 14, y), name.capitalize(), 15, fill=(60, 60, 60), anchor="lm")
     if p.get("toner_leds"):
-        for i, (_name, color) in enumerate(zip("CMYK", ((0, 170, 230), (230, 0, 140), (250, 220, 0), (30, 30, 30)), strict=False)):
+        toners: tuple[RGB, ...] = ((0, 170, 230), (230, 0, 140), (250, 220, 0), (30, 30, 30))  # C, M, Y, K
+        for i, swatch in enumerate(toners):
             x = lx + 20 + i * 46
             y = ly + lcd.height + 40
             led(img, (x, y), 6, (255, 170, 0), p["toner_leds"][i] == "1")
-            d.rectangle([x - 8, y + 14, x + 8, y + 22], fill=color)
+            d.rectangle([x - 8, y + 14, x + 8, y + 22], fill=swatch)
     # keypad on the right
     kx, ky = W - 100 + dx, 170 + dy
     for (ox, oy) in ((0, -52), (0, 52), (-52, 0), (52, 0)):
@@ -194,7 +195,7 @@ def render_jam_diagram(p: Params, rng: random.Random) -> Image.Image:
     img = Image.new("RGB", (W, H), jitter((250, 250, 247), rng, 3))
     d = ImageDraw.Draw(img)
     text(d, (24, 20), p["title"], 22, fill=(20, 20, 20), bold=True)
-    text(d, (24, 52), p.get("subtitle", p["model"]), 16, fill=(90, 90, 90))
+    text(d, (24, 52), str(p.get("subtitle", p["model"])), 16, fill=(90, 90, 90))
     ox, oy = 90 + rng.randint(-8, 8), 100 + rng.randint(-5, 5)
     body = (ox, oy, ox + 520, oy + 340)
     rounded(d, body, 14, outline=(60, 60, 60), width=3, fill=(236, 238, 240))
@@ -402,7 +403,7 @@ def render_hvac_board(p: Params, rng: random.Random) -> Image.Image:
 def render_thermostat(p: Params, rng: random.Random) -> Image.Image:
     """Wall thermostat with a segmented LCD: big temperature, mode, message and status icons."""
     W, H = 600, 600
-    wall = jitter(tuple(p.get("wall", (226, 218, 200))), rng, 6)  # type: ignore[arg-type]
+    wall = jitter(tuple(p.get("wall", (226, 218, 200))), rng, 6)
     img = panel((W, H), wall, rng, grain=2.5)
     d = ImageDraw.Draw(img)
     ox, oy = 90 + rng.randint(-10, 10), 80 + rng.randint(-10, 10)
@@ -811,7 +812,7 @@ def render_pos_dialog(p: Params, rng: random.Random) -> Image.Image:
 def render_pos_terminal(p: Params, rng: random.Random) -> Image.Image:
     """Handheld card terminal (photo-like): small colour screen, keypad, contactless LEDs."""
     W, H = 520, 800
-    img = panel((W, H), jitter(tuple(p.get("desk", (160, 130, 100))), rng, 8), rng, grain=6)  # type: ignore[arg-type]
+    img = panel((W, H), jitter(tuple(p.get("desk", (160, 130, 100))), rng, 8), rng, grain=6)
     d = ImageDraw.Draw(img)
     ox, oy = 95 + rng.randint(-10, 10), 40 + rng.randint(-8, 8)
     rounded(d, (ox + 10, oy + 14, ox + 340, oy + 724), 40, fill=shade((160, 130, 100), 0.55))
@@ -863,11 +864,11 @@ def render_pos_terminal(p: Params, rng: random.Random) -> Image.Image:
 def render_appliance(p: Params, rng: random.Random) -> Image.Image:
     """Generic appliance display (for out-of-KB queries): body, screen with text, a few buttons."""
     W, H = 640, 520
-    img = panel((W, H), jitter(tuple(p.get("wall", (210, 205, 195))), rng, 6), rng)  # type: ignore[arg-type]
+    img = panel((W, H), jitter(tuple(p.get("wall", (210, 205, 195))), rng, 6), rng)
     d = ImageDraw.Draw(img)
     body = tuple(p.get("body", (40, 40, 44)))
-    rounded(d, (60, 50, 580, 470), 26, fill=body, outline=shade(body, 0.6), width=3)  # type: ignore[arg-type]
-    text(d, (320, 84), p["label"], 20, fill=mix(body, (255, 255, 255), 0.75), anchor="mm", bold=True)  # type: ignore[arg-type]
+    rounded(d, (60, 50, 580, 470), 26, fill=body, outline=shade(body, 0.6), width=3)
+    text(d, (320, 84), p["label"], 20, fill=mix(body, (255, 255, 255), 0.75), anchor="mm", bold=True)
     kind = p.get("screen", "lcd")
     if kind == "lcd":
         bg, on = BACKLIGHTS[p.get("backlight", "blue")]

@@ -24,6 +24,7 @@ from rag.models.encoding import (
     Item,
     TokenizedModel,
     Vision,
+    as_items,
     collate,
     encode,
     has_input,
@@ -143,7 +144,7 @@ class Embedder(TokenizedModel):
         must not hold them all), sorted by exact token count within the window and batched, so rows of a batch
         need almost no padding; the result is in input order.
         """
-        items = [{"text": it} if isinstance(it, str) else it for it in items]
+        items = as_items(items)
         if not items:
             return np.zeros((0, dim or self.dim), dtype=np.float32)
         out = np.zeros((len(items), self.dim), dtype=np.float32)

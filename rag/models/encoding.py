@@ -7,7 +7,7 @@ vision tokens), and lets a failing item be reported by name instead of sinking a
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from PIL import Image
@@ -16,6 +16,11 @@ from rag.config import VisionBudget
 from rag.models.vision import PreparedVideo, VisionInputError, describe, prepare_image, prepare_video
 
 Item = dict[str, Any]
+
+
+def as_items(items: Iterable[Item | str]) -> list[Item]:
+    """Embedding inputs as item dicts (a plain string is a text item)."""
+    return [{"text": it} if isinstance(it, str) else it for it in items]
 
 
 @dataclass

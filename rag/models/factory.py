@@ -108,7 +108,8 @@ def load_models(settings: Settings, which: ModelChoice = "real",
     from rag.models.generator import Generator
     from rag.models.reranker import Reranker
 
-    classes = {"embedder": Embedder, "reranker": Reranker, "generator": Generator}
+    classes: dict[str, type[Embedder] | type[Reranker] | type[Generator]] = {
+        "embedder": Embedder, "reranker": Reranker, "generator": Generator}
     out = LoadedModels(which=which)
     if which == "tiny":
         path = tiny_checkpoint(settings.data_dir)

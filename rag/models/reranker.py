@@ -50,6 +50,9 @@ MAX_LENGTH = 10240
 TEMPLATE_TAIL = 5
 
 
+#: One modality's (pixel values, grid) of one side of a pair; (None, None) when that side has none.
+_Pixels = tuple["torch.Tensor | None", "torch.Tensor | None"]
+
 class RerankError(UserInputError, ValueError):
     """A query or document could not be scored; the message names it."""
 
@@ -189,9 +192,9 @@ class Reranker(TokenizedModel):
         return common
 
     @staticmethod
-    def _split_pixels(enc: Encoded, n_images: int, n_videos: int) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
+    def _split_pixels(enc: Encoded, n_images: int, n_videos: int) -> dict[str, tuple[_Pixels, _Pixels]]:
         """Split a pair's pixels into (query part, document part) per modality."""
-        out = {}
+        out: dict[str, tuple[_Pixels, _Pixels]] = {}
         for pv_key, grid_key, n in (("pixel_values", "image_grid_thw", n_images),
                                     ("pixel_values_videos", "video_grid_thw", n_videos)):
             pv, grid = getattr(enc, pv_key), getattr(enc, grid_key)
@@ -199,8 +202,8 @@ class Reranker(TokenizedModel):
                 out[pv_key] = ((None, None), (None, None))
                 continue
             cut = int(grid[:n].prod(dim=1).sum())
-            q = (pv[:cut], grid[:n]) if n else (None, None)
-            d = (pv[cut:], grid[n:]) if len(grid) > n else (None, None)
+            q: _Pixels = (pv[:cut], grid[:n]) if n else (None, None)
+            d: _Pixels = (pv[cut:], grid[n:]) if len(grid) > n else (None, None)
             out[pv_key] = (q, d)
         return out
 
@@ -230,12 +233,14 @@ class Reranker(TokenizedModel):
         }
         for pv_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
             (pv, grid), _ = splits[0][pv_key]
-            if pv is not None:
+            if pv is not None and grid is not None:
                 prefix_inputs[pv_key] = pv.to(dev, self.dtype)
                 prefix_inputs[grid_key] = grid.to(dev)
         cache = DynamicCache(config=model.config)
         model(**prefix_inputs, cache=cache, use_cache=True)
-        prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = [
+            (layer.keys, layer.values) for layer in cache.layers  # type: ignore[misc,union-attr]  # full-attention layers
+        ]
 
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
         scores = [0.0] * len(encoded)
@@ -259,7 +264,7 @@ class Reranker(TokenizedModel):
                 pos[:, row, width - n:] = positions[i][:, 0, P:]
                 for pv_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
                     _, (pv, grid) = splits[i][pv_key]
-                    if pv is not None:
+                    if pv is not None and grid is not None:
                         pix[pv_key].append(pv)
                         pix[grid_key].append(grid)
             batch_cache = DynamicCache(config=model.config)

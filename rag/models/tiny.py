@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # pragma: no cover - transformers is imported when a checkpoint is built
+    from transformers import Qwen2Tokenizer, Qwen3VLConfig, Qwen3VLProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ What is wrong and how do I fix it? Which case matches? Answer using the cases be
 CheckpointSize = Literal["tiny", "bench", "full-2b"]
 
 
-def build_tokenizer(extra_corpus: str = ""):
+def build_tokenizer(extra_corpus: str = "") -> Qwen2Tokenizer:
     """A Qwen-style byte-level BPE tokenizer in which "yes" and "no" are single tokens (the reranker needs them)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -86,12 +89,12 @@ def build_tokenizer(extra_corpus: str = ""):
     model_json = __import__("json").loads(bpe.to_str())["model"]
     vocab: dict[str, int] = model_json["vocab"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
-    tok = Qwen2Tokenizer(
+    tok = Qwen2Tokenizer(  # the tokenizers merge pairs and a tokenizer without unk are valid, whatever the stubs say
         vocab=vocab,
-        merges=merges,
+        merges=merges,  # type: ignore[arg-type]
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        unk_token=None,
+        unk_token=None,  # type: ignore[arg-type]
         bos_token=None,
     )
     tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
@@ -133,13 +136,13 @@ def _shape(size: CheckpointSize) -> tuple[dict, dict]:
     return text, vision
 
 
-def build_config(tok, size: CheckpointSize = "tiny", vocab_size: int | None = None):
+def build_config(tok: Qwen2Tokenizer, size: CheckpointSize = "tiny", vocab_size: int | None = None) -> Qwen3VLConfig:
     """A Qwen3VLConfig whose special token ids match ``tok`` (a mismatch silently breaks vision placement)."""
     from transformers import Qwen3VLConfig
 
     text, vision = _shape(size)
     mrope = text.pop("mrope")
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids: dict[str, int] = {t: int(tok.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}  # type: ignore[arg-type]  # one token in, one id out
     text_config = dict(
         vocab_size=vocab_size or len(tok),
         max_position_embeddings=32768,
@@ -162,15 +165,19 @@ def build_config(tok, size: CheckpointSize = "tiny", vocab_size: int | None = No
     )
 
 
-def build_processor(tok, min_pixels: int = 4 * 32 * 32, max_pixels: int = 1800 * 32 * 32):
+def build_processor(tok: Qwen2Tokenizer, min_pixels: int = 4 * 32 * 32,
+                    max_pixels: int = 1800 * 32 * 32) -> Qwen3VLProcessor:
     """The real Qwen3-VL processor classes with the official patch geometry."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-    geometry = dict(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels}, **geometry)
+    mean, std = [0.5] * 3, [0.5] * 3
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+                                            patch_size=16, temporal_patch_size=2, merge_size=2,
+                                            image_mean=mean, image_std=std)
     video_processor = Qwen3VLVideoProcessor(
         size={"shortest_edge": 128 * 32 * 32, "longest_edge": 768 * 32 * 32 * 2},
-        fps=2, min_frames=2, max_frames=64, cap_pixels_per_frame=True, **geometry,
+        fps=2, min_frames=2, max_frames=64, cap_pixels_per_frame=True,
+        patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=mean, image_std=std,
     )
     return Qwen3VLProcessor(
         image_processor=image_processor, tokenizer=tok, video_processor=video_processor, chat_template=CHAT_TEMPLATE

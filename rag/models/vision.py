@@ -25,7 +25,8 @@ from qwen_vl_utils import vision_process as qvu  # noqa: E402  (reader choice mu
 
 from rag.config import VisionBudget  # noqa: E402
 from rag.errors import UserInputError  # noqa: E402
-from rag.validation import InputRejected, Limits, check_file, check_image_size, to_8bit  # noqa: E402
+from rag.validation import InputRejected, check_file, check_image_size, to_8bit  # noqa: E402
+from rag.validation import Kind as FileKind  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,9 @@ def describe(src: Any) -> str:
 
 def _check_file(path: Path, budget: VisionBudget, kind: str) -> None:
     """Exists, regular, within the size cap, and really an image/video by content (the shared validation layer)."""
-    allowed = ("image",) if kind == "image" else ("video",)
+    allowed: tuple[FileKind] = ("image",) if kind == "image" else ("video",)
     try:
-        check_file(path, allowed, Limits(max_file_bytes=budget.max_file_bytes), where=f"'{path}'")
+        check_file(path, allowed, budget.limits(), where=f"'{path}'")
     except InputRejected as e:
         raise VisionInputError(f"{e.problem}: '{path}'") from e
 
@@ -87,42 +88,45 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")  # no copy of an RGB image (a phone photo costs ms)
 
 
+def _open_image(src: str | Path | bytes | bytearray, budget: VisionBudget, name: str) -> Image.Image:
+    """Decode a path or bytes with the file-size and pixel caps checked before the pixels are read."""
+    if isinstance(src, (str, Path)):
+        path = Path(str(src).removeprefix("file://"))
+        _check_file(path, budget, "image")
+        data: str | io.BytesIO = str(path)
+    elif isinstance(src, (bytes, bytearray)):
+        if len(src) == 0:
+            raise VisionInputError("image is empty (0 bytes)")
+        if len(src) > budget.max_file_bytes:
+            raise VisionInputError(f"image too large: {len(src) / 1e6:.1f} MB > {budget.max_file_bytes / 1e6:.0f} MB")
+        data = io.BytesIO(src)
+    else:
+        raise VisionInputError(f"unsupported image input type {type(src).__name__}: give a path, bytes or PIL image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(data)
+            w, h = img.size
+            if w * h > budget.max_image_pixels:
+                raise VisionInputError(
+                    f"image {name} has {w}x{h} = {w * h:,} pixels, more than the limit of "
+                    f"{budget.max_image_pixels:,} (possible decompression bomb)"
+                )
+            img.load()
+    except VisionInputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise VisionInputError(f"not a readable image: {name} ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise VisionInputError(f"corrupt or truncated image: {name} ({e})") from e
+    return img
+
+
 def load_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Image:
     """Open an image from a path, bytes or PIL image: size/pixel caps, first frame, EXIF orientation, RGB."""
     budget = budget or VisionBudget()
     name = describe(src)
-    if isinstance(src, Image.Image):
-        img = src
-    else:
-        if isinstance(src, (str, Path)):
-            path = Path(str(src).removeprefix("file://"))
-            _check_file(path, budget, "image")
-            data: Any = str(path)
-        elif isinstance(src, (bytes, bytearray)):
-            if len(src) == 0:
-                raise VisionInputError("image is empty (0 bytes)")
-            if len(src) > budget.max_file_bytes:
-                raise VisionInputError(f"image too large: {len(src) / 1e6:.1f} MB > {budget.max_file_bytes / 1e6:.0f} MB")
-            data = io.BytesIO(src)
-        else:
-            raise VisionInputError(f"unsupported image input type {type(src).__name__}: give a path, bytes or PIL image")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(data)
-                w, h = img.size
-                if w * h > budget.max_image_pixels:
-                    raise VisionInputError(
-                        f"image {name} has {w}x{h} = {w * h:,} pixels, more than the limit of "
-                        f"{budget.max_image_pixels:,} (possible decompression bomb)"
-                    )
-                img.load()
-        except VisionInputError:
-            raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise VisionInputError(f"not a readable image: {name} ({e})") from e
-        except (OSError, SyntaxError, ValueError) as e:
-            raise VisionInputError(f"corrupt or truncated image: {name} ({e})") from e
+    img = src if isinstance(src, Image.Image) else _open_image(src, budget, name)
     w, h = img.size
     if w == 0 or h == 0:
         raise VisionInputError(f"image {name} has zero size")

@@ -43,7 +43,7 @@ class CaseRetriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True)
     pipeline: RagPipeline
 
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> list[Document]:  # type: ignore[override]
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> list[Document]:
         if isinstance(input, (Query, dict)):
             cases, _ = self.pipeline.retrieve(to_query(input))
             return [to_document(c) for c in cases]
@@ -76,5 +76,5 @@ class _Chain(RunnableLambda):
         super().__init__(invoke_fn, name="ragvqa")
         self._streamer = RunnableGenerator(stream_fn, name="ragvqa-stream")
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:  # type: ignore[override]
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         yield from self._streamer.stream(input, config, **kwargs)

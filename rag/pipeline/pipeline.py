@@ -16,7 +16,11 @@ from typing import Iterator
 from rag.config import Settings
 from rag.errors import UserInputError
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
-from rag.pipeline.stages import RETRIEVAL_INSTRUCTION, Abstain, Generate, Rerank, Retrieve, abstention_text, finish
+from rag.pipeline.abstain import Abstain, abstention_text
+from rag.pipeline.answer import finish
+from rag.pipeline.generate import Generate
+from rag.pipeline.rerank import Rerank
+from rag.pipeline.retrieve import RETRIEVAL_INSTRUCTION, Retrieve
 from rag.pipeline.types import Answer, CaseCandidate, Event, Query, Retrieval, Trace
 from rag.store.base import VectorStore
 

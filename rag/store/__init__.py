@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rag.config import Settings, StoreConfig
+from rag.config import StoreConfig
 from rag.store.base import (
     FILTER_KEYS,
     KINDS,
@@ -65,11 +65,6 @@ def open_store(
     return EdgeStore.open(Path(cfg.data_dir) / "qdrant", meta, config=cfg)
 
 
-def store_kwargs_from_settings(settings: Settings) -> dict[str, StoreConfig]:
-    """``open_store`` keyword arguments from settings: ``{"config": settings.store_config()}``."""
-    return {"config": StoreConfig.from_settings(settings)}
-
-
 __all__ = [
     "FILTER_KEYS",
     "KINDS",
@@ -88,5 +83,4 @@ __all__ = [
     "VectorStore",
     "open_store",
     "point_id",
-    "store_kwargs_from_settings",
 ]

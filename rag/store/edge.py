@@ -20,6 +20,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,20 @@ def to_filter(filters: dict[str, list[str]]) -> qe.Filter | None:
     """Edge filter of validated filters (see ``validate_filters``); None for no constraint."""
     if not filters:
         return None
-    must = [
+    must: list[qe.FieldCondition | qe.IsEmptyCondition | qe.IsNullCondition | qe.HasIdCondition | qe.HasVectorCondition
+               | qe.NestedCondition | qe.Filter] = [
         qe.FieldCondition(key=k, match=qe.MatchValue(v[0]) if len(v) == 1 else qe.MatchAny(v))
         for k, v in filters.items()
     ]
     return qe.Filter(must=must)
+
+
+@dataclass(frozen=True)
+class EdgeEngineOptions:
+    """Edge-only engine knobs that are not product settings (benchmarks set them; the app leaves Qdrant's defaults)."""
+
+    default_segment_number: int | None = None
+    max_search_threads: int | None = None
 
 
 class EdgeStore(VectorStore):
@@ -80,17 +90,16 @@ class EdgeStore(VectorStore):
         shard: qe.EdgeShard,
         meta: StoreMeta,
         *,
-        hnsw_ef: int | None = None,
-        oversampling: float = 2.0,
-        acorn: bool = False,
-        engine_opts: dict[str, Any] | None = None,
+        config: StoreConfig,
+        engine: EdgeEngineOptions,
     ) -> None:
         """Use :meth:`open`; this only wraps an already opened shard."""
-        super().__init__(meta, hnsw_ef=hnsw_ef, oversampling=oversampling, acorn=acorn)
+        super().__init__(meta, hnsw_ef=config.store_hnsw_ef, oversampling=config.store_oversampling,
+                         acorn=config.store_acorn)
         self.root = root
         self.version = version
         self._shard = shard
-        self._engine_opts = dict(engine_opts or {})
+        self._config, self._engine_extra = config, engine
 
     # -- opening / creating -----------------------------------------------------------------------------------
     @classmethod
@@ -114,24 +123,12 @@ class EdgeStore(VectorStore):
         """
         root = Path(root)
         cfg = config or StoreConfig()
-        opts = dict(
-            hnsw_ef=cfg.store_hnsw_ef,
-            oversampling=cfg.store_oversampling,
-            acorn=cfg.store_acorn,
-            engine_opts=dict(
-                hnsw_m=cfg.store_hnsw_m,
-                hnsw_ef_construct=cfg.store_hnsw_ef_construct,
-                full_scan_threshold_kb=cfg.store_full_scan_threshold_kb,
-                indexing_threshold_kb=cfg.store_indexing_threshold_kb,
-                default_segment_number=default_segment_number,
-                max_search_threads=max_search_threads,
-            ),
-        )
+        engine = EdgeEngineOptions(default_segment_number=default_segment_number, max_search_threads=max_search_threads)
         active = cls._read_active(root)
         if active is None:
             if meta is None:
                 raise StoreError(f"no vector store under {root} (no {ACTIVE_FILE} file); give a StoreMeta to create one")
-            store = cls._create_version(root, meta, **opts)
+            store = cls._create_version(root, meta, config=cfg, engine=engine)
             try:
                 write_atomic(root / ACTIVE_FILE, store.version + "\n")
             except BaseException:
@@ -149,15 +146,15 @@ class EdgeStore(VectorStore):
                     "`ragvqa kb reindex`",
                     vdir, stored.quantization, meta.quantization,
                 )
-        cfg = None
+        load_cfg = None
         if max_search_threads:  # runtime-only override; the vector config must be restated (checked, not changed)
-            cfg = qe.EdgeConfig(
+            load_cfg = qe.EdgeConfig(
                 vectors={VECTOR_NAME: qe.EdgeVectorParams(size=stored.dim, distance=qe.Distance.Cosine)},
                 max_search_threads=max_search_threads,
             )
         with _engine(f"load of {vdir / SHARD_DIR}"):
-            shard = qe.EdgeShard.load(str(vdir / SHARD_DIR), cfg)
-        return cls(root, active, shard, stored, **opts)
+            shard = qe.EdgeShard.load(str(vdir / SHARD_DIR), load_cfg)
+        return cls(root, active, shard, stored, config=cfg, engine=engine)
 
     @staticmethod
     def _read_active(root: Path) -> str | None:
@@ -185,7 +182,7 @@ class EdgeStore(VectorStore):
 
     @classmethod
     def _create_version(
-        cls, root: Path, meta: StoreMeta, *, engine_opts: dict[str, Any], **opts: Any
+        cls, root: Path, meta: StoreMeta, *, config: StoreConfig, engine: EdgeEngineOptions
     ) -> EdgeStore:
         """A new, not yet active, version dir: shard + payload indexes first, meta file last."""
         root.mkdir(parents=True, exist_ok=True)
@@ -199,25 +196,25 @@ class EdgeStore(VectorStore):
                 if meta.quantization
                 else None
             )
-            eo = engine_opts
             optimizers = None
-            if eo.get("indexing_threshold_kb") is not None or eo.get("default_segment_number") is not None:
+            if config.store_indexing_threshold_kb is not None or engine.default_segment_number is not None:
                 optimizers = qe.EdgeOptimizersConfig(
-                    indexing_threshold=eo.get("indexing_threshold_kb"),
-                    default_segment_number=eo.get("default_segment_number"),
+                    indexing_threshold=config.store_indexing_threshold_kb,
+                    default_segment_number=engine.default_segment_number,
                 )
-            config = qe.EdgeConfig(
+            edge_config = qe.EdgeConfig(
                 vectors={VECTOR_NAME: qe.EdgeVectorParams(size=meta.dim, distance=qe.Distance.Cosine)},
                 hnsw_config=qe.HnswIndexConfig(
-                    m=eo["hnsw_m"], ef_construct=eo["hnsw_ef_construct"], full_scan_threshold=eo["full_scan_threshold_kb"]
+                    m=config.store_hnsw_m, ef_construct=config.store_hnsw_ef_construct,
+                    full_scan_threshold=config.store_full_scan_threshold_kb,
                 ),
                 quantization_config=quant,
                 optimizers=optimizers,
-                max_search_threads=eo.get("max_search_threads"),
+                max_search_threads=engine.max_search_threads,
             )
             with _engine(f"create of {vdir / SHARD_DIR}"):
-                shard = qe.EdgeShard.create(str(vdir / SHARD_DIR), config)
-            store = cls(root, version, shard, meta, engine_opts=engine_opts, **opts)
+                shard = qe.EdgeShard.create(str(vdir / SHARD_DIR), edge_config)
+            store = cls(root, version, shard, meta, config=config, engine=engine)
             with _engine("payload index creation"):
                 for key in FILTER_KEYS:
                     shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
@@ -245,14 +242,7 @@ class EdgeStore(VectorStore):
     def begin_reindex(self, new_meta: StoreMeta) -> EdgeStore:
         """A fresh, empty, inactive store next to this one; this one keeps serving until :meth:`commit_reindex`."""
         self._check_open()
-        return self._create_version(
-            self.root,
-            new_meta,
-            hnsw_ef=self.hnsw_ef,
-            oversampling=self.oversampling,
-            acorn=self.acorn,
-            engine_opts=self._engine_opts,
-        )
+        return self._create_version(self.root, new_meta, config=self._config, engine=self._engine_extra)
 
     def commit_reindex(self, new_store: VectorStore) -> None:
         """Make ``new_store`` the active one (atomic pointer switch), then close and delete this one."""
@@ -333,7 +323,7 @@ class EdgeStore(VectorStore):
 
     def _delete_ids(self, ids: list[str]) -> None:
         with _engine("delete"):
-            self._shard.update(qe.UpdateOperation.delete_points(ids))
+            self._shard.update(qe.UpdateOperation.delete_points(list[int | uuid.UUID | str](ids)))
 
     def _delete_by_filter(self, filters: dict[str, list[str]]) -> None:
         flt = to_filter(filters)
@@ -343,7 +333,7 @@ class EdgeStore(VectorStore):
 
     def _retrieve(self, ids: list[str], with_vectors: bool) -> list[StoredPoint]:
         with _engine("retrieve"):
-            recs = self._shard.retrieve(ids, with_payload=True, with_vector=[VECTOR_NAME] if with_vectors else False)
+            recs = self._shard.retrieve(list[int | uuid.UUID | str](ids), with_payload=True, with_vector=[VECTOR_NAME] if with_vectors else False)
         return stored_points(recs, with_vectors)
 
     def _scroll_page(

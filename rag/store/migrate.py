@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -49,7 +49,7 @@ from rag.store.base import (
 
 log = logging.getLogger(__name__)
 
-FORMAT = "ragvqa-store-snapshot"
+FORMAT: Final = "ragvqa-store-snapshot"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 #: Upper bound of one JSONL member, so a forged manifest cannot make the reader allocate without limit.
@@ -190,9 +190,8 @@ def open_like(meta: StoreMeta, **open_store_kwargs: Any) -> VectorStore:
 
 
 # -- snapshot files -----------------------------------------------------------------------------------------------
-def _tar_mode(path: Path, write: bool) -> str:
-    gz = path.name.endswith((".tar.gz", ".tgz"))
-    return ("w:gz" if gz else "w") if write else "r:*"
+def _gz(path: Path) -> bool:
+    return path.name.endswith((".tar.gz", ".tgz"))
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -217,7 +216,7 @@ def export_snapshot(store: VectorStore, path: str | os.PathLike[str], *, chunk_s
     total = store.count()
     done = 0
     with atomic_writer(path) as f:
-        with tarfile.open(fileobj=f, mode=_tar_mode(path, write=True)) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=f, mode="w:gz" if _gz(path) else "w") as tar:
             for batch in _batches(store.scroll(with_vectors=True, batch_size=min(chunk_size, 1024)), chunk_size):
                 vectors = np.stack([p.to_vector_point().vector for p in batch]).astype(np.float32, copy=False)
                 if vectors.shape[1] != meta.dim:
@@ -261,7 +260,7 @@ def read_manifest(path: str | os.PathLike[str]) -> SnapshotManifest:
     """The manifest of a snapshot file (format and meta checked; chunks are checked by :func:`import_snapshot`)."""
     path = Path(path)
     try:
-        with tarfile.open(path, _tar_mode(path, write=False)) as tar:
+        with tarfile.open(path, "r:*") as tar:
             return _manifest(tar, path)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise SnapshotError(f"cannot read snapshot {path}: {e}") from e
@@ -297,7 +296,7 @@ def iter_snapshot(path: str | os.PathLike[str]) -> Iterator[list[VectorPoint]]:
     """The snapshot's points, one validated chunk at a time (checksums, shapes, ids, payloads)."""
     path = Path(path)
     try:
-        with tarfile.open(path, _tar_mode(path, write=False)) as tar:
+        with tarfile.open(path, "r:*") as tar:
             m = _manifest(tar, path)
             for c in m.chunks:
                 if c.payloads_bytes > MAX_PAYLOAD_MEMBER_BYTES:

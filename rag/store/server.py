@@ -81,18 +81,16 @@ class ServerStore(VectorStore):
         meta: StoreMeta,
         *,
         owns_client: bool,
-        hnsw_ef: int | None = None,
-        oversampling: float = 2.0,
-        acorn: bool = False,
-        create_opts: dict[str, Any] | None = None,
+        config: StoreConfig,
     ) -> None:
         """Use :meth:`open`; this wraps an existing, verified collection."""
-        super().__init__(meta, hnsw_ef=hnsw_ef, oversampling=oversampling, acorn=acorn)
+        super().__init__(meta, hnsw_ef=config.store_hnsw_ef, oversampling=config.store_oversampling,
+                         acorn=config.store_acorn)
         self.client = client
         self.alias = alias
         self.collection = collection
         self._owns_client = owns_client
-        self._create_opts = dict(create_opts or {})
+        self._config = config
         #: Where operations go: the alias for the live store, the collection itself while it is being rebuilt.
         self._target = alias
         self.local = isinstance(getattr(client, "_client", None), QdrantLocal)
@@ -126,17 +124,6 @@ class ServerStore(VectorStore):
             with _engine(f"connection to {url or location or path}"):
                 client = QdrantClient(url=url, api_key=api_key, location=location, path=path,
                                       timeout=cfg.qdrant_timeout)
-        opts = dict(hnsw_ef=cfg.store_hnsw_ef, oversampling=cfg.store_oversampling, acorn=cfg.store_acorn)
-        create_opts = dict(
-            shard_number=cfg.qdrant_shard_number,
-            replication_factor=cfg.qdrant_replication_factor,
-            write_consistency_factor=cfg.qdrant_write_consistency_factor,
-            on_disk_payload=cfg.qdrant_on_disk_payload,
-            hnsw_m=cfg.store_hnsw_m,
-            hnsw_ef_construct=cfg.store_hnsw_ef_construct,
-            full_scan_threshold_kb=cfg.store_full_scan_threshold_kb,
-            indexing_threshold_kb=cfg.store_indexing_threshold_kb,
-        )
         try:
             target = cls._alias_target(client, collection)
             if target is None:
@@ -150,7 +137,7 @@ class ServerStore(VectorStore):
             if target is None:
                 if meta is None:
                     raise StoreError(f"no Qdrant collection or alias {collection!r}; give a StoreMeta to create one")
-                store = cls._create_version(client, collection, meta, owns, create_opts, **opts)
+                store = cls._create_version(client, collection, meta, owns, cfg)
                 try:
                     with _engine("alias creation"):
                         client.update_collection_aliases(
@@ -176,7 +163,7 @@ class ServerStore(VectorStore):
                         "applies after `ragvqa kb reindex`",
                         target, stored.quantization, meta.quantization,
                     )
-            return cls(client, collection, target, stored, owns_client=owns, create_opts=create_opts, **opts)
+            return cls(client, collection, target, stored, owns_client=owns, config=cfg)
         except BaseException:
             if owns:
                 with contextlib.suppress(Exception):
@@ -219,13 +206,12 @@ class ServerStore(VectorStore):
         alias: str,
         meta: StoreMeta,
         owns: bool,
-        create_opts: dict[str, Any],
-        **opts: Any,
+        config: StoreConfig,
     ) -> ServerStore:
         """A new collection (not yet behind the alias) with indexes and metadata; deleted again if any step fails."""
         name = cls._next_version(client, alias)
         local = isinstance(getattr(client, "_client", None), QdrantLocal)
-        co = create_opts
+        co = config
         quant = (
             qm.ScalarQuantization(
                 scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=0.99, always_ram=True)
@@ -237,16 +223,17 @@ class ServerStore(VectorStore):
             client.create_collection(
                 collection_name=name,
                 vectors_config={VECTOR_NAME: qm.VectorParams(size=meta.dim, distance=qm.Distance.COSINE)},
-                shard_number=co["shard_number"],
-                replication_factor=co["replication_factor"],
-                write_consistency_factor=co["write_consistency_factor"],
-                on_disk_payload=co["on_disk_payload"],
+                shard_number=co.qdrant_shard_number,
+                replication_factor=co.qdrant_replication_factor,
+                write_consistency_factor=co.qdrant_write_consistency_factor,
+                on_disk_payload=co.qdrant_on_disk_payload,
                 hnsw_config=qm.HnswConfigDiff(
-                    m=co["hnsw_m"], ef_construct=co["hnsw_ef_construct"], full_scan_threshold=co["full_scan_threshold_kb"]
+                    m=co.store_hnsw_m, ef_construct=co.store_hnsw_ef_construct,
+                    full_scan_threshold=co.store_full_scan_threshold_kb,
                 ),
                 quantization_config=quant,
-                optimizers_config=(None if co.get("indexing_threshold_kb") is None
-                                   else qm.OptimizersConfigDiff(indexing_threshold=co["indexing_threshold_kb"])),
+                optimizers_config=(None if co.store_indexing_threshold_kb is None
+                                   else qm.OptimizersConfigDiff(indexing_threshold=co.store_indexing_threshold_kb)),
                 metadata={META_KEY: meta.model_dump(mode="json")},
             )
         try:
@@ -261,16 +248,14 @@ class ServerStore(VectorStore):
             with contextlib.suppress(Exception):
                 client.delete_collection(name)
             raise
-        return cls(client, alias, name, stored, owns_client=owns, create_opts=create_opts, **opts)
+        return cls(client, alias, name, stored, owns_client=owns, config=config)
 
     # -- blue-green reindex -----------------------------------------------------------------------------------
     def begin_reindex(self, new_meta: StoreMeta) -> ServerStore:
         """A new empty collection next to the live one; the alias keeps pointing at the old one until commit."""
         self._check_open()
         store = self._create_version(
-            self.client, self.alias, new_meta, False, self._create_opts,
-            hnsw_ef=self.hnsw_ef, oversampling=self.oversampling, acorn=self.acorn,
-        )
+            self.client, self.alias, new_meta, False, self._config)
         # The new store writes to its collection by name (the alias still serves the old data).
         store._target = store.collection
         return store
@@ -364,13 +349,24 @@ class ServerStore(VectorStore):
             )
         return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in res.points]
 
+    def _search_batch(
+        self, vectors: list[list[float]], limit: int, filters: dict[str, list[str]], exact: bool,
+        hnsw_ef: int | None, payload_keys: list[str] | None = None,
+    ) -> list[list[Hit]]:
+        flt, params = _to_filter(filters), self._search_params(exact, hnsw_ef, bool(filters))
+        reqs = [qm.QueryRequest(query=v, using=VECTOR_NAME, limit=limit, filter=flt, params=params,
+                                with_payload=payload_keys if payload_keys is not None else True) for v in vectors]
+        with _engine("batch search"):
+            res = self.client.query_batch_points(self._name, requests=reqs)
+        return [[Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in r.points] for r in res]
+
     def _overwrite_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         with _engine("overwrite payload"):
             self.client.overwrite_payload(self._name, payload=payload, points=[point_id], wait=True)
 
     def _delete_ids(self, ids: list[str]) -> None:
         with _engine("delete"):
-            self.client.delete(self._name, points_selector=qm.PointIdsList(points=ids), wait=True)
+            self.client.delete(self._name, points_selector=qm.PointIdsList(points=list[qm.ExtendedPointId](ids)), wait=True)
 
     def _delete_by_filter(self, filters: dict[str, list[str]]) -> None:
         flt = _to_filter(filters)

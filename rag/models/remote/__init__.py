@@ -90,18 +90,20 @@ def load_remote_or_none(role: Role, settings: Settings | RemoteSettings | None =
     model_id = settings.role(role).model or DEFAULT_MODELS[role]
     served = remote.role(role).served_model or model_id
     budget = settings.vision or VisionBudget()
-    common = dict(name=model_id, budget=budget, image_format=remote.remote_image_format,
-                  max_upload_bytes=int(remote.remote_max_upload_mb * 1024 * 1024))
+    fmt, max_upload = remote.remote_image_format, int(remote.remote_max_upload_mb * 1024 * 1024)
     endpoint = endpoint_for(role, remote)
     logger.info("%s: using the model server at %s (model %r)", role, endpoint.base_url, served)
     if role == "embedder":
         return RemoteEmbedder(endpoint, served, max_concurrency=remote.remote_max_concurrency,
-                              mm_processor_kwargs=remote.remote_mm_processor_kwargs, **common)
+                              mm_processor_kwargs=remote.remote_mm_processor_kwargs, name=model_id, budget=budget,
+                              image_format=fmt, max_upload_bytes=max_upload)
     if role == "reranker":
         return RemoteReranker(endpoint, served, max_concurrency=remote.remote_max_concurrency,
-                              mm_processor_kwargs=remote.remote_mm_processor_kwargs, **common)
+                              mm_processor_kwargs=remote.remote_mm_processor_kwargs, name=model_id, budget=budget,
+                              image_format=fmt, max_upload_bytes=max_upload)
     return RemoteGenerator(endpoint, served, video_mode=remote.generator_video_mode,
-                           tokenizer=_load_tokenizer(remote.generator_tokenizer), **common)
+                           tokenizer=_load_tokenizer(remote.generator_tokenizer), name=model_id, budget=budget,
+                           image_format=fmt, max_upload_bytes=max_upload)
 
 
 __all__ = [

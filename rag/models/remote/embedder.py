@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from rag.models.embedder import DEFAULT_INSTRUCTION, EmbeddingError, mrl_truncate, normalise_instruction
-from rag.models.encoding import Item, item_name
+from rag.models.encoding import Item, as_items, item_name
 from rag.models.remote.http import RemoteError
 from rag.models.remote.media import item_parts, text_part
 from rag.models.remote.pooling import PoolingClient
@@ -78,7 +78,7 @@ class RemoteEmbedder(PoolingClient):
         ``batch_size`` is accepted for API parity only); items are submitted ``window`` at a time, so a bulk import
         neither queues thousands of requests nor goes on long after the first failing item, which is named.
         """
-        items = [{"text": it} if isinstance(it, str) else it for it in items]
+        items = as_items(items)
         if not items:
             return np.zeros((0, dim or self.dim), dtype=np.float32)
         bar = None

@@ -11,7 +11,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import httpx
@@ -189,7 +189,7 @@ class HttpEndpoint:
                 raise RemoteError(f"{self.role} server at {url} answered with invalid JSON: {response.text[:200]!r}",
                                   url=url, status=response.status_code) from e
 
-    def stream_events(self, path: str, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def stream_events(self, path: str, payload: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
         """POST and yield the JSON ``data:`` events of a server-sent-event stream until ``[DONE]``.
 
         Retries only happen before the response is accepted (status < 400 and streaming); afterwards any transport
