@@ -14,7 +14,8 @@ How it works (scikit-learn throughout, no hand-written algorithm):
   neighbour search would be brute force). Cases in no dense group stay *unclustered* (label -1): a one-off fault is not
   forced into a family. A member far below its cluster's centroid cosines (Tukey's far-out fence, Q1 - 3·IQR)
   leaves it: HDBSCAN keeps a lone point inside the family it hung from when that family was born. Above ``fit_sample`` cases HDBSCAN is fitted on a random sample and the rest is assigned
-  with the incremental rule below, so 100k cases cluster in well under a minute on 2 cores.
+  with the incremental rule below (a family then needs about ``min_cluster_size × n / fit_sample`` cases to be found:
+  15 at 100k cases with the defaults; raise ``fit_sample`` for finer families at the cost of time).
 * **Incremental assignment.** Each cluster keeps its centroid (mean of its members' unit vectors, re-normalised) and
   an admission threshold: the lowest member cosine to the centroid, less ``assign_margin``. A new case joins the
   cluster with the highest centroid cosine if it clears that cluster's threshold, else it stays unclustered (one
