@@ -15,14 +15,25 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from PIL import Image
 
+from ui.i18n import L, tr
 from ui.render import esc, plain
 
 if TYPE_CHECKING:
+    from knowledge_base.clusters import ClusterReport
     from knowledge_base.gaps import GapReport
     from ui.admin import AdminTab
 
-CLUSTER_HEADERS = ["cluster", "size", "product lines", "flag", "central cases", "distinguishing terms"]
-GAP_HEADERS = ["topic", "questions", "abstained", "👎", "product line", "example", "media", "closest cases shown"]
+#: Table headers as catalog keys, shown in the request's language.
+CLUSTER_HEADERS = ["ui.admin.clusters.col.cluster", "ui.admin.clusters.col.size", "ui.admin.clusters.col.lines",
+                   "ui.admin.clusters.col.flag", "ui.admin.clusters.col.central", "ui.admin.clusters.col.terms"]
+GAP_HEADERS = ["ui.admin.gaps.col.topic", "ui.admin.gaps.col.questions", "ui.admin.gaps.col.abstained",
+               "ui.admin.gaps.col.down", "ui.admin.gaps.col.line", "ui.admin.gaps.col.example",
+               "ui.admin.gaps.col.media", "ui.admin.gaps.col.shown"]
+
+
+def colour_choices() -> list[tuple[str, str]]:
+    """The map's colourings: shown in the request's language, sent as the names ``plot_map`` knows."""
+    return [(tr("ui.admin.clusters.by_cluster"), "cluster"), (tr("ui.admin.clusters.by_line"), "product line")]
 
 
 class AdminClusters:
@@ -33,7 +44,8 @@ class AdminClusters:
         self.s = tab.s
 
     # -- handlers ----------------------------------------------------------------------------------------------
-    def clusters(self, token: str, min_size: float, colour: str) -> tuple[str, Any, list[list[Any]], list[tuple[str, str]]]:
+    def clusters(self, token: str, min_size: float, colour: str
+                 ) -> tuple[str, Any, dict[str, Any], list[tuple[str, str]]]:
         from knowledge_base.clusters import (
             MODEL_DIR,
             ClusterError,
@@ -45,11 +57,11 @@ class AdminClusters:
         from rag.pipeline.media import resolve_media
 
         kb = self.tab.kb
+        settings = ClusterSettings(min_cluster_size=int(min_size))
         try:
-            report, model = compute_clusters(kb.store, ClusterSettings(min_cluster_size=int(min_size)),
-                                             cache_dir=Path(kb.data_dir) / MODEL_DIR)
+            report, model = compute_clusters(kb.store, settings, cache_dir=Path(kb.data_dir) / MODEL_DIR)
         except ClusterError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(tr("ui.admin.clusters.failed", reason=str(e))) from None
         folder = save_model(model, kb.data_dir)
         png = plot_map(report, folder / "map.png", by=(colour or "cluster",))
         with Image.open(png) as im:
@@ -57,36 +69,47 @@ class AdminClusters:
         rows, gallery = [], []
         for c in report.clusters:
             rows.append([c.id, c.size, plain(", ".join(f"{k} ({v})" for k, v in c.product_lines.items()), 200),
-                         "mixed product lines" if c.mixed_product_lines else "",
+                         tr("ui.admin.clusters.mixed") if c.mixed_product_lines else "",
                          plain(", ".join(x.case_id for x in c.central), 200), plain(", ".join(c.terms), 200)])
             for x in c.central[:1]:
                 thumb = resolve_media(self.s.media_root, x.thumbnail)
                 if thumb and Path(thumb).exists():
-                    gallery.append((thumb, plain(f"cluster {c.id}: {x.case_id}", 80)))
-        merges = "".join(f"\n- {esc(m.case_id)} ≈ {esc(m.other_case_id)} (cosine {m.cosine:.3f})"
+                    gallery.append((thumb, tr("ui.admin.clusters.caption", cluster=c.id, case=plain(x.case_id, 64))))
+        merges = "".join("\n- " + tr("ui.admin.clusters.merge", case=esc(m.case_id), other=esc(m.other_case_id),
+                                     cosine=f"{m.cosine:.3f}")
                          for m in report.merge_candidates[:20])
-        msg = (f"{report.n_cases} case(s): **{report.n_clusters}** cluster(s), {report.n_unclustered} unclustered "
-               f"({report.elapsed_s:.1f} s). {esc(report.note)}"
-               + (f"\n\n**Merge candidates:**{merges}" if merges else ""))
-        return msg, picture, rows, gallery
+        msg = tr("ui.admin.clusters.summary", n=report.n_cases, clusters=report.n_clusters,
+                 unclustered=report.n_unclustered, seconds=f"{report.elapsed_s:.1f}", note=self._cluster_note(report))
+        if merges:
+            msg += "\n\n" + tr("ui.admin.clusters.merges") + merges
+        return msg, picture, {"headers": [tr(k) for k in CLUSTER_HEADERS], "data": rows}, gallery
 
-    def gaps(self, token: str) -> tuple[str, list[list[Any]], dict[str, Any]]:
+    @staticmethod
+    def _cluster_note(report: ClusterReport) -> str:
+        """The report's note in the request's language where it is the known "too few cases" note, else as written."""
+        cfg = report.settings
+        if report.note and min(report.n_cases, cfg.fit_sample) < cfg.min_cluster_size:
+            return tr("ui.admin.clusters.too_few", n=report.n_cases, min=cfg.min_cluster_size)
+        return esc(report.note)
+
+    def gaps(self, token: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
         report = self._gap_report()
         rows = []
         for t in report.topics:
             ex = t.examples[0]
             rows.append([t.id, t.size, t.abstentions, t.thumbs_down, plain(t.draft.product_line, 60),
-                         plain(ex.question or "(photo only)", 200), len(t.draft.media),
+                         plain(ex.question or tr("ui.admin.gaps.photo_only"), 200), len(t.draft.media),
                          plain(", ".join(t.shown_cases), 200)])
-        msg = f"{report.n_queries} question(s) in {report.n_topics} topic(s). {esc(report.note)}"
-        return msg, rows, report.model_dump(mode="json")
+        note = tr("ui.admin.gaps.none_yet") if report.n_queries == 0 and report.note else esc(report.note)
+        msg = tr("ui.admin.gaps.summary", n=report.n_queries, topics=report.n_topics, note=note)
+        return msg, {"headers": [tr(k) for k in GAP_HEADERS], "data": rows}, report.model_dump(mode="json")
 
     def new_case_from_gap(self, token: str, topic: float | None) -> dict[gr.components.Component, Any]:
         report = self._gap_report()
         tid = int(topic) if topic is not None else -1
         match = [t for t in report.topics if t.id == tid]
         if not match:
-            raise gr.Error(f"No knowledge-gap topic {tid}: refresh the list and pick a topic number from it.")
+            raise gr.Error(tr("ui.admin.gaps.no_topic", topic=tid))
         draft = match[0].draft
         files = []
         for rel in draft.media:  # copies in the upload folder: the form's file box may only serve files from there
@@ -100,8 +123,7 @@ class AdminClusters:
         return {t.f_id: "", t.f_title: draft.title, t.f_line: draft.product_line, t.f_model: "",
                 t.f_symptom: draft.symptom, t.f_cause: "", t.f_solution: "", t.f_codes: "", t.f_tags: "",
                 t.f_sev: "", t.f_source: f"knowledge gap {tid}", t.f_files: files or None,
-                t.save_msg: f"Draft from knowledge-gap topic **{tid}** ({len(files)} media): complete it on the "
-                            "*Add / edit case* tab and save."}
+                t.save_msg: tr("ui.admin.gaps.drafted", topic=tid, n=len(files))}
 
     def _gap_report(self) -> GapReport:
         from knowledge_base.gaps import GapError, find_gaps
@@ -114,29 +136,29 @@ class AdminClusters:
     # -- layout and events ------------------------------------------------------------------------------------------
     def build(self) -> None:
         """Two tabs, inside ``AdminTab.build``'s ``gr.Tabs``."""
-        with gr.Tab("Clusters", elem_id="admin-clusters"):
+        with gr.Tab(L("ui.admin.clusters.tab"), elem_id="admin-clusters"):
             with gr.Row():
-                self.min_size = gr.Slider(2, 20, value=3, step=1, label="Fewest cases per fault family",
+                self.min_size = gr.Slider(2, 20, value=3, step=1, label=L("ui.admin.clusters.min_size"),
                                           elem_id="clusters-min-size")
-                self.colour = gr.Radio(["cluster", "product line"], value="cluster", label="Colour the map by",
+                self.colour = gr.Radio(colour_choices(), value="cluster", label=L("ui.admin.clusters.colour"),
                                        elem_id="clusters-colour")
-                self.cl_btn = gr.Button("Compute clusters", elem_id="clusters-btn")
+                self.cl_btn = gr.Button(L("ui.admin.clusters.compute"), elem_id="clusters-btn")
             self.cl_msg = gr.Markdown(elem_id="clusters-msg")
-            self.cl_map = gr.Image(label="Knowledge-base map (PCA)", type="pil", interactive=False,
+            self.cl_map = gr.Image(label=L("ui.admin.clusters.map"), type="pil", interactive=False,
                                    elem_id="clusters-map")
-            self.cl_table = gr.Dataframe(headers=CLUSTER_HEADERS, interactive=False, wrap=True,
+            self.cl_table = gr.Dataframe(headers=[tr(k) for k in CLUSTER_HEADERS], interactive=False, wrap=True,
                                          elem_id="clusters-table", max_height=400)
-            self.cl_gallery = gr.Gallery(label="Most central case per cluster", columns=6, height=200,
+            self.cl_gallery = gr.Gallery(label=L("ui.admin.clusters.central"), columns=6, height=200,
                                          elem_id="clusters-central")
-        with gr.Tab("Knowledge gaps", elem_id="admin-gaps"):
-            self.gap_btn = gr.Button("Refresh", elem_id="gaps-btn")
+        with gr.Tab(L("ui.admin.gaps.tab"), elem_id="admin-gaps"):
+            self.gap_btn = gr.Button(L("ui.admin.gaps.refresh"), elem_id="gaps-btn")
             self.gap_msg = gr.Markdown(elem_id="gaps-msg")
-            self.gap_table = gr.Dataframe(headers=GAP_HEADERS, interactive=False, wrap=True, elem_id="gaps-table",
-                                          max_height=400)
-            self.gap_json = gr.JSON(label="Topics", elem_id="gaps-json", visible=False)
+            self.gap_table = gr.Dataframe(headers=[tr(k) for k in GAP_HEADERS], interactive=False, wrap=True,
+                                          elem_id="gaps-table", max_height=400)
+            self.gap_json = gr.JSON(label=L("ui.admin.gaps.topics"), elem_id="gaps-json", visible=False)
             with gr.Row():
-                self.gap_id = gr.Number(label="Topic", precision=0, elem_id="gap-id")
-                self.gap_new = gr.Button("Start a new case from this gap", elem_id="gap-new-case")
+                self.gap_id = gr.Number(label=L("ui.admin.gaps.topic"), precision=0, elem_id="gap-id")
+                self.gap_new = gr.Button(L("ui.admin.gaps.new_case"), elem_id="gap-new-case")
 
     def wire(self) -> None:
         t = self.tab
