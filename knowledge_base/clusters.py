@@ -64,6 +64,7 @@ __all__ = [
     "case_vectors",
     "compute_clusters",
     "load_model",
+    "MapText",
     "plot_map",
     "report_markdown",
     "save_model",
@@ -610,9 +611,22 @@ def compute_clusters(store: VectorStore, settings: ClusterSettings | None = None
 # ------------------------------------------------------------------------------------------------ output
 
 
+class MapText(BaseModel):
+    """The map's words: English for the CLI; the admin view passes them in the user's language."""
+
+    title: str = "Knowledge-base map (PCA of the case vectors)"
+    panel: str = "{n} cases by {what}"
+    by_cluster: str = "cluster"
+    by_line: str = "product line"
+    cluster: str = "cluster {id}"
+    unclustered: str = "unclustered"
+    no_line: str = "(none)"
+
+
 def plot_map(report: ClusterReport, path: str | Path, *, max_legend: int = 12,
-             by: Sequence[str] = ("cluster", "product line")) -> Path:
+             by: Sequence[str] = ("cluster", "product line"), text: MapText | None = None) -> Path:
     """The 2-D map (PCA) as a PNG, one panel per ``by``: coloured by cluster (unclustered grey) and/or product line."""
+    words = text or MapText()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -628,22 +642,23 @@ def plot_map(report: ClusterReport, path: str | Path, *, max_legend: int = 12,
         for k, cid in enumerate(ids):
             if what == "cluster":
                 c = report.assignments.get(cid)
-                key = "unclustered" if c is None else f"cluster {c}"
+                key = words.unclustered if c is None else words.cluster.format(id=c)
             else:
-                key = report.product_lines.get(cid) or "(none)"
+                key = report.product_lines.get(cid) or words.no_line
             groups.setdefault(key, []).append(k)
-        keys = sorted(groups, key=lambda g: (g == "unclustered", -len(groups[g]), g))
+        keys = sorted(groups, key=lambda g: (g == words.unclustered, -len(groups[g]), g))
         for gi, key in enumerate(keys):
             rows = groups[key]
-            colour = "#b0b0b0" if key == "unclustered" else cmap(gi % 20)
+            colour = "#b0b0b0" if key == words.unclustered else cmap(gi % 20)
             ax.scatter(xy[rows, 0], xy[rows, 1], s=8 if len(ids) > 2000 else 22, color=colour, alpha=0.8,
                        label=key if gi < max_legend else None, linewidths=0)
-        ax.set_title(f"{report.n_cases} cases by {what}")
+        ax.set_title(words.panel.format(n=report.n_cases,
+                                        what=words.by_cluster if what == "cluster" else words.by_line))
         ax.set_xticks([])
         ax.set_yticks([])
         if keys:
             ax.legend(fontsize=7, loc="best", markerscale=1.5)
-    fig.suptitle("Knowledge-base map (PCA of the case vectors)")
+    fig.suptitle(words.title)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ and the kept query media; the admin completes it and saves it with the form's ow
 
 from __future__ import annotations
 
+import functools
+import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ from ui.i18n import L, tr
 from ui.render import esc, plain
 
 if TYPE_CHECKING:
-    from knowledge_base.clusters import ClusterReport
+    from knowledge_base.clusters import ClusterReport, MapText
     from knowledge_base.gaps import GapReport
     from ui.admin import AdminTab
 
@@ -29,6 +31,43 @@ CLUSTER_HEADERS = ["ui.admin.clusters.col.cluster", "ui.admin.clusters.col.size"
 GAP_HEADERS = ["ui.admin.gaps.col.topic", "ui.admin.gaps.col.questions", "ui.admin.gaps.col.abstained",
                "ui.admin.gaps.col.down", "ui.admin.gaps.col.line", "ui.admin.gaps.col.example",
                "ui.admin.gaps.col.media", "ui.admin.gaps.col.shown"]
+
+
+#: Font files (name fragments) that draw Chinese, tried in this order for the map's non-Latin words.
+CJK_FONTS = ("wqyzenhei", "wqymicrohei", "notosanscjk", "notoserifcjk", "sourcehansans", "droidsansfallback")
+
+
+@functools.lru_cache(maxsize=1)
+def cjk_families() -> tuple[str, ...]:
+    """Font families on this machine that can draw Chinese, registered with matplotlib (its cache may predate them)."""
+    from matplotlib import font_manager
+
+    found: list[str] = []
+    for path in sorted(font_manager.findSystemFonts()):
+        name = Path(path).name.lower().replace("-", "").replace("_", "")
+        if any(frag in name for frag in CJK_FONTS):
+            try:
+                font_manager.fontManager.addfont(path)
+                found.append(font_manager.FontProperties(fname=path).get_name())
+            except (OSError, RuntimeError, ValueError):
+                continue
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # "weight normal not found" noise per draw
+    return tuple(dict.fromkeys(found))
+
+
+def map_text() -> tuple[MapText, list[str]]:
+    """The map's words in the request's language and the font families to draw them; English where the words need
+    a font this machine lacks (a map of empty boxes is worse than an English one)."""
+    from knowledge_base.clusters import MapText
+
+    text = MapText(title=tr("ui.admin.clusters.map_title"), panel=tr("ui.admin.clusters.map_panel"),
+                   by_cluster=tr("ui.admin.clusters.by_cluster"), by_line=tr("ui.admin.clusters.by_line"),
+                   cluster=tr("ui.admin.clusters.map_cluster"), unclustered=tr("ui.admin.clusters.map_unclustered"),
+                   no_line=tr("ui.admin.clusters.map_no_line"))
+    if all(ord(ch) < 0x2E80 for v in text.model_dump().values() for ch in v):
+        return text, ["DejaVu Sans"]
+    families = cjk_families()
+    return (text, ["DejaVu Sans", *families]) if families else (MapText(), ["DejaVu Sans"])
 
 
 def colour_choices() -> list[tuple[str, str]]:
@@ -63,7 +102,11 @@ class AdminClusters:
         except ClusterError as e:
             raise gr.Error(tr("ui.admin.clusters.failed", reason=str(e))) from None
         folder = save_model(model, kb.data_dir)
-        png = plot_map(report, folder / "map.png", by=(colour or "cluster",))
+        import matplotlib
+
+        text, fonts = map_text()
+        with matplotlib.rc_context({"font.family": fonts}):
+            png = plot_map(report, folder / "map.png", by=(colour or "cluster",), text=text)
         with Image.open(png) as im:
             picture = im.copy()
         rows, gallery = [], []
