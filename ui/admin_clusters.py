@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from gradio.i18n import I18nData
 from PIL import Image
 
 from ui.i18n import L, tr
@@ -70,9 +71,10 @@ def map_text() -> tuple[MapText, list[str]]:
     return (text, ["DejaVu Sans", *families]) if families else (MapText(), ["DejaVu Sans"])
 
 
-def colour_choices() -> list[tuple[str, str]]:
-    """The map's colourings: shown in the request's language, sent as the names ``plot_map`` knows."""
-    return [(tr("ui.admin.clusters.by_cluster"), "cluster"), (tr("ui.admin.clusters.by_line"), "product line")]
+def colour_choices() -> list[tuple[str | I18nData, str | int | float]]:
+    """The map's colourings: shown in the browser's language (``gr.Radio`` translates ``I18nData`` names), sent as
+    the names ``plot_map`` knows."""
+    return [(L("ui.admin.clusters.by_cluster"), "cluster"), (L("ui.admin.clusters.by_line"), "product line")]
 
 
 class AdminClusters:
