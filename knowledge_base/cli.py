@@ -611,6 +611,79 @@ def duplicates(
     out.print(f"{len(pairs)} pair(s) at cosine ≥ {threshold}", highlight=False)
 
 
+@kb_app.command("clusters")
+def clusters(
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: DATA_DIR/clusters).")] = None,
+    min_cluster_size: Annotated[int, typer.Option(min=2, help="Fewest cases that make a fault family.")] = 3,
+    assign: Annotated[Optional[str], typer.Option("--assign", help="Only assign this case to the saved clusters.")] = None,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Fault clusters (HDBSCAN on the stored vectors; reads the store, never writes it): report.json, report.md and
+    map.png in --out; the cluster model for incremental assignment is saved under DATA_DIR/clusters."""
+    from knowledge_base.clusters import (
+        MODEL_DIR,
+        ClusterError,
+        ClusterSettings,
+        assign_case,
+        compute_clusters,
+        load_model,
+        plot_map,
+        report_markdown,
+        save_model,
+    )
+
+    with _open(data_dir, models, strict=False, model=False) as kb:
+        try:
+            if assign is not None:
+                res = assign_case(kb.store, load_model(kb.data_dir), assign)
+                if as_json:
+                    _dump(res.model_dump())
+                else:
+                    where = f"cluster {res.cluster}" if res.cluster is not None else "no cluster (unclustered)"
+                    out.print(f"{assign} → {where} (centroid cosine {res.similarity:.3f})", highlight=False)
+                return
+            report, model = compute_clusters(kb.store, ClusterSettings(min_cluster_size=min_cluster_size),
+                                             cache_dir=Path(kb.data_dir) / MODEL_DIR)
+        except ClusterError as e:
+            raise _fail(str(e)) from None
+        save_model(model, kb.data_dir)
+        folder = out_dir or Path(kb.data_dir) / "clusters"
+    folder.mkdir(parents=True, exist_ok=True)
+    png = plot_map(report, folder / "map.png")
+    (folder / "report.json").write_text(report.model_dump_json(indent=1), "utf-8")
+    md = report_markdown(report, map_png=png.name)
+    (folder / "report.md").write_text(md + "\n", "utf-8")
+    if as_json:
+        _dump({**report.model_dump(mode="json"), "files": [str(folder / "report.json"), str(folder / "report.md"),
+                                                          str(png)]})
+        return
+    out.print(md, highlight=False, markup=False)
+    out.print(f"wrote {folder / 'report.json'}, {folder / 'report.md'} and {png}", highlight=False)
+
+
+@kb_app.command("gaps")
+def gaps(
+    threshold: Annotated[float, typer.Option(min=0.05, max=1.0, help="Cosine distance below which questions share a topic.")] = 0.8,
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Knowledge gaps: abstained and thumbs-down questions from the feedback log, grouped into topics (reads only)."""
+    from knowledge_base.gaps import GapError, find_gaps, gaps_markdown
+    from rag.cli_settings import cli_settings
+
+    settings = cli_settings(data_dir)
+    try:
+        report = find_gaps(settings.data_dir, distance_threshold=threshold)
+    except GapError as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        _dump(report.model_dump(mode="json"))
+        return
+    out.print(gaps_markdown(report), highlight=False, markup=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     kb_app()
 

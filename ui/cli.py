@@ -320,6 +320,24 @@ def bench_pipeline(
         console.print(f"wrote {path}")
 
 
+@bench_app.command("kb")
+def bench_kb(
+    sizes: list[int] = typer.Option([1_000, 100_000], "--size", help="Number of cases (repeatable)."),
+    dim: int = typer.Option(2048, help="Vector dimension (2048 = the 2B embedder's full size)."),
+    queries: int = typer.Option(200, min=10, help="Timed calls per size."),
+    optimize: bool = typer.Option(True, help="Build HNSW + int8 like the app's store (minutes at 100k)."),
+    work_dir: Optional[Path] = typer.Option(None, help="Keep/reuse the built stores here (default: a temp dir)."),
+    out: Path = typer.Option(Path("bench-results"), help="Output folder for JSON + markdown."),
+) -> None:
+    """Related cases, label suggestion, clustering (time + peak RSS) and cluster assignment at each KB size."""
+    from eval.bench_kb import render_markdown, run_kb_bench, write_report
+
+    res = run_kb_bench(sizes, dim=dim, n_queries=queries, work_dir=work_dir, optimize=optimize)
+    console.print(render_markdown(res), markup=False)
+    for path in write_report(res, out):
+        console.print(f"wrote {path}")
+
+
 mount(bench_app, "ingest", "eval.bench_ingest:app",
       "Ingestion throughput against the raw embedder (eval.bench_ingest); arguments are passed through.")
 
