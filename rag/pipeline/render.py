@@ -25,7 +25,12 @@ def inert_md(text: str) -> str:
 
     Citations like ``[case-id]`` still read the same; ``![x](url)`` and ``[x](javascript:…)`` become plain text.
     """
-    t = html.escape(CONTROL_CHARS.sub("", text or ""), quote=False)
+    return _defuse(CONTROL_CHARS.sub("", text or ""))
+
+
+def _defuse(text: str) -> str:
+    """:func:`inert_md` of a text without control characters."""
+    t = html.escape(text, quote=False)
     t = t.replace("[", "&#91;").replace("]", "&#93;")
     # Bare URLs, www. names and e-mail addresses would be auto-linked by the chat's Markdown (GFM): entities keep
     # the text identical on screen but unlinkable.
@@ -81,4 +86,4 @@ class StreamRenderer:
             return None
         self._last = now
         text = CONTROL_CHARS.sub("", self.text)
-        return inert_md(text[: stable_prefix(text)])
+        return _defuse(text[: stable_prefix(text)])
