@@ -90,7 +90,7 @@ class AdminIntel:
 
     # -- handlers (token first: AdminTab.on checks it) ---------------------------------------------------------------
     def search(self, token: str, text: str, image: str | None, kinds: list[str] | None,
-               line: str) -> tuple[list[tuple[str, str]], list[list[Any]], str]:
+               line: str) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
         from knowledge_base.semantic_search import semantic_search
 
         if not (text or "").strip() and not image:
@@ -108,7 +108,7 @@ class AdminIntel:
         return (gallery, _table(SEARCH_CASE_HEADERS, rows),
                 tr("ui.admin.intel.search_found", cases=len(res.cases), points=len(res.points)))
 
-    def related(self, token: str, case_id: str) -> tuple[list[list[Any]], Any, str]:
+    def related(self, token: str, case_id: str) -> tuple[dict[str, Any], Any, str]:
         from knowledge_base.related import related_cases
 
         case_id = (case_id or "").strip()
