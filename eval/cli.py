@@ -172,6 +172,33 @@ def sweep_cmd(
     typer.echo(f"wrote {out_dir / 'sweep.json'}, {out_dir / 'sweep.md'} and {out_dir / 'mrl_sweep.png'}")
 
 
+@eval_app.command("kb")
+def kb_cmd(
+    models: str = typer.Option("real", help="real | tiny (random weights: mechanics only)."),
+    k: int = typer.Option(5, min=1, help="Related cases per case for precision@k."),
+    min_cluster_size: int = typer.Option(2, min=2, help="HDBSCAN min_cluster_size (sample families have 1-6 cases)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder; default data_dir/eval/kb-MODELS."),
+    data_dir: Optional[Path] = typer.Option(None, help="Overrides RAGVQA_DATA_DIR (sample KB, outputs)."),
+) -> None:
+    """Label suggestions (leave-one-out macro-F1), clusters vs fault families (NMI/ARI), related cases (precision@k)
+    on the sample KB: results.json, report.md and plots/."""
+    from eval.kb_eval import KBEvalError, run_kb_eval
+    from rag.models.factory import load_models
+
+    which = _model_choice(models)
+    settings = _settings(data_dir)
+    if which == "tiny":
+        settings = settings.model_copy(update={"device": "cpu", "dtype": "float32"})
+    out_dir = out or Path(settings.data_dir) / "eval" / f"kb-{models}"
+    embedder = load_models(settings, which, ("embedder",)).require_embedder()
+    try:
+        run_kb_eval(settings, embedder, out_dir, k=k, min_cluster_size=min_cluster_size, models=models)
+    except KBEvalError as e:
+        _fail(str(e))
+    typer.echo((out_dir / "report.md").read_text("utf-8"))
+    typer.echo(f"wrote {out_dir / 'results.json'}, {out_dir / 'report.md'} and {out_dir / 'plots'}")
+
+
 def main() -> None:  # pragma: no cover - `python -m eval.cli`
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "numba", "matplotlib", "PIL"):

@@ -198,7 +198,7 @@ def language_tables(summary: Mapping[str, Any], *, tiny: bool) -> list[str]:
     return lines
 
 
-def run_markdown(summary: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+def _run_header(summary: Mapping[str, Any]) -> list[str]:
     run = summary.get("run", {})
     lines = [f"# Eval run: {summary.get('mode')} on {run.get('eval_set', '?')}", ""]
     if run.get("models") == "tiny":
@@ -215,7 +215,63 @@ def run_markdown(summary: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     if summary.get("errors"):
         lines.append(f"- **{len(summary['errors'])} queries failed** (scored as misses): "
                      + ", ".join(f"{e['id']} ({e['error'][:80]})" for e in summary["errors"][:5]))
+    return [*lines, ""]
+
+
+def _kind_table(by_kind: Mapping[str, Any]) -> list[str]:
+    cols = [(r, m) for r in ("retrieval", "rerank") for m in ("recall@1", "mrr@10") if any(r in v for v in by_kind.values())]
+    lines = ["## By query kind", "", "| kind | n | " + " | ".join(f"{r} {metric_label(m)}" for r, m in cols) + " |",
+             "|---|---:|" + "---:|" * len(cols)]
+    for kind, v in by_kind.items():
+        lines.append(f"| {kind} | {v['n']} | " + " | ".join(_fmt(v.get(r, {}).get(m)) for r, m in cols) + " |")
+    return [*lines, ""]
+
+
+def _abstention_section(abst: Mapping[str, Any], plots: Mapping[str, Path]) -> list[str]:
+    lines = ["## Abstention (out-of-KB queries)", "",
+             f"{abst['n_out_of_kb']} out-of-KB and {abst['n_in_kb']} in-KB queries; positive class = should abstain; "
+             "the app abstains when the best score is below the threshold.", "",
+             "| score | threshold | precision | recall | F1 | abstain rate |", "|---|---:|---:|---:|---:|---:|"]
+    for kind in ("rerank", "retrieval"):
+        if kind not in abst:
+            continue
+        for label, p in (("configured", abst[kind]["configured"]), ("best F1", abst[kind]["best"])):
+            if p is not None:
+                lines.append(f"| {kind} ({label}) | {p['threshold']:.4f} | {_fmt(p['precision'])} | {_fmt(p['recall'])} | "
+                             f"{_fmt(p['f1'])} | {_fmt(p['abstain_rate'])} |")
+    best = abst[abst["decision_kind"]]["best"]
+    lines += ["", f"Threshold that maximises F1 on this set: **{best['threshold']:.4f}** ({abst['decision_kind']} score; "
+              f"set `RAGVQA_ABSTAIN_{abst['decision_kind'].upper()}_THRESHOLD` to use it — tune it on a held-out set).", ""]
+    if "abstention" in plots:
+        lines += ["![abstention](plots/" + plots["abstention"].name + ")", ""]
+    return lines
+
+
+def _answers_section(ans: Mapping[str, Any]) -> list[str]:
+    lines = ["## Answers", "", "| metric | value |", "|---|---:|",
+             f"| answered (in-KB queries not abstained) | {_fmt(ans['answered_rate'])} |",
+             f"| citation precision (cited cases that are relevant) | {_fmt(ans['citation_precision'])} |",
+             f"| citation recall (top-graded cases cited) | {_fmt(ans['citation_recall'])} |",
+             f"| key-fact recall (normalised substring) | {_fmt(ans['key_fact_recall'])} |",
+             f"| answers citing anything | {_fmt(ans['cited_any_rate'])} |"]
+    if ans.get("judged"):
+        lines.append(f"| LLM judge mean (1–5, {ans['judged']} answers) | {_fmt(ans['judge_mean'], 2)} |")
+    return [*lines, ""]
+
+
+def _latency_section(lat: Mapping[str, Any], plots: Mapping[str, Path]) -> list[str]:
+    lines = ["## Latency (ms per query)", "", "| stage | n | p50 | p95 | mean |", "|---|---:|---:|---:|---:|"]
+    for stage, v in lat.items():
+        lines.append(f"| {stage} | {v['n']} | {_fmt(v['p50'], 1)} | {_fmt(v['p95'], 1)} | {_fmt(v['mean'], 1)} |")
     lines.append("")
+    if "latency" in plots:
+        lines += ["![latency](plots/" + plots["latency"].name + ")", ""]
+    return lines
+
+
+def run_markdown(summary: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+    """The run's report: header, retrieval metrics, ablation, per kind and language, abstention, answers, latency."""
+    lines = _run_header(summary)
     if summary.get("metrics"):
         lines += ["## Retrieval", "", *_metric_table(summary["metrics"]), ""]
         if "recall" in plots:
@@ -223,51 +279,14 @@ def run_markdown(summary: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     if summary.get("ablation"):
         lines += ["## Rerank ablation (ranx compare)", "", *comparison_table(summary["ablation"])]
     if summary.get("by_kind"):
-        lines += ["## By query kind", "", "| kind | n | " + " | ".join(f"{r} {metric_label(m)}" for r in ("retrieval", "rerank") for m in ("recall@1", "mrr@10")
-                                                            if any(r in v for v in summary["by_kind"].values())) + " |"]
-        cols = [(r, m) for r in ("retrieval", "rerank") for m in ("recall@1", "mrr@10") if any(r in v for v in summary["by_kind"].values())]
-        lines.append("|---|---:|" + "---:|" * len(cols))
-        for kind, v in summary["by_kind"].items():
-            lines.append(f"| {kind} | {v['n']} | " + " | ".join(_fmt(v.get(r, {}).get(m)) for r, m in cols) + " |")
-        lines.append("")
-    lines += language_tables(summary, tiny=run.get("models") == "tiny")
-    abst = summary.get("abstention")
-    if abst:
-        lines += ["## Abstention (out-of-KB queries)", "",
-                  f"{abst['n_out_of_kb']} out-of-KB and {abst['n_in_kb']} in-KB queries; positive class = should abstain; "
-                  "the app abstains when the best score is below the threshold.", "",
-                  "| score | threshold | precision | recall | F1 | abstain rate |", "|---|---:|---:|---:|---:|---:|"]
-        for kind in ("rerank", "retrieval"):
-            if kind not in abst:
-                continue
-            for label, p in (("configured", abst[kind]["configured"]), ("best F1", abst[kind]["best"])):
-                if p is not None:
-                    lines.append(f"| {kind} ({label}) | {p['threshold']:.4f} | {_fmt(p['precision'])} | {_fmt(p['recall'])} | "
-                                 f"{_fmt(p['f1'])} | {_fmt(p['abstain_rate'])} |")
-        best = abst[abst["decision_kind"]]["best"]
-        lines += ["", f"Threshold that maximises F1 on this set: **{best['threshold']:.4f}** ({abst['decision_kind']} score; "
-                  f"set `RAGVQA_ABSTAIN_{abst['decision_kind'].upper()}_THRESHOLD` to use it — tune it on a held-out set).", ""]
-        if "abstention" in plots:
-            lines += ["![abstention](plots/" + plots["abstention"].name + ")", ""]
-    ans = summary.get("answers")
-    if ans:
-        lines += ["## Answers", "", "| metric | value |", "|---|---:|",
-                  f"| answered (in-KB queries not abstained) | {_fmt(ans['answered_rate'])} |",
-                  f"| citation precision (cited cases that are relevant) | {_fmt(ans['citation_precision'])} |",
-                  f"| citation recall (top-graded cases cited) | {_fmt(ans['citation_recall'])} |",
-                  f"| key-fact recall (normalised substring) | {_fmt(ans['key_fact_recall'])} |",
-                  f"| answers citing anything | {_fmt(ans['cited_any_rate'])} |"]
-        if ans.get("judged"):
-            lines.append(f"| LLM judge mean (1–5, {ans['judged']} answers) | {_fmt(ans['judge_mean'], 2)} |")
-        lines.append("")
-    lat = summary.get("latency")
-    if lat:
-        lines += ["## Latency (ms per query)", "", "| stage | n | p50 | p95 | mean |", "|---|---:|---:|---:|---:|"]
-        for stage, v in lat.items():
-            lines.append(f"| {stage} | {v['n']} | {_fmt(v['p50'], 1)} | {_fmt(v['p95'], 1)} | {_fmt(v['mean'], 1)} |")
-        lines.append("")
-        if "latency" in plots:
-            lines += ["![latency](plots/" + plots["latency"].name + ")", ""]
+        lines += _kind_table(summary["by_kind"])
+    lines += language_tables(summary, tiny=summary.get("run", {}).get("models") == "tiny")
+    if summary.get("abstention"):
+        lines += _abstention_section(summary["abstention"], plots)
+    if summary.get("answers"):
+        lines += _answers_section(summary["answers"])
+    if summary.get("latency"):
+        lines += _latency_section(summary["latency"], plots)
     return "\n".join(lines)
 
 

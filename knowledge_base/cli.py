@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -25,8 +26,16 @@ __all__ = ["kb_app"]
 
 log = logging.getLogger(__name__)
 
+class _KbGroup(typer.core.TyperGroup):
+    """Keeps the sub-command's argv for the callback (``_main`` hands it to a serving app, ``ui.control``)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        ctx.meta["ragvqa_kb_argv"] = [*ctx._protected_args, *ctx.args]
+        return super().invoke(ctx)
+
+
 kb_app = typer.Typer(help="Knowledge base: add, import, list, show, update, delete, reindex, check, stats, export.",
-                     no_args_is_help=True, pretty_exceptions_enable=False)
+                     no_args_is_help=True, pretty_exceptions_enable=False, cls=_KbGroup)
 out = Console()
 err = Console(stderr=True)
 
@@ -36,8 +45,18 @@ AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")
 
 
 @kb_app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    """Set up logging when run on its own (``ragvqa`` already does it)."""
+def _main(ctx: typer.Context,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    """Set up logging when run on its own (``ragvqa`` already does it); hand the command to the app when one serves
+    its data dir (``ui.control``: the store is the app's while it runs)."""
+    from knowledge_base.channel import route_kb_command
+
+    try:
+        code = route_kb_command(list(ctx.meta.get("ragvqa_kb_argv", [])))
+    except PermissionError as e:
+        raise _fail(str(e)) from None
+    if code is not None:
+        raise typer.Exit(code)
     if not logging.getLogger().handlers:
         from rich.logging import RichHandler
 
@@ -58,15 +77,19 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: IngestOptions | None = None,
-          model: bool = True) -> KnowledgeBase:
+          model: bool = True) -> AbstractContextManager[KnowledgeBase]:
     """Load the embedder (unless ``model`` is False: read-only commands) and open the KB; expected failures become
     one-line messages."""
+    from knowledge_base.channel import SERVED_KB
     from knowledge_base.kb import KnowledgeBase
     from rag.cli_settings import check_models, cli_settings
     from rag.models.factory import load_models
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
 
+    served = SERVED_KB.get()
+    if served is not None:  # run by the serving app (ui.control): its open KB, not closed by the command
+        return _Borrowed(served)
     settings = cli_settings(data_dir, models=models)
     embedder = None
     if model:
@@ -79,8 +102,21 @@ def _open(data_dir: Path | None, models: str, *, strict: bool = True, options: I
     except StoreMismatchError as e:
         raise _fail(str(e)) from None
     except StoreError as e:
-        hint = "" if model else " (nothing imported yet? run `ragvqa kb import`)"
+        hint = " (nothing imported yet? run `ragvqa kb import`)" if "no vector store under" in str(e) else ""
         raise _fail(f"cannot open the vector store: {e}{hint}") from None
+
+
+class _Borrowed:
+    """The serving app's KnowledgeBase for one routed command: ``with`` gives it, leaving closes nothing."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+
+    def __enter__(self) -> KnowledgeBase:
+        return self.kb
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _dump(obj: Any) -> None:
@@ -360,10 +396,14 @@ def reindex(
     old store's. The old store keeps serving until the switch. With Qdrant Edge, stop the app first (one process
     per store).
     """
+    from knowledge_base.channel import SERVED_KB
     from knowledge_base.kb import KnowledgeBase
     from rag.cli_settings import check_models, cli_settings
     from rag.models.factory import load_models
 
+    if SERVED_KB.get() is not None:
+        raise _fail("reindex swaps the embedder and the store under the running app: use the admin tab's Reindex, "
+                    "or stop `ragvqa serve` and run it again", 2)
     settings = cli_settings(data_dir, models=models)
     upd: dict[str, Any] = {}
     if embedder_model:
@@ -456,6 +496,103 @@ def export(
     out.print(f"[green]exported[/green] {n} case(s) to {path}", highlight=False)
 
 
+@kb_app.command("audit")
+def audit(
+    since: Annotated[Optional[str], typer.Option(help="Only changes from this ISO date or time on (UTC if no zone).")] = None,
+    case: Annotated[Optional[str], typer.Option("--case", help="Only changes of this case id.")] = None,
+    actor: Annotated[Optional[str], typer.Option(help="Only changes by this actor (admin name or cli:<user>).")] = None,
+    action: Annotated[Optional[str], typer.Option(help="add | update | delete | import | reindex | check --fix | …")] = None,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines: one change per line (for log collectors).")] = False,
+) -> None:
+    """Who changed which case, when, and the versions before/after (the audit log; read-only)."""
+    from datetime import datetime, timezone
+
+    from knowledge_base.audit import AUDIT_FILE, AuditLog
+    from rag.cli_settings import cli_settings
+
+    when = None
+    if since:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            raise _fail(f"--since {since!r}: expected an ISO date or time, e.g. 2026-11-29 or 2026-11-29T08:00", 2) from None
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    log_ = AuditLog(Path(cli_settings(data_dir).data_dir) / AUDIT_FILE)
+    entries = log_.query(since=when, case_id=case, actor=actor, action=action)
+    if as_json:
+        for e in entries:
+            typer.echo(e.model_dump_json())
+        return
+    t = Table(title=f"{len(entries)} change(s)")
+    for col in ("when (UTC)", "who", "action", "case", "version", "status"):
+        t.add_column(col)
+    for e in entries:
+        versions = f"{e.before_version if e.before_version is not None else '—'} → " \
+                   f"{e.after_version if e.after_version is not None else '—'}"
+        t.add_row(e.ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.case_id or "",
+                  versions, e.status)
+    out.print(t)
+
+
+def restore_backup(kb: Any, file: Path, *, progress: bool = False) -> tuple[Any, Any]:
+    """Import backup ``file`` into the EMPTY ``kb``; returns (import result, check report after)."""
+    if kb.count_cases():
+        raise ValueError(f"{kb.data_dir} already has {kb.count_cases()} case(s): restore needs an empty data dir")
+    res = kb.import_path(file, progress=progress)
+    return res, kb.check()
+
+
+@kb_app.command("restore")
+def restore(
+    file: Annotated[Path, typer.Argument(help="A backup zip (`ragvqa kb export` or a scheduled backup).")],
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Restore a backup into an EMPTY data dir: the same cases (versions, dates), media files, vectors, payloads."""
+    import zipfile
+
+    from knowledge_base.archive import BACKUP_FORMAT
+    from knowledge_base.channel import SERVED_KB
+
+    if SERVED_KB.get() is not None:
+        raise _fail("restore goes into an empty data dir, not the one the app serves: stop it, or restore elsewhere", 2)
+    if not file.is_file():
+        raise _fail(f"{file}: no such backup file", 2)
+    try:
+        with zipfile.ZipFile(file) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+        if manifest.get("format") != BACKUP_FORMAT:
+            raise ValueError("not a backup")
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        raise _fail(f"{file}: not a ragvqa backup (no {BACKUP_FORMAT} manifest.json); use `ragvqa kb import` for "
+                    f"other sources", 2) from None
+    from rag.cli_settings import cli_settings
+    from rag.store.edge import read_active_meta
+
+    settings = cli_settings(data_dir, models=models)
+    if read_active_meta(Path(settings.data_dir) / "qdrant") is not None or settings.qdrant_url:
+        with _open(data_dir, models, strict=False, model=False) as kb:  # refuse before loading any model
+            n = kb.count_cases()
+        if n:
+            raise _fail(f"{settings.data_dir} already has {n} case(s): restore needs an empty data dir "
+                        f"(use `ragvqa kb import {file}` to merge into this one)", 2)
+    with _open(data_dir, models, strict=False) as kb:
+        try:
+            res, rep = restore_backup(kb, file, progress=sys.stderr.isatty())
+        except ValueError as e:
+            raise _fail(str(e), 2) from None
+    if as_json:
+        _dump({**res.to_dict(), "problems_after": rep.problems})
+    else:
+        _print_result(res, False)
+        out.print(f"[green]restored[/green] {res.added} case(s) from {file}; check: {rep.summary()}", highlight=False)
+    if res.rejected or rep.problems:
+        raise typer.Exit(1)
+
+
 @kb_app.command("duplicates")
 def duplicates(
     threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="Cosine similarity.")] = 0.95,
@@ -472,6 +609,79 @@ def duplicates(
     for d in pairs:
         out.print(f"{d.case_id}/{d.media} ≈ {d.other_case_id}/{d.other_media_id} (cosine {d.score:.3f})", highlight=False)
     out.print(f"{len(pairs)} pair(s) at cosine ≥ {threshold}", highlight=False)
+
+
+@kb_app.command("clusters")
+def clusters(
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: DATA_DIR/clusters).")] = None,
+    min_cluster_size: Annotated[int, typer.Option(min=2, help="Fewest cases that make a fault family.")] = 3,
+    assign: Annotated[Optional[str], typer.Option("--assign", help="Only assign this case to the saved clusters.")] = None,
+    data_dir: DataDir = None,
+    models: Models = "real",
+    as_json: AsJson = False,
+) -> None:
+    """Fault clusters (HDBSCAN on the stored vectors; reads the store, never writes it): report.json, report.md and
+    map.png in --out; the cluster model for incremental assignment is saved under DATA_DIR/clusters."""
+    from knowledge_base.clusters import (
+        MODEL_DIR,
+        ClusterError,
+        ClusterSettings,
+        assign_case,
+        compute_clusters,
+        load_model,
+        plot_map,
+        report_markdown,
+        save_model,
+    )
+
+    with _open(data_dir, models, strict=False, model=False) as kb:
+        try:
+            if assign is not None:
+                res = assign_case(kb.store, load_model(kb.data_dir), assign)
+                if as_json:
+                    _dump(res.model_dump())
+                else:
+                    where = f"cluster {res.cluster}" if res.cluster is not None else "no cluster (unclustered)"
+                    out.print(f"{assign} → {where} (centroid cosine {res.similarity:.3f})", highlight=False)
+                return
+            report, model = compute_clusters(kb.store, ClusterSettings(min_cluster_size=min_cluster_size),
+                                             cache_dir=Path(kb.data_dir) / MODEL_DIR)
+        except ClusterError as e:
+            raise _fail(str(e)) from None
+        save_model(model, kb.data_dir)
+        folder = out_dir or Path(kb.data_dir) / "clusters"
+    folder.mkdir(parents=True, exist_ok=True)
+    png = plot_map(report, folder / "map.png")
+    (folder / "report.json").write_text(report.model_dump_json(indent=1), "utf-8")
+    md = report_markdown(report, map_png=png.name)
+    (folder / "report.md").write_text(md + "\n", "utf-8")
+    if as_json:
+        _dump({**report.model_dump(mode="json"), "files": [str(folder / "report.json"), str(folder / "report.md"),
+                                                          str(png)]})
+        return
+    out.print(md, highlight=False, markup=False)
+    out.print(f"wrote {folder / 'report.json'}, {folder / 'report.md'} and {png}", highlight=False)
+
+
+@kb_app.command("gaps")
+def gaps(
+    threshold: Annotated[float, typer.Option(min=0.05, max=1.0, help="Cosine distance below which questions share a topic.")] = 0.8,
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Knowledge gaps: abstained and thumbs-down questions from the feedback log, grouped into topics (reads only)."""
+    from knowledge_base.gaps import GapError, find_gaps, gaps_markdown
+    from rag.cli_settings import cli_settings
+
+    settings = cli_settings(data_dir)
+    try:
+        report = find_gaps(settings.data_dir, distance_threshold=threshold)
+    except GapError as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        _dump(report.model_dump(mode="json"))
+        return
+    out.print(gaps_markdown(report), highlight=False, markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,15 +19,18 @@ Edge itself allows one process per store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast, overload
 
 import numpy as np
+from pydantic import JsonValue
 
 from knowledge_base.archive import SourceCase
+from knowledge_base.audit import AUDIT_FILE, AuditLog, Change
 from knowledge_base.cases import (
     CASE_FILTERS,
     UPDATABLE,
@@ -108,6 +111,8 @@ class KnowledgeBase:
                              embedder_id=embedder_id)
         self.cases = Cases(self.state)
         self.maintenance = Maintenance(self.state)
+        #: Who changed what (``knowledge_base.audit``); every change method below writes to it.
+        self.audit = AuditLog(Path(settings.data_dir) / AUDIT_FILE)
 
     # -- construction -------------------------------------------------------------------------------------------
     @staticmethod
@@ -158,7 +163,45 @@ class KnowledgeBase:
         # Temp files are what an interrupted write leaves. Qdrant Edge locks the store to this process, so every
         # temp file of this data dir is stale; with a server, other processes may be writing: only old ones are.
         kb.clean_temp_files(max_age_s=0.0 if isinstance(store, EdgeStore) else TEMP_MAX_AGE_S)
+        kb.audit.recover(kb._version_of)
         return kb
+
+    # -- audit (knowledge_base.audit) -------------------------------------------------------------------------------
+    def _version_of(self, case_id: str) -> int | None:
+        case = self.get(case_id)
+        return None if case is None else case.version
+
+    @contextlib.contextmanager
+    def audited(self, action: str, case_id: str | None = None,
+                detail: dict[str, JsonValue] | None = None) -> Iterator[Change]:
+        """Run a change of ``case_id`` (None: many cases) under the write lock with its audit entry: the version
+        before is read now, the version after when the block ends; a crash in between is closed on the next open.
+        For changes made outside this class (e.g. confirming a related-case link)."""
+        with self._lock:
+            before = None if case_id is None else self._version_of(case_id)
+            after = None if case_id is None else (lambda: self._version_of(case_id))
+            with self.audit.change(action, case_id, before, detail, after=after) as ch:
+                yield ch
+
+    def _audit_item(self, report: ItemReport, action: str = "import") -> None:
+        """One case of a bulk import, logged once it is stored."""
+        if report.case_id and report.status in ("added", "updated"):
+            after = self._version_of(report.case_id)
+            before = None if report.status == "added" or after is None else after - 1
+            self.audit.record(action, report.case_id, before, after, {"status": report.status, "where": report.where})
+
+    def _audited_import(self, source: str, run: Callable[[Callable[[ItemReport], None]], IngestResult],
+                        on_item: Callable[[ItemReport], None] | None) -> IngestResult:
+        def item(r: ItemReport) -> None:
+            self._audit_item(r)
+            if on_item is not None:
+                on_item(r)
+
+        with self._lock, self.audit.change("import", None, None, {"source": source}) as ch:
+            res = run(item)
+            ch.detail.update(added=res.added, updated=res.updated, skipped=res.skipped, rejected=res.rejected)
+            ch.changed = bool(res.added or res.updated)
+            return res
 
     def clean_temp_files(self, max_age_s: float = 0.0) -> int:
         """Delete media temp files older than ``max_age_s`` (left by interrupted writes); returns how many."""
@@ -196,17 +239,26 @@ class KnowledgeBase:
     def add_case(self, case: CaseInput | Mapping[str, Any], media: Sequence[MediaLike] = (), *,
                  base_dir: str | os.PathLike[str] | None = None) -> ItemReport:
         """Add (or re-import) one case; see :meth:`Cases.add_case`."""
-        return self.cases.add_case(case, media, base_dir=base_dir)
+        cid = case.id if isinstance(case, CaseInput) else case.get("id") if isinstance(case, Mapping) else None
+        cid = cid if isinstance(cid, str) and cid else None
+        with self.audited("add", cid) as ch:
+            report = self.cases.add_case(case, media, base_dir=base_dir)
+            ch.changed = report.status in ("added", "updated")
+            if cid is None and report.case_id:
+                ch.case_id, ch.after_version = report.case_id, self._version_of(report.case_id)
+            return report
 
     def import_records(self, records: Sequence[SourceCase], *, source: str = "api", progress: Progress = False,
                        on_item: Callable[[ItemReport], None] | None = None) -> IngestResult:
         """Import parsed records; see :meth:`Cases.import_records`."""
-        return self.cases.import_records(records, source=source, progress=progress, on_item=on_item)
+        return self._audited_import(source, lambda item: self.cases.import_records(
+            records, source=source, progress=progress, on_item=item), on_item)
 
     def import_path(self, path: str | os.PathLike[str], *, media_dir: str | os.PathLike[str] | None = None,
                     progress: Progress = False, on_item: Callable[[ItemReport], None] | None = None) -> IngestResult:
         """Import a JSONL/CSV file, a folder, a zip or an export zip; see :meth:`Cases.import_path`."""
-        return self.cases.import_path(path, media_dir=media_dir, progress=progress, on_item=on_item)
+        return self._audited_import(str(path), lambda item: self.cases.import_path(
+            path, media_dir=media_dir, progress=progress, on_item=item), on_item)
 
     #: Alias for callers that think in "cases".
     import_cases = import_path
@@ -231,15 +283,35 @@ class KnowledgeBase:
                add_media: Sequence[MediaLike] = (), remove_media: Sequence[str] = (),
                base_dir: str | os.PathLike[str] | None = None) -> ItemReport:
         """Change fields, add or remove media; see :meth:`Cases.update`."""
-        return self.cases.update(case, changes, add_media=add_media, remove_media=remove_media, base_dir=base_dir)
+        cid = case if isinstance(case, str) else case.id
+        fields: list[JsonValue] = [*sorted(changes or {})]
+        removed: list[JsonValue] = [*remove_media]
+        with self.audited("update", cid, {"fields": fields, "add_media": len(add_media),
+                                          "remove_media": removed}) as ch:
+            report = self.cases.update(case, changes, add_media=add_media, remove_media=remove_media,
+                                       base_dir=base_dir)
+            ch.changed = report.status in ("added", "updated")
+            return report
 
     def delete(self, case_id: str) -> bool:
         """Delete a case and what only it used; see :meth:`Cases.delete`."""
-        return self.cases.delete(case_id)
+        with self.audited("delete", case_id) as ch:
+            existed = self.cases.delete(case_id)
+            ch.changed = existed
+            return existed
 
     def ensure_sample(self, sample_dir: str | os.PathLike[str], *, progress: bool = False) -> IngestResult | None:
         """Import the sample KB if the KB is empty; see :meth:`Cases.ensure_sample`."""
-        return self.cases.ensure_sample(sample_dir, progress=progress)
+        if self.count_cases():
+            return None
+        from knowledge_base.audit import acting_as
+
+        with acting_as("system:sample"), self.audited("import", None, {"source": "sample"}) as ch:
+            res = self.cases.ensure_sample(sample_dir, progress=progress)
+            ch.changed = res is not None and bool(res.added)
+            if res is not None:
+                ch.detail.update(added=res.added, rejected=res.rejected)
+            return res
 
     # -- maintenance (knowledge_base.maintenance) -----------------------------------------------------------------
     def near_duplicates(self, threshold: float | None = None, *, limit: int = 1000) -> list[Duplicate]:
@@ -252,11 +324,20 @@ class KnowledgeBase:
 
     def check(self, fix: bool = False) -> CheckReport:
         """Find (and with ``fix``, repair) inconsistencies; see :meth:`Maintenance.check`."""
-        return self.maintenance.check(fix)
+        if not fix:
+            return self.maintenance.check(False)
+        with self.audited("check --fix") as ch:
+            rep = self.maintenance.check(True)
+            ch.detail.update(problems=rep.problems, summary=rep.summary())
+            ch.changed = bool(rep.problems)
+            return rep
 
     def reindex(self, new_embedder: EmbedderLike, *, dim: int | None = None, embedder_id: str | None = None,
                 quantization: bool | None = None, chunk_cases: int | None = None,
                 progress: bool = False) -> ReindexResult:
         """Blue-green re-embedding with ``new_embedder``; see :meth:`Maintenance.reindex`."""
-        return self.maintenance.reindex(new_embedder, dim=dim, embedder_id=embedder_id, quantization=quantization,
-                                        chunk_cases=chunk_cases, progress=progress)
+        with self.audited("reindex", None, {"from": self.embedder_id}) as ch:
+            res = self.maintenance.reindex(new_embedder, dim=dim, embedder_id=embedder_id,
+                                           quantization=quantization, chunk_cases=chunk_cases, progress=progress)
+            ch.detail.update(to=res.embedder_id, dim=res.dim, cases=res.cases)
+            return res

@@ -250,4 +250,7 @@ def confirm_related(kb: KnowledgeBase, case_id: str, other_id: str, *, note: str
         return ItemReport(where=f"link {case_id}", status="skipped", case_id=case_id,
                           reason=f"already linked to {other_id}")
     links = [*case.links, CaseLink(case_id=other_id, relation="related", note=note)]
-    return kb.update(case_id, {"links": [link.model_dump() for link in links]})
+    with kb.audited("link-confirm", case_id, {"other": other_id, "note": note}) as ch:  # audited as what it is
+        report = kb.cases.update(case_id, {"links": [link.model_dump() for link in links]})
+        ch.changed = report.status in ("added", "updated")
+        return report

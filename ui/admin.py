@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Sequence
 import gradio as gr
 
 from rag.errors import UserInputError
+from ui.admin_audit import AuditPanel
+from ui.admin_clusters import AdminClusters
 from ui.auth import AuthError, admin_only
 from ui.i18n import L, localized, tr
 from ui.render import esc, plain, server_error_text, user_error_text
@@ -326,6 +328,11 @@ class AdminTab:
                     self._build_maintenance()
                 with gr.Tab(L("ui.admin.tab_feedback"), elem_id="admin-feedback"):
                     self._build_feedback()
+                self.kb_views = AdminClusters(self)
+                self.kb_views.build()
+                with gr.Tab(L("ui.admin.tab_audit"), elem_id="admin-audit"):
+                    self.audit = AuditPanel(self)
+                    self.audit.build()
 
     def _build_login(self) -> None:
         with gr.Column(visible=True, elem_id="admin-login") as self.login_box:
@@ -428,3 +435,5 @@ class AdminTab:
         self.on(self.rx_btn.click, self.reindex, [self.rx_confirm], [self.maint_msg, self.maint_json], **models)
         self.on(self.fb_btn.click, self.feedback, [self.fb_which], [self.fb_table, self.fb_msg])
         self.intel.wire()
+        self.kb_views.wire()
+        self.audit.wire()

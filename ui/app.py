@@ -14,6 +14,7 @@ import gradio as gr
 from rag.i18n import languages, t
 from ui.admin import AdminTab
 from ui.chat import ChatTab
+from ui.health import Readiness, health_routes
 from ui.i18n import CURRENT, SESSIONS, L, i18n, relabel, request_lang, switch_choices, translatable
 from ui.services import Services
 
@@ -107,10 +108,20 @@ def launch_kwargs(services: Services) -> dict[str, Any]:
     }
 
 
-def launch(services: Services, *, host: str | None = None, port: int | None = None, block: bool = True) -> tuple[gr.Blocks, str]:
-    """Build and start the app; returns (blocks, local URL). ``block=False`` returns right after start (tests)."""
+def launch(services: Services, *, host: str | None = None, port: int | None = None, block: bool = True,
+           readiness: Readiness | None = None) -> tuple[gr.Blocks, str]:
+    """Build and start the app; returns (blocks, local URL). ``block=False`` returns right after start (tests).
+
+    ``/healthz`` and ``/readyz`` answer from ``readiness`` (default: ready as soon as the app listens).
+    """
     services.media_root.mkdir(parents=True, exist_ok=True)
     demo = build_app(services)
+    if readiness is None:
+        readiness = Readiness()
+        readiness.set(True, "ready")
     _, url, _ = demo.launch(server_name=host or services.ui.host, server_port=port or services.ui.port,
-                            prevent_thread_lock=not block, **launch_kwargs(services))
+                            prevent_thread_lock=True, app_kwargs={"routes": health_routes(readiness)},
+                            **launch_kwargs(services))
+    if block:
+        demo.block_thread()
     return demo, url

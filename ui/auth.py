@@ -30,6 +30,7 @@ from typing import Any, Callable, TypeVar
 
 import gradio as gr
 
+from knowledge_base.audit import acting_as
 from rag.errors import UserInputError
 from ui.i18n import tr
 
@@ -154,7 +155,14 @@ def admin_only(auth: AdminAuth) -> Callable[[F], F]:
             def gen_wrapper(token: Any, *args: Any, **kwargs: Any) -> Any:
                 user = auth.require(token)
                 logger.debug("admin %s: %s", user, fn.__name__)
-                yield from fn(token, *args, **kwargs)
+                gen = fn(token, *args, **kwargs)
+                while True:  # each step may run on another worker thread: the audit actor is set per step
+                    with acting_as(user):
+                        try:
+                            item = next(gen)
+                        except StopIteration as stop:
+                            return stop.value
+                    yield item
 
             return gen_wrapper  # type: ignore[return-value]
 
@@ -162,7 +170,8 @@ def admin_only(auth: AdminAuth) -> Callable[[F], F]:
         def wrapper(token: Any, *args: Any, **kwargs: Any) -> Any:
             user = auth.require(token)
             logger.debug("admin %s: %s", user, fn.__name__)
-            return fn(token, *args, **kwargs)
+            with acting_as(user):  # changes are audited as this admin's (knowledge_base.audit)
+                return fn(token, *args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 

@@ -385,7 +385,14 @@ class ChatTab:
                            "rerank_score": None if c.rerank_score is None else round(c.rerank_score, 4)} for c in answer.cases],
                 "media": [display_name(p) for p in qm.images] + ([display_name(qm.video)] if qm.video else []),
                 "filters": query.filters, "media_reused": inputs.media.empty and not qm.empty,
-                "history_turns": len(query.history)}
+                "history_turns": len(query.history), "media_files": [*qm.images, *([qm.video] if qm.video else [])]}
+        if answer.abstained:  # the knowledge-gap review (`ragvqa kb gaps`) reads these
+            try:
+                self.s.feedback.record_abstention(question=text, media_files=last["media_files"], filters=query.filters,
+                                                  cases=last["cases"],
+                                                  reason=answer.decision.reason if answer.decision else "")
+            except Exception:  # noqa: BLE001 - logging a gap must never break the answer
+                logger.exception("could not log the abstention")
         return conv.update(gallery=self.gallery(answer.cases, answer.cited), sources=[c.model_dump() for c in answer.cases],
                            detail=case_detail_html(None), banner=banner,
                            timings=timings_md(answer.trace, {"uploads": inputs.ms_uploads}, inputs.notes), last=last,
@@ -428,7 +435,8 @@ class ChatTab:
         fid = self.s.feedback.record(rating=rating, question=last.get("question", ""), answer=last.get("answer", ""),
                                      cited=list(last.get("cited") or []), cases=list(last.get("cases") or []),
                                      abstained=bool(last.get("abstained")), comment=comment or "",
-                                     media=list(last.get("media") or []), filters=dict(last.get("filters") or {}))
+                                     media=list(last.get("media") or []), filters=dict(last.get("filters") or {}),
+                                     media_files=list(last.get("media_files") or []))
         return tr("ui.chat.feedback_thanks", id=fid, rating=tr("ui.chat.rated_up" if rating > 0 else "ui.chat.rated_down")), ""
 
     def on_clear(self) -> dict[gr.components.Component, Any]:

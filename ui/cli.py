@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,8 +35,17 @@ logger = logging.getLogger("ragvqa")
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    level = logging.DEBUG if verbose else logging.INFO
+    fmt = os.environ.get("RAGVQA_LOG_FORMAT", "").strip().lower()
+    if fmt == "json":  # one JSON object per line on stderr, for log collectors (ui.logfmt)
+        from ui.logfmt import json_handler
+
+        logging.basicConfig(level=level, handlers=[json_handler()], force=True)
+    elif fmt in ("", "text"):
+        logging.basicConfig(level=level, format="%(message)s",
+                            handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    else:
+        raise typer.BadParameter(f"RAGVQA_LOG_FORMAT must be 'text' or 'json', got {fmt!r}")
     for noisy in ("httpx", "urllib3", "numba", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -94,34 +104,47 @@ def serve(
     sample: bool = typer.Option(True, help="Load the bundled sample KB when the store is empty."),
 ) -> None:
     """Run the web app (chat + admin) on the embedded Qdrant Edge store under data_dir."""
+    from ui.health import Readiness, StartupServer
+    from ui.settings import UISettings
+
+    ui = UISettings()
+    readiness = Readiness("loading models")
+    try:  # the probes answer before torch and the models are even imported (docker healthchecks)
+        early = StartupServer(host or ui.host, port or ui.port, readiness).start()
+    except OSError as e:
+        console.print(f"[red]cannot listen on {host or ui.host}:{port or ui.port}: {e}")
+        raise typer.Exit(2) from None
     from rag.cli_settings import check_models, cli_settings
     from rag.models.loading import ModelNotAvailableError
     from rag.store import StoreError, StoreMismatchError
-    from ui.settings import UISettings
 
     check_models(models)
     settings = cli_settings(data_dir)
-    ui = UISettings()
     ui = ui.model_copy(update={k: v for k, v in {"concurrency_limit": concurrency, "queue_max_size": queue_size}.items()
                                if v is not None})
-    from ui.app import launch
-    from ui.services import build_services
+    from ui.serving import ServeHandle
+    from ui.serving import serve as run_service
 
+    if models == "tiny":
+        console.print("[bold yellow]Smoke-test mode: tiny random models, answers are meaningless.")
+    handle = ServeHandle(readiness=readiness, early=early)
+
+    def freeze_when_started() -> None:
+        # Models, store and app live as long as the server: take them out of the cyclic collector's view, so a full
+        # collection does not walk them during an answer (pauses of up to 0.3 s measured in `ragvqa bench pipeline`).
+        if handle.started.wait() and handle.services is not None:
+            gc.collect()
+            gc.freeze()
+
+    threading.Thread(target=freeze_when_started, daemon=True).start()
     try:
-        services = build_services(settings, models=models, ui=ui, load_sample=sample)  # type: ignore[arg-type]
+        code = run_service(settings, models=models, ui=ui, sample=sample, host=host, port=port,  # type: ignore[arg-type]
+                           handle=handle)
     except (ModelNotAvailableError, StoreMismatchError, StoreError) as e:
         console.print(f"[red]{e}")
         raise typer.Exit(2) from None
-    if models == "tiny":
-        console.print("[bold yellow]Smoke-test mode: tiny random models, answers are meaningless.")
-    # Models, store and app live as long as the server: take them out of the cyclic collector's view, so a full
-    # collection does not walk them during an answer (pauses of up to 0.3 s measured in `ragvqa bench pipeline`).
-    gc.collect()
-    gc.freeze()
-    try:
-        launch(services, host=host, port=port, block=True)
-    finally:
-        services.close()
+    if code:
+        raise typer.Exit(code)
 
 
 def _query_media(image: list[Path], video: Optional[Path], pdf: Optional[Path], page: int, budget: Any, tmp: Path):
@@ -292,6 +315,24 @@ def bench_pipeline(
     from eval.bench_pipeline import render_markdown, run_pipeline_bench, write_report
 
     res = run_pipeline_bench(sizes, dim=dim, n_queries=queries, n_tokens=tokens, work_dir=work_dir)
+    console.print(render_markdown(res), markup=False)
+    for path in write_report(res, out):
+        console.print(f"wrote {path}")
+
+
+@bench_app.command("kb")
+def bench_kb(
+    sizes: list[int] = typer.Option([1_000, 100_000], "--size", help="Number of cases (repeatable)."),
+    dim: int = typer.Option(2048, help="Vector dimension (2048 = the 2B embedder's full size)."),
+    queries: int = typer.Option(200, min=10, help="Timed calls per size."),
+    optimize: bool = typer.Option(True, help="Build HNSW + int8 like the app's store (minutes at 100k)."),
+    work_dir: Optional[Path] = typer.Option(None, help="Keep/reuse the built stores here (default: a temp dir)."),
+    out: Path = typer.Option(Path("bench-results"), help="Output folder for JSON + markdown."),
+) -> None:
+    """Related cases, label suggestion, clustering (time + peak RSS) and cluster assignment at each KB size."""
+    from eval.bench_kb import render_markdown, run_kb_bench, write_report
+
+    res = run_kb_bench(sizes, dim=dim, n_queries=queries, work_dir=work_dir, optimize=optimize)
     console.print(render_markdown(res), markup=False)
     for path in write_report(res, out):
         console.print(f"wrote {path}")

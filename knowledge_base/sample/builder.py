@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -156,6 +156,9 @@ class _Writer:
         self.hashes[rel] = hashlib.sha256(data).hexdigest()
         return path
 
+
+if TYPE_CHECKING:  # pragma: no cover - PyAV is imported when a clip is encoded
+    import av
 
 Job = Callable[[], list[tuple[str, bytes]]]
 
@@ -367,10 +370,11 @@ def _yuv420(img: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     h, w = y.shape
     u = u.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
     v = v.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
-    return tuple(np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v))  # type: ignore[return-value]
+    yp, up, vp = (np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v))
+    return yp, up, vp
 
 
-def _video_frame(img: Image.Image):
+def _video_frame(img: Image.Image) -> av.VideoFrame:
     """A yuv420p ``av.VideoFrame`` whose every byte is initialised, row padding included.
 
     Row padding is filled (edge replicated) so nothing the encoder may read is uninitialised memory.
@@ -403,6 +407,7 @@ def _mp4(frames: list[Image.Image], fps: int) -> bytes:
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as c:
         s = c.add_stream(codec, rate=fps, options=opts)
+        assert isinstance(s, av.VideoStream)
         s.width, s.height = frames[0].size
         s.pix_fmt = "yuv420p"
         for i, f in enumerate(frames):
@@ -430,17 +435,23 @@ def _reference(case: Spec) -> str:
     return f"This matches case {case.id}: {case.title}. Cause: {case.cause} Fix: {steps}"
 
 
-def _eval_queries(cat: Catalog, jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -> list[dict[str, Any]]:
-    """Build the eval rows; media generation is appended to ``jobs``.
+class _QueryRows:
+    """Eval rows numbered ``q{first:03d}`` on; picture and clip generation is queued on ``jobs``.
 
     Every picture query ends up as JPEG (all recipes encode JPEG), so file names are known before the jobs run.
     """
-    queries: list[dict[str, Any]] = []
 
-    def add(kind: str, *, text: str | None = None, image: str | None = None, video: str | None = None,
+    def __init__(self, jobs: list[Job], first: int = 1) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.jobs, self.first = jobs, first
+
+    def next_id(self) -> str:
+        return f"q{self.first + len(self.rows):03d}"
+
+    def add(self, kind: str, *, text: str | None = None, image: str | None = None, video: str | None = None,
             relevant: dict[str, int] | None = None, case: Spec | None = None, filters: dict[str, str] | None = None,
             variant: str | None = None) -> None:
-        q: dict[str, Any] = {"id": f"q{len(queries) + 1:03d}", "kind": kind}
+        q: dict[str, Any] = {"id": self.next_id(), "kind": kind}
         for key, val in (("text", text), ("image", image), ("video", video), ("filters", filters)):
             if val is not None:
                 q[key] = val
@@ -454,14 +465,16 @@ def _eval_queries(cat: Catalog, jobs: list[Job], seed: int, manual_pages: list[I
         q["expect_abstain"] = not relevant
         if variant:
             q["variant"] = variant
-        queries.append(q)
+        self.rows.append(q)
 
-    def next_id() -> str:
-        return f"q{len(queries) + 1:03d}"
+    def add_case(self, kind: str, case: Spec, variant: str, *, text: str | None = None, image: str | None = None) -> None:
+        """A row answered by ``case``."""
+        self.add(kind, text=text, image=image, relevant=_relevant(case), case=case, variant=variant)
 
-    def picture(qid: str, img_fn: Callable[[random.Random], Image.Image], recipe: str, rng_parts: tuple) -> tuple[str, str]:
-        """Queue a picture job; returns (relative path, variant description) — known up front."""
-        rel = f"eval_media/{qid}.jpg"
+    def picture(self, img_fn: Callable[[random.Random], Image.Image], recipe: str,
+                rng_parts: tuple[object, ...]) -> tuple[str, str]:
+        """Queue a picture job for the next row; returns (relative path, variant description) — known up front."""
+        rel = f"eval_media/{self.next_id()}.jpg"
 
         def job() -> list[tuple[str, bytes]]:
             rng = _rng(*rng_parts)
@@ -469,29 +482,35 @@ def _eval_queries(cat: Catalog, jobs: list[Job], seed: int, manual_pages: list[I
             assert ext == ".jpg"
             return [(rel, data)]
 
-        jobs.append(job)
+        self.jobs.append(job)
         return rel, augment.DESCRIPTIONS[recipe]
 
-    # 1) one picture query per case: a re-rendering (other incidental details) + a photo-like recipe
+
+def _picture_queries(q: _QueryRows, cat: Catalog, seed: int) -> None:
+    """One picture query per case: a re-rendering (other incidental details) + a photo-like recipe."""
     for i, case in enumerate(cat.cases):
         k = 0 if len(case.images) == 1 else i % 2
         im = case.images[k]
         recipe = "rescaled_jpeg" if im.scene == "pos_dialog" and i % 2 else augment.RECIPES[i % len(augment.RECIPES)]
-        rel, how = picture(next_id(), partial(render, im.scene, im.params), recipe, (seed, "query", case.id, k))
+        rel, how = q.picture(partial(render, im.scene, im.params), recipe, (seed, "query", case.id, k))
         with_text = i % 3 == 0
         filters = {"product_line": case.product_line} if i % 7 == 3 else None
-        add("image+text" if with_text else "image", text=_GENERIC_QUESTIONS[i % len(_GENERIC_QUESTIONS)] if with_text else None,
-            image=rel, relevant=_relevant(case), case=case, filters=filters, variant=f"re-rendered; {how}")
+        q.add("image+text" if with_text else "image", text=_GENERIC_QUESTIONS[i % len(_GENERIC_QUESTIONS)] if with_text else None,
+              image=rel, relevant=_relevant(case), case=case, filters=filters, variant=f"re-rendered; {how}")
 
-    # 2) text-only questions, worded differently from the case text
+
+def _text_queries(q: _QueryRows, cat: Catalog) -> None:
+    """Text-only questions, worded differently from the case text."""
     for i, case in enumerate(c for c in cat.cases if c.ask):
         filters = {"product_line": case.product_line} if i % 4 == 1 else None
-        add("text", text=case.ask, relevant=_relevant(case), case=case, filters=filters, variant="paraphrased question")
+        q.add("text", text=case.ask, relevant=_relevant(case), case=case, filters=filters, variant="paraphrased question")
 
-    # 3) video queries: the same faults filmed differently
+
+def _video_queries(q: _QueryRows, cat: Catalog, seed: int) -> None:
+    """Video queries: the same faults filmed differently."""
     hv = cat.case_by_id[HVAC_VIDEO_CASE]
     for j, question in enumerate((None, "What does this blinking red light mean?")):
-        rel = f"eval_media/{next_id()}.mp4"
+        rel = f"eval_media/{q.next_id()}.mp4"
 
         def hvac_job(rel: str = rel, j: int = j) -> list[tuple[str, bytes]]:
             rng = _rng(seed, "query-video", hv.id, j)
@@ -500,40 +519,56 @@ def _eval_queries(cat: Catalog, jobs: list[Job], seed: int, manual_pages: list[I
             frames, _how = augment.transform_frames(frames, rng)
             return [(rel, _mp4(frames, VIDEO_FPS))]
 
-        jobs.append(hvac_job)
-        add("video", text=question, video=rel, relevant=_relevant(hv), case=hv,
-            variant=f"re-rendered, phase-shifted; {augment.CLIP_DESCRIPTION}")
+        q.jobs.append(hvac_job)
+        q.add("video", text=question, video=rel, relevant=_relevant(hv), case=hv,
+              variant=f"re-rendered, phase-shifted; {augment.CLIP_DESCRIPTION}")
     pc = cat.case_by_id[PUMP_VIDEO_CASE]
-    rel = f"eval_media/{next_id()}.mp4"
+    rel = f"eval_media/{q.next_id()}.mp4"
 
     def pump_job(rel: str = rel) -> list[tuple[str, bytes]]:
         rng = _rng(seed, "query-video", pc.id)
         frames, _how = augment.transform_frames(_pump_frames(cat, rng, phase=1.1, size=(360, 224)), rng)
         return [(rel, _mp4(frames, VIDEO_FPS))]
 
-    jobs.append(pump_job)
-    add("video", text="Pump is making a rattling noise, here's the gauges.", video=rel, relevant=_relevant(pc), case=pc,
-        variant=f"re-rendered; {augment.CLIP_DESCRIPTION}")
+    q.jobs.append(pump_job)
+    q.add("video", text="Pump is making a rattling noise, here's the gauges.", video=rel, relevant=_relevant(pc), case=pc,
+          variant=f"re-rendered; {augment.CLIP_DESCRIPTION}")
 
-    # 4) photos of manual pages
+
+def _manual_queries(q: _QueryRows, cat: Catalog, seed: int, manual_pages: list[Image.Image]) -> None:
+    """Photos of manual pages."""
     for page_no in (2, 4):
         case = cat.case_by_id[cat.manual_pages[page_no - 1].case_id]
-        page = manual_pages[page_no - 1]
-        rel, how = picture(next_id(), lambda _rng_, page=page: page, "phone_photo", (seed, "query-manual", page_no))
-        add("image+text", text="Found this page in the service binder - which fault is it about and what do I do?", image=rel,
-            relevant=_relevant(case), case=case, variant=f"photo of manual page {page_no}; {how}")
 
-    # 5) out-of-KB questions: the app should say it has no matching case
+        def page_image(_rng: random.Random, page: Image.Image = manual_pages[page_no - 1]) -> Image.Image:
+            return page
+
+        rel, how = q.picture(page_image, "phone_photo", (seed, "query-manual", page_no))
+        q.add("image+text", text="Found this page in the service binder - which fault is it about and what do I do?",
+              image=rel, relevant=_relevant(case), case=case, variant=f"photo of manual page {page_no}; {how}")
+
+
+def _abstain_queries(q: _QueryRows, cat: Catalog, seed: int) -> None:
+    """Out-of-KB questions: the app should say it has no matching case."""
     for text in cat.abstain_text:
-        add("text", text=text, variant="out of KB")
+        q.add("text", text=text, variant="out of KB")
     for j, oob in enumerate(cat.abstain_images):
         recipe = augment.RECIPES[j % len(augment.RECIPES)]
-        rel, how = picture(next_id(), partial(render, "appliance", oob.params), recipe, (seed, "query-abstain", j))
-        add("image+text" if oob.question else "image", text=oob.question, image=rel, variant=f"out of KB; {how}")
+        rel, how = q.picture(partial(render, "appliance", oob.params), recipe, (seed, "query-abstain", j))
+        q.add("image+text" if oob.question else "image", text=oob.question, image=rel, variant=f"out of KB; {how}")
 
-    assert {c for q in queries for c in q["relevant"]} <= set(cat.case_by_id), "eval references an unknown case"
+
+def _eval_queries(cat: Catalog, jobs: list[Job], seed: int, manual_pages: list[Image.Image]) -> list[dict[str, Any]]:
+    """The English eval rows (ids q001…, unchanged since the set was published); media generation goes on ``jobs``."""
+    q = _QueryRows(jobs)
+    _picture_queries(q, cat, seed)
+    _text_queries(q, cat)
+    _video_queries(q, cat, seed)
+    _manual_queries(q, cat, seed, manual_pages)
+    _abstain_queries(q, cat, seed)
+    assert {c for row in q.rows for c in row["relevant"]} <= set(cat.case_by_id), "eval references an unknown case"
     assert len({c.product_line for c in cat.cases}) == len(cat.product_lines)
-    return queries
+    return q.rows
 
 
 def _eval_queries_zh(cat: Catalog, zh: ZhCatalog, jobs: list[Job], seed: int, manual_pages: list[Image.Image], *,
@@ -542,47 +577,24 @@ def _eval_queries_zh(cat: Catalog, zh: ZhCatalog, jobs: list[Job], seed: int, ma
     a picture query per Chinese case (Chinese error screens; every third with an English question), the English
     question of each Chinese case, Chinese questions about English cases, and a photo of the Chinese manual page
     with a Chinese question."""
-    queries: list[dict[str, Any]] = []
-
-    def add(kind: str, case: Spec, variant: str, *, text: str | None = None, image: str | None = None) -> None:
-        q: dict[str, Any] = {"id": f"q{first + len(queries):03d}", "kind": kind}
-        if text is not None:
-            q["text"] = text
-        if image is not None:
-            q["image"] = image
-        q.update(relevant=_relevant(case), reference_answer=_reference(case), key_facts=list(case.key_facts),
-                 expect_abstain=False, variant=variant)
-        queries.append(q)
-
-    def picture(img_fn: Callable[[random.Random], Image.Image], recipe: str, rng_parts: tuple) -> tuple[str, str]:
-        rel = f"eval_media/q{first + len(queries):03d}.jpg"
-
-        def job() -> list[tuple[str, bytes]]:
-            rng = _rng(*rng_parts)
-            data, ext, _how = augment.apply(recipe, img_fn(rng), rng)
-            assert ext == ".jpg"
-            return [(rel, data)]
-
-        jobs.append(job)
-        return rel, augment.DESCRIPTIONS[recipe]
-
+    q = _QueryRows(jobs, first)
     for i, case in enumerate(zh.cases):
         im = case.images[0]
-        rel, how = picture(partial(render, im.scene, im.params), augment.RECIPES[i % len(augment.RECIPES)],
-                           (seed, "query-zh", case.id))
+        rel, how = q.picture(partial(render, im.scene, im.params), augment.RECIPES[i % len(augment.RECIPES)],
+                             (seed, "query-zh", case.id))
         with_text = i % 3 == 0
-        add("image+text" if with_text else "image", case, f"Chinese case; re-rendered; {how}", image=rel,
-            text=_GENERIC_QUESTIONS[i % len(_GENERIC_QUESTIONS)] if with_text else None)
+        q.add_case("image+text" if with_text else "image", case, f"Chinese case; re-rendered; {how}", image=rel,
+                   text=_GENERIC_QUESTIONS[i % len(_GENERIC_QUESTIONS)] if with_text else None)
     for case in zh.cases:
         if case.ask:
-            add("text", case, "English question, Chinese case", text=case.ask)
-    for q in zh.queries:
-        add("text", cat.case_by_id[q.case_id], "Chinese question, English case", text=q.text)
+            q.add_case("text", case, "English question, Chinese case", text=case.ask)
+    for zq in zh.queries:
+        q.add_case("text", cat.case_by_id[zq.case_id], "Chinese question, English case", text=zq.text)
     for page_no, mp in enumerate(zh.manual_pages, 1):
         def page_image(_rng: random.Random, page: Image.Image = manual_pages[page_no - 1]) -> Image.Image:
             return page
 
-        rel, how = picture(page_image, "phone_photo", (seed, "query-manual-zh", page_no))
-        add("image+text", cat.case_by_id[mp.case_id], f"photo of Chinese manual page {page_no}; {how}", image=rel,
-            text="这页维修手册讲的是哪个故障？应该怎么处理？")
-    return queries
+        rel, how = q.picture(page_image, "phone_photo", (seed, "query-manual-zh", page_no))
+        q.add_case("image+text", cat.case_by_id[mp.case_id], f"photo of Chinese manual page {page_no}; {how}", image=rel,
+                   text="这页维修手册讲的是哪个故障？应该怎么处理？")
+    return q.rows

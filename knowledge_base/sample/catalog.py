@@ -68,6 +68,8 @@ class Spec(_Frozen):
     #: A paraphrased text-only eval question, if any.
     ask: str | None = None
     links: list[Link] = []
+    #: Ground-truth fault family (``ragvqa eval kb``: cluster agreement); optional, cases without one are left out.
+    family: str | None = None
 
 
 class Diagram(_Frozen):
@@ -103,6 +105,8 @@ class Catalog(_Frozen):
     #: Out-of-KB text questions (the app should say it has no matching case).
     abstain_text: list[str]
     abstain_images: list[OutOfKBImage]
+    #: Ground-truth related case pairs (unordered; ``ragvqa eval kb``: precision@k of related cases).
+    related_pairs: list[tuple[str, str]] = []
 
     @cached_property
     def case_by_id(self) -> dict[str, Spec]:
@@ -123,6 +127,9 @@ class Catalog(_Frozen):
             bad = [link.case_id for link in c.links if link.case_id not in known]
             if bad:
                 raise ValueError(f"case {c.id} links to unknown case(s) {bad}")
+        bad = sorted({c for pair in self.related_pairs for c in pair if c not in known})
+        if bad:
+            raise ValueError(f"related_pairs name unknown case(s) {bad}")
         bad = [p.case_id for p in self.manual_pages if p.case_id not in known]
         if bad:
             raise ValueError(f"manual pages belong to unknown case(s) {bad}")

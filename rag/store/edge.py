@@ -135,6 +135,7 @@ class EdgeStore(VectorStore):
                 store._discard()
                 raise
             log.info("created vector store %s (%s, dim=%d)", store.shard_dir, meta.embedder_id, meta.dim)
+            _write_holder(root / store.version)
             return store
         vdir = root / active
         stored = cls._read_meta(vdir)
@@ -152,8 +153,14 @@ class EdgeStore(VectorStore):
                 vectors={VECTOR_NAME: qe.EdgeVectorParams(size=stored.dim, distance=qe.Distance.Cosine)},
                 max_search_threads=max_search_threads,
             )
-        with _engine(f"load of {vdir / SHARD_DIR}"):
-            shard = qe.EdgeShard.load(str(vdir / SHARD_DIR), load_cfg)
+        try:
+            with _engine(f"load of {vdir / SHARD_DIR}"):
+                shard = qe.EdgeShard.load(str(vdir / SHARD_DIR), load_cfg)
+        except StoreError as e:
+            if "WouldBlock" in str(e.__cause__ or e):
+                raise StoreError(f"Qdrant Edge load of {vdir / SHARD_DIR} failed: {_held_message(root, vdir)}") from e
+            raise
+        _write_holder(vdir)
         return cls(root, active, shard, stored, config=cfg, engine=engine)
 
     @staticmethod
@@ -405,6 +412,35 @@ class EdgeStore(VectorStore):
 
     def __repr__(self) -> str:
         return f"EdgeStore({str(self.shard_dir)!r}, embedder={self.meta.embedder_id!r}, dim={self.dim})"
+
+
+HOLDER_FILE = ".holder.json"
+
+
+def _write_holder(vdir: Path) -> None:
+    """Who opened the store (pid, since, command), for the message another process gets (Edge's lock says only
+    "WouldBlock")."""
+    import datetime
+    import sys
+
+    info = {"pid": os.getpid(), "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv else ""}
+    try:
+        write_atomic(vdir / HOLDER_FILE, json.dumps(info) + "\n")
+    except OSError as e:  # informative only
+        log.debug("could not record the store holder: %s", e)
+
+
+def _held_message(root: Path, vdir: Path) -> str:
+    try:
+        h = json.loads((vdir / HOLDER_FILE).read_text())
+        who = f"process {h['pid']} (`{h.get('command') or '?'}`) since {h['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        who = "another process"
+    return (f"the vector store under {root} is in use by {who}; Qdrant Edge allows one process per store. "
+            f"If that is `ragvqa serve`, `ragvqa kb` commands on the same data dir run through it (it must have "
+            f"started its admin channel: see .ragvqa-control.json in the data dir); otherwise stop that process "
+            f"and retry, or use a Qdrant server (RAGVQA_QDRANT_URL) for several processes.")
 
 
 def read_active_meta(root: str | os.PathLike[str]) -> StoreMeta | None:
