@@ -514,7 +514,7 @@ def _unwrap(root: Path) -> Path:
 def _is_backup(manifest: Path) -> bool:
     """Other tools write manifest.json too (the sample KB does): only ours marks a backup."""
     try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("format") == BACKUP_FORMAT
+        return bool(json.loads(manifest.read_text(encoding="utf-8")).get("format") == BACKUP_FORMAT)
     except (OSError, ValueError, AttributeError):
         return False
 

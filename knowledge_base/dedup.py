@@ -52,7 +52,7 @@ class Duplicate:
         what = "same file as" if self.kind == "exact" else f"near duplicate (cosine {self.score:.3f}) of"
         return f"{self.media}: {what} {self.other_media_id} of case {self.other_case_id}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str | float]:
         return {"kind": self.kind, "case_id": self.case_id, "media": self.media, "other_case_id": self.other_case_id,
                 "other_media_id": self.other_media_id, "score": round(self.score, 4)}
 

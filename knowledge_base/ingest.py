@@ -236,7 +236,7 @@ def media_payload(case: Case, item: MediaItem, embedder_id: str) -> dict[str, Js
 
 def same_payload(stored: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
     """Whether a payload read back from the store equals ``payload`` once stored (JSON round trip)."""
-    return dict(stored) == json.loads(json.dumps(payload))
+    return bool(dict(stored) == json.loads(json.dumps(payload)))
 
 
 def embed_item(media: MediaStore, item: MediaItem, label: str) -> dict[str, Any]:
@@ -446,7 +446,7 @@ class _Run:
         chunks = [list(records[i:i + n]) for i in range(0, len(records), n)]
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-stage") if self.options.prefetch else None
         try:
-            pending: Future | None = None
+            pending: Future[None] | None = None
             nxt: list[_Work] | None = None
             if chunks:
                 nxt = self._prepare(chunks[0])
@@ -476,14 +476,14 @@ class _Run:
         log.info("%s", self.result.summary())
         return self.result
 
-    def _submit(self, pool: ThreadPoolExecutor | None, work: list[_Work]) -> Future:
+    def _submit(self, pool: ThreadPoolExecutor | None, work: list[_Work]) -> Future[None]:
         def stage_all() -> None:
             for w in work:
                 if not w.failed:
                     self.stager.stage(w)
 
         if pool is None:
-            f: Future = Future()
+            f: Future[None] = Future()
             try:
                 stage_all()
                 f.set_result(None)
@@ -636,7 +636,7 @@ class _Run:
             vecs = self.ctx.embed([j[2] for j in jobs])
             self._assign(jobs, vecs)
         except EmbeddingError:
-            by_case: dict[int, list] = {}
+            by_case: dict[int, list[tuple[_Work, str | None, dict[str, Any]]]] = {}
             for j in jobs:
                 by_case.setdefault(id(j[0]), []).append(j)
             for group in by_case.values():

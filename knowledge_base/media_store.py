@@ -532,7 +532,8 @@ class MediaStore:
                 pg = pdf[page - 1]
                 w, h = pg.get_size()
                 scale = min(4.0, 2 * self.thumb_size / max(w, h, 1))
-                return pg.render(scale=scale).to_pil().copy()
+                thumb: Image.Image = pg.render(scale=scale).to_pil().copy()  # pypdfium2 ships no types
+                return thumb
             finally:
                 pdf.close()
         if PurePosixPath(rel).suffix in (".mp4", ".mov", ".mkv", ".webm", ".avi", ".ts"):
@@ -540,7 +541,8 @@ class MediaStore:
 
             with av.open(str(full)) as c:
                 for frame in c.decode(video=0):
-                    return frame.to_image()
+                    first: Image.Image = frame.to_image()  # av leaves to_image unannotated
+                    return first
             raise MediaError(rel, "video has no decodable frame")
         with Image.open(full) as im:
             im.seek(0)

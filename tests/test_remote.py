@@ -824,3 +824,17 @@ def test_wire_error_inside_the_stream(scripted: ScriptedServer, error_event: dic
     assert e.value.status == 500
     assert "".join(got) == "Replace the "  # the text received before the error, and nothing invented after it
     assert len(scripted.requests) == 1
+
+
+@pytest.mark.parametrize("event", [["not", "an", "object"], 42, "\"text\""], ids=["list", "number", "string"])
+def test_wire_stream_event_that_is_not_an_object(scripted: ScriptedServer, event: Any) -> None:
+    """Every OpenAI stream event is a JSON object: any other JSON value ends the stream with a RemoteError naming the
+    server and the event (not an AttributeError from deep inside the generator)."""
+    scripted.reply_sse("/v1/chat/completions", [_chunk({"content": "Replace the "}), event, "[DONE]"])
+    gen = RemoteGenerator(endpoint(scripted.url, "generator", retries=0), "m")
+    got: list[str] = []
+    with pytest.raises(RemoteError, match=r"generator server at http://127\.0\.0\.1:\d+/v1/chat/completions sent an "
+                                          r"event that is not a JSON object"):
+        for chunk in gen.stream([{"role": "user", "content": "hi"}], max_new_tokens=16):
+            got.append(chunk)
+    assert "".join(got) == "Replace the "

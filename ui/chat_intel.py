@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from rag.errors import UserInputError
 from rag.pipeline.types import CaseCandidate
+from ui.i18n import L, localized, tr
 from ui.render import case_detail_html, plain
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,7 +92,7 @@ class ChatIntel:
         value, share = max(shares.items(), key=lambda kv: (kv[1], kv[0]))
         if share < MIN_CONFIDENCE:
             return hidden
-        return gr.update(value=f"Looks like: {plain(value, 60)} ({share:.0%}) — filter on it", visible=True), value
+        return gr.update(value=tr("ui.chat.intel.line_hint", line=plain(value, 60), share=f"{share:.0%}"), visible=True), value
 
     def accept_line(self, value: str | None) -> tuple[Any, Any]:
         """The user accepted the hint: set the product-line filter, hide the hint."""
@@ -108,14 +109,14 @@ class ChatIntel:
     def build_related(self) -> None:
         """Under the case detail and its media."""
         # A dropdown, not a radio: its choices change per opened case, and any value is checked by open_related.
-        self.related = gr.Dropdown(label="Related cases (pick one to open it)", choices=[], visible=False,
+        self.related = gr.Dropdown(label=L("ui.chat.intel.related"), choices=[], visible=False,
                                    allow_custom_value=True, elem_id="related-cases")
 
     def wire(self, v: ChatView, chat_event: Any) -> None:
         v.gallery.select(self.on_source, [v.sources], [self.related], api_visibility="private")
-        self.related.input(self.open_related, [self.related], [v.detail, v.case_media, self.related],
+        self.related.input(localized(self.open_related), [self.related], [v.detail, v.case_media, self.related],
                            api_name="open_related")
-        chat_event.then(self.line_hint, [v.sources, v.media_state, v.product_line], [self.hint, self.hint_value],
+        chat_event.then(localized(self.line_hint), [v.sources, v.media_state, v.product_line], [self.hint, self.hint_value],
                         api_visibility="private")
         self.hint.click(self.accept_line, [self.hint_value], [v.product_line, self.hint], api_visibility="private")
         v.clear.click(lambda: (gr.update(choices=[], value=None, visible=False), gr.update(visible=False), None), None,

@@ -383,7 +383,8 @@ def _gauge_angle(v: float, vmin: float, vmax: float) -> float:
 
 
 @lru_cache(maxsize=64)
-def _gauge_face(size: int, vmin: float, vmax: float, unit: str, label: str, zones: tuple, major: float | None,
+def _gauge_face(size: int, vmin: float, vmax: float, unit: str, label: str,
+                zones: tuple[tuple[float, float, tuple[int, ...]], ...], major: float | None,
                 bezel: RGB, face: RGB) -> Image.Image:
     ss = 2
     S = size * ss

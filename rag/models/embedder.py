@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from rag.config import VisionBudget
 from rag.errors import UserInputError
 from rag.models.encoding import (
+    ChatTurn,
+    ContentItem,
     Encoded,
     Item,
     TokenizedModel,
@@ -66,7 +68,8 @@ def mrl_truncate(vectors: np.ndarray, dim: int | None) -> np.ndarray:
     if not 64 <= dim <= vectors.shape[1]:
         raise ValueError(f"dim must be between 64 and the model's {vectors.shape[1]} dimensions, got {dim}")
     cut = vectors[:, :dim]
-    return (cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    unit = cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+    return np.asarray(unit, dtype=np.float32)
 
 
 class Embedder(TokenizedModel):
@@ -97,10 +100,11 @@ class Embedder(TokenizedModel):
     def dim(self) -> int:
         return int(self.model.config.text_config.hidden_size)
 
-    def conversation(self, item: Item, vision: Vision, instruction: str | None = None) -> list[dict]:
+    def conversation(self, item: Item, vision: Vision, instruction: str | None = None) -> list[ChatTurn]:
         """The official layout: system = instruction; user = videos, images, texts ("NULL" when empty)."""
         system = normalise_instruction(item.get("instruction") or instruction, self.default_instruction)
-        content = media_content(item, self.budget, vision) if has_input(item) else [{"type": "text", "text": "NULL"}]
+        content: list[ContentItem] = (media_content(item, self.budget, vision) if has_input(item)
+                                      else [{"type": "text", "text": "NULL"}])
         return [
             {"role": "system", "content": [{"type": "text", "text": system}]},
             {"role": "user", "content": content},
@@ -109,7 +113,8 @@ class Embedder(TokenizedModel):
     def prompt(self, item: Item, instruction: str | None = None) -> str:
         """The rendered prompt text for ``item`` (before vision placeholders are expanded)."""
         conv = self.conversation(item, Vision([], []), instruction)
-        return self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        text: str = self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        return text
 
     def encode_item(self, item: Item, instruction: str | None = None, index: int | None = None) -> Encoded:
         name = item_name(item, index)

@@ -7,7 +7,7 @@ vision tokens), and lets a failing item be reported by name instead of sinking a
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Required, Sequence, TypedDict
 
 import torch
 from PIL import Image
@@ -16,6 +16,20 @@ from rag.config import VisionBudget
 from rag.models.vision import PreparedVideo, VisionInputError, describe, prepare_image, prepare_video
 
 Item = dict[str, Any]
+
+
+class ContentItem(TypedDict, total=False):
+    """One content item of a chat turn, as the processor's chat template reads it (vision data travels separately)."""
+
+    type: Required[Literal["text", "image", "video"]]
+    text: str
+
+
+class ChatTurn(TypedDict):
+    """One turn of a conversation given to ``processor.apply_chat_template``."""
+
+    role: Literal["system", "user", "assistant"]
+    content: list[ContentItem]
 
 
 def as_items(items: Iterable[Item | str]) -> list[Item]:
@@ -40,7 +54,7 @@ class Encoded:
         return int(self.input_ids.shape[0])
 
 
-def as_list(value: Any) -> list:
+def as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
@@ -48,7 +62,7 @@ def as_list(value: Any) -> list:
     return [value]
 
 
-def videos_of(item: Item) -> list:
+def videos_of(item: Item) -> list[Any]:
     """``video`` may be one path, one frame list, or a list of those (as in the official code)."""
     v = item.get("video")
     if v is None:
@@ -72,13 +86,13 @@ class Vision:
     videos: list[PreparedVideo]
 
 
-def media_content(item: Item, budget: VisionBudget, vision: Vision) -> list[dict]:
+def media_content(item: Item, budget: VisionBudget, vision: Vision) -> list[ContentItem]:
     """Content items in the official order: all videos, then all images, then all texts.
 
     Vision data is loaded here (once) and appended to ``vision``; a single-frame video becomes an image item.
     """
-    content: list[dict] = []
-    images: list[dict] = []
+    content: list[ContentItem] = []
+    images: list[ContentItem] = []
     for v in videos_of(item):
         prepared = prepare_video(v, budget)
         if isinstance(prepared, Image.Image):
@@ -115,7 +129,7 @@ def item_name(item: Item, index: int | None = None) -> str:
     return f"{where} ({', '.join(parts)})" if parts else where
 
 
-def encode(processor: Any, conversation: list[dict], vision: Vision, name: str = "") -> Encoded:
+def encode(processor: Any, conversation: list[ChatTurn], vision: Vision, name: str = "") -> Encoded:
     """Render + tokenize one conversation with its (already resized) vision data, without padding or truncation."""
     text = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     kwargs: dict[str, Any] = {}
@@ -215,8 +229,13 @@ class TokenizedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self._first_parameter().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self._first_parameter().dtype
+
+    def _first_parameter(self) -> torch.Tensor:
+        # self.model is the transformers model (untyped here): its parameters are torch Parameters
+        param: torch.Tensor = next(self.model.parameters())
+        return param

@@ -146,7 +146,8 @@ class Generator:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        device: torch.device = next(self.model.parameters()).device  # self.model is the (untyped) transformers model
+        return device
 
     @property
     def tokenizer(self) -> Any:

@@ -24,6 +24,8 @@ import torch
 from rag.config import VisionBudget
 from rag.errors import UserInputError
 from rag.models.encoding import (
+    ChatTurn,
+    ContentItem,
     Encoded,
     Item,
     TokenizedModel,
@@ -63,7 +65,7 @@ class RerankError(UserInputError, ValueError):
 class _Side:
     """A query or document: its content items and vision data, prepared once."""
 
-    content: list[dict]
+    content: list[ContentItem]
     vision: Vision
 
 
@@ -102,21 +104,22 @@ class Reranker(TokenizedModel):
             raise RerankError(f"{what}: must be a dict with 'text', 'image' and/or 'video'")
         vision = Vision([], [])
         try:
-            content = media_content(item, self.budget, vision) if has_input(item) else [{"type": "text", "text": "NULL"}]
+            content: list[ContentItem] = (media_content(item, self.budget, vision) if has_input(item)
+                                          else [{"type": "text", "text": "NULL"}])
         except VisionInputError as e:
             raise RerankError(f"{what}: {e}") from e
         return _Side(content, vision)
 
-    def conversation(self, query: _Side, doc: _Side, instruction: str | None) -> tuple[list[dict], Vision]:
+    def conversation(self, query: _Side, doc: _Side, instruction: str | None) -> tuple[list[ChatTurn], Vision]:
         """The official pair layout; vision lists follow placeholder order (query first, then document)."""
-        user = [
+        user: list[ContentItem] = [
             {"type": "text", "text": "<Instruct>: " + (instruction or self.default_instruction)},
             {"type": "text", "text": "<Query>:"},
             *query.content,
             {"type": "text", "text": "\n<Document>:"},
             *doc.content,
         ]
-        conv = [
+        conv: list[ChatTurn] = [
             {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
             {"role": "user", "content": user},
         ]
@@ -126,7 +129,8 @@ class Reranker(TokenizedModel):
     def prompt(self, query: Item, document: Item, instruction: str | None = None) -> str:
         """The rendered pair prompt (before vision placeholders are expanded)."""
         conv, _ = self.conversation(self._side(query, "query"), self._side(document, "document"), instruction)
-        return self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        text: str = self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        return text
 
     def encode_pairs(self, query: Item, documents: Sequence[Item], instruction: str | None = None) -> tuple[_Side, list[Encoded]]:
         q = self._side(query, item_name(query).replace("item", "query", 1))

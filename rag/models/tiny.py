@@ -107,7 +107,9 @@ def build_tokenizer(extra_corpus: str = "") -> Qwen2Tokenizer:
     return tok
 
 
-def _shape(size: CheckpointSize) -> tuple[dict, dict]:
+def _shape(size: CheckpointSize) -> tuple[dict[str, int | list[int]], dict[str, int | list[int]]]:
+    text: dict[str, int | list[int]]
+    vision: dict[str, int | list[int]]
     if size == "tiny":
         text = dict(
             hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,

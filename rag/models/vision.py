@@ -35,7 +35,7 @@ IMAGE_PATCH_SIZE = 16
 FACTOR = IMAGE_PATCH_SIZE * 2
 
 ImageSource = Union[str, Path, bytes, Image.Image]
-VideoSource = Union[str, Path, list]
+VideoSource = Union[str, Path, list[ImageSource]]  # a path, or the frames already decoded
 
 
 class VisionInputError(UserInputError, ValueError):
@@ -149,7 +149,10 @@ def load_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Im
 
 def resize_image(img: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
     """Resize like the official code (qwen-vl-utils ``fetch_image`` with ``image_patch_size=16``)."""
-    return qvu.fetch_image({"image": img, "min_pixels": min_pixels, "max_pixels": max_pixels}, image_patch_size=IMAGE_PATCH_SIZE)
+    # qwen_vl_utils ships no types: fetch_image returns the resized PIL image
+    resized: Image.Image = qvu.fetch_image({"image": img, "min_pixels": min_pixels, "max_pixels": max_pixels},
+                                           image_patch_size=IMAGE_PATCH_SIZE)
+    return resized
 
 
 def prepare_image(src: ImageSource, budget: VisionBudget | None = None) -> Image.Image:
@@ -203,7 +206,7 @@ def _frame_size(path: str) -> tuple[int, int]:
         return 0, 0
 
 
-def read_video_frames(path: str, fps: float, max_frames: int, budget: VisionBudget) -> tuple[torch.Tensor, dict]:
+def read_video_frames(path: str, fps: float, max_frames: int, budget: VisionBudget) -> tuple[torch.Tensor, dict[str, Any]]:
     """Decode and sample frames like qwen-vl-utils' decord reader (decord first, PyAV as fallback).
 
     A video shorter than two frames cannot be a Qwen3-VL video (temporal patch 2): callers treat it as an image.
@@ -261,7 +264,9 @@ def _resize_video(video: torch.Tensor, budget: VisionBudget) -> torch.Tensor:
     min_pixels = qvu.VIDEO_MIN_TOKEN_NUM * FACTOR * FACTOR
     max_pixels = max(min(budget.video_frame_max_pixels, budget.video_total_pixels / nframes * qvu.FRAME_FACTOR), int(min_pixels * 1.05))
     h, w = qvu.smart_resize(height, width, factor=FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
-    return transforms.functional.resize(video, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    # torchvision ships no types: resize returns a tensor of the input's dtype
+    resized: torch.Tensor = transforms.functional.resize(video, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return resized.float()
 
 
 def prepare_video(src: VideoSource, budget: VisionBudget | None = None) -> PreparedVideo | Image.Image:

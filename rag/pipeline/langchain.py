@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -54,7 +54,7 @@ class CaseRetriever(BaseRetriever):
         return [to_document(c) for c in cases]
 
 
-def as_runnable(pipeline: RagPipeline) -> RunnableLambda:
+def as_runnable(pipeline: RagPipeline) -> RunnableLambda[Any, Answer]:
     """The whole chain: ``invoke`` → :class:`Answer`; ``stream`` → text chunks."""
 
     def _invoke(value: Any) -> Answer:
@@ -69,10 +69,10 @@ def as_runnable(pipeline: RagPipeline) -> RunnableLambda:
     return _Chain(_invoke, _stream)
 
 
-class _Chain(RunnableLambda):
+class _Chain(RunnableLambda[Any, Answer]):
     """``RunnableLambda`` whose ``stream`` yields answer tokens as they are generated."""
 
-    def __init__(self, invoke_fn: Any, stream_fn: Any) -> None:
+    def __init__(self, invoke_fn: Callable[[Any], Answer], stream_fn: Callable[[Iterator[Any]], Iterator[str]]) -> None:
         super().__init__(invoke_fn, name="ragvqa")
         self._streamer = RunnableGenerator(stream_fn, name="ragvqa-stream")
 

@@ -17,7 +17,7 @@ from rag.payload import CaseTextFields, MediaFields
 from rag.pipeline.media import MediaResolver
 from rag.pipeline.timing import Timer
 from rag.pipeline.types import CaseCandidate, Query, Retrieved, Trace
-from rag.store.base import VectorStore, point_id
+from rag.store.base import Filters, VectorStore, point_id
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Retrieve:
     def embed(self, query: Query) -> Any:
         return self.embedder.embed([query.embed_item()], instruction=self.instruction, dim=self.dim)[0]
 
-    def search(self, vector: Any, filters: dict | None, trace: Trace, *, top_k: int | None = None) -> list[CaseCandidate]:
+    def search(self, vector: Any, filters: Filters | None, trace: Trace, *, top_k: int | None = None) -> list[CaseCandidate]:
         with Timer() as t:
             groups = self.store.search_cases(vector, limit_cases=self.top_k if top_k is None else top_k, filters=filters or None,
                                               payload_keys=SEARCH_PAYLOAD)
@@ -60,7 +60,7 @@ class Retrieve:
         """Cases by id (e.g. those of earlier turns), with no retrieval score of their own."""
         return self.candidates([(cid, 0.0, [], []) for cid in case_ids])
 
-    def candidates(self, groups: Sequence[tuple[str, float, list[dict], list[str]]]) -> list[CaseCandidate]:
+    def candidates(self, groups: Sequence[tuple[str, float, list[dict[str, Any]], list[str]]]) -> list[CaseCandidate]:
         texts = {p.payload.get("case_id"): p.payload for p in self.store.retrieve([point_id(g[0], None) for g in groups])}
         out = []
         for case_id, score, payloads, ids in groups:

@@ -248,7 +248,8 @@ def check_query_vector(vector: Any, dim: int) -> list[float]:
         raise ValueError(f"query vector has length {arr.shape[0]}, store expects dim={dim}")
     if not np.isfinite(arr).all():
         raise ValueError("query vector contains NaN or infinite values")
-    return arr.tolist()
+    values: list[float] = arr.tolist()  # a 1-D float32 array lists as Python floats
+    return values
 
 
 def check_points(points: Iterable[VectorPoint | Mapping[str, Any]], dim: int) -> list[VectorPoint]:

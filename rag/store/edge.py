@@ -395,7 +395,8 @@ class EdgeStore(VectorStore):
         """The shard's index configuration as the engine persisted it (``edge_config.json``: HNSW, quantization,
         optimizer thresholds), so tools report what the engine was given rather than what they meant to give it."""
         try:
-            return json.loads((self.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+            config: dict[str, Any] = json.loads((self.shard_dir / "edge_config.json").read_text(encoding="utf-8"))
+            return config
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read the engine config of {self.shard_dir}: {e}") from e
 

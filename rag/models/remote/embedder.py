@@ -18,7 +18,7 @@ import numpy as np
 from rag.models.embedder import DEFAULT_INSTRUCTION, EmbeddingError, mrl_truncate, normalise_instruction
 from rag.models.encoding import Item, as_items, item_name
 from rag.models.remote.http import RemoteError
-from rag.models.remote.media import item_parts, text_part
+from rag.models.remote.media import WireMessage, item_parts, text_part
 from rag.models.remote.pooling import PoolingClient
 from rag.models.vision import VisionInputError
 
@@ -41,7 +41,7 @@ class RemoteEmbedder(PoolingClient):
         assert self._dim is not None
         return self._dim
 
-    def messages(self, item: Item, instruction: str | None = None, index: int | None = None) -> list[dict]:
+    def messages(self, item: Item, instruction: str | None = None, index: int | None = None) -> list[WireMessage]:
         """The official conversation for one item, with media as data URLs (raises EmbeddingError naming it)."""
         name = item_name(item, index) if isinstance(item, dict) else f"item {index}"
         if not isinstance(item, dict):

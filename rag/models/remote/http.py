@@ -121,7 +121,7 @@ class HttpEndpoint:
 
     # -- retry policy -------------------------------------------------------------------------------------------
     def _delay(self, attempt: int, response: httpx.Response | None = None) -> float:
-        delay = min(self.max_backoff_s, self.backoff_s * (2**attempt))
+        delay = min(self.max_backoff_s, self.backoff_s * (2.0**attempt))  # float power: int**int is Any in typeshed
         if response is not None:
             retry_after = response.headers.get("retry-after")
             if retry_after:
@@ -243,12 +243,14 @@ class HttpEndpoint:
             event = json.loads(text)
         except ValueError as e:
             raise RemoteError(f"{self.role} server at {url} sent an unreadable event: {text[:200]!r}", url=url) from e
+        if not isinstance(event, dict):  # every OpenAI stream event is a JSON object
+            raise RemoteError(f"{self.role} server at {url} sent an event that is not a JSON object: {text[:200]!r}", url=url)
         # vLLM reports a failure inside the stream as an error event: ``{"error": {...}}``, or in older versions the
         # bare ErrorResponse ``{"object": "error", "message": ..., "code": ...}``.
         err: Any = None
-        if isinstance(event, dict) and event.get("error"):
+        if event.get("error"):
             err = event["error"]
-        elif isinstance(event, dict) and event.get("object") == "error":
+        elif event.get("object") == "error":
             err = event
         if err is not None:
             msg = err.get("message") if isinstance(err, dict) else err

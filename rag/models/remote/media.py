@@ -19,7 +19,7 @@ import binascii
 import io
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
@@ -40,7 +40,14 @@ VIDEO_MIME = {
     ".gif": "image/gif",
 }
 
-Part = dict[str, Any]
+Part = dict[str, Any]  # one OpenAI content part, JSON as sent (text, image_url {url}, video_url {url}, ...)
+
+
+class WireMessage(TypedDict):
+    """One OpenAI-style chat message as sent to the pooling endpoints."""
+
+    role: Literal["system", "user", "assistant"]
+    content: list[Part]
 
 
 def text_part(text: str) -> Part:

@@ -6,7 +6,7 @@ from typing import Any, Callable, ClassVar
 
 from rag.config import VisionBudget
 from rag.models.remote.http import HttpEndpoint, RemoteError
-from rag.models.remote.media import ImageFormat
+from rag.models.remote.media import ImageFormat, WireMessage
 
 #: HTTP statuses that mean "this item cannot be used" (too long, unreadable media), not "the server is broken".
 ITEM_ERROR_STATUSES = frozenset({400, 413, 422})
@@ -33,7 +33,7 @@ class PoolingClient:
         self.max_upload_bytes = max_upload_bytes
         self.mm_processor_kwargs = mm_processor_kwargs
 
-    def payload(self, messages: list[dict], **extra: Any) -> dict[str, Any]:
+    def payload(self, messages: list[WireMessage], **extra: Any) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "add_generation_prompt": True, **extra}
         if self.mm_processor_kwargs:
             body["mm_processor_kwargs"] = self.mm_processor_kwargs

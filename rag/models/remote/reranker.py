@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from rag.models.encoding import Item, item_name
 from rag.models.remote.http import RemoteError
-from rag.models.remote.media import Part, item_parts, text_part
+from rag.models.remote.media import Part, WireMessage, item_parts, text_part
 from rag.models.remote.pooling import PoolingClient
 from rag.models.reranker import DEFAULT_INSTRUCTION, SYSTEM_PROMPT, RerankError
 from rag.models.vision import VisionInputError
@@ -49,7 +49,7 @@ class RemoteReranker(PoolingClient):
         except VisionInputError as e:
             raise RerankError(f"{what}: {e}") from e
 
-    def messages(self, query_parts: list[Part], doc_parts: list[Part], instruction: str | None = None) -> list[dict]:
+    def messages(self, query_parts: list[Part], doc_parts: list[Part], instruction: str | None = None) -> list[WireMessage]:
         """The official pair conversation (same content items, same order as the local reranker)."""
         user = [
             text_part("<Instruct>: " + (instruction or self.default_instruction)),
