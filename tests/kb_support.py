@@ -68,6 +68,12 @@ def case_dict(i: int, media: list[Any] | None = None, **kw: Any) -> dict[str, An
     return d
 
 
+def add_scene_cases(kb: KnowledgeBase, n: int) -> None:
+    """Add ``case-00`` … through the façade, each with one JPEG of its own scene (``scene(i)``)."""
+    for i in range(n):
+        kb.add_case(case_dict(i), media=[(f"{i}.jpg", jpeg_bytes(scene(i)))])
+
+
 def write_jsonl(path: Path, cases: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(c) + "\n" for c in cases), encoding="utf-8")
     return path

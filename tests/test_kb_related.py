@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kb_planted import Planted, brute_related, grouped_cases, open_planted, unit
-from kb_support import case_dict, jpeg_bytes, kb_state, open_kb, scene
+from kb_support import add_scene_cases, kb_state, open_kb
 
 from knowledge_base.cases import CaseNotFoundError
 from knowledge_base.related import RelatedInputError, confirm_related, related_cases
@@ -118,8 +118,7 @@ def test_bad_input(tmp_path: Path, planted) -> None:
 def test_related_is_read_only_and_confirm_links(tmp_path: Path, embedder) -> None:
     kb = open_kb("edge", tmp_path / "data", embedder)
     try:
-        for i in range(3):
-            kb.add_case(case_dict(i), media=[(f"{i}.jpg", jpeg_bytes(scene(i)))])
+        add_scene_cases(kb, 3)
         before = kb_state(kb)
         rel = related_cases(kb, "case-00", limit=5)
         assert {r.case_id for r in rel} == {"case-01", "case-02"}

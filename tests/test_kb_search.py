@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kb_planted import grouped_cases, open_planted, unit
-from kb_support import TinyCli, case_dict, jpeg_bytes, kb_state, make_source, open_kb, scene
+from kb_support import TinyCli, add_scene_cases, jpeg_bytes, kb_state, make_source, open_kb, scene
 
 from knowledge_base.semantic_search import SearchInputError, semantic_search
 
@@ -79,8 +79,7 @@ def test_tiny_model_text_and_image_queries(tmp_path: Path, embedder) -> None:
 
     kb = open_kb("edge", tmp_path / "data", embedder)
     try:
-        for i in range(4):
-            kb.add_case(case_dict(i), media=[(f"{i}.jpg", jpeg_bytes(scene(i)))])
+        add_scene_cases(kb, 4)
         before = kb_state(kb)
         stored = [(p.payload["case_id"], p.payload["kind"], p.vector) for p in kb.store.scroll(with_vectors=True)]
         img = tmp_path / "q.jpg"
