@@ -443,13 +443,14 @@ class EvalRunner:
         return RunOutput(self.run_dir, summary, records, files)
 
     def close(self) -> None:
-        for obj in (self.kb, self.store):
-            close = getattr(obj, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:  # already closed by the KB facade
-                    logger.debug("closing %s", type(obj).__name__, exc_info=True)
+        """Close what this run opened: the knowledge base (``self.store`` is its store, closed with it) or, for a
+        corpus indexed without one, the bare store. A failure to close is logged, never raised."""
+        owner = self.kb if self.kb is not None else self.store
+        if owner is not None:
+            try:
+                owner.close()
+            except Exception:
+                logger.warning("error while closing %s", type(owner).__name__, exc_info=True)
         self.kb = self.store = None
 
 

@@ -269,7 +269,7 @@ class AuditLog:
         self._append(None)  # a torn last line goes now, not at the next change
         closed = []
         for e in self.entries():
-            if e.status != "pending" or (e.pid is not None and e.pid != os.getpid() and _alive(e.pid)):
+            if e.status != "pending" or (e.pid is not None and e.pid != os.getpid() and pid_alive(e.pid)):
                 continue
             if e.case_id is None:  # a bulk operation: its cases were logged one by one as they were stored
                 self.end(Change(e.id, None, None), "not applied (crash)",
@@ -286,7 +286,8 @@ class AuditLog:
         return closed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one owned by another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from knowledge_base.audit import pid_alive
+
 if TYPE_CHECKING:
     from knowledge_base.kb import KnowledgeBase
 
@@ -61,23 +63,13 @@ SERVED_KB: contextvars.ContextVar[KnowledgeBase | None] = contextvars.ContextVar
 
 
 # -- the client ---------------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def find_running_app(data_dir: Path) -> tuple[ControlInfo, str] | None:
     """(control info, token) of the app serving ``data_dir``, or None when none runs (stale files are ignored)."""
     try:
         info = ControlInfo.model_validate_json((data_dir / CONTROL_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not _pid_alive(info.pid):
+    if not pid_alive(info.pid):
         return None
     try:
         token = (data_dir / TOKEN_FILE).read_text().strip()

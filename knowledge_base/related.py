@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, computed_field
 from knowledge_base.cases import CaseNotFoundError
 from knowledge_base.ingest import ItemReport
 from knowledge_base.schema import Case, CaseLink
+from knowledge_base.semantic_search import CaseHit
 from rag.errors import UserInputError
 from rag.payload import PointKind
 from rag.store import Hit, StoredPoint, VectorStore, point_id
@@ -83,13 +84,9 @@ class MatchReason(BaseModel):
         return f"{self.this.label} ↔ {self.other.label}"
 
 
-class RelatedCase(BaseModel):
+class RelatedCase(CaseHit):
     """Another case related to the asked one: its best pair score and the pairs that matched (best first)."""
 
-    case_id: str
-    title: str
-    product_line: str = ""
-    score: float
     reasons: list[MatchReason] = Field(default_factory=list)
 
 

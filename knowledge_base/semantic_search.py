@@ -23,7 +23,7 @@ from rag.store import Hit, VectorStore
 if TYPE_CHECKING:  # pragma: no cover
     from knowledge_base.kb import KnowledgeBase
 
-__all__ = ["CaseResult", "PointResult", "SearchInputError", "SearchResults", "embed_query", "semantic_search"]
+__all__ = ["CaseHit", "CaseResult", "PointResult", "SearchInputError", "SearchResults", "embed_query", "semantic_search"]
 
 #: Payload fields a result needs (``case.media`` only for the first picture of a case whose text matched).
 RESULT_KEYS = ["case_id", "kind", "media_id", "media_path", "thumbnail", "page", "caption", "title", "product_line",
@@ -52,13 +52,20 @@ class PointResult(BaseModel):
     score: float
 
 
-class CaseResult(BaseModel):
-    """One matching case: its best point's score and its matching points, best first."""
+class CaseHit(BaseModel):
+    """A case found by similarity: which case, its title and product line, and its best score (higher is closer).
+
+    Shared by search results and related cases, so both list cases with the same fields in the same order."""
 
     case_id: str
     title: str
     product_line: str = ""
     score: float
+
+
+class CaseResult(CaseHit):
+    """One matching case: its best point's score and its matching points, best first."""
+
     points: list[PointResult] = Field(default_factory=list)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from typer.testing import CliRunner, Result
 
 from knowledge_base.ingest import IngestOptions
 from knowledge_base.kb import KnowledgeBase
@@ -66,6 +68,12 @@ def case_dict(i: int, media: list[Any] | None = None, **kw: Any) -> dict[str, An
     return d
 
 
+def add_scene_cases(kb: KnowledgeBase, n: int) -> None:
+    """Add ``case-00`` … through the façade, each with one JPEG of its own scene (``scene(i)``)."""
+    for i in range(n):
+        kb.add_case(case_dict(i), media=[(f"{i}.jpg", jpeg_bytes(scene(i)))])
+
+
 def write_jsonl(path: Path, cases: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(c) + "\n" for c in cases), encoding="utf-8")
     return path
@@ -79,6 +87,25 @@ def make_source(root: Path, n: int, *, seed0: int = 0) -> Path:
         scene(seed0 + i).save(root / f"img{i:02d}.png")
         cases.append(case_dict(i, [f"img{i:02d}.png"]))
     return write_jsonl(root / "cases.jsonl", cases)
+
+
+class TinyCli:
+    """``ragvqa kb …`` run in-process on ``data`` with ``--models tiny``: the session's checkpoint is copied where the
+    model factory looks, so the CLI loads the same tiny model as the test."""
+
+    def __init__(self, data: Path, tiny_model_dir: Path) -> None:
+        self.data = data
+        shutil.copytree(tiny_model_dir, data / "models" / "tiny")
+        self._runner = CliRunner()
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        from knowledge_base.cli import kb_app
+
+        return self._runner.invoke(kb_app, [*args, "--data-dir", str(self.data), "--models", "tiny"], env=env)
+
+    def open_kb(self) -> KnowledgeBase:
+        """The knowledge base the CLI wrote, opened without a model (stored vectors only)."""
+        return KnowledgeBase.open(Settings(data_dir=self.data), None, strict=False)
 
 
 def open_kb(kind: str, data_dir: Path, embedder: Any, options: IngestOptions = OPTIONS, **kw: Any) -> KnowledgeBase:

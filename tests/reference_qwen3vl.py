@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Self, Sequence, Union
 
 # qwen-vl-utils picks its video reader at import time; its torchvision reader is broken with torchvision 0.29.
 os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
@@ -182,24 +182,36 @@ def _to(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torc
     return {k: v.to(device) for k, v in inputs.items()}
 
 
-# -- embedder ---------------------------------------------------------------------------------------------------------
-class ReferenceEmbedder:
-    """``Qwen3VLModel`` + processor; :meth:`embed` returns L2-normalised float32 vectors."""
+class _ReferenceModel:
+    """A transformers model (class named by ``MODEL_CLASS``) + its processor, with the role's default instruction and
+    token budget."""
 
-    def __init__(self, model: Any, processor: Any, default_instruction: str = EMBED_INSTRUCTION,
-                 max_length: int = EMBED_MAX_LENGTH) -> None:
+    MODEL_CLASS: str
+    DEFAULT_INSTRUCTION: str
+    MAX_LENGTH: int
+
+    def __init__(self, model: Any, processor: Any, default_instruction: str | None = None,
+                 max_length: int | None = None) -> None:
         self.model = model.eval()
         self.processor = processor
-        self.default_instruction = default_instruction
-        self.max_length = max_length
+        self.default_instruction = self.DEFAULT_INSTRUCTION if default_instruction is None else default_instruction
+        self.max_length = self.MAX_LENGTH if max_length is None else max_length
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, Path], dtype: torch.dtype = torch.float32,
-                        device: str = "cpu") -> "ReferenceEmbedder":
-        from transformers import AutoProcessor, Qwen3VLModel
+    def from_pretrained(cls, path: Union[str, Path], dtype: torch.dtype = torch.float32, device: str = "cpu") -> Self:
+        import transformers
 
-        model = Qwen3VLModel.from_pretrained(str(path), dtype=dtype).to(device)
-        return cls(model, AutoProcessor.from_pretrained(str(path)))
+        model = getattr(transformers, cls.MODEL_CLASS).from_pretrained(str(path), dtype=dtype).to(device)
+        return cls(model, transformers.AutoProcessor.from_pretrained(str(path)))
+
+
+# -- embedder ---------------------------------------------------------------------------------------------------------
+class ReferenceEmbedder(_ReferenceModel):
+    """``Qwen3VLModel`` + processor; :meth:`embed` returns L2-normalised float32 vectors."""
+
+    MODEL_CLASS = "Qwen3VLModel"
+    DEFAULT_INSTRUCTION = EMBED_INSTRUCTION
+    MAX_LENGTH = EMBED_MAX_LENGTH
 
     def conversation(self, item: Item) -> list[dict]:
         return embedding_conversation(item, self.default_instruction)
@@ -226,26 +238,19 @@ class ReferenceEmbedder:
 
 
 # -- reranker ---------------------------------------------------------------------------------------------------------
-class ReferenceReranker:
+class ReferenceReranker(_ReferenceModel):
     """``Qwen3VLForConditionalGeneration`` + processor; :meth:`score` returns P(yes) per document."""
 
-    def __init__(self, model: Any, processor: Any, default_instruction: str = RERANK_INSTRUCTION,
-                 max_length: int = RERANK_MAX_LENGTH) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.default_instruction = default_instruction
-        self.max_length = max_length
+    MODEL_CLASS = "Qwen3VLForConditionalGeneration"
+    DEFAULT_INSTRUCTION = RERANK_INSTRUCTION
+    MAX_LENGTH = RERANK_MAX_LENGTH
+
+    def __init__(self, model: Any, processor: Any, default_instruction: str | None = None,
+                 max_length: int | None = None) -> None:
+        super().__init__(model, processor, default_instruction, max_length)
         vocab = processor.tokenizer.get_vocab()
         weight = model.lm_head.weight.detach()
         self.yes_minus_no = (weight[vocab["yes"]] - weight[vocab["no"]]).float()
-
-    @classmethod
-    def from_pretrained(cls, path: Union[str, Path], dtype: torch.dtype = torch.float32,
-                        device: str = "cpu") -> "ReferenceReranker":
-        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
-
-        model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), dtype=dtype).to(device)
-        return cls(model, AutoProcessor.from_pretrained(str(path)))
 
     def conversation(self, query: Item, document: Item, instruction: str | None = None) -> list[dict]:
         return rerank_conversation(query, document, instruction, self.default_instruction)

@@ -3,27 +3,21 @@ random delays from outside), then resume it by re-running it: ``check()`` finds 
 is exactly what an uninterrupted import writes (same case ids, content hashes, points, vectors, media files).
 
 Starting Python + torch + the model for each kill would dominate the run, so one helper process loads them once and
-forks a fresh child per kill point (the child opens the store, imports, and dies where it is told); the resume runs
-in this process on the session's tiny model. Builds on test_kb_crash.py (same source and state helpers, same
+forks a fresh child per kill point (tests/zygote_support.py; the child opens the store, imports, and dies where it is
+told); the resume runs in this process on the session's tiny model. Builds on test_kb_crash.py (same source and state helpers, same
 write-order contract) with many more, and randomly placed, kill points.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from kb_support import assert_same_state, kb_state, make_source, open_kb
-
-ROOT = Path(__file__).resolve().parents[1]
+from zygote_support import Zygote
 
 pytestmark = pytest.mark.slow
 
@@ -32,27 +26,15 @@ KILLS = 20
 SEED = 20240917
 PHASES = ("media-write", "media-upsert", "text-upsert", "delay")
 
-ZYGOTE = textwrap.dedent('''
-    import json, os, random, signal, sys, time
-    sys.path[:0] = [{root!r}, {tests!r}]
-    import torch
-    torch.set_num_threads(1)  # no thread pool exists before fork(): children stay safe
+BODY = '''
     from kb_support import OPTIONS, open_kb
-    from rag.models.embedder import Embedder
     import knowledge_base.media_store as media_store
-
-    emb = Embedder.from_pretrained(sys.argv[1], dtype="float32", device="cpu")
-    print("READY", flush=True)
-
-
-    def die():
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
     def child(job, started_w):
         data, src, phase = Path(job["data"]), job["source"], job["phase"]
         log = open(job["log"], "a", buffering=1)
-        kb = open_kb("edge", data, emb, options=OPTIONS.model_copy(update={{"chunk_cases": job["chunk"]}}))
+        kb = open_kb("edge", data, emb, options=OPTIONS.model_copy(update={"chunk_cases": job["chunk"]}))
         nth, when, calls = job.get("nth", 0), job.get("when", "before"), [0]
         if phase == "media-write":  # every atomic rename into the media store (files and thumbnails)
             real = media_store.os.replace
@@ -88,46 +70,29 @@ ZYGOTE = textwrap.dedent('''
 
             kb.store.upsert = upsert
         os.write(started_w, b"S")
-        kb.import_path(src, on_item=lambda r: log.write(f"DONE {{r.case_id}} {{r.status}}\\n"))
+        kb.import_path(src, on_item=lambda r: log.write(f"DONE {r.case_id} {r.status}\\n"))
         log.write("FINISHED\\n")
         kb.close()
 
 
-    from pathlib import Path
-    for line in sys.stdin:
-        job = json.loads(line)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            try:
-                child(job, w)
-                os._exit(0)
-            except BaseException as e:
-                open(job["log"], "a").write(f"ERROR {{type(e).__name__}}: {{e}}\\n")
-                os._exit(3)
-        os.close(w)
-        started = os.read(r, 1) == b"S"
-        os.close(r)
-        status = None
-        if job["phase"] == "delay" and started:  # once `after` cases are reported done, wait `delay` s, kill
-            while status is None:
-                done = open(job["log"]).read().count("DONE") if os.path.exists(job["log"]) else 0
-                if done >= job["after"]:
-                    time.sleep(job["delay"])
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    break
-                wpid, st = os.waitpid(pid, os.WNOHANG)
-                if wpid:
-                    status = st
-                time.sleep(0.005)
-        if status is None:
-            _, status = os.waitpid(pid, 0)
-        print(json.dumps({{"rc": os.waitstatus_to_exitcode(status)}}), flush=True)
-''').format(root=str(ROOT), tests=str(ROOT / "tests"))
+    def watch(job, pid, started):
+        """Phase "delay": once ``after`` cases are reported done, wait ``delay`` s and kill from outside."""
+        if job["phase"] != "delay" or not started:
+            return None
+        while True:
+            done = open(job["log"]).read().count("DONE") if os.path.exists(job["log"]) else 0
+            if done >= job["after"]:
+                time.sleep(job["delay"])
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                return None
+            wpid, st = os.waitpid(pid, os.WNOHANG)
+            if wpid:
+                return st
+            time.sleep(0.005)
+'''
 
 
 @pytest.fixture(scope="module")
@@ -153,19 +118,10 @@ def _hashes(kb) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def zygote(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    script = tmp_path_factory.mktemp("zygote") / "zygote.py"
-    script.write_text(ZYGOTE)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(tiny_model_dir)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
-    assert proc.stdout is not None and proc.stdin is not None
-    line = proc.stdout.readline()
-    assert line.strip() == "READY", line
-    yield proc
-    proc.stdin.close()
-    proc.wait(timeout=60)
+def zygote(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Zygote]:
+    z = Zygote(tmp_path_factory.mktemp("zygote"), tiny_model_dir, BODY)
+    yield z
+    z.close()
 
 
 def kill_points() -> list[dict[str, Any]]:
@@ -201,13 +157,10 @@ def _point_id(i: int, p: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("point", POINTS, ids=[_point_id(i, p) for i, p in enumerate(POINTS)])
-def test_kill_then_resume(point: dict[str, Any], zygote: subprocess.Popen, source: Path, reference: dict[str, Any],
+def test_kill_then_resume(point: dict[str, Any], zygote: Zygote, source: Path, reference: dict[str, Any],
                           tmp_path: Path, embedder) -> None:
     data, log = tmp_path / "data", tmp_path / "progress.log"
-    assert zygote.stdin is not None and zygote.stdout is not None
-    zygote.stdin.write(json.dumps({**point, "data": str(data), "source": str(source), "log": str(log)}) + "\n")
-    zygote.stdin.flush()
-    rc = json.loads(zygote.stdout.readline())["rc"]
+    rc = zygote.run({**point, "data": str(data), "source": str(source), "log": str(log)})
     progress = log.read_text() if log.exists() else ""
     assert "ERROR" not in progress, progress
     done = progress.count("DONE")

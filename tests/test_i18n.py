@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from ui_helpers import ADMIN, Served, serve_app, stop_app
+from ui_helpers import ADMIN, Served, served_app
 
 from rag.i18n import DEFAULT_LANG, LOCALES_DIR, catalogs, languages
 
@@ -132,11 +132,7 @@ def test_the_scan_catches_a_planted_string(tmp_path: Path) -> None:
 
 # -- the served app --------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
-    s = serve_app(tmp_path_factory.mktemp("ui-i18n"), embedder, reranker, generator)
-    yield s
-    stop_app(s)
+app = served_app("ui-i18n")
 
 
 def _chat(client: Client, text: str, files: list[str] = (), rerank: bool = False) -> tuple:

@@ -6,19 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_ui_browser import ARGS, CHROMIUM, TIMEOUT_MS, ask, shot
-from ui_helpers import Served, serve_app, stop_app
+from test_ui_browser import ARGS, CHROMIUM, TIMEOUT_MS, ask, ask_with_photo, shot, wait_answer
+from ui_helpers import Served, served_app
 
 pytestmark = pytest.mark.browser
 
 from playwright import sync_api  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
-    s = serve_app(tmp_path_factory.mktemp("ui-zh"), embedder, reranker, generator)
-    yield s
-    stop_app(s)
+app = served_app("ui-zh")
 
 
 @pytest.fixture()
@@ -35,16 +30,11 @@ def zh_page(app: Served):
         b.close()
 
 
-def wait_zh_answer(page, n: int = 1) -> str:
-    page.wait_for_function(
-        "n => { const t = document.querySelector('#chatbot')?.innerText || '';"
-        " return (t.match(/引用的案例|使用的案例|知识库中没有找到相似的案例/g) || []).length >= n; }", arg=n)
-    return page.locator("#chatbot").inner_text()
+#: The footers that end a finished answer in the zh-CN UI.
+ZH_FOOTERS = "引用的案例|使用的案例|知识库中没有找到相似的案例"
 
 
 def test_chinese_ui_ask_with_photo_and_abstention(zh_page, app: Served, tmp_path: Path) -> None:
-    from PIL import Image
-
     page = zh_page
     assert page.evaluate("navigator.language") == "zh-CN"
     page.wait_for_function("() => (document.querySelector('#chat-input textarea')?.placeholder || '').includes('附上照片')")
@@ -53,18 +43,13 @@ def test_chinese_ui_ask_with_photo_and_abstention(zh_page, app: Served, tmp_path
     page.wait_for_function("() => document.querySelector('#lang-switch input[value=\"zh-CN\"]')?.checked === true")
     shot(page, "i18n-zh-start")
 
-    photo = tmp_path / "photo.jpg"
-    Image.open(app.images["prn-e13"]).resize((240, 180)).save(photo, quality=80)
-    ask(page, "打印机显示E13，哪里坏了？怎么修？", [photo])
-    chat = wait_zh_answer(page)
-    assert "打印机显示E13" in chat
-    page.wait_for_function("() => document.querySelectorAll('#sources img').length >= 3")
+    chat = ask_with_photo(page, app, tmp_path, "打印机显示E13，哪里坏了？怎么修？", footers=ZH_FOOTERS)
     assert "引用的案例" in chat or "使用的案例" in chat
     shot(page, "i18n-zh-answer")
 
     page.locator("#rerank input[type=checkbox]").uncheck()  # retrieval only: this app's threshold always abstains
     ask(page, "咖啡机研磨时声音很大，怎么办？")
-    wait_zh_answer(page, 2)
+    wait_answer(page, 2, footers=ZH_FOOTERS)
     page.wait_for_selector("#abstain-banner .ragvqa-abstain", state="visible")
     banner = page.locator("#abstain-banner").inner_text()
     assert "没有找到相似案例" in banner and "二线支持" in banner

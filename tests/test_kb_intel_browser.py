@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from ui_helpers import Served, serve_app, stop_app
+from ui_helpers import Served, served_app
 
 pytestmark = pytest.mark.browser
 
@@ -18,11 +18,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-b
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
-    s = serve_app(tmp_path_factory.mktemp("ui-intel-browser"), embedder, reranker, generator)
-    yield s
-    stop_app(s)
+app = served_app("ui-intel-browser")
 
 
 def test_related_cases_and_line_hint_in_the_chat(app: Served, tmp_path: Path) -> None:

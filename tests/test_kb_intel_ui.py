@@ -4,11 +4,10 @@ driven through gradio_client: closed without a login, working after one, read-on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from gradio_client import Client, handle_file
-from ui_helpers import ADMIN, Served, component_id, fn_index_for, raw_call, serve_app, stop_app
+from ui_helpers import ADMIN, Served, component_id, fn_index_for, raw_call, served_app
 
 INTEL = {  # trigger elem_id -> inputs after the token
     "intel-search-btn": ["paper jam", None, [], ""],
@@ -18,11 +17,7 @@ INTEL = {  # trigger elem_id -> inputs after the token
 }
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Iterator[Served]:
-    s = serve_app(tmp_path_factory.mktemp("ui-intel"), embedder, reranker, generator)
-    yield s
-    stop_app(s)
+app = served_app("ui-intel")
 
 
 def points(app: Served) -> dict[str, str]:

@@ -6,13 +6,12 @@ and a softmax for zero-shot; then the mechanics on the tiny model (embedding a n
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from kb_planted import Planted, grouped_cases, open_planted, unit
-from kb_support import case_dict, jpeg_bytes, kb_state, make_source, open_kb, scene
+from kb_support import TinyCli, case_dict, jpeg_bytes, kb_state, make_source, open_kb, scene
 from scipy.special import softmax
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import MultiLabelBinarizer
@@ -205,42 +204,33 @@ def test_new_case_zero_shot_and_cache(tmp_path: Path, embedder, monkeypatch: pyt
 
 
 def test_cli_classify(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from typer.testing import CliRunner
-
-    from knowledge_base.cli import kb_app
-    from knowledge_base.kb import KnowledgeBase
-    from rag.config import Settings
-
-    data = tmp_path / "data"
-    shutil.copytree(tiny_model_dir, data / "models" / "tiny")
-    run = CliRunner().invoke
-    common = ["--data-dir", str(data), "--models", "tiny"]
-    assert run(kb_app, ["import", str(make_source(tmp_path / "src", 6)), *common]).exit_code == 0
-    with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
+    cli = TinyCli(tmp_path / "data", tiny_model_dir)
+    assert cli("import", str(make_source(tmp_path / "src", 6))).exit_code == 0
+    with cli.open_kb() as kb:
         want = suggest_labels(kb, case_id="case-02")
         before = kb_state(kb)
-    res = run(kb_app, ["classify", "case-02", "--json", *common])
+    res = cli("classify", "case-02", "--json")
     assert res.exit_code == 0, res.output
     got = [LabelSuggestion.model_validate(s) for s in json.loads(res.stdout)]
     assert [s for s in got if s.source == "neighbours"] == want  # the CLI has the model: zero-shot may add more
     img = tmp_path / "new.jpg"
     img.write_bytes(jpeg_bytes(scene(3)))
-    res = run(kb_app, ["classify", str(img), "--json", *common])
+    res = cli("classify", str(img), "--json")
     assert res.exit_code == 0, res.output
     assert all(s["source"] in ("neighbours", "zero-shot") for s in json.loads(res.stdout))
-    res = run(kb_app, ["classify", "case-02", *common])
+    res = cli("classify", "case-02")
     assert res.exit_code == 0 and ("suggested" in res.stdout or "no confident suggestion" in res.stdout)
     record = tmp_path / "src" / "new.json"  # a case record: its text and its picture (relative to the file)
     record.write_text(json.dumps({"title": "Fault number 2 on the unit", "media": ["img02.png"]}))
-    res = run(kb_app, ["classify", str(record), "--json", *common])
+    res = cli("classify", str(record), "--json")
     assert res.exit_code == 0, res.output
     assert all(s["source"] in ("neighbours", "zero-shot") for s in json.loads(res.stdout))
     record.write_text("[1, 2]")
-    res = run(kb_app, ["classify", str(record), *common])
+    res = cli("classify", str(record))
     assert res.exit_code == 1 and "must hold one case record" in res.output and "Traceback" not in res.output
-    res = run(kb_app, ["classify", "nope", *common])
+    res = cli("classify", "nope")
     assert res.exit_code == 1 and "nope" in res.output and "Traceback" not in res.output
-    with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
+    with cli.open_kb() as kb:
         from kb_support import assert_same_state
         assert_same_state(kb_state(kb), before)
 
@@ -250,23 +240,15 @@ def test_cli_import_suggest_fills_only_missing_fields(tmp_path: Path, tiny_model
     the (random) model, so the missing fields of new records are filled with those values and reported as
     suggested; present fields are kept; a record is never written with a value the report does not show."""
     from kb_support import write_jsonl
-    from typer.testing import CliRunner
 
-    from knowledge_base.cli import kb_app
-    from knowledge_base.kb import KnowledgeBase
-    from rag.config import Settings
-
-    data = tmp_path / "data"
-    shutil.copytree(tiny_model_dir, data / "models" / "tiny")
+    cli = TinyCli(tmp_path / "data", tiny_model_dir)
     src = tmp_path / "src"
     src.mkdir()
     for i in range(8):
         scene(i).save(src / f"img{i:02d}.png")
     base = [case_dict(i, [f"img{i:02d}.png"], product_line="printer", equipment_model="LP-5", tags=["jam"],
                       severity="high") for i in range(5)]
-    run = CliRunner().invoke
-    common = ["--data-dir", str(data), "--models", "tiny"]
-    assert run(kb_app, ["import", str(write_jsonl(src / "base.jsonl", base)), *common]).exit_code == 0
+    assert cli("import", str(write_jsonl(src / "base.jsonl", base))).exit_code == 0
     new = [
         {k: v for k, v in case_dict(5, ["img05.png"]).items() if k not in ("product_line", "tags", "equipment_model")},
         {**{k: v for k, v in case_dict(6, ["img06.png"]).items() if k not in ("tags",)}, "product_line": "pump"},
@@ -274,7 +256,7 @@ def test_cli_import_suggest_fills_only_missing_fields(tmp_path: Path, tiny_model
     ]
     path = write_jsonl(src / "new.jsonl", new)
     original = path.read_text()
-    res = run(kb_app, ["import", str(path), "--suggest", "--json", *common])
+    res = cli("import", str(path), "--suggest", "--json")
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert rep["added"] == 3 and path.read_text() == original  # the source file is not modified
@@ -284,12 +266,12 @@ def test_cli_import_suggest_fills_only_missing_fields(tmp_path: Path, tiny_model
         ("case-05", "product_line"): "printer", ("case-05", "equipment_model"): "LP-5", ("case-05", "tags"): ["jam"],
         ("case-05", "severity"): "high", ("case-06", "tags"): ["jam"], ("case-06", "severity"): "high"}
     assert {v["source"] for v in got.values()} == {"neighbours"}
-    with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
+    with cli.open_kb() as kb:
         c5, c6, c7 = (kb.get(f"case-0{i}") for i in (5, 6, 7))
         assert (c5.product_line, c5.equipment_model, c5.tags, c5.severity) == ("printer", "LP-5", ["jam"], "high")
         assert (c6.product_line, c6.equipment_model, c6.tags, c6.severity) == ("pump", "M0", ["jam"], "high")
         assert (c7.product_line, c7.tags, c7.severity) == (case_dict(7)["product_line"], case_dict(7)["tags"], "low")
-    res = run(kb_app, ["import", str(src / "img00.png"), "--suggest", *common])
+    res = cli("import", str(src / "img00.png"), "--suggest")
     assert res.exit_code == 1 and "--suggest works on a .jsonl file" in res.output
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kb_planted import Planted, brute_related, grouped_cases, open_planted, unit
-from kb_support import case_dict, jpeg_bytes, kb_state, open_kb, scene
+from kb_support import add_scene_cases, kb_state, open_kb
 
 from knowledge_base.cases import CaseNotFoundError
 from knowledge_base.related import RelatedInputError, confirm_related, related_cases
@@ -118,8 +118,7 @@ def test_bad_input(tmp_path: Path, planted) -> None:
 def test_related_is_read_only_and_confirm_links(tmp_path: Path, embedder) -> None:
     kb = open_kb("edge", tmp_path / "data", embedder)
     try:
-        for i in range(3):
-            kb.add_case(case_dict(i), media=[(f"{i}.jpg", jpeg_bytes(scene(i)))])
+        add_scene_cases(kb, 3)
         before = kb_state(kb)
         rel = related_cases(kb, "case-00", limit=5)
         assert {r.case_id for r in rel} == {"case-01", "case-02"}
@@ -147,33 +146,23 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_cli_related(tmp_path: Path, tiny_model_dir: Path) -> None:
     """``ragvqa kb related`` end to end: import with the tiny model through the CLI, then relate (no model needed)."""
-    import shutil
+    from kb_support import TinyCli, make_source
 
-    from kb_support import make_source
-    from typer.testing import CliRunner
-
-    from knowledge_base.cli import kb_app
-    from knowledge_base.kb import KnowledgeBase
-    from rag.config import Settings
-
-    data = tmp_path / "data"
-    shutil.copytree(tiny_model_dir, data / "models" / "tiny")
-    run = CliRunner().invoke
-    common = ["--data-dir", str(data), "--models", "tiny"]
-    assert run(kb_app, ["import", str(make_source(tmp_path / "src", 4)), *common]).exit_code == 0
-    with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
+    cli = TinyCli(tmp_path / "data", tiny_model_dir)
+    assert cli("import", str(make_source(tmp_path / "src", 4))).exit_code == 0
+    with cli.open_kb() as kb:
         want = [(r.case_id, r.score) for r in related_cases(kb, "case-01", limit=2, exact=True)]
         before = kb_state(kb)
-    res = run(kb_app, ["related", "case-01", "--limit", "2", "--json", *common])
+    res = cli("related", "case-01", "--limit", "2", "--json")
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout)
     assert [r["case_id"] for r in got] == [w[0] for w in want] and got[0]["reasons"][0]["text"]
     np.testing.assert_allclose([r["score"] for r in got], [w[1] for w in want], rtol=0, atol=1e-5)
-    res = run(kb_app, ["related", "case-01", *common])
+    res = cli("related", "case-01")
     assert res.exit_code == 0 and "case-0" in res.stdout and "↔" in res.stdout
-    res = run(kb_app, ["related", "nope", *common])
+    res = cli("related", "nope")
     assert res.exit_code == 1 and "no case with id 'nope'" in res.output and "Traceback" not in res.output
-    with KnowledgeBase.open(Settings(data_dir=data), None, strict=False) as kb:
+    with cli.open_kb() as kb:
         _same(kb_state(kb), before)
 
 

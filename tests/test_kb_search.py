@@ -5,13 +5,12 @@ force over the stored vectors with the query embedded the chat's way), the ``kb 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from kb_planted import grouped_cases, open_planted, unit
-from kb_support import case_dict, jpeg_bytes, kb_state, make_source, open_kb, scene
+from kb_support import TinyCli, add_scene_cases, jpeg_bytes, kb_state, make_source, open_kb, scene
 
 from knowledge_base.semantic_search import SearchInputError, semantic_search
 
@@ -80,8 +79,7 @@ def test_tiny_model_text_and_image_queries(tmp_path: Path, embedder) -> None:
 
     kb = open_kb("edge", tmp_path / "data", embedder)
     try:
-        for i in range(4):
-            kb.add_case(case_dict(i), media=[(f"{i}.jpg", jpeg_bytes(scene(i)))])
+        add_scene_cases(kb, 4)
         before = kb_state(kb)
         stored = [(p.payload["case_id"], p.payload["kind"], p.vector) for p in kb.store.scroll(with_vectors=True)]
         img = tmp_path / "q.jpg"
@@ -103,23 +101,16 @@ def test_tiny_model_text_and_image_queries(tmp_path: Path, embedder) -> None:
 
 
 def test_cli_search(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from typer.testing import CliRunner
-
-    from knowledge_base.cli import kb_app
-
-    data = tmp_path / "data"
-    shutil.copytree(tiny_model_dir, data / "models" / "tiny")
-    run = CliRunner().invoke
-    common = ["--data-dir", str(data), "--models", "tiny"]
-    assert run(kb_app, ["import", str(make_source(tmp_path / "src", 4)), *common]).exit_code == 0
+    cli = TinyCli(tmp_path / "data", tiny_model_dir)
+    assert cli("import", str(make_source(tmp_path / "src", 4))).exit_code == 0
     img = tmp_path / "q.jpg"
     img.write_bytes(jpeg_bytes(scene(1)))
-    res = run(kb_app, ["search", "--text", "fault", "--image", str(img), "--kind", "image", "--json", *common])
+    res = cli("search", "--text", "fault", "--image", str(img), "--kind", "image", "--json")
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout)
     assert got["points"] and all(p["kind"] == "image" and p["thumbnail"] for p in got["points"])
     assert len({c["case_id"] for c in got["cases"]}) == len(got["cases"]) == 4
-    res = run(kb_app, ["search", "--text", "fault", *common])
+    res = cli("search", "--text", "fault")
     assert res.exit_code == 0 and "case-0" in res.stdout
-    res = run(kb_app, ["search", *common])
+    res = cli("search")
     assert res.exit_code == 1 and "give a text, an image" in res.output and "Traceback" not in res.output

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pytest
@@ -47,8 +47,29 @@ log = logging.getLogger(__name__)
 INSTRUCTION = "Retrieve past support cases for this fault"
 
 
+class LoopbackServer:
+    """A ``ThreadingHTTPServer`` on a free loopback port, served from a daemon thread inside ``with``."""
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler], thread_name: str) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name=thread_name, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 # -- a vLLM-shaped model server on the local tiny models ------------------------------------------------------------
-class ModelServer:
+class ModelServer(LoopbackServer):
     """Threaded HTTP server; records every request; can fail, hang or cut streams on demand."""
 
     def __init__(self, embedder: Any = None, reranker: Any = None, generator: Any = None) -> None:
@@ -119,21 +140,10 @@ class ModelServer:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="fake-vllm", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> "ModelServer":
-        self.thread.start()
-        return self
+        self._serve(Handler, "fake-vllm")
 
     def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__exit__(*exc)
         self._tmp.cleanup()
 
     def paths(self) -> list[str]:
@@ -540,7 +550,7 @@ JUDGE = 'Judge whether the Document meets the requirements based on the Query an
         'Note that the answer can only be "yes" or "no".'  # the official reranker's system prompt
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
     """Loopback HTTP server that records requests (method, path, headers, JSON body) and answers each path with
     the next reply scripted for it: ``(status, content_type, body bytes)``."""
 
@@ -571,13 +581,7 @@ class ScriptedServer:
                 self.wfile.write(data)
                 self.wfile.flush()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="scripted-server", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._serve(Handler, "scripted-server")
 
     def reply(self, path: str, status: int, body: Any, ctype: str = "application/json") -> None:
         data = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -587,14 +591,6 @@ class ScriptedServer:
         """Server-sent events as servers write them: ``data: <json>`` + blank line, ending with ``data: [DONE]``."""
         lines = [f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events]
         self.reply(path, 200, "".join(lines).encode(), "text/event-stream")
-
-    def __enter__(self) -> "ScriptedServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture()

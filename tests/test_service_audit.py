@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 from kb_support import case_dict, make_source, open_kb
-from ui_helpers import ADMIN, Served, fn_index_for, serve_app, stop_app
+from ui_helpers import ADMIN, Served, fn_index_for, served_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,11 +104,7 @@ def test_kb_changes_are_audited_with_versions_and_cli_export(tmp_path: Path, emb
     assert r.returncode == 0 and "9 change(s)" in r.stdout
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
-    s = serve_app(tmp_path_factory.mktemp("audit-ui"), embedder, reranker, generator)
-    yield s
-    stop_app(s)
+app = served_app("audit-ui")
 
 
 def test_admin_tab_changes_are_audited_and_shown_read_only(app: Served) -> None:

@@ -7,54 +7,38 @@ change is closed as "applied after a crash" exactly when the case's version move
 version now), else "not applied (crash)"; every case version in the knowledge base is the ``after_version`` of some
 audit entry (no unlogged change); and ``check --fix`` (itself audited) leaves no problem.
 
-Same mechanism as test_crash_kill.py: one helper process loads the tiny embedder once and forks a child per kill
+Same mechanism as test_crash_kill.py (tests/zygote_support.py): one helper process loads the tiny embedder once and forks a child per kill
 point; the child opens a copy of a prepared data dir, installs the kill point and makes the change.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from conftest import case_picture
 from kb_support import make_source, open_kb
-
-ROOT = Path(__file__).resolve().parents[1]
+from zygote_support import Zygote
 
 pytestmark = pytest.mark.slow
 
-ZYGOTE = textwrap.dedent('''
-    import json, os, signal, sys
-    sys.path[:0] = [{root!r}, {tests!r}]
-    import torch
-    torch.set_num_threads(1)  # no thread pool exists before fork(): children stay safe
+BODY = '''
     from kb_support import open_kb, case_dict
-    from rag.models.embedder import Embedder
     from knowledge_base.audit import AuditLog, acting_as
-
-    emb = Embedder.from_pretrained(sys.argv[1], dtype="float32", device="cpu")
-    print("READY", flush=True)
-
-
-    def die():
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
     def child(job, started_w):
         data, point, op = job["data"], job["point"], job["op"]
-        kb = open_kb("edge", __import__("pathlib").Path(data), emb)
+        kb = open_kb("edge", Path(data), emb)
         real_append = AuditLog._append
 
         def append(self, record):
             kind = record.get("rec")
-            if point == f"{{kind}}-torn":
+            if point == f"{kind}-torn":
                 line = (json.dumps(record) + "\\n").encode()
                 with open(self.path, "ab") as f:
                     f.write(line[: len(line) // 2])
@@ -95,33 +79,13 @@ ZYGOTE = textwrap.dedent('''
         os.write(started_w, b"S")
         with acting_as("cli:killer"):
             if op == "update":
-                kb.update("case-00", {{"title": "Changed title of case zero"}}, add_media=[job["media"]])
+                kb.update("case-00", {"title": "Changed title of case zero"}, add_media=[job["media"]])
             elif op == "add":
                 kb.add_case(case_dict(7, []), media=[job["media"]])
             elif op == "delete":
                 kb.delete("case-01")
         kb.close()
-
-
-    from pathlib import Path
-    for line in sys.stdin:
-        job = json.loads(line)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            try:
-                child(job, w)
-                os._exit(0)
-            except BaseException as e:
-                open(job["log"], "a").write(f"ERROR {{type(e).__name__}}: {{e}}\\n")
-                os._exit(3)
-        os.close(w)
-        os.read(r, 1)
-        os.close(r)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({{"rc": os.waitstatus_to_exitcode(status)}}), flush=True)
-''').format(root=str(ROOT), tests=str(ROOT / "tests"))
+'''
 
 #: (operation, kill point, what the interrupted change must be closed as: True applied, False not applied)
 POINTS: list[tuple[str, str, bool]] = [
@@ -158,25 +122,17 @@ def base(tmp_path_factory: pytest.TempPathFactory, embedder) -> tuple[Path, Path
 
 
 @pytest.fixture(scope="module")
-def zygote(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    script = tmp_path_factory.mktemp("audit-zygote") / "zygote.py"
-    script.write_text(ZYGOTE)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(tiny_model_dir)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
-    assert proc.stdout is not None and proc.stdin is not None
-    assert proc.stdout.readline().strip() == "READY"
-    yield proc
-    proc.stdin.close()
-    proc.wait(timeout=60)
+def zygote(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Zygote]:
+    z = Zygote(tmp_path_factory.mktemp("audit-zygote"), tiny_model_dir, BODY)
+    yield z
+    z.close()
 
 
 CASE = {"update": "case-00", "add": "case-07", "delete": "case-01"}
 
 
 @pytest.mark.parametrize(("op", "point", "applied"), POINTS, ids=[f"{o}-{p}" for o, p, _ in POINTS])
-def test_kill_during_audited_change(op: str, point: str, applied: bool, zygote: subprocess.Popen,
+def test_kill_during_audited_change(op: str, point: str, applied: bool, zygote: Zygote,
                                     base: tuple[Path, Path], tmp_path: Path, embedder) -> None:
     base_data, pic = base
     data, log = tmp_path / "data", tmp_path / "child.log"
@@ -188,11 +144,7 @@ def test_kill_during_audited_change(op: str, point: str, applied: bool, zygote: 
         n_before = len(before.audit.entries())
     finally:
         before.close()
-    assert zygote.stdin is not None and zygote.stdout is not None
-    zygote.stdin.write(json.dumps({"op": op, "point": point, "data": str(data), "media": str(pic),
-                                   "log": str(log)}) + "\n")
-    zygote.stdin.flush()
-    rc = json.loads(zygote.stdout.readline())["rc"]
+    rc = zygote.run({"op": op, "point": point, "data": str(data), "media": str(pic), "log": str(log)})
     assert not log.exists(), log.read_text()
     assert rc == -signal.SIGKILL, rc
 

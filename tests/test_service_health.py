@@ -9,15 +9,9 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
-from ui_helpers import ADMIN, Served, free_port, serve_app, stop_app
+from ui_helpers import ADMIN, Served, free_port, served_app
 
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
-    s = serve_app(tmp_path_factory.mktemp("health"), embedder, reranker, generator)
-    yield s
-    stop_app(s)
+app = served_app("health")
 
 
 def test_served_app_answers_probes(app: Served) -> None:

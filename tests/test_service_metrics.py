@@ -11,16 +11,12 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 from prometheus_client.parser import text_string_to_metric_families
-from ui_helpers import Served, serve_app, stop_app
+from ui_helpers import Served, served_app
 
 QUESTION = "Secret-ish question about the E13 fuser"
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
-    s = serve_app(tmp_path_factory.mktemp("metrics"), embedder, reranker, generator)
-    yield s
-    stop_app(s)
+app = served_app("metrics")
 
 
 @pytest.fixture(scope="module")

@@ -278,17 +278,18 @@ def test_bad_uploads_get_a_clear_message(app: Served, client: Client, tmp_path: 
         assert "Traceback" not in reply and str(tmp_path) not in reply
 
 
-class RaisingEmbedder:
-    """Pass-through wrapper around the real embedder whose ``embed`` raises ``error`` (everything else delegates)."""
+class Raising:
+    """Pass-through wrapper around a real object (embedder, knowledge base) whose method ``method`` raises ``error``;
+    every other attribute delegates to the wrapped object."""
 
-    def __init__(self, inner: Any, error: Exception) -> None:
-        self.inner, self.error = inner, error
+    def __init__(self, inner: Any, method: str, error: Exception) -> None:
+        self.inner, self.method, self.error = inner, method, error
 
-    def embed(self, *args: Any, **kwargs: Any) -> Any:
+    def _raise(self, *args: Any, **kwargs: Any) -> Any:
         raise self.error
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        return self._raise if name == self.method else getattr(self.inner, name)
 
 
 SERVER_ERROR = re.compile(r"Something went wrong on the server \(reference [0-9a-f]{8}\)")
@@ -312,7 +313,7 @@ def test_error_inside_the_pipeline_is_a_server_error_unless_it_is_the_users(app:
     assert "dim must be between" not in reply
 
     saved_embedder = stage.embedder
-    stage.embedder = RaisingEmbedder(saved_embedder, EmbeddingError("query: the photo is blank, retake it"))
+    stage.embedder = Raising(saved_embedder, "embed", EmbeddingError("query: the photo is blank, retake it"))
     try:
         _, out = chat(client, "The printer shows E13")
     finally:
@@ -323,19 +324,6 @@ def test_error_inside_the_pipeline_is_a_server_error_unless_it_is_the_users(app:
     assert not text_of(out[0][-1]).startswith("⚠️")
 
 
-class RaisingKB:
-    """Pass-through wrapper around the real knowledge base whose ``near_duplicates`` raises ``error``."""
-
-    def __init__(self, inner: Any, error: Exception) -> None:
-        self.inner, self.error = inner, error
-
-    def near_duplicates(self, *args: Any, **kwargs: Any) -> Any:
-        raise self.error
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def test_admin_errors_user_message_or_server_reference(app: Served) -> None:
     """Admin handlers: a bare ValueError from deep code is a server error with a reference id (its message is not
     shown); a UserInputError shows its message."""
@@ -344,12 +332,12 @@ def test_admin_errors_user_message_or_server_reference(app: Served) -> None:
     c, idx = admin_client(app)
     saved = app.services.kb
     try:
-        app.services.kb = RaisingKB(saved, ValueError("index 7 is out of bounds for axis 0"))
+        app.services.kb = Raising(saved, "near_duplicates", ValueError("index 7 is out of bounds for axis 0"))
         with pytest.raises(Exception) as info:
             c.predict(0.95, fn_index=idx["dup-btn"])
         assert SERVER_ERROR.search(str(info.value)), str(info.value)
         assert "out of bounds" not in str(info.value)
-        app.services.kb = RaisingKB(saved, InputRejected("bad_threshold", "threshold must be in (0, 1]"))
+        app.services.kb = Raising(saved, "near_duplicates", InputRejected("bad_threshold", "threshold must be in (0, 1]"))
         with pytest.raises(Exception, match=r"threshold must be in \(0, 1\]"):
             c.predict(0.95, fn_index=idx["dup-btn"])
     finally:

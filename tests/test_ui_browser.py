@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 from conftest import case_picture
-from ui_helpers import ADMIN, Served, serve_app, stop_app
+from ui_helpers import ADMIN, Served, serve_app, served_app, stop_app
 
 pytestmark = pytest.mark.browser
 
@@ -30,11 +30,7 @@ SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 TIMEOUT_MS = 90_000
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, embedder, reranker, generator) -> Served:
-    s = serve_app(tmp_path_factory.mktemp("ui-browser"), embedder, reranker, generator)
-    yield s
-    stop_app(s)
+app = served_app("ui-browser")
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +70,38 @@ def ask(page, text: str, files: list[Path] = ()) -> None:
     page.locator("#chat-input [data-testid=submit-button]").click()
 
 
-def wait_answer(page, n: int = 1) -> str:
+#: The footers that end a finished answer (English UI): a regex alternation.
+ANSWER_FOOTERS = "Cited cases|Cases used|No similar case was found"
+
+
+def wait_answer(page, n: int = 1, footers: str = ANSWER_FOOTERS) -> str:
     """Wait for the n-th finished answer (its footer lists the cases) and return the chat text."""
     page.wait_for_function(
-        "n => { const t = document.querySelector('#chatbot')?.innerText || '';"
-        " return (t.match(/Cited cases|Cases used|No similar case was found/g) || []).length >= n; }", arg=n)
+        "([n, f]) => { const t = document.querySelector('#chatbot')?.innerText || '';"
+        " return (t.match(new RegExp(f, 'g')) || []).length >= n; }", arg=[n, footers])
     return page.locator("#chatbot").inner_text()
+
+
+def ask_with_photo(page, app: Served, tmp_path: Path, question: str, footers: str = ANSWER_FOOTERS) -> str:
+    """Ask ``question`` with a 240x180 JPEG of the ``prn-e13`` case picture; wait for the answer and its source tiles
+    (at least 3) and return the chat text, which must echo the question."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    Image.open(app.images["prn-e13"]).resize((240, 180)).save(photo, quality=80)
+    ask(page, question, [photo])
+    chat = wait_answer(page, footers=footers)
+    assert question in chat
+    page.wait_for_function("() => document.querySelectorAll('#sources img').length >= 3")
+    return chat
+
+
+def poll_until(done, seconds: float, why, every_s: float = 0.05) -> None:
+    """Poll ``done()`` until it is true; fail with ``why()`` after ``seconds``."""
+    deadline = time.time() + seconds
+    while not done():
+        assert time.time() < deadline, why()
+        time.sleep(every_s)
 
 
 def assert_inert(page) -> None:
@@ -90,14 +112,9 @@ def assert_inert(page) -> None:
 
 
 def test_ask_with_photo_shows_answer_sources_and_case(page, app: Served, tmp_path: Path) -> None:
-    photo = tmp_path / "photo.jpg"
     from PIL import Image
 
-    Image.open(app.images["prn-e13"]).resize((240, 180)).save(photo, quality=80)
-    ask(page, "What is wrong and how do I fix it?", [photo])
-    chat = wait_answer(page)
-    assert "What is wrong and how do I fix it?" in chat
-    page.wait_for_function("() => document.querySelectorAll('#sources img').length >= 3")
+    ask_with_photo(page, app, tmp_path, "What is wrong and how do I fix it?")
     captions = page.locator("#sources").inner_text()
     assert "[prn-e13]" in captions
     # every tile shows its own case's stored thumbnail (the served bytes decode to the same pixels) and a score
@@ -169,10 +186,9 @@ def test_crop_then_ask_uses_the_region(page, app: Served, tmp_path: Path) -> Non
     with page.expect_file_chooser() as chooser:  # the editor's own Upload tool, as a user would
         editor.locator("button[aria-label='Upload']").first.click()
     chooser.value.set_files(str(photo))
-    deadline = time.time() + 60
-    while _picture_box(editor, is_blue) is None:  # the canvas draws the upload asynchronously
-        assert time.time() < deadline, "the photo never appeared in the crop editor"
-        time.sleep(0.3)
+    # the canvas draws the upload asynchronously
+    poll_until(lambda: _picture_box(editor, is_blue) is not None, 60,
+               lambda: "the photo never appeared in the crop editor", every_s=0.3)
     editor.locator("button[aria-label=Image]").click()
     editor.locator("button[aria-label=Crop]").click()
     time.sleep(0.5)
@@ -310,18 +326,14 @@ def test_stop_ends_generation_within_a_step_and_frees_the_slot(browser, long_app
         page.goto(long_app.url, wait_until="domcontentloaded")
         page.wait_for_selector("#chat-input textarea")
         ask(page, "What is wrong with the fuser?")
-        deadline = time.time() + 60
-        while steps[0] < 4:  # prefill and a few decoding steps done: the model is writing
-            assert time.time() < deadline, "generation never started"
-            time.sleep(0.05)
+        # prefill and a few decoding steps done: the model is writing
+        poll_until(lambda: steps[0] >= 4, 60, lambda: "generation never started")
         stop = page.locator("#chat-input button.stop-button")
         stop.wait_for(state="visible")
         at = steps[0]
         stop.click()
-        deadline = time.time() + 10
-        while _generation_threads():
-            assert time.time() < deadline, f"generation still running {steps[0] - at} steps after Stop"
-            time.sleep(0.05)
+        poll_until(lambda: not _generation_threads(), 10,
+                   lambda: f"generation still running {steps[0] - at} steps after Stop")
         assert steps[0] - at <= 2, f"{steps[0] - at} decoding steps ran after Stop (one is in flight when it arrives)"
         shot(page, "chat_stopped")
     # the one model slot is free: the next question is answered (short answers again)
@@ -346,13 +358,8 @@ def test_closing_the_page_ends_its_generation(browser, long_app: Served) -> None
         page.goto(long_app.url, wait_until="domcontentloaded")
         page.wait_for_selector("#chat-input textarea")
         ask(page, "What is wrong with the pump?")
-        deadline = time.time() + 60
-        while steps[0] < 4:
-            assert time.time() < deadline, "generation never started"
-            time.sleep(0.05)
+        poll_until(lambda: steps[0] >= 4, 60, lambda: "generation never started")
         at = steps[0]
         ctx.close()
-        deadline = time.time() + 20
-        while _generation_threads():
-            assert time.time() < deadline, f"generation still running {steps[0] - at} steps after the page closed"
-            time.sleep(0.05)
+        poll_until(lambda: not _generation_threads(), 20,
+                   lambda: f"generation still running {steps[0] - at} steps after the page closed")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import httpx
+import pytest
 from conftest import case_picture
 
 ADMIN = ("admin", "correct-horse-battery")
@@ -99,6 +100,19 @@ def serve_app(root: Path, embedder: Any, reranker: Any, generator: Any, **settin
 def stop_app(s: Served) -> None:
     s.demo.close()
     s.services.close()
+
+
+def served_app(label: str) -> Any:
+    """A module-scoped ``app`` fixture: the app served with the session's tiny models under a fresh tmp dir named
+    ``label``, closed after the module. Use as ``app = served_app("health")`` in a test module."""
+
+    @pytest.fixture(scope="module")
+    def app(tmp_path_factory: pytest.TempPathFactory, embedder: Any, reranker: Any, generator: Any) -> Iterator[Served]:
+        s = serve_app(tmp_path_factory.mktemp(label), embedder, reranker, generator)
+        yield s
+        stop_app(s)
+
+    return app
 
 
 def component_id(config: dict[str, Any], elem_id: str) -> int:
