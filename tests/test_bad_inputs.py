@@ -595,7 +595,7 @@ def test_chat_upload_too_small_refused(tmp_path: Path) -> None:
     """The chat's upload path (its own decoder, not load_image) applies the same minimum size, for photos, PDF pages,
     videos and the cropped region, and says the limit; the smallest accepted size (32×32) still goes through."""
     from rag.models.query_image import QueryImageError, load_query_image
-    from ui.media import UploadError, prepare_uploads
+    from ui.upload import UploadError, prepare_uploads
 
     budget = VisionBudget()
     (tmp_path / "dot.png").write_bytes(tiny_png())

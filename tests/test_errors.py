@@ -22,7 +22,7 @@ def _user_classes() -> list[tuple[type[BaseException], type[BaseException]]]:
     from rag.pipeline import QueryError
     from rag.validation import InputRejected
     from ui.auth import AuthError
-    from ui.media import UploadError
+    from ui.upload import UploadError
 
     return [(QueryError, ValueError), (UploadError, ValueError), (InputRejected, ValueError), (MediaError, ValueError),
             (IngestInputError, ValueError), (VisionInputError, ValueError), (EmbeddingError, ValueError),

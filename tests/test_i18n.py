@@ -194,7 +194,7 @@ def test_admin_login_messages_and_user_errors_in_chinese(app: Served) -> None:
 
 
 def test_upload_errors_are_shown_in_the_browser_language(app: Served, tmp_path: Path) -> None:
-    """ui.media raises UploadError with a code and params; the chat shows the catalog's text for them."""
+    """ui.upload raises UploadError with a code and params; the chat shows the catalog's text for them."""
     fake = tmp_path / "photo.png"
     fake.write_text("not a picture at all, just text", encoding="utf-8")
     zh = Client(app.url, verbose=False, download_files=False, headers={"Accept-Language": "zh-CN"})

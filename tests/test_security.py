@@ -363,7 +363,7 @@ def test_upload_over_the_validation_limit_gets_a_clear_message(app: Served, tmp_
 
 def test_size_check_reads_nothing_of_a_huge_file(app: Served) -> None:
     """A 20 GB (sparse) upload in the upload folder is refused from its size alone, in milliseconds."""
-    from ui.media import UploadError, prepare_uploads
+    from ui.upload import UploadError, prepare_uploads
 
     huge = app.services.upload_dir / f"huge-{uuid.uuid4().hex}.png"
     with open(huge, "wb") as f:
@@ -459,7 +459,7 @@ def test_crop_editor_input_is_confined_to_the_upload_folders(app: Served, tmp_pa
 
 def test_inert_markdown_has_no_autolinks() -> None:
     """Bare URLs in case text or model output must not become links in the chat's Markdown (GFM autolinks)."""
-    from ui.render import inert_md
+    from ui.show import inert_md
 
     md = inert_md(f"see https://{EXTERNAL}/t.png or www.example.com, mail ops@example.com ![x](http://{EXTERNAL}/p)")
     assert "://" not in md and "www." not in md and "@" not in md and "](" not in md

@@ -500,7 +500,7 @@ def test_credentials_from_env_or_secret_file(tmp_path: Path, monkeypatch: pytest
 
 def test_rendering_is_inert() -> None:
     from rag.pipeline import CaseCandidate
-    from ui.render import case_detail_html, inert_md
+    from ui.show import case_detail_html, inert_md
 
     md = inert_md('<script>x()</script> ![p](http://e/x.png) [a](javascript:alert(1)) [case-1]')
     assert "<" not in md and "](" not in md and "&#91;case-1&#93;" in md

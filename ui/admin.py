@@ -23,8 +23,8 @@ from ui.admin_audit import AuditPanel
 from ui.admin_clusters import AdminClusters
 from ui.auth import AuthError, admin_only
 from ui.i18n import L, localized, tr
-from ui.render import esc, plain, server_error_text, user_error_text
 from ui.services import Services
+from ui.show import esc, plain, server_error_text, user_error_text
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import gradio as gr
 
 from rag.errors import UserInputError
 from ui.i18n import L, tr
-from ui.render import plain
+from ui.show import plain
 
 if TYPE_CHECKING:
     from ui.admin import AdminTab

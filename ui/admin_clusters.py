@@ -19,7 +19,7 @@ from gradio.i18n import I18nData
 from PIL import Image
 
 from ui.i18n import L, tr
-from ui.render import esc, plain
+from ui.show import esc, plain
 
 if TYPE_CHECKING:
     from knowledge_base.clusters import ClusterReport, MapText

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ui.i18n import L, localized, tr
-from ui.render import esc, plain
+from ui.show import esc, plain
 
 if TYPE_CHECKING:  # pragma: no cover
     from ui.admin import AdminTab

@@ -28,8 +28,8 @@ from rag.payload import PICTURE_KINDS
 from rag.pipeline import Answer, CaseCandidate, Query, Turn
 from rag.pipeline.render import StreamRenderer
 from ui.i18n import L, current, localized, tr
-from ui.media import QueryMedia, UploadError, editor_image, prepare_uploads, save_image, upload_roots
-from ui.render import (
+from ui.services import Services
+from ui.show import (
     abstain_banner_html,
     caption,
     case_detail_html,
@@ -40,7 +40,7 @@ from ui.render import (
     timings_md,
     user_error_text,
 )
-from ui.services import Services
+from ui.upload import QueryMedia, UploadError, editor_image, prepare_uploads, save_image, upload_roots
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rag.errors import UserInputError
 from rag.pipeline.types import CaseCandidate
 from ui.i18n import L, localized, tr
-from ui.render import case_detail_html, plain
+from ui.show import case_detail_html, plain
 
 if TYPE_CHECKING:  # pragma: no cover
     from ui.chat import ChatTab, ChatView

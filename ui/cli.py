@@ -148,7 +148,7 @@ def serve(
 
 
 def _query_media(image: list[Path], video: Optional[Path], pdf: Optional[Path], page: int, budget: Any, tmp: Path):
-    from ui.media import prepare_uploads
+    from ui.upload import prepare_uploads
 
     files = [str(p) for p in image] + ([str(video)] if video else []) + ([str(pdf)] if pdf else [])
     return prepare_uploads(files, pdf_page=page, out_dir=tmp, budget=budget)
@@ -190,8 +190,8 @@ def ask(
     from rag.models.loading import ModelNotAvailableError
     from rag.pipeline import Query, QueryError
     from rag.store import StoreError, StoreMismatchError
-    from ui.media import UploadError
     from ui.services import build_services
+    from ui.upload import UploadError
 
     check_models(models)
     settings = cli_settings(data_dir, max_new_tokens=max_new_tokens)

@@ -1,4 +1,4 @@
-"""Inert rendering of case text and model output for the browser.
+"""Show: inert rendering of case text and model output for the browser (the last step of a question).
 
 Case text comes from imports and admins, model output can echo it: both may contain ``<script>``, ``<img onerror>``
 or ``[x](javascript:…)``. Everything shown as HTML is escaped here; text shown as Markdown is HTML-escaped and its

@@ -1,4 +1,4 @@
-"""Turn chat uploads (image, video, PDF, cropped region) into query media, with clear errors for bad files.
+"""Upload: chat attachments (image, video, PDF, cropped region) into query media, with clear errors for bad files.
 
 PDF uploads: the page chosen in the "PDF page" box (default 1) is rendered at ``pdf_dpi`` and used as a query
 image; asking for a page the document does not have is an error that says how many pages it has. One page only,
