@@ -26,6 +26,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from eval.bench_report import write_bench_report
+
 __all__ = ["app", "run_ingest_bench", "to_markdown", "write_report"]
 
 log = logging.getLogger(__name__)
@@ -247,12 +249,7 @@ def to_markdown(res: dict[str, Any]) -> str:
 
 def write_report(res: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """``bench_ingest.json`` + ``bench_ingest.md`` under ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    js, md = out / "bench_ingest.json", out / "bench_ingest.md"
-    js.write_text(json.dumps(res, indent=2), encoding="utf-8")
-    md.write_text(to_markdown(res), encoding="utf-8")
-    return js, md
+    return write_bench_report(res, out_dir, "bench_ingest", to_markdown(res))
 
 
 app = typer.Typer(help="Ingestion throughput vs the raw embedder.", no_args_is_help=False)

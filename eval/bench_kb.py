@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from eval.bench_report import write_bench_report
+
 logger = logging.getLogger(__name__)
 
 GOALS = {"n_cases": 100_000, "related_p95_ms": 20.0, "labels_p95_ms": 10.0, "clusters_s": 60.0, "clusters_warm_s": 60.0,
@@ -257,9 +259,4 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 def write_report(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = out / "kb_bench.json", out / "kb_bench.md"
-    jpath.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    mpath.write_text(render_markdown(result), encoding="utf-8")
-    return jpath, mpath
+    return write_bench_report(result, out_dir, "kb_bench", render_markdown(result))

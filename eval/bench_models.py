@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
-import json
 import logging
 import platform
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from eval.bench_report import write_bench_report
 from rag.models.embedder import Embedder
 from rag.models.encoding import Item
 from rag.models.reranker import Reranker
@@ -238,9 +238,4 @@ def _split_line(e: dict[str, Any]) -> str:
 
 
 def write_report(res: dict[str, Any], out_dir: str | Path, name: str = "bench-models") -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    js, md = out / f"{name}.json", out / f"{name}.md"
-    js.write_text(json.dumps(res, indent=2))
-    md.write_text(to_markdown(res))
-    return js, md
+    return write_bench_report(res, out_dir, name, to_markdown(res))

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
+from eval.bench_report import write_bench_report
+
 if TYPE_CHECKING:
     from rag.models.generator import Generator
 
@@ -415,9 +417,4 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 def write_report(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = out / "pipeline_bench.json", out / "pipeline_bench.md"
-    jpath.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    mpath.write_text(render_markdown(result), encoding="utf-8")
-    return jpath, mpath
+    return write_bench_report(result, out_dir, "pipeline_bench", render_markdown(result))

@@ -33,6 +33,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from eval.bench_report import write_bench_report
+
 logger = logging.getLogger(__name__)
 
 STAGES = ("embed", "rerank", "generate")
@@ -403,12 +405,7 @@ def render_markdown(res: dict[str, Any]) -> str:
 
 
 def write_report(res: dict[str, Any], out_dir: str | os.PathLike[str], name: str = "bench-query") -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    js, md = out / f"{name}.json", out / f"{name}.md"
-    js.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    md.write_text(render_markdown(res), encoding="utf-8")
-    return js, md
+    return write_bench_report(res, out_dir, name, render_markdown(res))
 
 
 # -- adaptive rerank depth, measured offline on an eval run -----------------------------------------------------

@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from eval.bench_report import write_bench_report
 from rag.config import Settings
 from rag.store import open_store
 from rag.store.base import VECTOR_NAME, Hit, VectorPoint, check_query_vector, validate_filters
-from rag.store.edge import EdgeStore, to_filter, write_atomic
+from rag.store.edge import EdgeStore, to_filter
 from rag.store.server import ServerStore
 
 log = logging.getLogger(__name__)
@@ -461,12 +462,7 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def write_report(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write ``store_bench.json`` and ``store_bench.md`` into ``out_dir`` (atomically); returns both paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = out / "store_bench.json", out / "store_bench.md"
-    write_atomic(jpath, json.dumps(result, indent=2) + "\n")
-    write_atomic(mpath, render_markdown(result))
-    return jpath, mpath
+    return write_bench_report(result, out_dir, "store_bench", render_markdown(result))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -141,10 +141,16 @@ def _print_result(res: Any, as_json: bool) -> None:
     for item in res.items:
         if item.status == "rejected":
             out.print(f"[red]rejected[/red] {item.where}: {item.reason}", highlight=False)
-        for d in item.duplicates:
-            out.print(f"[yellow]duplicate[/yellow] {item.where} ({d.case_id}): {d.describe()}", highlight=False)
-        for w in item.warnings:
-            out.print(f"[yellow]warning[/yellow] {item.where}: {w}", highlight=False)
+        _print_notes([f"{item.where} ({d.case_id}): {d.describe()}" for d in item.duplicates],
+                     [f"{item.where}: {w}" for w in item.warnings])
+
+
+def _print_notes(duplicates: list[str], warnings: list[str]) -> None:
+    """An import's or a change's near-duplicate and warning lines, in the colours the other lines use."""
+    for d in duplicates:
+        out.print(f"[yellow]duplicate[/yellow] {d}", highlight=False)
+    for w in warnings:
+        out.print(f"[yellow]warning[/yellow] {w}", highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -200,10 +206,7 @@ def add(
         return
     out.print(f"[green]{report.status}[/green] case {report.case_id} "
               f"({report.media_embedded} media embedded, {report.media_reused} reused)", highlight=False)
-    for d in report.duplicates:
-        out.print(f"[yellow]duplicate[/yellow] {d.describe()}", highlight=False)
-    for w in report.warnings:
-        out.print(f"[yellow]warning[/yellow] {w}", highlight=False)
+    _print_notes([d.describe() for d in report.duplicates], report.warnings)
 
 
 @kb_app.command("import")
@@ -357,8 +360,7 @@ def update(
         return
     out.print(f"[green]{report.status}[/green] case {case_id} ({report.reason or f'{report.media_embedded} media embedded'})",
               highlight=False)
-    for d in report.duplicates:
-        out.print(f"[yellow]duplicate[/yellow] {d.describe()}", highlight=False)
+    _print_notes([d.describe() for d in report.duplicates], [])
 
 
 @kb_app.command("delete")

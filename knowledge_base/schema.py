@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -88,6 +88,16 @@ def _capped(field: str, *, required: bool = False) -> AfterValidator:
         return v
 
     return AfterValidator(check)
+
+
+L = TypeVar("L", bound=list[Any])
+
+
+def _at_most(v: L, field: str) -> L:
+    """``v`` unless it has more entries than ``LIMITS[field]`` (then a message naming both numbers)."""
+    if len(v) > LIMITS[field]:
+        raise ValueError(f"{field} has {len(v)} entries; the limit is {LIMITS[field]}")
+    return v
 
 
 def slugify(text: str, max_len: int = 64) -> str:
@@ -336,9 +346,7 @@ class _CaseFields(BaseModel):
     @field_validator("links")
     @classmethod
     def _links(cls, v: list[CaseLink]) -> list[CaseLink]:
-        if len(v) > LIMITS["links"]:
-            raise ValueError(f"links has {len(v)} entries; the limit is {LIMITS['links']}")
-        return v
+        return _at_most(v, "links")
 
 
 class CaseInput(_CaseFields):
@@ -360,9 +368,7 @@ class CaseInput(_CaseFields):
     @field_validator("media")
     @classmethod
     def _media_count(cls, v: list[MediaInput]) -> list[MediaInput]:
-        if len(v) > LIMITS["media"]:
-            raise ValueError(f"media has {len(v)} entries; the limit is {LIMITS['media']}")
-        return v
+        return _at_most(v, "media")
 
     def resolved_id(self) -> str:
         """The given id, else a slug of the equipment model and title."""
@@ -399,8 +405,7 @@ class Case(_CaseFields):
     @field_validator("media")
     @classmethod
     def _media(cls, v: list[MediaItem]) -> list[MediaItem]:
-        if len(v) > LIMITS["media"]:
-            raise ValueError(f"media has {len(v)} entries; the limit is {LIMITS['media']}")
+        _at_most(v, "media")
         ids = [m.id for m in v]
         dups = sorted({i for i in ids if ids.count(i) > 1})
         if dups:

@@ -66,6 +66,13 @@ def make_tiny(
     console.print(f"[green]saved {size} checkpoint to {path}")
 
 
+def _print_and_list(markdown: str, written: tuple[Path, Path]) -> None:
+    """A benchmark's markdown on the console, then where its JSON + markdown were written."""
+    console.print(markdown, markup=False)
+    for path in written:
+        console.print(f"wrote {path}")
+
+
 @bench_app.command("models")
 def bench_models(
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint dir; default: build the 'bench' size in a temp dir."),
@@ -315,9 +322,7 @@ def bench_pipeline(
     from eval.bench_pipeline import render_markdown, run_pipeline_bench, write_report
 
     res = run_pipeline_bench(sizes, dim=dim, n_queries=queries, n_tokens=tokens, work_dir=work_dir)
-    console.print(render_markdown(res), markup=False)
-    for path in write_report(res, out):
-        console.print(f"wrote {path}")
+    _print_and_list(render_markdown(res), write_report(res, out))
 
 
 @bench_app.command("kb")
@@ -333,9 +338,7 @@ def bench_kb(
     from eval.bench_kb import render_markdown, run_kb_bench, write_report
 
     res = run_kb_bench(sizes, dim=dim, n_queries=queries, work_dir=work_dir, optimize=optimize)
-    console.print(render_markdown(res), markup=False)
-    for path in write_report(res, out):
-        console.print(f"wrote {path}")
+    _print_and_list(render_markdown(res), write_report(res, out))
 
 
 mount(bench_app, "ingest", "eval.bench_ingest:app",
@@ -374,9 +377,7 @@ def bench_query(
     except (ValidationError, ValueError, FileNotFoundError) as e:
         console.print(f"[red]{e}")
         raise typer.Exit(2) from None
-    console.print(render_markdown(res), markup=False)
-    for path in write_report(res, out, name=name):
-        console.print(f"wrote {path}")
+    _print_and_list(render_markdown(res), write_report(res, out, name=name))
 
 
 @bench_app.command("rerank-depth")

@@ -103,21 +103,22 @@ def rotate_crop(img: Image.Image, rng: random.Random) -> Image.Image:
     angle = rng.choice((-1, 1)) * rng.uniform(5, 14)
     fill = tuple(int(c) for c in np.asarray(img, np.uint8)[0, 0])
     rot = img.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=fill)
-    w, h = rot.size
-    keep = rng.uniform(0.78, 0.9)
-    cw, ch = int(w * keep), int(h * keep)
-    x0 = int((w - cw) * rng.uniform(0.3, 0.7))
-    y0 = int((h - ch) * rng.uniform(0.3, 0.7))
-    return rot.crop((x0, y0, x0 + cw, y0 + ch))
+    return _crop_window(rot, rng, keep=(0.78, 0.9), place=(0.3, 0.7))
 
 
 def crop_zoom(img: Image.Image, rng: random.Random) -> Image.Image:
     """Close-up: a 65-80% window of the picture (the part the engineer cared about)."""
+    return _crop_window(img, rng, keep=(0.65, 0.8), place=(0.2, 0.8))
+
+
+def _crop_window(img: Image.Image, rng: random.Random, *, keep: tuple[float, float],
+                 place: tuple[float, float]) -> Image.Image:
+    """A window of a random ``keep`` share of each side, placed at a random ``place`` share of the free room."""
     w, h = img.size
-    keep = rng.uniform(0.65, 0.8)
-    cw, ch = int(w * keep), int(h * keep)
-    x0 = int((w - cw) * rng.uniform(0.2, 0.8))
-    y0 = int((h - ch) * rng.uniform(0.2, 0.8))
+    k = rng.uniform(*keep)
+    cw, ch = int(w * k), int(h * k)
+    x0 = int((w - cw) * rng.uniform(*place))
+    y0 = int((h - ch) * rng.uniform(*place))
     return img.crop((x0, y0, x0 + cw, y0 + ch))
 
 

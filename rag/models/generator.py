@@ -29,6 +29,17 @@ class GenerationError(UserInputError, ValueError):
     code = "bad_messages"
 
 
+def checked_turns(messages: Sequence[Message]) -> Iterator[tuple[int, str, Any]]:
+    """(index, role, content) of each chat message; a clear error for no messages or a role the models do not know."""
+    if not messages:
+        raise GenerationError("no messages to answer")
+    for m_i, msg in enumerate(messages):
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise GenerationError(f"message {m_i}: role must be system, user or assistant, got {role!r}")
+        yield m_i, str(role), content
+
+
 class _Cancel:
     """A stopping criterion a caller can trip from another thread (e.g. the user closed the chat)."""
 
@@ -158,15 +169,10 @@ class Generator:
 
     def prepare(self, messages: Sequence[Message]) -> dict[str, torch.Tensor]:
         """Load every image/video once, render the chat template and tokenize."""
-        if not messages:
-            raise GenerationError("no messages to answer")
         images: list[Image.Image] = []
         videos: list[PreparedVideo] = []
         rendered: list[Message] = []
-        for m_i, msg in enumerate(messages):
-            role, content = msg.get("role"), msg.get("content")
-            if role not in ("system", "user", "assistant"):
-                raise GenerationError(f"message {m_i}: role must be system, user or assistant, got {role!r}")
+        for m_i, role, content in checked_turns(messages):
             if isinstance(content, str):
                 rendered.append({"role": role, "content": [{"type": "text", "text": content}]})
                 continue

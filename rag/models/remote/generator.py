@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rag.config import VisionBudget
-from rag.models.generator import GenerationError
+from rag.models.generator import GenerationError, checked_turns
 from rag.models.remote.http import HttpEndpoint, RemoteError
 from rag.models.remote.media import ImageFormat, Part, VideoMode, image_part, text_part, video_parts
 from rag.models.vision import VisionInputError
@@ -65,13 +65,8 @@ class RemoteGenerator:
     # -- messages -----------------------------------------------------------------------------------------------
     def to_openai_messages(self, messages: Sequence[Message]) -> list[Message]:
         """The app's messages (``{"type": "image", "image": path|bytes|PIL}``, videos, texts) in OpenAI form."""
-        if not messages:
-            raise GenerationError("no messages to answer")
         out: list[Message] = []
-        for m_i, msg in enumerate(messages):
-            role, content = msg.get("role"), msg.get("content")
-            if role not in ("system", "user", "assistant"):
-                raise GenerationError(f"message {m_i}: role must be system, user or assistant, got {role!r}")
+        for m_i, role, content in checked_turns(messages):
             if isinstance(content, str):
                 out.append({"role": role, "content": content})
                 continue
