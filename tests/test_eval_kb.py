@@ -104,10 +104,14 @@ def test_eval_kb_command_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path,
                                  "--k", "3"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
-    assert res["n_cases"] == 47 and res["models"] == "tiny"
+    from knowledge_base.sample.catalog import CATALOG_JSON
+
+    n_sample = sum(len(json.loads((CATALOG_JSON.parent / f).read_text("utf-8"))["cases"])
+                   for f in ("cases.json", "cases_zh.json"))  # the English and the Chinese sample cases
+    assert res["n_cases"] == n_sample and res["models"] == "tiny"
     for f in ("product_line", "equipment_model", "severity", "tags"):
-        assert res["labels"][f]["n"] == 47
-    assert 0.0 <= res["clusters"]["nmi"] <= 1.0 and res["clusters"]["n_cases"] == 47
+        assert res["labels"][f]["n"] == n_sample
+    assert 0.0 <= res["clusters"]["nmi"] <= 1.0 and res["clusters"]["n_cases"] == n_sample
     assert res["related"]["k"] == 3 and res["related"]["n_cases"] == len({c for p in ground_truth()[1] for c in p})
     md = (out / "report.md").read_text()
     assert "Mechanics only" in md
