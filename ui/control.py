@@ -64,7 +64,24 @@ __all__ = ["CONTROL_FILE", "SERVED_KB", "TOKEN_FILE", "ControlInfo", "ControlSer
 _route: threading.local = threading.local()
 
 
-class _RoutedOut(io.TextIOBase):
+class _Routed(io.TextIOBase):
+    """A standard stream that belongs to the routed command in the threads running one, else to the process."""
+
+    original: IO[str]
+
+    def _routed(self) -> bool:
+        raise NotImplementedError
+
+    def isatty(self) -> bool:
+        return False if self._routed() else self.original.isatty()
+
+    def fileno(self) -> int:
+        if self._routed():
+            raise io.UnsupportedOperation("fileno")
+        return self.original.fileno()
+
+
+class _RoutedOut(_Routed):
     """Installed as ``sys.stdout``/``sys.stderr`` while a channel is open: writes of a thread running a routed
     command go to its caller, all other writes to the original stream."""
 
@@ -74,6 +91,9 @@ class _RoutedOut(io.TextIOBase):
 
     def _sink(self) -> Callable[[str, str], None] | None:
         return getattr(_route, "sink", None)
+
+    def _routed(self) -> bool:
+        return self._sink() is not None
 
     def write(self, s: str) -> int:
         if not isinstance(s, str):  # a text stream (click probes binary streams with write(b""))
@@ -88,25 +108,20 @@ class _RoutedOut(io.TextIOBase):
         if self._sink() is None:
             self.original.flush()
 
-    def isatty(self) -> bool:
-        return False if self._sink() is not None else self.original.isatty()
-
-    def fileno(self) -> int:
-        if self._sink() is not None:
-            raise io.UnsupportedOperation("fileno")
-        return self.original.fileno()
-
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return "utf-8" if self._sink() is not None else getattr(self.original, "encoding", "utf-8")
 
 
-class _RoutedIn(io.TextIOBase):
+class _RoutedIn(_Routed):
     def __init__(self, original: IO[str]) -> None:
         self.original = original
 
     def _buf(self) -> io.StringIO | None:
         return getattr(_route, "stdin", None)
+
+    def _routed(self) -> bool:
+        return self._buf() is not None
 
     def readline(self, size: int | None = -1) -> str:
         buf = self._buf()
@@ -116,13 +131,6 @@ class _RoutedIn(io.TextIOBase):
         buf = self._buf()
         return self.original.read(size) if buf is None else buf.read(size)
 
-    def isatty(self) -> bool:
-        return False if self._buf() is not None else self.original.isatty()
-
-    def fileno(self) -> int:
-        if self._buf() is not None:
-            raise io.UnsupportedOperation("fileno")
-        return self.original.fileno()
 
 
 _installed = 0
