@@ -31,6 +31,7 @@ from typing import Literal
 
 from pydantic import BaseModel, JsonValue
 
+from knowledge_base.media_store import pid_alive
 from rag.fileio import fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -286,12 +287,3 @@ class AuditLog:
         return closed
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (one owned by another user counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from knowledge_base.audit import pid_alive
+from knowledge_base.media_store import pid_alive
 
 if TYPE_CHECKING:
     from knowledge_base.kb import KnowledgeBase

@@ -686,8 +686,6 @@ def gaps(
     out.print(gaps_markdown(report), highlight=False, markup=False)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    kb_app()
 
 
 # ------------------------------------------------------------------------------------------------ KB intelligence
@@ -795,3 +793,7 @@ def search(
         t.add_row(f"{p.score:.3f}", p.case_id, p.kind + (f" p{p.page}" if p.page else ""),
                   str(root / p.media_path) if p.media_path else "")
     out.print(t)
+
+
+if __name__ == "__main__":  # pragma: no cover - after every command, so `python -m` has them all
+    kb_app()

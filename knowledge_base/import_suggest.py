@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from knowledge_base.labels import LabelField, suggest_labels
+from knowledge_base.labels import LABEL_FIELDS, LabelField, suggest_labels
+from knowledge_base.media_store import VIDEO_SUFFIXES
 from rag.errors import UserInputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,8 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["FilledField", "SuggestInputError", "filled_source", "record_query"]
 
-_FIELDS: tuple[LabelField, ...] = ("product_line", "equipment_model", "tags", "severity")
-_VIDEO = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 
 
 class SuggestInputError(UserInputError, ValueError):
@@ -50,7 +49,7 @@ class FilledField:
 
 
 def _missing(data: dict[str, Any]) -> list[LabelField]:
-    return [f for f in _FIELDS if not data.get(f)]
+    return [f for f in LABEL_FIELDS if not data.get(f)]
 
 
 def _record_text(data: dict[str, Any]) -> str:
@@ -69,7 +68,7 @@ def _record_media(data: dict[str, Any], base: Path) -> list[Path]:
         if not isinstance(rel, str) or kind == "pdf_page" or rel.lower().endswith(".pdf"):
             continue
         p = Path(rel) if Path(rel).is_absolute() else base / rel
-        if p.is_file() and p.resolve().is_relative_to(base.resolve()) and not rel.lower().endswith(_VIDEO):
+        if p.is_file() and p.resolve().is_relative_to(base.resolve()) and not rel.lower().endswith(VIDEO_SUFFIXES):
             out.append(p)
     return out[:4]
 

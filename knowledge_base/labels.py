@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
+from knowledge_base.media_store import VIDEO_SUFFIXES
 from knowledge_base.related import case_points, nearest_cases
 from knowledge_base.schema import Case
 from rag.errors import UserInputError
@@ -234,7 +235,7 @@ def _query_vectors(kb: KnowledgeBase | VectorStore, vectors: np.ndarray | Sequen
         p = Path(m)
         if not p.is_file():
             raise LabelsInputError(f"media file not found: {p}")
-        kind = "video" if p.suffix.lower() in (".mp4", ".webm", ".mov", ".mkv", ".avi") else "image"
+        kind = "video" if p.suffix.lower() in VIDEO_SUFFIXES else "image"
         items.append({kind: str(p)})
     return _embed(kb, items)
 

@@ -274,7 +274,7 @@ class MediaStore:
             try:
                 stale = now - f.lstat().st_mtime > max_age_s
                 if not stale and pid_s.isdigit() and int(pid_s) != os.getpid():
-                    stale = not _pid_alive(int(pid_s))
+                    stale = not pid_alive(int(pid_s))
                 if stale:
                     f.unlink()
                     n += 1
@@ -536,7 +536,7 @@ class MediaStore:
                 return thumb
             finally:
                 pdf.close()
-        if PurePosixPath(rel).suffix in (".mp4", ".mov", ".mkv", ".webm", ".avi", ".ts"):
+        if PurePosixPath(rel).suffix in VIDEO_SUFFIXES:
             import av
 
             with av.open(str(full)) as c:
@@ -550,11 +550,16 @@ class MediaStore:
             return im.copy()
 
 
+#: File suffixes read as video (thumbnails here; label suggestion and `import --suggest` embed them as video).
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".ts")
+
+
 def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one owned by another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
