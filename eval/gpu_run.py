@@ -116,10 +116,10 @@ def render_markdown(res: dict[str, Any]) -> str:
 
 
 def write(res: dict[str, Any], out: Path) -> None:
+    from rag.fileio import write_atomic
+
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".gpu-run.json.tmp"
-    tmp.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "gpu-run.json")
+    write_atomic(out / "gpu-run.json", json.dumps(res, indent=2, default=str) + "\n")
     try:
         (out / "gpu-run.md").write_text(render_markdown(res), encoding="utf-8")
     except Exception as e:  # noqa: BLE001 - the JSON is the record; a rendering bug must not lose it

@@ -63,8 +63,7 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
           credentials: tuple[str, str] | None | Literal["env"] = "env", handle: ServeHandle | None = None,
           signals: bool = True) -> int:
     """Run until stopped; returns the process exit code (2: never got ready, e.g. the store's embedder differs)."""
-    from rag.models.loading import ModelNotAvailableError
-    from rag.store import StoreError, StoreMismatchError
+    from rag.store import StoreMismatchError
     from ui.app import launch
     from ui.backups import BackupScheduler
     from ui.control import ControlServer
@@ -89,9 +88,6 @@ def serve(settings: Settings, *, models: ModelChoice, ui: UISettings, sample: bo
             pass
         early.stop()
         return 2
-    except (ModelNotAvailableError, StoreError):
-        early.stop()
-        raise
     except BaseException:
         early.stop()
         raise

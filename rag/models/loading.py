@@ -278,10 +278,6 @@ def read_state_dict(path: str | Path, dtype: torch.dtype, chunk_bytes: int = CHU
     return out
 
 
-def load_kwargs(dtype: str | torch.dtype, device: torch.device, attn: str) -> dict[str, Any]:
-    return {"dtype": resolve_dtype(dtype, device), "attn_implementation": resolve_attn(attn, device)}
-
-
 def load_model(model_cls: Any, path: str | Path, dtype: str | torch.dtype, device: torch.device, attn: str) -> Any:
     """``model_cls.from_pretrained(path)`` with the weights converted tensor by tensor (:func:`read_state_dict`).
 
