@@ -22,7 +22,7 @@ from rag.errors import UserInputError
 from ui.admin_audit import AuditPanel
 from ui.admin_clusters import AdminClusters
 from ui.auth import AuthError, admin_only
-from ui.i18n import L, localized, tr
+from ui.i18n import L, headers, localized, table, tr
 from ui.services import Services
 from ui.show import esc, plain, server_error_text, user_error_text
 
@@ -41,15 +41,6 @@ IMPORT_FIELDS = {"added": "ui.admin.import.added", "updated": "ui.admin.import.u
                  "skipped": "ui.admin.import.skipped", "rejected": "ui.admin.import.rejected",
                  "duplicates": "ui.admin.import.duplicates", "media_embedded": "ui.admin.import.media_embedded",
                  "elapsed_s": "ui.admin.import.elapsed_s"}
-
-
-def headers(keys: Sequence[str]) -> list[str]:
-    return [tr(k) for k in keys]
-
-
-def table(names: Sequence[str], rows: list[list[Any]]) -> dict[str, Any]:
-    """A Dataframe value with its headers in the request's language."""
-    return {"headers": headers(names), "data": rows}
 
 
 def _lines(text: str | None) -> list[str]:

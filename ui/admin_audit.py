@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from rag.errors import UserInputError
-from ui.i18n import L, tr
+from ui.i18n import L, headers, table, tr
 from ui.show import plain
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class AuditPanel:
                                     scale=2)
             self.btn = gr.Button(L("ui.admin.audit.show"), elem_id="audit-show", scale=0)
         self.msg = gr.Markdown(elem_id="audit-msg")
-        self.table = gr.Dataframe(headers=[tr(k) for k in AUDIT_HEADERS], interactive=False, wrap=True, elem_id="audit-table",
+        self.table = gr.Dataframe(headers=headers(AUDIT_HEADERS), interactive=False, wrap=True, elem_id="audit-table",
                                   max_height=480)
 
     def wire(self) -> None:
@@ -65,5 +65,4 @@ class AuditPanel:
                  "" if e.after_version is None else e.after_version, e.status,
                  plain(", ".join(f"{k}={v}" for k, v in e.detail.items()), 200)] for e in newest]
         more = tr("ui.admin.audit.more", limit=AUDIT_LIMIT) if len(entries) > AUDIT_LIMIT else ""
-        table = {"headers": [tr(k) for k in AUDIT_HEADERS], "data": rows}
-        return table, tr("ui.admin.audit.count", n=len(entries), more=more)
+        return table(AUDIT_HEADERS, rows), tr("ui.admin.audit.count", n=len(entries), more=more)

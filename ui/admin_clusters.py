@@ -18,7 +18,7 @@ import gradio as gr
 from gradio.i18n import I18nData
 from PIL import Image
 
-from ui.i18n import L, tr
+from ui.i18n import L, headers, table, tr
 from ui.show import esc, plain
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class AdminClusters:
                  unclustered=report.n_unclustered, seconds=f"{report.elapsed_s:.1f}", note=self._cluster_note(report))
         if merges:
             msg += "\n\n" + tr("ui.admin.clusters.merges") + merges
-        return msg, picture, {"headers": [tr(k) for k in CLUSTER_HEADERS], "data": rows}, gallery
+        return msg, picture, table(CLUSTER_HEADERS, rows), gallery
 
     @staticmethod
     def _cluster_note(report: ClusterReport) -> str:
@@ -147,7 +147,7 @@ class AdminClusters:
                          plain(", ".join(t.shown_cases), 200)])
         note = tr("ui.admin.gaps.none_yet") if report.n_queries == 0 and report.note else esc(report.note)
         msg = tr("ui.admin.gaps.summary", n=report.n_queries, topics=report.n_topics, note=note)
-        return msg, {"headers": [tr(k) for k in GAP_HEADERS], "data": rows}, report.model_dump(mode="json")
+        return msg, table(GAP_HEADERS, rows), report.model_dump(mode="json")
 
     def new_case_from_gap(self, token: str, topic: float | None) -> dict[gr.components.Component, Any]:
         report = self._gap_report()
@@ -191,14 +191,14 @@ class AdminClusters:
             self.cl_msg = gr.Markdown(elem_id="clusters-msg")
             self.cl_map = gr.Image(label=L("ui.admin.clusters.map"), type="pil", interactive=False,
                                    elem_id="clusters-map")
-            self.cl_table = gr.Dataframe(headers=[tr(k) for k in CLUSTER_HEADERS], interactive=False, wrap=True,
+            self.cl_table = gr.Dataframe(headers=headers(CLUSTER_HEADERS), interactive=False, wrap=True,
                                          elem_id="clusters-table", max_height=400)
             self.cl_gallery = gr.Gallery(label=L("ui.admin.clusters.central"), columns=6, height=200,
                                          elem_id="clusters-central")
         with gr.Tab(L("ui.admin.gaps.tab"), elem_id="admin-gaps"):
             self.gap_btn = gr.Button(L("ui.admin.gaps.refresh"), elem_id="gaps-btn")
             self.gap_msg = gr.Markdown(elem_id="gaps-msg")
-            self.gap_table = gr.Dataframe(headers=[tr(k) for k in GAP_HEADERS], interactive=False, wrap=True,
+            self.gap_table = gr.Dataframe(headers=headers(GAP_HEADERS), interactive=False, wrap=True,
                                           elem_id="gaps-table", max_height=400)
             self.gap_json = gr.JSON(label=L("ui.admin.gaps.topics"), elem_id="gaps-json", visible=False)
             with gr.Row():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ui.i18n import L, localized, tr
+from ui.i18n import L, headers, localized, table, tr
 from ui.show import esc, plain
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,15 +40,6 @@ LABEL_FIELDS = {"product_line": ("ui.admin.f_line", "ui.admin.intel.field.produc
                 "tags": ("ui.admin.f_tags", "ui.admin.intel.field.tags"),
                 "severity": ("ui.admin.f_severity", "ui.admin.intel.field.severity")}
 SUGGESTION_SOURCES = {"neighbours": "ui.admin.intel.source.neighbours", "zero-shot": "ui.admin.intel.source.zero_shot"}
-
-
-def _headers(keys: list[str]) -> list[str]:
-    return [tr(k) for k in keys]
-
-
-def _table(keys: list[str], rows: list[list[Any]]) -> dict[str, Any]:
-    """A Dataframe value with its headers in the request's language."""
-    return {"headers": _headers(keys), "data": rows}
 
 
 def kind_name(kind: str, page: int | None = None) -> str:
@@ -105,7 +96,7 @@ class AdminIntel:
             gallery.append((thumb, plain(f"{p.case_id} · {kind_name(p.kind, p.page)} · {p.score:.3f}", 120)))
         rows = [[round(c.score, 4), plain(c.case_id, 64), plain(c.title, 120), plain(c.product_line, 60),
                  kind_name(c.points[0].kind, c.points[0].page)] for c in res.cases]
-        return (gallery, _table(SEARCH_CASE_HEADERS, rows),
+        return (gallery, table(SEARCH_CASE_HEADERS, rows),
                 tr("ui.admin.intel.search_found", cases=len(res.cases), points=len(res.points)))
 
     def related(self, token: str, case_id: str) -> tuple[dict[str, Any], Any, str]:
@@ -121,7 +112,7 @@ class AdminIntel:
         choices = [r.case_id for r in found if r.case_id not in linked]
         msg = (tr("ui.admin.intel.related_found", n=len(found), id=esc(case_id)) if found
                else tr("ui.admin.intel.related_none", id=esc(case_id)))
-        return _table(RELATED_HEADERS, rows), gr.update(choices=choices, value=choices[0] if choices else None), msg
+        return table(RELATED_HEADERS, rows), gr.update(choices=choices, value=choices[0] if choices else None), msg
 
     def confirm(self, token: str, case_id: str, other_id: str | None) -> str:
         from knowledge_base.related import confirm_related
@@ -185,14 +176,14 @@ class AdminIntel:
             self.s_btn = gr.Button(L("ui.admin.intel.search"), variant="primary", elem_id="intel-search-btn")
         self.s_msg = gr.Markdown(elem_id="intel-search-msg")
         self.s_gallery = gr.Gallery(label=L("ui.admin.intel.gallery"), columns=6, height=260, elem_id="intel-gallery")
-        self.s_cases = gr.Dataframe(headers=_headers(SEARCH_CASE_HEADERS), interactive=False, wrap=True,
+        self.s_cases = gr.Dataframe(headers=headers(SEARCH_CASE_HEADERS), interactive=False, wrap=True,
                                     elem_id="intel-case-table", max_height=300)
         gr.Markdown(L("ui.admin.intel.related_title"))
         with gr.Row():
             self.r_id = gr.Textbox(label=L("ui.admin.case_id"), elem_id="intel-related-id")
             self.r_btn = gr.Button(L("ui.admin.intel.related"), elem_id="intel-related-btn")
         self.r_msg = gr.Markdown(elem_id="intel-related-msg")
-        self.r_table = gr.Dataframe(headers=_headers(RELATED_HEADERS), interactive=False, wrap=True,
+        self.r_table = gr.Dataframe(headers=headers(RELATED_HEADERS), interactive=False, wrap=True,
                                     elem_id="intel-related-table")
         with gr.Row():
             self.r_other = gr.Dropdown(label=L("ui.admin.intel.link_other"), choices=[], allow_custom_value=True,

@@ -19,7 +19,7 @@ import inspect
 import json
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import gradio as gr
 from gradio.i18n import I18nData
@@ -45,6 +45,16 @@ def L(key: str) -> I18nData:  # noqa: N802 - the short name keeps layout code re
 def tr(key: str, /, **params: ParamValue) -> str:
     """Server-made text in the language of the request being handled."""
     return _t(key, CURRENT.get(), **params)
+
+
+def headers(keys: Sequence[str]) -> list[str]:
+    """Table headers (catalog keys) in the request's language."""
+    return [tr(k) for k in keys]
+
+
+def table(keys: Sequence[str], rows: list[list[Any]]) -> dict[str, Any]:
+    """A Dataframe value with its headers in the request's language."""
+    return {"headers": headers(keys), "data": rows}
 
 
 def current() -> str:
