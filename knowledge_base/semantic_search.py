@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from rag.errors import UserInputError
-from rag.payload import PICTURE_KINDS, POINT_KINDS, PointKind
+from rag.payload import POINT_KINDS, CaseTextFields, PointKind
 from rag.store import Hit, VectorStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,11 +81,10 @@ def _point(h: Hit) -> PointResult:
     raw_kind = p.get("kind")
     kind: PointKind = next((k for k in POINT_KINDS if k == raw_kind), "text")
     media_path, thumb = p.get("media_path"), p.get("thumbnail")
-    if kind == "text":  # show the case's first picture next to a matched case text
-        media = (p.get("case") or {}).get("media") or []
-        first = next((m for m in media if isinstance(m, dict) and m.get("kind") in PICTURE_KINDS), None)
+    if kind == "text":  # show the case's first picture next to a matched case text (as the chat's retrieval does)
+        first = CaseTextFields.model_validate(p).first_picture()
         if first is not None:
-            media_path, thumb = first.get("path"), first.get("thumbnail")
+            media_path, thumb = first.media_path, first.thumbnail
     page = p.get("page")
     return PointResult(case_id=str(p.get("case_id")), title=str(p.get("title") or p.get("case_id")),
                        product_line=str(p.get("product_line") or ""),
@@ -148,7 +147,9 @@ def semantic_search(kb: KnowledgeBase | VectorStore, *, text: str | None = None,
         raise SearchInputError(f"query vector must have {store.dim} values, got shape {v.shape}")
     point_flt = {**flt, "kind": list(kinds)} if kinds else flt
     points = [_point(h) for h in store.search(v, limit=limit, filters=point_flt, exact=exact, payload_keys=RESULT_KEYS)]
-    cases = [CaseResult(case_id=g.case_id, title=_point(g.hits[0]).title, product_line=_point(g.hits[0]).product_line,
-                        score=g.score, points=[_point(h) for h in g.hits])
-             for g in store.search_cases(v, limit_cases=limit, filters=flt, exact=exact, payload_keys=RESULT_KEYS)]
+    cases = []
+    for g in store.search_cases(v, limit_cases=limit, filters=flt, exact=exact, payload_keys=RESULT_KEYS):
+        pts = [_point(h) for h in g.hits]
+        cases.append(CaseResult(case_id=g.case_id, title=pts[0].title, product_line=pts[0].product_line,
+                                score=g.score, points=pts))
     return SearchResults(cases=cases, points=points)
