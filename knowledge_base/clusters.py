@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from rag.fileio import atomic_writer, write_atomic
 from rag.store import StoreMeta, VectorStore
 
 __all__ = [
@@ -171,12 +172,10 @@ def _load_cache(cache_dir: Path | None, meta: StoreMeta) -> dict[str, tuple[str,
 
 def _save_cache(cache_dir: Path, meta: StoreMeta, ids: list[str], keys: list[str | None], vecs: np.ndarray) -> None:
     rows = [i for i, k in enumerate(keys) if k]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / (CACHE_FILE + ".tmp.npz")
-    np.savez(tmp, embedder_id=np.array(meta.embedder_id), dim=np.array(meta.dim),
-             case_ids=np.array([ids[i] for i in rows]), keys=np.array([keys[i] for i in rows]),
-             vectors=vecs[rows] if rows else np.zeros((0, meta.dim), dtype=np.float32))
-    tmp.replace(cache_dir / CACHE_FILE)
+    with atomic_writer(cache_dir / CACHE_FILE) as f:
+        np.savez(f, embedder_id=np.array(meta.embedder_id), dim=np.array(meta.dim),
+                 case_ids=np.array([ids[i] for i in rows]), keys=np.array([keys[i] for i in rows]),
+                 vectors=vecs[rows] if rows else np.zeros((0, meta.dim), dtype=np.float32))
 
 
 def _read_points(store: VectorStore, *, with_vectors: bool, batch_size: int) -> dict[str, _Acc]:
@@ -326,15 +325,11 @@ class ClusterModel:
 def save_model(model: ClusterModel, data_dir: str | Path) -> Path:
     """Write the model under ``data_dir/clusters/`` (atomic replace); returns the folder. Never touches the store."""
     folder = Path(data_dir) / MODEL_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (MODEL_FILE + ".tmp.npz")
-    np.savez(tmp, cluster_ids=model.cluster_ids, centroids=model.centroids, thresholds=model.thresholds)
+    with atomic_writer(folder / MODEL_FILE) as f:
+        np.savez(f, cluster_ids=model.cluster_ids, centroids=model.centroids, thresholds=model.thresholds)
     meta = {"embedder_id": model.embedder_id, "dim": model.dim, "created_at": model.created_at,
             "n_cases": model.n_cases, "settings": model.settings.model_dump()}
-    tmp_meta = folder / (MODEL_META + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=1), "utf-8")
-    tmp.replace(folder / MODEL_FILE)
-    tmp_meta.replace(folder / MODEL_META)
+    write_atomic(folder / MODEL_META, json.dumps(meta, indent=1))
     return folder
 
 
