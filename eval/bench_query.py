@@ -10,7 +10,7 @@ Stages (each on its own role, loaded just before and freed after, so a 2B-shape 
 Each stage reports load seconds, model seconds, the peak RSS of the process during the stage (``VmHWM`` reset through
 ``/proc/self/clear_refs`` before it) and the RSS after. The default checkpoint is a random-weight full-2B-shape one
 built once into a cache folder (``rag.models.tiny.make_checkpoint``). Levers, each a flag: ``--query-max-pixels``
-(a smaller pixel budget for the query photo), ``--quantize int8`` (dynamic int8 linear layers, CPU float32 only).
+(the query-time image cap: ``auto`` as the app chooses it, ``official``, or pixels), ``--quantize int8`` (dynamic int8 linear layers, CPU float32 only).
 With ``--compare`` (a second run of the same stages in float32 at the full budget) the quality cost of the levers is
 reported: cosine of the query embedding, rerank order agreement (Kendall tau, same top-1). On random weights these
 are the mechanics of the cost, not a statement about real-weight retrieval quality.
@@ -55,7 +55,8 @@ class QueryBenchConfig(BaseModel):
     new_tokens: int = Field(8, ge=1, description="answer tokens generated after the first")
     case_images: int = Field(2, ge=0, description="case photos in the generator prompt")
     photo: tuple[int, int] = (1280, 960)
-    query_max_pixels: int | None = Field(None, description="pixel budget for the query photo (None = the official one)")
+    query_max_pixels: int | Literal["auto", "official"] = Field(
+        "auto", description="query-time image cap as the app sets it (RAGVQA_QUERY_MAX_PIXELS): auto, official or pixels")
     quantize: Literal["none", "int8"] = "none"
     stages: tuple[str, ...] = STAGES
     compare: bool = Field(False, description="also run float32 at the full budget and report the levers' quality cost")
@@ -168,13 +169,20 @@ def ensure_checkpoint(cfg: QueryBenchConfig) -> Path:
 
 
 # -- stages ---------------------------------------------------------------------------------------------------------
-def _budget(cfg: QueryBenchConfig, query: bool) -> Any:
-    from rag.config import VisionBudget
+def query_budget(cfg: QueryBenchConfig) -> Any:
+    """The query-time cap the app would choose for this run (:func:`rag.models.budgets.choose_query_budget`)."""
+    from rag.models.budgets import choose_query_budget
 
-    b = VisionBudget()
-    if query and cfg.query_max_pixels is not None:
-        b = b.model_copy(update={"max_pixels": max(b.min_pixels, cfg.query_max_pixels)})
-    return b
+    return choose_query_budget(cfg.query_max_pixels, "cuda" if cfg.device.startswith("cuda") else "cpu")
+
+
+def _budget(cfg: QueryBenchConfig, query: bool) -> Any:
+    """The roles' budget with the query-time cap: the embedder's query photo, and everything the reranker and the
+    generator see (as the app loads them, rag.models.factory.role_budget + the pipeline's FitQuery)."""
+    from rag.config import VisionBudget
+    from rag.models.budgets import query_time_budget
+
+    return query_time_budget(VisionBudget(), query_budget(cfg)) if query else VisionBudget()
 
 
 def _load(cls: Any, ckpt: Path, cfg: QueryBenchConfig, budget: Any) -> Any:
@@ -332,6 +340,7 @@ def run_query_bench(cfg: QueryBenchConfig) -> dict[str, Any]:
                 "torch_threads": torch.get_num_threads(),
                 "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                 "hardware": json.loads(detect_hardware(cfg.device).model_dump_json())},
+        "query_budget": json.loads(query_budget(cfg).model_dump_json()),
         "stages": {},
     }
     vec = scores = None
@@ -344,7 +353,7 @@ def run_query_bench(cfg: QueryBenchConfig) -> dict[str, Any]:
     res["model_s_total"] = sum(s["model_s"] for s in res["stages"].values())
     res["peak_rss_gb"] = max((s["peak_rss_gb"] or 0.0) for s in res["stages"].values()) if res["stages"] else None
     if cfg.compare:
-        ref_cfg = cfg.model_copy(update={"dtype": "float32", "quantize": "none", "query_max_pixels": None,
+        ref_cfg = cfg.model_copy(update={"dtype": "float32", "quantize": "none", "query_max_pixels": "official",
                                          "stages": tuple(s for s in cfg.stages if s in ("embed", "rerank")),
                                          "checkpoint": ckpt, "compare": False})
         quality: dict[str, Any] = {"reference": "float32, official pixel budget, no quantization",
@@ -370,7 +379,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         "# One query, model time by stage", "",
         f"{res['created_at']} · checkpoint `{res['checkpoint']}` ({c['size'] if not c['checkpoint'] else 'given'}) · "
         f"{c['device']} · dtype {c['dtype']} · quantize {c['quantize']} · query max pixels "
-        f"{c['query_max_pixels'] or 'official'} · {env['torch_threads']} threads · CPU {hw['cpu_capability']}"
+        f"{c['query_max_pixels']} ({res.get('query_budget', {}).get('max_pixels') or 'official'}) · {env['torch_threads']} threads · CPU {hw['cpu_capability']}"
         f"{' (native bf16)' if hw['cpu_amx'] or hw['cpu_avx512_bf16'] else ''} · load {env['load_average']}", "",
         f"Query: a {c['photo'][0]}×{c['photo'][1]} photo + question; rerank {c['docs']} case documents "
         f"(text + 640×480 photo); answer: prefill + first token + {c['new_tokens']} tokens "

@@ -184,12 +184,23 @@ class Settings(BaseSettings):
     context_case_images: int = 3
 
     vision: VisionBudget = Field(default_factory=VisionBudget)
+    #: Query-time image cap (rag.models.budgets): ``auto`` = 256 vision tokens per image where a role runs on a CPU,
+    #: the official budget on CUDA and servers; ``official``; or a pixel count. Ingestion keeps the official budget.
+    query_max_pixels: int | Literal["auto", "official"] = "auto"
 
     def role(self, name: Role) -> RoleSettings:
         """The settings of one model role, typed (``RAGVQA_<ROLE>_MODEL``)."""
         models = {"embedder": self.embedder_model, "reranker": self.reranker_model, "generator": self.generator_model}
         role = check_role(name)
         return RoleSettings(role=role, model=models[role])
+
+    @field_validator("query_max_pixels")
+    @classmethod
+    def _check_query_pixels(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 4 * PIXELS_PER_TOKEN:
+            raise ValueError(f"query_max_pixels must be at least {4 * PIXELS_PER_TOKEN} (4 vision tokens), or 'auto' / "
+                             f"'official'; got {v}")
+        return v
 
     @field_validator("embed_dim")
     @classmethod

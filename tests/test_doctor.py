@@ -48,6 +48,11 @@ def test_doctor_reads_a_bench_result_and_warns_only_when_slow(env: Path, tmp_pat
     code, out = _doctor("--bench", str(bench))
     assert code == 0 and "95.5 s (embed 20.0 s, rerank 40.5 s, generate 35.0 s)" in out
     assert "one query took 96 s" in out and "minutes" in out
+    # 4 s per reranked document measured; the app reranks all 20 retrieved cases: ≈80 s, slow
+    bench.write_text(json.dumps({"created_at": "x", "model_s_total": 10.0,
+                                 "stages": {"embed": {"model_s": 2.0}, "rerank": {"model_s": 8.0, "documents": 2}}}))
+    code, out = _doctor("--bench", str(bench))
+    assert code == 0 and "20 cases × 4.0 s = 80 s" in out and "reranking 20 cases takes ≈80 s" in out
     bench.write_text(json.dumps({"created_at": "x", "model_s_total": 4.0, "stages": {"embed": {"model_s": 4.0}}}))
     code, out = _doctor("--bench", str(bench), "--json")
     rep = json.loads(out)

@@ -37,7 +37,7 @@ def test_bench_query_same_settings_compare_exactly(tiny_model_dir: Path) -> None
     from eval.bench_query import QueryBenchConfig, run_query_bench
 
     res = run_query_bench(QueryBenchConfig(checkpoint=tiny_model_dir, dtype="float32", docs=3, photo=(320, 240),
-                                           stages=("embed", "rerank"), compare=True))
+                                           query_max_pixels="official", stages=("embed", "rerank"), compare=True))
     assert res["quality"]["embed_cosine"] == pytest.approx(1.0, abs=1e-5)
     assert res["quality"]["rerank_kendall_tau"] == 1.0 and res["quality"]["rerank_max_abs_diff"] < 1e-5
 

@@ -356,7 +356,8 @@ def bench_query(
     docs: int = typer.Option(2, min=1, help="Case documents reranked (top-k)."),
     new_tokens: int = typer.Option(8, min=1, help="Answer tokens timed after the first."),
     case_images: int = typer.Option(2, min=0, help="Case photos in the generator prompt."),
-    query_max_pixels: Optional[int] = typer.Option(None, min=1, help="Pixel budget of the query photo (default: official)."),
+    query_max_pixels: str = typer.Option("auto", help="Query-time image cap: auto (as the app: 256 tokens per image on "
+                                         "CPU), official, or a pixel count."),
     quantize: str = typer.Option("none", help="none | int8 (dynamic int8 linear layers; CPU float32 only)."),
     stage: list[str] = typer.Option(["embed", "rerank", "generate"], "--stage", help="Stages to run (repeatable)."),
     compare: bool = typer.Option(False, help="Also run float32 at the official budget and report the quality cost."),
@@ -408,6 +409,7 @@ SLOW_QUERY_S = 60.0
 
 def doctor_report(settings: Any, bench: Optional[Path]) -> dict[str, Any]:
     """What ``ragvqa doctor`` prints: hardware, the dtype and budgets the app would use, a measured query time."""
+    from rag.models.budgets import choose_query_budget
     from rag.models.factory import ROLES, plan_role_dtypes
     from rag.models.loading import detect_hardware, resolve_attn, resolve_device
 
@@ -418,6 +420,7 @@ def doctor_report(settings: Any, bench: Optional[Path]) -> dict[str, Any]:
     remote = RemoteSettings()
     local = {r: settings.role(r).model for r in ROLES if remote.role(r).is_local}
     plan = plan_role_dtypes(settings, local)
+    query = choose_query_budget(settings.query_max_pixels, ("cuda" if dev.type == "cuda" else "cpu") if local else "remote")
     measured = None
     if bench is not None and bench.is_file():
         try:
@@ -425,14 +428,27 @@ def doctor_report(settings: Any, bench: Optional[Path]) -> dict[str, Any]:
             measured = {"path": str(bench), "model_s_total": float(data["model_s_total"]),
                         "stages": {k: float(v["model_s"]) for k, v in data.get("stages", {}).items()},
                         "created_at": data.get("created_at"), "config": data.get("config", {})}
+            rr = data.get("stages", {}).get("rerank")
+            if rr and settings.rerank_enabled and int(rr.get("documents", 0)) > 0:
+                # the app reranks every retrieved case unless an adaptive margin is set: scale the measured per-document time
+                per_doc = float(rr["model_s"]) / int(rr["documents"])
+                depth = settings.retrieve_top_k
+                measured["rerank_at_app_depth"] = {"documents": depth, "s_per_document": per_doc,
+                                                   "s": per_doc * depth, "adaptive": settings.rerank_adaptive_margin is not None}
         except (OSError, ValueError, KeyError, TypeError) as e:
             measured = {"path": str(bench), "error": f"unreadable bench result: {e}"}
     warnings: list[str] = []
     if dev.type == "cpu" and local:
-        slow = measured is not None and measured.get("model_s_total", 0.0) > SLOW_QUERY_S
+        at_depth = (measured or {}).get("rerank_at_app_depth") or {}
+        slow = measured is not None and (measured.get("model_s_total", 0.0) > SLOW_QUERY_S
+                                         or at_depth.get("s", 0.0) > SLOW_QUERY_S)
         if slow or measured is None or "error" in measured:
-            what = (f"one query took {measured['model_s_total']:.0f} s of model time here" if slow else
-                    "a 2B Qwen3-VL model on CPU takes tens of seconds to minutes per stage")
+            if slow and measured is not None and measured.get("model_s_total", 0.0) > SLOW_QUERY_S:
+                what = f"one query took {measured['model_s_total']:.0f} s of model time here"
+            elif slow:
+                what = f"reranking {at_depth['documents']} cases takes ≈{at_depth['s']:.0f} s here"
+            else:
+                what = "a 2B Qwen3-VL model on CPU takes tens of seconds to minutes per stage"
             warnings.append(
                 f"CPU-only: {what}, so an answer will take minutes. Use a GPU (RAGVQA_DEVICE=cuda) or move the "
                 f"models to servers (RAGVQA_<ROLE>_BACKEND=vllm/openai, see 'Models on servers' in the README); "
@@ -445,7 +461,8 @@ def doctor_report(settings: Any, bench: Optional[Path]) -> dict[str, Any]:
         "remote_roles": [r for r in ROLES if r not in local],
         "budgets": {"max_pixels": settings.vision.max_pixels, "min_pixels": settings.vision.min_pixels,
                     "video_max_frames": settings.vision.video_max_frames,
-                    "video_frame_max_pixels": settings.vision.video_frame_max_pixels},
+                    "video_frame_max_pixels": settings.vision.video_frame_max_pixels,
+                    "query_time": {"max_pixels": query.max_pixels, "reason": query.reason}},
         "measured": measured,
         "warnings": warnings,
     }
@@ -478,6 +495,9 @@ def doctor(
     b = rep["budgets"]
     out.print(f"image budget: {b['min_pixels']}-{b['max_pixels']} pixels ({b['max_pixels'] // 1024} vision tokens max); "
               f"video: {b['video_max_frames']} frames of at most {b['video_frame_max_pixels']} pixels", markup=False)
+    q = b["query_time"]
+    out.print("query-time images: " + (f"at most {q['max_pixels']} pixels ({q['max_pixels'] // 1024} vision tokens)"
+                                       if q["max_pixels"] else "official budget") + f" ({q['reason']})", markup=False)
     m = rep["measured"]
     if m is None:
         out.print(f"one-query time: not measured (no {bench}; run `ragvqa bench query`)", markup=False)
@@ -486,6 +506,11 @@ def doctor(
     else:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in m["stages"].items())
         out.print(f"one-query model time (measured {m['created_at']}): {m['model_s_total']:.1f} s ({stages})", markup=False)
+        d = m.get("rerank_at_app_depth")
+        if d:
+            out.print(f"rerank at this app's depth: {'up to ' if d['adaptive'] else ''}{d['documents']} cases × "
+                      f"{d['s_per_document']:.1f} s = {d['s']:.0f} s (fewer: RAGVQA_RETRIEVE_TOP_K or "
+                      f"RAGVQA_RERANK_ADAPTIVE_MARGIN)", markup=False)
     for w in rep["warnings"]:
         out.print(f"[bold yellow]warning:[/] {w}")
 

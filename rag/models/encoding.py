@@ -6,8 +6,9 @@ vision tokens), and lets a failing item be reported by name instead of sinking a
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Literal, Required, Sequence, TypedDict
+from typing import Any, Iterable, Literal, Required, Self, Sequence, TypedDict
 
 import torch
 from PIL import Image
@@ -226,6 +227,12 @@ class TokenizedModel:
         tok = processor.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
         self.protected_ids = set(tok.all_special_ids)
+
+    def with_budget(self, budget: VisionBudget) -> Self:
+        """The same weights and processor under another pixel budget (the query-time cap, rag.models.budgets)."""
+        view = copy.copy(self)
+        view.budget = budget
+        return view
 
     @property
     def device(self) -> torch.device:

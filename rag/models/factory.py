@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
-from rag.config import ROLES, Role, Settings, check_role
+from rag.config import ROLES, Role, Settings, VisionBudget, check_role
+from rag.models.budgets import RunsOn, choose_query_budget, query_time_budget
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 
 if TYPE_CHECKING:
     from rag.models.loading import DtypeChoice
 
-__all__ = ["LoadedModels", "ModelChoice", "load_models", "plan_role_dtypes", "tiny_checkpoint", "tiny_embedder_id"]
+__all__ = ["LoadedModels", "ModelChoice", "load_models", "plan_role_dtypes", "role_budget", "tiny_checkpoint",
+           "tiny_embedder_id"]
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +116,17 @@ def load_models(settings: Settings, which: ModelChoice = "real",
     if which == "tiny":
         path = tiny_checkpoint(settings.data_dir)
         out.model_dir = path
-        kw: dict[str, Any] = {"device": "cpu", "dtype": "float32", "budget": settings.vision}
+        kw: dict[str, Any] = {"device": "cpu", "dtype": "float32"}
         for role in roles:
-            setattr(out, role, classes[role].from_pretrained(path, **kw))
+            setattr(out, role, classes[role].from_pretrained(path, budget=role_budget(settings, role, "cpu"), **kw))
         if out.embedder is not None:
             out.embedder.name = tiny_embedder_id(path)
         return out
+    from rag.models.loading import resolve_device
     from rag.models.remote import load_remote_or_none
 
-    kw = {"device": settings.device, "attn_implementation": settings.attn_implementation, "budget": settings.vision}
+    kw = {"device": settings.device, "attn_implementation": settings.attn_implementation}
+    runs_on: RunsOn = "cuda" if resolve_device(settings.device).type == "cuda" else "cpu"
     local: dict[Role, str] = {}
     for role in roles:
         remote = load_remote_or_none(role, settings)  # RAGVQA_<ROLE>_BACKEND selects a model server
@@ -133,11 +137,24 @@ def load_models(settings: Settings, which: ModelChoice = "real",
     dtypes = plan_role_dtypes(settings, local)
     for role, name in local.items():
         log.info("loading %s %s (%s: %s)", role, name, dtypes[role].dtype, dtypes[role].reason)
-        model = classes[role].from_pretrained(name, dtype=dtypes[role].dtype, **kw)
+        model = classes[role].from_pretrained(name, dtype=dtypes[role].dtype,
+                                              budget=role_budget(settings, role, runs_on), **kw)
         if settings.cpu_quantization == "int8":
             _quantize_if_cpu_fp32(role, model)
         setattr(out, role, model)
     return out
+
+
+def role_budget(settings: Settings, role: Role, runs_on: RunsOn) -> VisionBudget:
+    """The pixel budget ``role`` loads with: the official one for the embedder (it also builds the knowledge base;
+    its query photo is fitted by the pipeline), the query-time cap of :mod:`rag.models.budgets` for the reranker and
+    the generator, which only ever run at query time."""
+    if role == "embedder":
+        return settings.vision
+    choice = choose_query_budget(settings.query_max_pixels, runs_on)
+    if choice.max_pixels is not None:
+        log.info("%s: images capped at %d pixels (%s)", role, choice.max_pixels, choice.reason)
+    return query_time_budget(settings.vision, choice)
 
 
 def _quantize_if_cpu_fp32(role: str, model: Any) -> None:

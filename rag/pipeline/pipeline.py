@@ -15,9 +15,11 @@ from typing import Iterator
 
 from rag.config import Settings
 from rag.errors import UserInputError
+from rag.models.budgets import QueryBudget, RunsOn, choose_query_budget, query_time_budget
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 from rag.pipeline.abstain import Abstain, abstention_text
 from rag.pipeline.answer import finish
+from rag.pipeline.fit import FitQuery
 from rag.pipeline.generate import Generate
 from rag.pipeline.rerank import Rerank
 from rag.pipeline.retrieve import RETRIEVAL_INSTRUCTION, Retrieve
@@ -33,6 +35,25 @@ class QueryError(UserInputError, ValueError):
     code = "bad_query"
 
 
+def runs_on(model: EmbeddingModel) -> RunsOn:
+    """Where ``model`` computes: its torch device when it is a local wrapper, else a model server."""
+    from rag.models.encoding import TokenizedModel
+
+    if isinstance(model, TokenizedModel):
+        return "cuda" if model.device.type == "cuda" else "cpu"
+    return "remote"
+
+
+def query_view(embedder: EmbeddingModel, choice: QueryBudget) -> EmbeddingModel:
+    """The embedder as the query sees it: a local one under the query-time cap (its query photo and video), sharing
+    the weights; the knowledge base keeps being embedded at the embedder's own budget."""
+    from rag.models.embedder import Embedder
+
+    if isinstance(embedder, Embedder) and choice.max_pixels is not None:
+        return embedder.with_budget(query_time_budget(embedder.budget, choice))
+    return embedder
+
+
 class RagPipeline:
     """retrieve → rerank → abstain? → generate, traced per stage.
 
@@ -41,10 +62,12 @@ class RagPipeline:
     """
 
     def __init__(self, retrieve: Retrieve, rerank: Rerank | None, abstain: Abstain, generate: Generate,
-                 *, rerank_enabled: bool = True, carry_cases: int = 3) -> None:
+                 *, rerank_enabled: bool = True, carry_cases: int = 3, fit: FitQuery | None = None) -> None:
         self.retrieve_stage, self.rerank_stage, self.abstain_stage, self.generate_stage = retrieve, rerank, abstain, generate
         self.rerank_enabled = rerank_enabled and rerank is not None
         self.carry_cases = carry_cases
+        #: Query images resized to the query-time budget first (None: the models' own budgets).
+        self.fit_stage = fit
 
     @classmethod
     def from_components(cls, *, embedder: EmbeddingModel, reranker: RerankingModel | None, generator: GenerationModel,
@@ -55,8 +78,9 @@ class RagPipeline:
         s = settings or Settings()
         media_root = media_root or (Path(s.data_dir) / "media")
         instruction = retrieve_instruction or RETRIEVAL_INSTRUCTION
+        fit = FitQuery(choose_query_budget(s.query_max_pixels, runs_on(embedder)), s.vision)
         return cls(
-            Retrieve(embedder, store, media_root=media_root, top_k=s.retrieve_top_k, dim=store.dim,
+            Retrieve(query_view(embedder, fit.choice), store, media_root=media_root, top_k=s.retrieve_top_k, dim=store.dim,
                      instruction=instruction),
             Rerank(reranker, top_n=s.rerank_top_n, batch_size=s.rerank_batch_size,
                    adaptive_margin=s.rerank_adaptive_margin) if reranker is not None else None,
@@ -64,7 +88,12 @@ class RagPipeline:
             Generate(generator, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                      history_token_budget=s.history_token_budget, case_images=s.context_case_images),
             rerank_enabled=s.rerank_enabled,
+            fit=fit if fit.choice.max_pixels is not None else None,
         )
+
+    def fit(self, query: Query, trace: Trace | None = None) -> Query:
+        """``query`` with its images at the query-time budget (itself when there is none)."""
+        return query if self.fit_stage is None else self.fit_stage.run(query, trace).query
 
     # -- stages before generation -------------------------------------------------------------------------------
     def retrieval(self, query: Query, trace: Trace | None = None, *, top_k: int | None = None,
@@ -74,6 +103,10 @@ class RagPipeline:
         if query.is_empty():
             raise QueryError("empty query: attach an image, video or PDF page, or type a question", code="empty_query")
         trace = trace if trace is not None else Trace()
+        return self._retrieval(self.fit(query, trace), trace, top_k=top_k, top_n=top_n, rerank=rerank)
+
+    def _retrieval(self, query: Query, trace: Trace, *, top_k: int | None, top_n: int | None,
+                   rerank: bool | None) -> Retrieval:
         retrieved = self.retrieve_stage.run(query, trace, top_k=top_k).candidates
         wanted = query.rerank if rerank is None else rerank
         use_rerank = self.rerank_enabled if wanted is None else (wanted and self.rerank_stage is not None)
@@ -102,7 +135,10 @@ class RagPipeline:
         """``sources`` (with the full :class:`Retrieval`), then ``token`` chunks, then ``done`` with the answer."""
         trace = Trace()
         t0 = time.perf_counter()
-        retrieval = self.retrieval(query, trace, top_k=top_k, top_n=top_n, rerank=rerank)
+        if query.is_empty():
+            raise QueryError("empty query: attach an image, video or PDF page, or type a question", code="empty_query")
+        query = self.fit(query, trace)
+        retrieval = self._retrieval(query, trace, top_k=top_k, top_n=top_n, rerank=rerank)
         cases, reranked = retrieval.kept, retrieval.reranked
         decision = self.abstain_stage.run(cases, reranked, trace)
         if decision.abstain:
