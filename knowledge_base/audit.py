@@ -6,7 +6,8 @@ after it, so a crash can never leave a change in the knowledge base that the log
 without an ``end`` is an interrupted change: the next open of the knowledge base (:meth:`AuditLog.recover`) looks at
 the case (its record is the source of truth) and appends a ``recovered`` end saying whether the change landed and
 the version it left. A torn last line (a crash in the middle of an append) is ignored on read and cut off before
-the next append. Nothing here rewrites or deletes lines; the admin tab only reads.
+the next append. Nothing here rewrites or deletes lines; the admin tab only reads. ``audit.jsonl.checked`` holds the
+offset before which recovery found every change closed, so an open reads only the log's new part.
 
 Who: :func:`acting_as` sets the actor for the current thread/task (the admin tab: the logged-in admin's name; the
 admin channel and a CLI run: ``cli:<os user>``; the app itself: ``system:<what>``).
@@ -32,7 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, JsonValue
 
 from knowledge_base.media_store import pid_alive
-from rag.fileio import fsync_dir
+from rag.fileio import fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class AuditLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             new = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
+            cut = False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 end = os.lseek(fd, 0, os.SEEK_END)
@@ -131,12 +133,13 @@ class AuditLog:
                         keep = self._last_newline(fd, end)
                         os.ftruncate(fd, keep)
                         logger.warning("audit log %s: dropped a torn last line (%d bytes)", self.path, end - keep)
-                        end = keep
+                        end, cut = keep, True
                 os.lseek(fd, end, os.SEEK_SET)
                 view = memoryview(line)
                 while view:
                     view = view[os.write(fd, view):]
-                os.fsync(fd)
+                if line or cut:  # an open with nothing to cut (every KB open) costs no fsync
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             if new:
@@ -197,9 +200,12 @@ class AuditLog:
         self.end(ch, "done", {} if ch.changed else {"changed": False})
 
     # -- reading ----------------------------------------------------------------------------------------------------
-    def _records(self) -> Iterator[dict[str, JsonValue]]:
+    def _records(self, start: int = 0) -> Iterator[tuple[int, dict[str, JsonValue]]]:
+        """(byte offset, record) of each whole line from ``start`` on."""
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                data = f.read()
         except FileNotFoundError:
             return
         lines = data.split(b"\n")
@@ -208,20 +214,27 @@ class AuditLog:
         elif lines:  # no newline at the end: a torn last line, never trusted
             logger.warning("audit log %s: ignoring a torn last line", self.path)
             lines.pop()
+        pos = start
         for n, raw in enumerate(lines, 1):
+            at, pos = pos, pos + len(raw) + 1
             try:
                 rec = json.loads(raw)
             except ValueError:
                 logger.warning("audit log %s: line %d is not JSON; skipped", self.path, n)
                 continue
             if isinstance(rec, dict):
-                yield rec
+                yield at, rec
 
     def entries(self) -> list[AuditEntry]:
         """Every change, oldest first (begin/end merged; a begin alone is ``pending``: running or interrupted)."""
+        return [e for _, e in self._entries_from(0)]
+
+    def _entries_from(self, start: int) -> list[tuple[int, AuditEntry]]:
+        """The changes whose ``begin`` lies at or after ``start``, with that line's offset."""
         by_id: dict[str, AuditEntry] = {}
+        at_of: dict[str, int] = {}
         order: list[str] = []
-        for rec in self._records():
+        for at, rec in self._records(start):
             kind, eid = rec.get("rec"), str(rec.get("id"))
             try:
                 if kind in ("begin", "op"):
@@ -229,6 +242,7 @@ class AuditLog:
                     if kind == "op":
                         e.ended = e.ts
                     by_id[eid] = e
+                    at_of[eid] = at
                     order.append(eid)
                 elif kind == "end" and eid in by_id:
                     e = by_id[eid]
@@ -243,7 +257,7 @@ class AuditLog:
                         e.detail = {**e.detail, **extra}
             except (ValueError, KeyError, TypeError):
                 logger.warning("audit log %s: unreadable record %s; skipped", self.path, eid)
-        return [by_id[i] for i in order]
+        return [(at_of[i], by_id[i]) for i in order]
 
     def query(self, *, since: datetime | None = None, case_id: str | None = None, actor: str | None = None,
               action: str | None = None) -> list[AuditEntry]:
@@ -268,9 +282,15 @@ class AuditLog:
         another live process is making (server store) stays pending. Returns the closed entries.
         """
         self._append(None)  # a torn last line goes now, not at the next change
+        start, ino = self._checked()
+        size = self.path.stat().st_size if self.path.exists() else 0
         closed = []
-        for e in self.entries():
-            if e.status != "pending" or (e.pid is not None and e.pid != os.getpid() and pid_alive(e.pid)):
+        still_open: list[int] = []  # offsets of changes another live process is making
+        for at, e in self._entries_from(start):
+            if e.status != "pending":
+                continue
+            if e.pid is not None and e.pid != os.getpid() and pid_alive(e.pid):
+                still_open.append(at)
                 continue
             if e.case_id is None:  # a bulk operation: its cases were logged one by one as they were stored
                 self.end(Change(e.id, None, None), "not applied (crash)",
@@ -284,6 +304,35 @@ class AuditLog:
             closed.append(e)
         if closed:
             logger.warning("audit log: %d change(s) interrupted by a crash were closed", len(closed))
+        checked = min(still_open, default=size)
+        if ino is not None and checked != start:
+            self._check_up_to(checked, ino)
         return closed
+
+    # -- what recovery has already looked at ------------------------------------------------------------------------
+    @property
+    def _checked_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".checked")
+
+    def _checked(self) -> tuple[int, int | None]:
+        """(offset before which every change is closed, the log's inode); (0, inode) when unknown or for another
+        file (a replaced or shortened log is read from the start). Every KB open recovers, so without this it would
+        parse the whole log each time."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return 0, None
+        try:
+            mark = json.loads(self._checked_path.read_text())
+            offset, ino = int(mark["offset"]), int(mark["ino"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0, st.st_ino
+        return (offset if ino == st.st_ino and 0 <= offset <= st.st_size else 0), st.st_ino
+
+    def _check_up_to(self, offset: int, ino: int) -> None:
+        try:
+            write_atomic(self._checked_path, json.dumps({"offset": offset, "ino": ino}))
+        except OSError as e:  # only a speed-up: the next open reads from the start again
+            logger.warning("audit log: cannot write %s (%s)", self._checked_path, e)
 
 

@@ -43,6 +43,55 @@ def test_torn_last_line_is_ignored_then_cut_off(tmp_path: Path) -> None:
     assert [e.action for e in log.entries()] == ["add", "update", "delete"]
 
 
+def _pending(log_path: Path, case_id: str, pid: int) -> str:
+    """A ``begin`` line as a process ``pid`` that never ended its change writes it (written here, not by AuditLog)."""
+    eid = os.urandom(16).hex()
+    with open(log_path, "ab") as f:
+        f.write((json.dumps({"rec": "begin", "id": eid, "ts": "2026-11-29T00:00:00+00:00", "actor": "a",
+                             "action": "update", "case_id": case_id, "before_version": 1, "pid": pid}) + "\n").encode())
+    return eid
+
+
+def test_recovery_reads_only_what_it_has_not_checked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every KB open recovers; after one recovery, lines before the checked offset are not parsed again, a change a
+    live process is still making stays pending (and is closed once that process is gone), and a replaced log is read
+    from the start."""
+    import logging
+
+    from knowledge_base.audit import AuditLog
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.record("add", "c1", None, 1)
+    first = _pending(log.path, "c1", dead_pid)
+    assert [e.id for e in log.recover(lambda cid: 1)] == [first]
+    with open(log.path, "ab") as f:  # a corrupt line before the checked offset would warn if it were read again
+        f.write(b"{not json}\n")
+    assert [e.id for e in log.recover(lambda cid: 1)] == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="knowledge_base.audit"):
+        assert log.recover(lambda cid: 1) == []
+    assert "not JSON" not in caplog.text
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mine = _pending(log.path, "c2", live.pid)
+        later = _pending(log.path, "c3", dead_pid)
+        assert [e.id for e in log.recover(lambda cid: 1)] == [later]  # the live one stays pending
+        assert [e.status for e in log.entries() if e.id == mine] == ["pending"]
+    finally:
+        live.kill()
+        live.wait()
+    assert [e.id for e in log.recover(lambda cid: 2)] == [mine]  # its process is gone: closed now
+    assert {e.id: e.status for e in log.entries()}[mine] == "applied after a crash"
+    # the log replaced by another file (another inode): read from the start
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(log.path.read_bytes())
+    again = _pending(other, "c4", dead_pid)
+    os.replace(other, log.path)
+    assert [e.id for e in log.recover(lambda cid: 1)] == [again]
+
+
 def test_kb_changes_are_audited_with_versions_and_cli_export(tmp_path: Path, embedder) -> None:
     from knowledge_base.audit import acting_as
 
