@@ -321,7 +321,8 @@ def check_image_size(width: int, height: int, min_side: int = MIN_IMAGE_SIDE, wh
     """Refuse an image (or video frame) too small to show a fault: the one rule every entry point applies."""
     if width < min_side or height < min_side:
         raise InputRejected("image_too_small", f"{what} is {width}×{height} pixels, too small to show a fault; both "
-                            f"sides must be at least {min_side} pixels", where)
+                            f"sides must be at least {min_side} pixels", where, width=width, height=height,
+                            min_side=min_side)
 
 
 # -- media --------------------------------------------------------------------------------------------------------------

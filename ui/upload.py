@@ -176,8 +176,8 @@ def _decode(path: str | Path, budget: VisionBudget) -> Image.Image:
     """:func:`rag.models.query_image.load_query_image`, refusals as :class:`UploadError` (this module's contract)."""
     try:
         return load_query_image(path, budget)
-    except QueryImageError as e:
-        raise UploadError(str(e)) from e
+    except QueryImageError as e:  # keep the rule's code and values: the chat shows it in the user's language
+        raise UploadError(str(e), code=e.code, params=e.params) from e
 
 
 def upload_roots(*extra: Path) -> list[Path]:

@@ -35,7 +35,7 @@ def check_min_side(w: int, h: int, budget: VisionBudget, what: str) -> None:
     try:
         check_image_size(w, h, budget.min_image_side, what=what)
     except InputRejected as e:
-        raise QueryImageError(e.problem + ".") from None
+        raise QueryImageError(e.problem + ".", code=e.code, params={"name": what, **e.values}) from None
 
 
 def load_query_image(src: str | Path | Image.Image, budget: VisionBudget) -> Image.Image:
@@ -51,17 +51,20 @@ def load_query_image(src: str | Path | Image.Image, budget: VisionBudget) -> Ima
         try:
             return load_image(src, budget)
         except VisionInputError as e:
-            raise QueryImageError(f"The cropped region cannot be used: {e}.") from e
+            raise QueryImageError(f"The cropped region cannot be used: {e}.", code="bad_crop") from e
     path = Path(src)
     name = display_name(path)
     if not path.is_file():
-        raise QueryImageError(f"'{name}' is no longer available; please attach it again.")
+        raise QueryImageError(f"'{name}' is no longer available; please attach it again.", code="image_gone",
+                              params={"name": name})
     try:
         with Image.open(path) as im:
             w, h = im.size
             if w * h > budget.max_image_pixels:
                 raise QueryImageError(f"'{name}' has {w}x{h} = {w * h:,} pixels, more than the limit of "
-                                      f"{budget.max_image_pixels:,}.")
+                                      f"{budget.max_image_pixels:,}.", code="image_too_many_pixels",
+                                      params={"name": name, "width": w, "height": h, "pixels": w * h,
+                                              "limit": budget.max_image_pixels})
             check_min_side(w, h, budget, f"'{name}'")
             scale = 1
             while scale < 8 and (w // (scale * 2)) * (h // (scale * 2)) >= budget.max_pixels:
@@ -76,12 +79,15 @@ def load_query_image(src: str | Path | Image.Image, budget: VisionBudget) -> Ima
             ratio = max(img.size) / max(1, min(img.size))
             if ratio > MAX_ASPECT_RATIO:
                 raise QueryImageError(f"'{name}' is {img.size[0]}x{img.size[1]}: too elongated for the model (ratio "
-                                      f"{ratio:.0f}, limit {MAX_ASPECT_RATIO}).")
+                                      f"{ratio:.0f}, limit {MAX_ASPECT_RATIO}).", code="image_too_elongated",
+                                      params={"name": name, "width": img.size[0], "height": img.size[1],
+                                              "ratio": round(ratio), "limit": MAX_ASPECT_RATIO})
             return img
     except QueryImageError:
         raise
     except VisionInputError as e:
-        raise QueryImageError(f"'{name}' cannot be used as an image: {str(e).replace(str(path), name)}") from e
+        raise QueryImageError(f"'{name}' cannot be used as an image: {str(e).replace(str(path), name)}",
+                              code="unreadable_image", params={"name": name}) from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise QueryImageError(f"'{name}' cannot be used as an image: corrupt or truncated image "
-                              f"({type(e).__name__}).") from e
+                              f"({type(e).__name__}).", code="unreadable_image", params={"name": name}) from e
