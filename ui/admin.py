@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import gradio as gr
 
@@ -25,6 +25,9 @@ from ui.auth import AuthError, admin_only
 from ui.i18n import L, headers, localized, table, tr
 from ui.services import Services
 from ui.show import esc, plain, server_error_text, user_error_text
+
+if TYPE_CHECKING:
+    from knowledge_base.kb import KnowledgeBase
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +105,7 @@ class AdminTab:
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     @property
-    def kb(self) -> Any:
-        if self.s.kb is None:
-            raise gr.Error(self.s.kb_error or tr("ui.admin.kb_unavailable"))
+    def kb(self) -> KnowledgeBase:
         return self.s.kb
 
     def on(self, trigger: Callable[..., Any], fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any],

@@ -40,10 +40,9 @@ class Services:
     embedder: EmbeddingModel
     feedback: FeedbackLog
     auth: AdminAuth
-    kb: KnowledgeBase | None = None
+    #: The admin operations on the same store (``build_services`` always opens it).
+    kb: KnowledgeBase
     models: ModelChoice = "real"
-    #: Why the admin tab has no knowledge base (shown there); None when ``kb`` is set.
-    kb_error: str | None = None
     _choices: tuple[float, list[str], dict[str, list[str]]] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -48,8 +48,6 @@ def _store_problem(services: object) -> str | None:
 
     assert isinstance(services, Services)
     kb = services.kb
-    if kb is None:
-        return services.kb_error or "no knowledge base"
     if getattr(kb.store, "_closed", False):
         return "the vector store is closed"
     if kb.store.meta.embedder_id != kb.embedder_id:
