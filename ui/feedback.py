@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+
+from rag.fileio import atomic_writer
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +112,12 @@ class FeedbackLog:
                     logger.warning("query media %s not kept for the gap review: larger than %d bytes", src.name,
                                    MAX_KEPT_MEDIA_BYTES)
                     continue
-                data = src.read_bytes()
-                name = hashlib.sha256(data).hexdigest() + src.suffix.lower()[:8]
-                folder.mkdir(parents=True, exist_ok=True)
+                with open(src, "rb") as fh:  # streamed: a kept video is never held in memory whole
+                    name = hashlib.file_digest(fh, "sha256").hexdigest() + src.suffix.lower()[:8]
                 dest = folder / name
-                if not dest.exists():
-                    tmp = dest.with_suffix(dest.suffix + ".tmp")
-                    tmp.write_bytes(data)
-                    tmp.replace(dest)
+                if not dest.exists():  # a temp file per writer, fsynced, renamed: two chats keeping one photo is safe
+                    with open(src, "rb") as fh, atomic_writer(dest) as w:
+                        shutil.copyfileobj(fh, w, 1 << 20)
                 out.append(f"{GAP_MEDIA}/{name}")
             except OSError as e:
                 logger.warning("query media %s not kept for the gap review: %s", src.name, e)
