@@ -132,8 +132,6 @@ class SuggestFiller:
     kb: KnowledgeBase
     batch: int = SUGGEST_BATCH
     filled: list[FilledField] = field(default_factory=list)
-    #: Embedder calls made (the batching is part of the contract: one call per batch, not per record).
-    embed_calls: int = 0
 
     def __call__(self, records: Sequence[RawRecord]) -> None:
         todo = []
@@ -155,7 +153,6 @@ class SuggestFiller:
     def _embed(self, chunk: Sequence[_Todo]) -> list[np.ndarray | None]:
         """Each record's vectors (its rows of one embedder call); ``None`` for a record the model cannot read."""
         try:
-            self.embed_calls += 1
             vecs = embed_items(self.kb, [it for t in chunk for it in t.items])
         except EmbeddingError:
             if len(chunk) == 1:
