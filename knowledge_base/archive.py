@@ -4,6 +4,10 @@ these, and the zip backups written by :meth:`KnowledgeBase.export`.
 Readers only parse and locate files; they never write to the knowledge base. Row-level problems become a
 rejected record naming the file and row (the rest of the import goes on); structural problems (unknown CSV
 columns, an unsafe zip, an unknown layout) raise :class:`IngestInputError` before anything is written.
+
+Every reader turns rows into field dicts first (:class:`RawRecord`), then validates them; an optional ``prepare``
+hook sees each file's field dicts in between, all at once (``kb import --suggest`` fills missing labels there, with
+one embedding batch instead of one model call per record), so every format goes through this one parser.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -37,6 +41,8 @@ __all__ = [
     "MEDIA_EXTENSIONS",
     "IngestInputError",
     "MediaSource",
+    "RawRecord",
+    "RecordHook",
     "SourceBundle",
     "SourceCase",
     "format_validation_error",
@@ -144,6 +150,20 @@ class SourceBundle:
     records: list[SourceCase]
 
 
+@dataclass
+class RawRecord:
+    """One record's fields as read (media normalised, default id set, text screened), before schema validation;
+    media paths are relative to ``base``. A ``prepare`` hook may change ``data`` in place."""
+
+    where: str
+    data: dict[str, Any]
+    base: Path
+
+
+#: Called once per source file with its readable records (in file order) before they are validated.
+RecordHook = Callable[[Sequence[RawRecord]], None]
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
@@ -207,7 +227,8 @@ def clean_case_text(data: dict[str, Any], where: str = "") -> dict[str, Any]:
     return out
 
 
-def _record(where: str, data: Any, base: Path, confine: bool, default_id: str | None = None) -> SourceCase:
+def _raw(where: str, data: Any, base: Path, default_id: str | None = None) -> RawRecord | SourceCase:
+    """A row's fields ready for validation, or the rejected record saying why not."""
     if not isinstance(data, dict):
         return SourceCase(where=where, error=f"expected a JSON object, got {type(data).__name__}")
     data = dict(data)
@@ -218,6 +239,17 @@ def _record(where: str, data: Any, base: Path, confine: bool, default_id: str | 
         data = clean_case_text(data)
     except InputRejected as e:
         return SourceCase(where=where, error=str(e))
+    return RawRecord(where, data, base)
+
+
+def _finish(rows: Sequence[RawRecord | SourceCase], confine: bool, prepare: RecordHook | None) -> list[SourceCase]:
+    """Run ``prepare`` on a file's readable rows, then validate each row (rejected rows pass through, in order)."""
+    if prepare is not None:
+        prepare([r for r in rows if isinstance(r, RawRecord)])
+    return [_record(r.where, r.data, r.base, confine) if isinstance(r, RawRecord) else r for r in rows]
+
+
+def _record(where: str, data: dict[str, Any], base: Path, confine: bool) -> SourceCase:
     try:
         case = CaseInput.model_validate(data)
     except ValidationError as e:
@@ -284,12 +316,12 @@ def _read_text(path: Path, label: str, encoding: str | None) -> str:
 
 
 def read_jsonl(path: Path, *, base_dir: Path | None = None, confine: bool = False, label: str | None = None,
-               encoding: str | None = None) -> list[SourceCase]:
+               encoding: str | None = None, prepare: RecordHook | None = None) -> list[SourceCase]:
     """One ``CaseInput`` JSON object per line; media paths relative to ``base_dir`` (default: the file's folder).
-    ``encoding``: see :func:`_read_text` (UTF-8 unless declared)."""
+    ``encoding``: see :func:`_read_text` (UTF-8 unless declared); ``prepare``: see :data:`RecordHook`."""
     base = base_dir or path.parent
     label = label or path.name
-    out: list[SourceCase] = []
+    out: list[RawRecord | SourceCase] = []
     _check_text_file(path, label, encoding)
     text = _read_text(path, label, encoding)
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -301,8 +333,8 @@ def read_jsonl(path: Path, *, base_dir: Path | None = None, confine: bool = Fals
         except json.JSONDecodeError as e:
             out.append(SourceCase(where=where, error=f"invalid JSON ({e.msg} at column {e.colno})"))
             continue
-        out.append(_record(where, data, base, confine))
-    return out
+        out.append(_raw(where, data, base))
+    return _finish(out, confine, prepare)
 
 
 # ------------------------------------------------------------------------------------------------ CSV
@@ -342,7 +374,7 @@ def _split_list(value: str, delimiter: str) -> list[str]:
 
 
 def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False, label: str | None = None,
-             encoding: str | None = None) -> list[SourceCase]:
+             encoding: str | None = None, prepare: RecordHook | None = None) -> list[SourceCase]:
     """A header row with CaseInput field names (aliases allowed); list cells split on ``|`` or ``;``.
 
     Media cells name files in ``media_dir`` (default: the CSV's folder); an optional ``captions`` column gives
@@ -374,7 +406,7 @@ def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False
     dup = sorted({c for c in columns if columns.count(c) > 1})
     if dup:
         raise IngestInputError(f"{label}: column(s) {', '.join(dup)} appear more than once")
-    out: list[SourceCase] = []
+    out: list[RawRecord | SourceCase] = []
     row_start = reader.line_num + 1
     for row in reader:
         where = f"{label}:row {row_start}"
@@ -398,14 +430,15 @@ def read_csv(path: Path, *, media_dir: Path | None = None, confine: bool = False
         data["media"] = [{"path": m, "caption": c} for m, c in zip(media, captions or [""] * len(media), strict=False)]
         if "links" in data:
             data["links"] = [{"case_id": cid, "relation": "related"} for cid in data["links"]]
-        out.append(_record(where, data, base, confine))
-    return out
+        out.append(_raw(where, data, base))
+    return _finish(out, confine, prepare)
 
 
 # ------------------------------------------------------------------------------------------------ folders
 
 
-def read_folder(root: Path, *, confine: bool = False, label: str | None = None) -> list[SourceCase]:
+def read_folder(root: Path, *, confine: bool = False, label: str | None = None,
+                prepare: RecordHook | None = None) -> list[SourceCase]:
     """One sub-folder per case: ``case.json`` (CaseInput fields) + media files.
 
     Without a ``media`` list in case.json every media file of the folder is attached (sorted by name); the case
@@ -419,7 +452,7 @@ def read_folder(root: Path, *, confine: bool = False, label: str | None = None) 
     dirs = [root] if (root / CASE_FILE).is_file() else sorted(
         d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))
     )
-    out: list[SourceCase] = []
+    out: list[RawRecord | SourceCase] = []
     for d in dirs:
         rel = d.relative_to(root).as_posix()
         where = _join(label, CASE_FILE if rel == "." else f"{rel}/{CASE_FILE}")
@@ -438,10 +471,10 @@ def read_folder(root: Path, *, confine: bool = False, label: str | None = None) 
                 if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in MEDIA_EXTENSIONS
             ]
         default_id = d.name if _CASE_ID_RE.match(d.name) else slugify(d.name)
-        out.append(_record(where, data, d, confine, default_id=default_id))
+        out.append(_raw(where, data, d, default_id=default_id))
     if not out:
         raise IngestInputError(f"{label}: no case folders (sub-folders with {CASE_FILE}) found")
-    return out
+    return _finish(out, confine, prepare)
 
 
 # ------------------------------------------------------------------------------------------------ backups
@@ -519,20 +552,22 @@ def _is_backup(manifest: Path) -> bool:
         return False
 
 
-def _detect_dir(root: Path, label: str, media_dir: Path | None, confine: bool) -> SourceBundle:
+def _detect_dir(root: Path, label: str, media_dir: Path | None, confine: bool,
+                prepare: RecordHook | None = None) -> SourceBundle:
     if (root / "manifest.json").is_file() and _is_backup(root / "manifest.json"):
         return SourceBundle("backup", root, read_backup(root, label=label))
     jsonl = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".jsonl", ".ndjson"))
     if (root / "cases.jsonl").is_file():
         jsonl = [root / "cases.jsonl"]
     if len(jsonl) == 1:
-        return SourceBundle("jsonl", jsonl[0], read_jsonl(jsonl[0], confine=confine, label=_join(label, jsonl[0].name)))
+        return SourceBundle("jsonl", jsonl[0], read_jsonl(jsonl[0], base_dir=media_dir, confine=confine,
+                                                          label=_join(label, jsonl[0].name), prepare=prepare))
     csvs = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
     if not jsonl and len(csvs) == 1:
         return SourceBundle("csv", csvs[0], read_csv(csvs[0], media_dir=media_dir, confine=confine,
-                                                     label=_join(label, csvs[0].name)))
+                                                     label=_join(label, csvs[0].name), prepare=prepare))
     if (root / CASE_FILE).is_file() or any((d / CASE_FILE).is_file() for d in root.iterdir() if d.is_dir()):
-        return SourceBundle("folder", root, read_folder(root, confine=confine, label=label))
+        return SourceBundle("folder", root, read_folder(root, confine=confine, label=label, prepare=prepare))
     found = ", ".join(p.name for p in (jsonl + csvs)) or "nothing importable"
     raise IngestInputError(
         f"{label}: don't know how to import this folder (found {found}); expected one cases.jsonl, one .csv, "
@@ -542,8 +577,11 @@ def _detect_dir(root: Path, label: str, media_dir: Path | None, confine: bool) -
 
 @contextlib.contextmanager
 def load_source(path: str | os.PathLike[str], *, media_dir: Path | None = None, max_zip_bytes: int = 2 << 30,
-                max_zip_files: int = 10_000) -> Iterator[SourceBundle]:
-    """Parse an import source; a zip is unpacked (safely) into a temp dir that lives as long as the context."""
+                max_zip_files: int = 10_000, prepare: RecordHook | None = None) -> Iterator[SourceBundle]:
+    """Parse an import source; a zip is unpacked (safely) into a temp dir that lives as long as the context.
+
+    ``media_dir``: where a JSONL's or CSV's media paths point (default: next to it; a zip carries its own media).
+    ``prepare``: see :data:`RecordHook` (backups are restored as they are and do not call it)."""
     path = Path(path)
     if path.is_symlink() and path.suffix.lower() == ".zip":
         raise IngestInputError(f"{path.name}: is a symbolic link; refusing it")
@@ -551,20 +589,20 @@ def load_source(path: str | os.PathLike[str], *, media_dir: Path | None = None, 
         raise IngestInputError(f"{path}: not found")
     suffix = path.suffix.lower()
     if path.is_dir():
-        yield _detect_dir(path, path.name, media_dir, confine=False)
+        yield _detect_dir(path, path.name, media_dir, confine=False, prepare=prepare)
     elif suffix in (".jsonl", ".ndjson"):
-        yield SourceBundle("jsonl", path, read_jsonl(path))
+        yield SourceBundle("jsonl", path, read_jsonl(path, base_dir=media_dir, prepare=prepare))
     elif suffix == ".csv":
-        yield SourceBundle("csv", path, read_csv(path, media_dir=media_dir))
+        yield SourceBundle("csv", path, read_csv(path, media_dir=media_dir, prepare=prepare))
     elif suffix == ".json":
         # A single case.json (with its media next to it).
-        yield SourceBundle("folder", path.parent, read_folder(path.parent))
+        yield SourceBundle("folder", path.parent, read_folder(path.parent, prepare=prepare))
     elif suffix == ".zip" or zipfile.is_zipfile(path):
         tmp = Path(tempfile.mkdtemp(prefix="ragvqa-import-"))
         try:
             safe_extract_zip(path, tmp, max_bytes=max_zip_bytes, max_files=max_zip_files)
             root = _unwrap(tmp)
-            yield _detect_dir(root, path.name + "!", None, confine=True)
+            yield _detect_dir(root, path.name + "!", None, confine=True, prepare=prepare)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     else:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from knowledge_base.archive import (
     IngestInputError,
     MediaSource,
+    RecordHook,
     SourceCase,
     clean_case_text,
     format_validation_error,
@@ -175,17 +176,17 @@ class Cases:
             return ingest_records(self.s.ingest_context(), records, source=source, progress=progress is True, on_item=callback)
 
     def import_path(self, path: str | os.PathLike[str], *, media_dir: str | os.PathLike[str] | None = None,
-                    progress: Progress = False, on_item: Callable[[ItemReport], None] | None = None) -> IngestResult:
+                    progress: Progress = False, on_item: Callable[[ItemReport], None] | None = None,
+                    prepare: RecordHook | None = None) -> IngestResult:
         """Import a JSONL/CSV file, a folder (one sub-folder per case), a zip of those, or an export zip.
 
-        Re-running it is safe and resumes an interrupted run: unchanged cases are skipped.
+        Re-running it is safe and resumes an interrupted run: unchanged cases are skipped. ``prepare`` sees each
+        file's records before they are validated (:data:`knowledge_base.archive.RecordHook`).
         Raises :class:`IngestInputError` when the source as a whole is unusable.
         """
         md = Path(media_dir) if media_dir is not None else None
         with load_source(path, media_dir=md, max_zip_bytes=self.s.options.max_zip_bytes,
-                         max_zip_files=self.s.options.max_zip_files) as bundle:
-            if md is not None and bundle.kind == "jsonl":
-                bundle.records = read_jsonl(bundle.path, base_dir=md)
+                         max_zip_files=self.s.options.max_zip_files, prepare=prepare) as bundle:
             log.info("importing %d record(s) from %s (%s)", len(bundle.records), path, bundle.kind)
             return self.import_records(bundle.records, source=str(path), progress=progress, on_item=on_item)
 

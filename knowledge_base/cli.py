@@ -221,7 +221,8 @@ def import_(
     report: Annotated[Optional[Path], typer.Option(help="Also write the full report as JSON here.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any record was rejected.")] = False,
     suggest: Annotated[bool, typer.Option("--suggest", help="Fill missing product line / model / tags / severity of "
-                                          "each JSONL record from suggestions (reported as suggested).")] = False,
+                                          "each record from suggestions (reported as suggested; the source file "
+                                          "is not modified).")] = False,
     data_dir: DataDir = None,
     models: Models = "real",
     as_json: AsJson = False,
@@ -241,15 +242,16 @@ def import_(
     filled: list[Any] = []
     with _open(data_dir, models, options=options) as kb:
         try:
-            if suggest:
-                from knowledge_base.import_suggest import filled_source
+            if suggest:  # the import's own parser hands each file's records to the filler before validating them
+                from knowledge_base.import_suggest import SuggestFiller
                 from rag.errors import UserInputError
 
+                filler = SuggestFiller(kb)
                 try:
-                    with filled_source(kb, source, media_dir) as (copy, base, filled):
-                        res = kb.import_path(copy, media_dir=base, progress=sys.stderr.isatty())
+                    res = kb.import_path(source, media_dir=media_dir, progress=sys.stderr.isatty(), prepare=filler)
                 except UserInputError as e:
                     raise _fail(str(e)) from None
+                filled = filler.filled
             else:
                 res = kb.import_path(source, media_dir=media_dir, progress=sys.stderr.isatty())
         except InputRejected as e:

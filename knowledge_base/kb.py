@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 import numpy as np
 from pydantic import JsonValue
 
-from knowledge_base.archive import SourceCase
+from knowledge_base.archive import RecordHook, SourceCase
 from knowledge_base.audit import AUDIT_FILE, AuditLog, Change
 from knowledge_base.cases import (
     CASE_FILTERS,
@@ -255,10 +255,11 @@ class KnowledgeBase:
             records, source=source, progress=progress, on_item=item), on_item)
 
     def import_path(self, path: str | os.PathLike[str], *, media_dir: str | os.PathLike[str] | None = None,
-                    progress: Progress = False, on_item: Callable[[ItemReport], None] | None = None) -> IngestResult:
+                    progress: Progress = False, on_item: Callable[[ItemReport], None] | None = None,
+                    prepare: RecordHook | None = None) -> IngestResult:
         """Import a JSONL/CSV file, a folder, a zip or an export zip; see :meth:`Cases.import_path`."""
         return self._audited_import(str(path), lambda item: self.cases.import_path(
-            path, media_dir=media_dir, progress=progress, on_item=item), on_item)
+            path, media_dir=media_dir, progress=progress, on_item=item, prepare=prepare), on_item)
 
     #: Alias for callers that think in "cases".
     import_cases = import_path

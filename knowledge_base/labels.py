@@ -18,8 +18,9 @@ Zero-shot. Where the neighbours give no suggestion (too few examples of the fiel
 values (those known in the knowledge base plus those described in ``data_dir/labels.json``; severity has built-in
 descriptions) are embedded as text ("Product line: printer. <description>") and compared with the query vectors:
 confidence = softmax of the best cosines at temperature ``ZERO_SHOT_TEMPERATURE`` (0.02, a CLIP-style logit scale
-of 50), suggested when ≥ ``MIN_CONFIDENCE``. Label embeddings are cached per embedder and text. Tags get no zero-shot
-suggestion (a multi-label softmax has no meaningful threshold).
+of 50), suggested when ≥ ``MIN_CONFIDENCE``. Label embeddings are cached per embedder and text, and ``labels.json``
+is parsed once per version of the file (its size and modification time). Tags get no zero-shot suggestion (a
+multi-label softmax has no meaningful threshold).
 
 Suggestions never write to the store.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +42,7 @@ from knowledge_base.media_store import VIDEO_SUFFIXES
 from knowledge_base.related import case_points, nearest_cases
 from knowledge_base.schema import Case
 from rag.errors import UserInputError
-from rag.store import StoreMismatchError, VectorStore, point_id
+from rag.store import VectorStore, point_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from knowledge_base.kb import KnowledgeBase
@@ -50,6 +52,7 @@ __all__ = [
     "LABEL_FIELDS",
     "MIN_CONFIDENCE",
     "MIN_VOTERS",
+    "embed_items",
     "LabelField",
     "LabelSuggestion",
     "LabelsInputError",
@@ -148,14 +151,34 @@ def zero_shot(query: np.ndarray, labels: Mapping[str, np.ndarray],
 
 _EMBED_CACHE: dict[tuple[str, int, str], np.ndarray] = {}
 _CACHE_LOCK = threading.Lock()
+#: Parsed ``labels.json`` per path, with the (size, mtime_ns, inode) it was read at: an edit is seen at once.
+_DESCRIPTIONS_CACHE: dict[Path, tuple[tuple[int, int, int], dict[str, dict[str, str]]]] = {}
 
 
 def label_descriptions(data_dir: Path | None) -> dict[str, dict[str, str]]:
-    """Descriptions per field and value: the built-in severity ones, overridden/extended by ``labels.json``."""
-    out: dict[str, dict[str, str]] = {"severity": dict(SEVERITY_DESCRIPTIONS)}
+    """Descriptions per field and value: the built-in severity ones, overridden/extended by ``labels.json``.
+
+    The file is parsed again only when its size, modification time or inode changed (a bulk import asks for every
+    record)."""
     path = data_dir / DESCRIPTIONS_FILE if data_dir is not None else None
-    if path is None or not path.is_file():
-        return out
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:  # no labels.json: the built-in descriptions only
+        st = None
+    if path is None or st is None or not stat.S_ISREG(st.st_mode):
+        return {"severity": dict(SEVERITY_DESCRIPTIONS)}
+    version = (st.st_size, st.st_mtime_ns, st.st_ino)
+    with _CACHE_LOCK:
+        hit = _DESCRIPTIONS_CACHE.get(path)
+    if hit is None or hit[0] != version:
+        hit = (version, _read_descriptions(path))
+        with _CACHE_LOCK:
+            _DESCRIPTIONS_CACHE[path] = hit
+    return {field: dict(values) for field, values in hit[1].items()}
+
+
+def _read_descriptions(path: Path) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {"severity": dict(SEVERITY_DESCRIPTIONS)}
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -183,7 +206,7 @@ def _label_vectors(kb: KnowledgeBase, texts: Mapping[str, str]) -> dict[str, np.
     with _CACHE_LOCK:
         todo = [v for v, t in texts.items() if (*key, t) not in _EMBED_CACHE]
     if todo:
-        vecs = _embed(kb, [{"text": texts[v]} for v in todo])
+        vecs = embed_items(kb, [{"text": texts[v]} for v in todo])
         with _CACHE_LOCK:
             for v, vec in zip(todo, vecs, strict=True):
                 _EMBED_CACHE[(*key, texts[v])] = np.asarray(vec, dtype=np.float32)
@@ -237,15 +260,15 @@ def _query_vectors(kb: KnowledgeBase | VectorStore, vectors: np.ndarray | Sequen
             raise LabelsInputError(f"media file not found: {p}")
         kind = "video" if p.suffix.lower() in VIDEO_SUFFIXES else "image"
         items.append({kind: str(p)})
-    return _embed(kb, items)
+    return embed_items(kb, items)
 
 
-def _embed(kb: KnowledgeBase, items: list[dict[str, str]]) -> np.ndarray:
-    """``kb.embed``, with a store of another embedder reported as the user's problem (run a reindex)."""
-    try:
-        return np.asarray(kb.embed(items), dtype=np.float32)
-    except StoreMismatchError as e:
-        raise LabelsInputError(str(e), code="store_mismatch") from None
+def embed_items(kb: KnowledgeBase, items: Sequence[Mapping[str, str]]) -> np.ndarray:
+    """``kb.embed`` (document side, one row per item), with a store of another embedder reported as the user's
+    problem (run a reindex)."""
+    if why := kb.state.store_mismatch():
+        raise LabelsInputError(why, code="store_mismatch")
+    return np.asarray(kb.embed([dict(i) for i in items]), dtype=np.float32)
 
 
 def suggest_labels(kb: KnowledgeBase | VectorStore, *, vectors: np.ndarray | Sequence[np.ndarray] | None = None,
@@ -290,11 +313,11 @@ def suggest_labels(kb: KnowledgeBase | VectorStore, *, vectors: np.ndarray | Seq
         if not picks and field != "tags":
             need_zero_shot.append(field)
     if need_zero_shot and zero_shot_fallback and not isinstance(kb, VectorStore) and kb.embedder is not None:
-        if kb.embedder_id == kb.store.meta.embedder_id and kb.embed_dim == kb.store.dim:
+        why = kb.state.store_mismatch()
+        if why is None:
             out += _zero_shot_suggestions(kb, q, need_zero_shot, min_confidence)
         else:  # label texts embedded now would not be comparable with the stored vectors
-            log.warning("zero-shot labels skipped: the store holds %s vectors, the embedder is %s",
-                        kb.store.meta.embedder_id, kb.embedder_id)
+            log.warning("zero-shot labels skipped: %s", why)
     return out
 
 

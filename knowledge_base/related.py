@@ -10,6 +10,9 @@ Score of another case = the best cosine similarity over all (point of this case,
 "photo 1 ↔ manual page 2". The per-point candidate lists are widened until the ranking is certified: a case not seen
 in any list cannot score above the worst score of a full list (the threshold rule), so the result equals a brute-force
 ranking over the engine's (exact or HNSW) search results.
+
+A reason's points are typed parts (kind, number among the case's media of that kind, PDF page), so the UI can name
+them in the user's language; ``PointRef.label`` and ``MatchReason.text`` are the English names (CLI and JSON).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from knowledge_base.ingest import ItemReport
 from knowledge_base.schema import Case, CaseLink
 from knowledge_base.semantic_search import CaseHit
 from rag.errors import UserInputError
-from rag.payload import PointKind
+from rag.payload import POINT_KINDS, PointKind
 from rag.store import Hit, StoredPoint, VectorStore, point_id
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,12 +65,23 @@ class RelatedInputError(UserInputError, ValueError):
 
 
 class PointRef(BaseModel):
-    """One point of a case: its kind, media id (None for the case text), a human label and its thumbnail."""
+    """One point of a case: its kind, media id (None for the case text), its number among the case's photos or videos
+    ("photo 2"; None when the case record does not say), its PDF page, and its thumbnail."""
 
     kind: PointKind
     media_id: str | None = None
-    label: str
+    number: int | None = None
+    page: int | None = None
     thumbnail: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def label(self) -> str:
+        """The English name: ``"photo 1"``, ``"manual page 2"``, ``"case text"``."""
+        if self.kind == "pdf_page":
+            return f"manual page {self.page}" if self.page is not None else "manual page"
+        word = _KIND_WORD[self.kind]
+        return f"{word} {self.number}" if self.number is not None and self.kind != "text" else word
 
 
 class MatchReason(BaseModel):
@@ -97,15 +111,14 @@ def _store(kb: KnowledgeBase | VectorStore) -> VectorStore:
 def point_labels(case: Case | None) -> dict[str | None, PointRef]:
     """Labels of a case's points by media id (``None`` = the case text): photos and videos numbered in the case's
     order ("photo 1"), PDF pages by their page number ("manual page 2")."""
-    out: dict[str | None, PointRef] = {None: PointRef(kind="text", label="case text")}
+    out: dict[str | None, PointRef] = {None: PointRef(kind="text")}
     counts: dict[str, int] = {}
     for m in case.media if case is not None else []:
-        if m.kind == "pdf_page":
-            label = f"manual page {m.page}"
-        else:
-            counts[m.kind] = counts.get(m.kind, 0) + 1
-            label = f"{_KIND_WORD[m.kind]} {counts[m.kind]}"
-        out[m.id] = PointRef(kind=m.kind, media_id=m.id, label=label, thumbnail=m.thumbnail)
+        number = None
+        if m.kind != "pdf_page":
+            number = counts[m.kind] = counts.get(m.kind, 0) + 1
+        out[m.id] = PointRef(kind=m.kind, media_id=m.id, number=number, page=m.page if m.kind == "pdf_page" else None,
+                             thumbnail=m.thumbnail)
     return out
 
 
@@ -114,11 +127,9 @@ def _ref(payload: Mapping[str, object], labels: Mapping[str | None, PointRef]) -
     key = mid if isinstance(mid, str) else None
     if key in labels:
         return labels[key]
-    kind = payload.get("kind")
-    kind = kind if kind in _KIND_WORD else "text"
-    page = payload.get("page")
-    label = f"manual page {page}" if kind == "pdf_page" else _KIND_WORD[str(kind)]
-    return PointRef(kind=kind, media_id=key, label=label)  # type: ignore[arg-type]
+    raw_kind, page = payload.get("kind"), payload.get("page")
+    kind: PointKind = next((k for k in POINT_KINDS if k == raw_kind), "text")
+    return PointRef(kind=kind, media_id=key, page=page if kind == "pdf_page" and isinstance(page, int) else None)
 
 
 def _parse_case(points: Sequence[StoredPoint]) -> Case | None:

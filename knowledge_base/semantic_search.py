@@ -104,10 +104,8 @@ def embed_query(kb: KnowledgeBase, *, text: str | None = None, image: str | Path
         raise SearchInputError("give a text, an image, or both to search")
     if kb.embedder is None:
         raise SearchInputError("semantic search needs the embedding model (the knowledge base was opened without it)")
-    if kb.embedder_id != kb.store.meta.embedder_id or kb.embed_dim != kb.store.dim:
-        raise SearchInputError(
-            f"the store holds vectors of {kb.store.meta.embedder_id!r} (dim {kb.store.dim}) but the configured embedder "
-            f"is {kb.embedder_id!r} (dim {kb.embed_dim}); run `ragvqa kb reindex` first", code="store_mismatch")
+    if why := kb.state.store_mismatch():
+        raise SearchInputError(why, code="store_mismatch")
     item: dict[str, str] = {}
     if text is not None:
         item["text"] = text

@@ -69,12 +69,18 @@ class KBState:
         emb = embedder or self.embedder
         if emb is None:
             raise RuntimeError("this knowledge base was opened without an embedder (read-only maintenance)")
-        if embedder is None and (self.embedder_id != self.store.meta.embedder_id or self.embed_dim != self.store.dim):
-            raise StoreMismatchError(
-                f"the store holds vectors of {self.store.meta.embedder_id!r} (dim {self.store.dim}) but the configured "
-                f"embedder is {self.embedder_id!r} (dim {self.embed_dim}); run `ragvqa kb reindex` first")
+        if embedder is None and (why := self.store_mismatch()):
+            raise StoreMismatchError(why)
         return emb.embed(list(items), instruction=None, dim=dim or self.store.dim,
                          batch_size=self.options.embed_batch_size or self.settings.embed_batch_size)
+
+    def store_mismatch(self) -> str | None:
+        """Why vectors the configured embedder makes now cannot be compared with the stored ones (the store was built
+        by another embedder or at another dimension), or None. The one check every embedding reader uses."""
+        if self.embedder_id == self.store.meta.embedder_id and self.embed_dim == self.store.dim:
+            return None
+        return (f"the store holds vectors of {self.store.meta.embedder_id!r} (dim {self.store.dim}) but the configured "
+                f"embedder is {self.embedder_id!r} (dim {self.embed_dim}); run `ragvqa kb reindex` first")
 
     def ingest_context(self) -> IngestContext:
         """The narrow view an import run gets (with a media index rebuilt from the store: another process may

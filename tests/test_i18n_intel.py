@@ -3,6 +3,7 @@ language (issue 14): server-made text from the catalogs, through the served app 
 
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import pytest
@@ -10,6 +11,9 @@ from gradio_client import Client
 from ui_helpers import ADMIN, Served, component_id, fn_index_for, serve_app, stop_app
 
 TRIGGERS = ["intel-search-btn", "intel-related-btn", "intel-link-btn", "case-suggest"]
+#: A related case's reason names points: in Chinese "案例文字", "照片 1", "视频 1", "手册第 2 页"; never the English names.
+ZH_POINT = re.compile(r"案例文字|照片 \d+|视频 \d+|手册第 \d+ 页")
+ENGLISH_POINT = re.compile(r"case text|photo|video|manual page")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +49,9 @@ def test_admin_intel_in_chinese(app: Served) -> None:
         c.predict("", None, [], "", fn_index=idx["intel-search-btn"])
     rows, _other, msg = c.predict("prn-e13", fn_index=idx["intel-related-btn"])
     assert rows["headers"][-1] == "原因（本案例 ↔ 该案例）" and "个相关案例" in msg
+    whys = [row[-1] for row in rows["data"]]
+    assert whys and all(" ↔ " in w and not ENGLISH_POINT.search(w) for w in whys), whys  # the reasons too
+    assert all(ZH_POINT.search(w) for w in whys), whys
     with pytest.raises(Exception, match="请先输入案例 ID"):
         c.predict("  ", fn_index=idx["intel-related-btn"])
     with pytest.raises(Exception, match="请先选择要关联的相关案例"):
@@ -67,3 +74,6 @@ def test_chat_related_cases_in_chinese(app: Served) -> None:
     zh = Client(app.url, verbose=False, download_files=False, headers={"Accept-Language": "zh-CN"})
     detail, _media, _related = zh.predict("no-such-case", api_name="/open_related")
     assert "选择一个来源以查看完整案例" in detail
+    _detail, _media, related = zh.predict("prn-e13", api_name="/open_related")
+    labels = [c[0].rsplit("; ", 1)[-1] for c in related["choices"]]  # "title (score; reason)": the reason
+    assert labels and all(ZH_POINT.search(t) and not ENGLISH_POINT.search(t) for t in labels), labels

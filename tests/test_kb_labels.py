@@ -271,8 +271,8 @@ def test_cli_import_suggest_fills_only_missing_fields(tmp_path: Path, tiny_model
         assert (c5.product_line, c5.equipment_model, c5.tags, c5.severity) == ("printer", "LP-5", ["jam"], "high")
         assert (c6.product_line, c6.equipment_model, c6.tags, c6.severity) == ("pump", "M0", ["jam"], "high")
         assert (c7.product_line, c7.tags, c7.severity) == (case_dict(7)["product_line"], case_dict(7)["tags"], "low")
-    res = cli("import", str(src / "img00.png"), "--suggest")
-    assert res.exit_code == 1 and "--suggest works on a .jsonl file" in res.output
+    res = cli("import", str(src / "img00.png"), "--suggest")  # not an import source: the import's own message
+    assert res.exit_code == 1 and "unsupported import source" in res.output and "Traceback" not in res.output
 
 
 def test_store_of_another_embedder_gets_a_clear_message(tmp_path: Path, embedder) -> None:
@@ -293,3 +293,61 @@ def test_store_of_another_embedder_gets_a_clear_message(tmp_path: Path, embedder
         assert suggest_labels(kb, case_id=cases[0].id)  # stored vectors: comparable (zero-shot is skipped)
     finally:
         kb.close()
+
+
+def test_one_store_mismatch_check_for_every_reader(tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KBState.store_mismatch`` is the one check: document embedding, label suggestion and semantic search all
+    refuse with its message, so a change to it reaches every reader (they used to carry copies of it)."""
+    from knowledge_base.semantic_search import SearchInputError, semantic_search
+    from knowledge_base.state import KBState
+    from rag.store import StoreMismatchError
+
+    kb = open_kb("edge", tmp_path / "data", embedder)
+    try:
+        assert kb.state.store_mismatch() is None  # a store built by this embedder
+        monkeypatch.setattr(KBState, "store_mismatch", lambda self: "planted: another embedder; run `kb reindex`")
+        with pytest.raises(StoreMismatchError, match="planted: another embedder"):
+            kb.embed([{"text": "paper jam"}])
+        with pytest.raises(LabelsInputError, match="planted: another embedder") as e:
+            suggest_labels(kb, text="paper jam")
+        assert e.value.code == "store_mismatch"
+        with pytest.raises(SearchInputError, match="planted: another embedder") as e2:
+            semantic_search(kb, text="paper jam")
+        assert e2.value.code == "store_mismatch"
+    finally:
+        kb.close()
+
+
+def test_labels_json_is_parsed_once_per_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk import asks for the label descriptions once per record: the file is read again only when it changed
+    (size, modification time), and callers get their own copy."""
+    import os
+
+    from knowledge_base.labels import SEVERITY_DESCRIPTIONS, label_descriptions
+
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"product_line": {"printer": "laser printers"}}), encoding="utf-8")
+    reads: list[Path] = []
+    real = Path.read_text
+
+    def counting(self: Path, *a, **kw):
+        if self.name == "labels.json":
+            reads.append(self)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    want = {"severity": SEVERITY_DESCRIPTIONS, "product_line": {"printer": "laser printers"}}
+    first = label_descriptions(tmp_path)
+    assert first == want
+    first["product_line"]["printer"] = "changed by a caller"
+    for _ in range(5):
+        assert label_descriptions(tmp_path) == want
+    assert len(reads) == 1
+    path.write_text(json.dumps({"product_line": {"printer": "laser printers, toner"}}), encoding="utf-8")
+    assert label_descriptions(tmp_path)["product_line"] == {"printer": "laser printers, toner"} and len(reads) == 2
+    st = path.stat()  # same size, other content, a later modification time: read again
+    path.write_text(json.dumps({"product_line": {"printer": "laser printers, paper"}}), encoding="utf-8")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert label_descriptions(tmp_path)["product_line"] == {"printer": "laser printers, paper"} and len(reads) == 3
+    path.unlink()
+    assert label_descriptions(tmp_path) == {"severity": SEVERITY_DESCRIPTIONS}

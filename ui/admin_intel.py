@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from ui.chat_intel import reason_text
 from ui.i18n import L, headers, localized, table, tr
 from ui.show import esc, plain
 
@@ -108,7 +109,7 @@ class AdminIntel:
         found = related_cases(self.kb, case_id, limit=8)
         linked = {lk.case_id for lk in (self.kb.get(case_id).links if self.kb.get(case_id) else [])}
         rows = [[round(r.score, 4), plain(r.case_id, 64) + (" 🔗" if r.case_id in linked else ""), plain(r.title, 120),
-                 plain(r.product_line, 60), plain("; ".join(x.text for x in r.reasons), 200)] for r in found]
+                 plain(r.product_line, 60), plain("; ".join(reason_text(x) for x in r.reasons), 200)] for r in found]
         choices = [r.case_id for r in found if r.case_id not in linked]
         msg = (tr("ui.admin.intel.related_found", n=len(found), id=esc(case_id)) if found
                else tr("ui.admin.intel.related_none", id=esc(case_id)))

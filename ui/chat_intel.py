@@ -3,7 +3,8 @@ product-line hint from the query photo ("Looks like: printer") that the user may
 
 The hint costs no extra model call: the cases the chat just retrieved for the photo are its nearest neighbours, and
 they vote on the product line exactly as label suggestions do (:func:`knowledge_base.labels.neighbour_votes`, same
-thresholds). Related cases read stored vectors only.
+thresholds). Related cases read stored vectors only; their reasons ("photo 1 ↔ manual page 2") are rendered from the
+reason's typed parts in the request's language (:func:`reason_text`, also used by the admin tab).
 """
 
 from __future__ import annotations
@@ -20,11 +21,32 @@ from ui.i18n import L, localized, tr
 from ui.show import case_detail_html, plain
 
 if TYPE_CHECKING:  # pragma: no cover
+    from knowledge_base.related import MatchReason, PointRef
     from ui.chat import ChatTab, ChatView
 
 logger = logging.getLogger(__name__)
 
 RELATED_LIMIT = 5
+#: A matched point by kind (``{n}``: its number among the case's photos or videos; ``{page}``: the PDF page).
+POINT_NAMES = {"text": "ui.intel.point.text", "image": "ui.intel.point.image", "video": "ui.intel.point.video",
+               "pdf_page": "ui.intel.point.pdf_page"}
+#: The same when the case record gives no number or page (its record was unreadable).
+POINT_NAMES_BARE = {"text": "ui.intel.point.text", "image": "ui.admin.intel.kind.image",
+                    "video": "ui.admin.intel.kind.video", "pdf_page": "ui.intel.point.pdf_page_bare"}
+
+
+def point_name(ref: PointRef) -> str:
+    """One matched point in the request's language ("照片 1", "手册第 2 页")."""
+    if ref.kind == "pdf_page" and ref.page is not None:
+        return tr(POINT_NAMES["pdf_page"], page=ref.page)
+    if ref.kind in ("image", "video") and ref.number is not None:
+        return tr(POINT_NAMES[ref.kind], n=ref.number)
+    return tr(POINT_NAMES_BARE[ref.kind])
+
+
+def reason_text(reason: MatchReason) -> str:
+    """Why a case is related, in the request's language (``MatchReason.text`` is the English one, for CLI and JSON)."""
+    return tr("ui.intel.reason", this=point_name(reason.this), other=point_name(reason.other))
 
 
 class ChatIntel:
@@ -49,8 +71,8 @@ class ChatIntel:
         except UserInputError as e:  # unknown id (deleted meanwhile), vectors of another embedder
             logger.info("no related cases for %s: %s", case_id, e)
             found = []
-        choices = [(plain(f"{r.title} ({r.score:.2f}; {'; '.join(x.text for x in r.reasons[:1])})", 160), r.case_id)
-                   for r in found]
+        choices = [(plain(f"{r.title} ({r.score:.2f}; {'; '.join(reason_text(x) for x in r.reasons[:1])})", 160),
+                    r.case_id) for r in found]
         return gr.update(choices=choices, value=None, visible=bool(choices))
 
     def on_source(self, sources: list[dict[str, Any]] | None, evt: gr.SelectData) -> Any:
