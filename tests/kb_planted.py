@@ -107,3 +107,14 @@ def brute_related(cases: list[Planted], case_id: str, limit: int) -> list[tuple[
         scored.append((c.id, float((a @ b.T).max())))
     scored.sort(key=lambda t: -t[1])
     return scored[:limit]
+
+
+def photo_to_page_cases(dim: int, seed: int = 1) -> list[Planted]:
+    """Case ``a``'s photo is (almost) case ``b``'s second manual page: their best reason is "photo 1 ↔ manual page 2"."""
+    rng = np.random.default_rng(seed)
+    v = unit(rng.normal(size=dim))
+    a = Planted(id="a", product_line="x", points=[("text", unit(rng.normal(size=dim))), ("image", v)])
+    b = Planted(id="b", product_line="x", points=[("text", unit(rng.normal(size=dim))),
+                                                  ("pdf_page", unit(rng.normal(size=dim))),
+                                                  ("pdf_page", unit(v + 0.01 * rng.normal(size=dim)))])
+    return [a, b]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kb_planted import Planted, brute_related, grouped_cases, open_planted, unit
+from kb_planted import Planted, brute_related, grouped_cases, open_planted, photo_to_page_cases, unit
 from kb_support import add_scene_cases, kb_state, open_kb
 
 from knowledge_base.cases import CaseNotFoundError
@@ -78,13 +78,7 @@ def test_widening_finds_cases_behind_a_crowd(tmp_path: Path) -> None:
 
 
 def test_labels_of_points(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    v = unit(rng.normal(size=DIM))
-    a = Planted(id="a", product_line="x", points=[("text", unit(rng.normal(size=DIM))), ("image", v)])
-    b = Planted(id="b", product_line="x", points=[("text", unit(rng.normal(size=DIM))),
-                                                  ("pdf_page", unit(rng.normal(size=DIM))),
-                                                  ("pdf_page", unit(v + 0.01 * rng.normal(size=DIM)))])
-    store = open_planted(tmp_path / "s", [a, b], DIM)
+    store = open_planted(tmp_path / "s", photo_to_page_cases(DIM), DIM)
     try:
         (r,) = related_cases(store, "a", limit=5, exact=True)
         assert r.reasons[0].text == "photo 1 ↔ manual page 2"

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from kb_planted import Planted, open_planted, unit
+from kb_planted import open_planted, photo_to_page_cases
 
 from knowledge_base.related import MatchReason, PointRef, related_cases
 from ui.chat_intel import point_name, reason_text
@@ -28,13 +27,7 @@ def in_lang(lang: str, fn, *args):
 @pytest.fixture()
 def photo_to_page(tmp_path: Path):
     """Case a's photo is (almost) case b's second manual page: the best reason is "photo 1 ↔ manual page 2"."""
-    rng = np.random.default_rng(1)
-    v = unit(rng.normal(size=DIM))
-    a = Planted(id="a", product_line="x", points=[("text", unit(rng.normal(size=DIM))), ("image", v)])
-    b = Planted(id="b", product_line="x", points=[("text", unit(rng.normal(size=DIM))),
-                                                  ("pdf_page", unit(rng.normal(size=DIM))),
-                                                  ("pdf_page", unit(v + 0.01 * rng.normal(size=DIM)))])
-    store = open_planted(tmp_path / "s", [a, b], DIM)
+    store = open_planted(tmp_path / "s", photo_to_page_cases(DIM), DIM)
     try:
         (r,) = related_cases(store, "a", limit=5, exact=True)
         yield r.reasons
