@@ -231,7 +231,7 @@ def _pair_distances(text_rows: np.ndarray | None, has_text: np.ndarray, vecs: np
     d = np.ones((n, n), dtype=np.float64)
     ti, vi = np.flatnonzero(has_text), np.flatnonzero(has_vec)
     if text_rows is not None and len(ti):
-        r = text_rows / np.linalg.norm(text_rows, axis=1, keepdims=True)
+        r = text_rows[ti] / np.linalg.norm(text_rows[ti], axis=1, keepdims=True)
         d[np.ix_(ti, ti)] = np.clip(1.0 - r @ r.T, 0.0, 1.0)
     if len(vi):
         v = vecs[vi]
