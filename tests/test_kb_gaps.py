@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kb_planted import Planted
 from PIL import Image
 
-from knowledge_base.gaps import FEEDBACK_DB, GapError, find_gaps, read_gap_queries
+from knowledge_base.gaps import FEEDBACK_DB, GapError, GapReport, find_gaps, read_gap_queries
+from rag.store import VectorStore
 from ui.feedback import FeedbackLog
 
 #: Planted topics: the questions each was written with (the expected grouping).
@@ -160,7 +162,7 @@ DIM = 32
 SHOWN = 3
 
 
-def _planted_kb(root: Path, seed: int = 5) -> tuple[list, dict[str, list[str]]]:
+def _planted_kb(root: Path, seed: int = 5) -> tuple[list[Planted], dict[str, list[str]]]:
     """Three planted fault families of six cases each (tight: member cosines ≈ 0.97) written through a real Edge
     store; returns the cases and the case ids per family."""
     from kb_planted import grouped_cases, open_planted
@@ -180,11 +182,11 @@ def _shown(ids: list[str], start: int) -> list[dict[str, object]]:
     return [{"case_id": c, "score": 0.3 - 0.01 * k} for k, c in enumerate(pick)]
 
 
-def _reference_vector(cases: list, shown: list[dict[str, object]]) -> np.ndarray:
+def _reference_vector(cases: list[Planted], shown: list[dict[str, object]]) -> np.ndarray:
     """Reference from the definition: the normalised mean of the shown cases' planted (unit) text vectors."""
     by_id = {c.id: c.points[0][1] for c in cases}
     v = np.mean([by_id[str(s["case_id"])] / np.linalg.norm(by_id[str(s["case_id"])]) for s in shown], axis=0)
-    return v / np.linalg.norm(v)
+    return np.asarray(v / np.linalg.norm(v))
 
 
 def _log_photo_only(data: Path, photo: Path, fams: dict[str, list[str]]) -> dict[str, list[int]]:
@@ -204,12 +206,12 @@ def _log_photo_only(data: Path, photo: Path, fams: dict[str, list[str]]) -> dict
     return out
 
 
-def _partition(report) -> set[frozenset[int]]:
+def _partition(report: GapReport) -> set[frozenset[int]]:
     assert all(t.size == len(t.examples) for t in report.topics), "raise `examples` for this check"
     return {frozenset(q.id for q in t.examples) for t in report.topics}
 
 
-def _store_state(store) -> dict[str, tuple[object, list[float]]]:
+def _store_state(store: VectorStore) -> dict[str, tuple[object, list[float]]]:
     return {p.id: (p.payload, np.asarray(p.vector).round(6).tolist()) for p in store.scroll(with_vectors=True)}
 
 
