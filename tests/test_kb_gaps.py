@@ -312,6 +312,10 @@ def test_text_only_questions_unchanged_with_a_store(tmp_path: Path, photo: Path)
     finally:
         store.close()
     assert find_gaps(data).n_topics == 3
+    # a vector threshold that is not a cosine strictly between 0 and 1 is refused by name
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="vector_threshold"):
+            find_gaps(data, vector_threshold=bad)
 
 
 def test_no_store_mismatched_or_missing_vectors_fall_back_to_the_text_grouping(
