@@ -673,15 +673,27 @@ def gaps(
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Knowledge gaps: abstained and thumbs-down questions from the feedback log, grouped into topics (reads only)."""
+    """Knowledge gaps: abstained and thumbs-down questions from the feedback log, grouped into topics by their text
+    and, where a knowledge base exists, by the stored vectors of the cases shown for them (reads only)."""
+    from contextlib import nullcontext
+
+    from knowledge_base.channel import SERVED_KB
     from knowledge_base.gaps import GapError, find_gaps, gaps_markdown
     from rag.cli_settings import cli_settings
+    from rag.store.edge import read_active_meta
 
     settings = cli_settings(data_dir)
-    try:
-        report = find_gaps(settings.data_dir, distance_threshold=threshold)
-    except GapError as e:
-        raise _fail(str(e)) from None
+    opened: AbstractContextManager[KnowledgeBase | None] = nullcontext(None)
+    if SERVED_KB.get() is not None or settings.qdrant_url or read_active_meta(Path(settings.data_dir) / "qdrant"):
+        try:  # read-only, no model: the shown cases' stored vectors place photo-only questions
+            opened = _open(data_dir, "real", strict=False, model=False)
+        except typer.Exit:  # the reason is printed; the text grouping still works
+            err.print("knowledge gaps grouped by question text only", highlight=False)
+    with opened as kb:
+        try:
+            report = find_gaps(settings.data_dir, kb.store if kb is not None else None, distance_threshold=threshold)
+        except GapError as e:
+            raise _fail(str(e)) from None
     if as_json:
         _dump(report.model_dump(mode="json"))
         return

@@ -9,10 +9,13 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+from kb_planted import Planted
 from PIL import Image
 
-from knowledge_base.gaps import FEEDBACK_DB, GapError, find_gaps, read_gap_queries
+from knowledge_base.gaps import FEEDBACK_DB, GapError, GapReport, find_gaps, read_gap_queries
+from rag.store import VectorStore
 from ui.feedback import FeedbackLog
 
 #: Planted topics: the questions each was written with (the expected grouping).
@@ -150,3 +153,222 @@ def test_admin_clusters_and_gaps_end_to_end(tmp_path: Path, embedder, reranker, 
         assert {p.id: p.payload for p in app.services.store.scroll()} == store_before, "the views wrote to the store"
     finally:
         stop_app(app)
+
+
+# ------------------------------------------------------------------------------ what the photo shows (shown cases)
+
+DIM = 32
+#: Shown cases per planted query (the app logs its closest cases, closest first).
+SHOWN = 3
+
+
+def _planted_kb(root: Path, seed: int = 5) -> tuple[list[Planted], dict[str, list[str]]]:
+    """Three planted fault families of six cases each (tight: member cosines ≈ 0.97) written through a real Edge
+    store; returns the cases and the case ids per family."""
+    from kb_planted import grouped_cases, open_planted
+
+    cases = grouped_cases(np.random.default_rng(seed), groups=3, per_group=6, dim=DIM, noise=0.03,
+                          media_kinds=("image",))
+    open_planted(root, cases, DIM).close()
+    fams: dict[str, list[str]] = {}
+    for c in cases:
+        fams.setdefault(c.id.split("-")[0], []).append(c.id)
+    return cases, fams
+
+
+def _shown(ids: list[str], start: int) -> list[dict[str, object]]:
+    """``SHOWN`` cases of one family, a different subset per query (as the app logs them: closest first)."""
+    pick = [ids[(start + k) % len(ids)] for k in range(SHOWN)]
+    return [{"case_id": c, "score": 0.3 - 0.01 * k} for k, c in enumerate(pick)]
+
+
+def _reference_vector(cases: list[Planted], shown: list[dict[str, object]]) -> np.ndarray:
+    """Reference from the definition: the normalised mean of the shown cases' planted (unit) text vectors."""
+    by_id = {c.id: c.points[0][1] for c in cases}
+    v = np.mean([by_id[str(s["case_id"])] / np.linalg.norm(by_id[str(s["case_id"])]) for s in shown], axis=0)
+    return np.asarray(v / np.linalg.norm(v))
+
+
+def _log_photo_only(data: Path, photo: Path, fams: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Photo-only abstentions, all under one product-line filter: three whose shown cases come from family g0, three
+    from family g1, one from g2 (a one-off), and two that showed no case; returns the abstention ids per planted
+    topic."""
+    log = FeedbackLog(data / FEEDBACK_DB)
+    out: dict[str, list[int]] = {}
+    for fam, n in (("g0", 3), ("g1", 3), ("g2", 1)):
+        for k in range(n):
+            out.setdefault(fam, []).append(log.record_abstention(
+                question="", media_files=[str(photo)], filters={"product_line": "printers"},
+                cases=_shown(fams[fam], 2 * k)))
+    for _ in range(2):
+        out.setdefault("none", []).append(log.record_abstention(
+            question="", media_files=[str(photo)], filters={"product_line": "printers"}, cases=[]))
+    return out
+
+
+def _partition(report: GapReport) -> set[frozenset[int]]:
+    assert all(t.size == len(t.examples) for t in report.topics), "raise `examples` for this check"
+    return {frozenset(q.id for q in t.examples) for t in report.topics}
+
+
+def _store_state(store: VectorStore) -> dict[str, tuple[object, list[float]]]:
+    return {p.id: (p.payload, np.asarray(p.vector).round(6).tolist()) for p in store.scroll(with_vectors=True)}
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    p = tmp_path / "upload.png"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(p)
+    return p
+
+
+def test_photo_only_gaps_form_one_topic_per_planted_family(tmp_path: Path, photo: Path) -> None:
+    """Photo-only questions whose shown cases come from two planted families form two topics (the text-only grouping
+    puts every photo-only question of a product line in one); a one-off stays a topic of its own; questions that
+    showed no case keep the product-line topic. The store and the log are only read."""
+    from kb_planted import EMBEDDER
+
+    from knowledge_base.gaps import VECTOR_THRESHOLD
+    from rag.store import EdgeStore, StoreMeta
+
+    data = tmp_path / "data"
+    cases, fams = _planted_kb(data / "qdrant")
+    ids = _log_photo_only(data, photo, fams)
+    # The planted margins, from the planted vectors (not the code under test): queries of one family show shown-case
+    # vectors far above the threshold, queries of different families far below it.
+    rows = read_gap_queries(data / FEEDBACK_DB)
+    ref = {q.id: _reference_vector(cases, [{"case_id": c} for c in q.shown_cases[:SHOWN]]) for q in rows
+           if q.shown_cases}
+    fam_of = {i: f for f, lst in ids.items() for i in lst}
+    same = [float(ref[a] @ ref[b]) for a in ref for b in ref if a < b and fam_of[a] == fam_of[b]]
+    cross = [float(ref[a] @ ref[b]) for a in ref for b in ref if fam_of[a] != fam_of[b]]
+    assert min(same) > VECTOR_THRESHOLD + 0.05 and max(cross) < VECTOR_THRESHOLD - 0.3, (min(same), max(cross))
+
+    store = EdgeStore.open(data / "qdrant", StoreMeta(embedder_id=EMBEDDER, dim=DIM))
+    try:
+        before_store, before_log = _store_state(store), _digest(data / FEEDBACK_DB)
+        report = find_gaps(data, store)
+        assert _store_state(store) == before_store, "grouping the gaps wrote to the vector store"
+        assert _digest(data / FEEDBACK_DB) == before_log, "grouping the gaps wrote to the feedback log"
+    finally:
+        store.close()
+    assert report.n_topics == len(ids), [t.label for t in report.topics]
+    assert _partition(report) == {frozenset(v) for v in ids.values()}
+    by_ids = {frozenset(q.id for q in t.examples): t for t in report.topics}
+    g0 = by_ids[frozenset(ids["g0"])]
+    assert g0.draft.product_line == "printers" and g0.abstentions == 3 and set(g0.shown_cases) <= set(fams["g0"])
+    assert "near g0-" in g0.label and "near g1-" in by_ids[frozenset(ids["g1"])].label  # two topics, two labels
+    assert len(g0.draft.media) == 1 and (data / g0.draft.media[0]).is_file()
+    # today's (text-only) grouping: everything photo-only under one product line is one topic
+    old = find_gaps(data)
+    assert old.n_topics == 1 and old.topics[0].size == sum(map(len, ids.values()))
+
+
+def test_text_and_photo_combined(tmp_path: Path, photo: Path) -> None:
+    """A photo-only question joins the text topic whose questions showed the same family; the same generic text over
+    photos of two families stays two topics (both signals must agree); text questions that showed no case group by
+    their text exactly as without a store."""
+    from kb_planted import EMBEDDER
+
+    from rag.store import EdgeStore, StoreMeta
+
+    data = tmp_path / "data"
+    _, fams = _planted_kb(data / "qdrant")
+    log = FeedbackLog(data / FEEDBACK_DB)
+    pump = [log.record_abstention(question=q, media_files=[str(photo)], filters={}, cases=_shown(fams["g0"], k))
+            for k, q in enumerate(["pump hums but there is no flow", "no flow from the pump, it hums"])]
+    pump.append(log.record_abstention(question="", media_files=[str(photo)], filters={}, cases=_shown(fams["g0"], 3)))
+    generic = [log.record_abstention(question="what is wrong with this machine", media_files=[str(photo)], filters={},
+                                     cases=_shown(fams[f], 1)) for f in ("g1", "g2")]
+    text_only = [log.record_abstention(question=q, media_files=[], filters={}, cases=[]) for q in WIFI]
+    store = EdgeStore.open(data / "qdrant", StoreMeta(embedder_id=EMBEDDER, dim=DIM))
+    try:
+        report = find_gaps(data, store)
+    finally:
+        store.close()
+    assert _partition(report) == {frozenset(pump), frozenset(generic[:1]), frozenset(generic[1:]),
+                                  frozenset(text_only)}
+    topic = next(t for t in report.topics if t.size == 3 and pump[0] in {q.id for q in t.examples})
+    assert {"pump", "flow"} <= set(topic.terms)
+    # without the store the generic question is one topic, as the text says
+    assert frozenset(generic) in _partition(find_gaps(data))
+
+
+def test_text_only_questions_unchanged_with_a_store(tmp_path: Path, photo: Path) -> None:
+    """Questions that showed no case: with the store the report is the text-only one, field for field."""
+    from kb_planted import EMBEDDER
+
+    from rag.store import EdgeStore, StoreMeta
+
+    data = tmp_path / "data"
+    _planted_kb(data / "qdrant")
+    log = FeedbackLog(data / FEEDBACK_DB)
+    for q in WIFI + FORKLIFT:
+        log.record_abstention(question=q, media_files=[], filters={"product_line": "printers"}, cases=[])
+    log.record_abstention(question="", media_files=[str(photo)], filters={"product_line": "pumps"}, cases=[])
+    store = EdgeStore.open(data / "qdrant", StoreMeta(embedder_id=EMBEDDER, dim=DIM))
+    try:
+        assert find_gaps(data, store) == find_gaps(data)
+    finally:
+        store.close()
+    assert find_gaps(data).n_topics == 3
+    # a vector threshold that is not a cosine strictly between 0 and 1 is refused by name
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="vector_threshold"):
+            find_gaps(data, vector_threshold=bad)
+
+
+def test_no_store_mismatched_or_missing_vectors_fall_back_to_the_text_grouping(
+        tmp_path: Path, photo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Shown cases written by another embedder, shown cases gone from the store, or a store that cannot be read:
+    the text-only grouping, one warning each, no traceback."""
+    import logging
+
+    from kb_planted import grouped_cases, open_planted, planted_points
+
+    data = tmp_path / "data"
+    cases, fams = _planted_kb(tmp_path / "unused")
+    _log_photo_only(data, photo, fams)
+    expected = find_gaps(data)  # no store
+    assert expected.n_topics == 1  # every photo-only question of the product line
+    # a store whose shown-case points come from another embedder (an unfinished re-embedding)
+    mixed = open_planted(tmp_path / "mixed", [], DIM)
+    try:
+        mixed.upsert([p for c in cases for p in planted_points(c, embedder="another-embedder")])
+        with caplog.at_level(logging.WARNING, logger="knowledge_base.gaps"):
+            assert find_gaps(data, mixed) == expected
+        warned = [r.getMessage() for r in caplog.records if r.name == "knowledge_base.gaps"]
+        assert len(warned) == 1 and "another-embedder" in warned[0] and "reindex" in warned[0], warned
+    finally:
+        mixed.close()
+    # a store of the right embedder that no longer holds any shown case
+    caplog.clear()
+    strangers = grouped_cases(np.random.default_rng(1), groups=1, per_group=2, dim=DIM)
+    for k, c in enumerate(strangers):
+        c.id = f"stranger-{k}"
+    other = open_planted(tmp_path / "other", strangers, DIM)
+    with caplog.at_level(logging.WARNING, logger="knowledge_base.gaps"):
+        assert find_gaps(data, other) == expected
+    assert [r.getMessage() for r in caplog.records if r.name == "knowledge_base.gaps"][0].startswith(
+        "knowledge gaps grouped by question text only: none of the")
+    # a store that cannot be read (closed)
+    other.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="knowledge_base.gaps"):
+        assert find_gaps(data, other) == expected
+    assert len([r for r in caplog.records if r.name == "knowledge_base.gaps"]) == 1
+
+
+def test_cli_gaps_reads_the_knowledge_base(tmp_path: Path, photo: Path) -> None:
+    """``ragvqa kb gaps`` opens the data dir's store read-only (no model) and groups photo-only questions by it."""
+    from typer.testing import CliRunner
+
+    from ui.cli import app
+
+    data = tmp_path / "data"
+    _, fams = _planted_kb(data / "qdrant")
+    ids = _log_photo_only(data, photo, fams)
+    r = CliRunner().invoke(app, ["kb", "gaps", "--json", "--data-dir", str(data)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert {frozenset(q["id"] for q in t["examples"]) for t in rep["topics"]} == {frozenset(v) for v in ids.values()}

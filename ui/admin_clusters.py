@@ -174,7 +174,7 @@ class AdminClusters:
         from knowledge_base.gaps import GapError, find_gaps
 
         try:
-            return find_gaps(self.s.data_dir)
+            return find_gaps(self.s.data_dir, self.s.kb.store)
         except GapError as e:
             raise gr.Error(str(e)) from None
 
