@@ -18,6 +18,7 @@ import gradio as gr
 from gradio.i18n import I18nData
 from PIL import Image
 
+from ui.feedback import GAP_MEDIA
 from ui.i18n import L, headers, table, tr
 from ui.show import esc, plain
 
@@ -137,7 +138,7 @@ class AdminClusters:
             return tr("ui.admin.clusters.too_few", n=report.n_cases, min=cfg.min_cluster_size)
         return esc(report.note)
 
-    def gaps(self, token: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    def gaps(self, token: str) -> tuple[str, dict[str, Any], dict[str, Any], GapReport]:
         report = self._gap_report()
         rows = []
         for t in report.topics:
@@ -147,19 +148,26 @@ class AdminClusters:
                          plain(", ".join(t.shown_cases), 200)])
         note = tr("ui.admin.gaps.none_yet") if report.n_queries == 0 and report.note else esc(report.note)
         msg = tr("ui.admin.gaps.summary", n=report.n_queries, topics=report.n_topics, note=note)
-        return msg, table(GAP_HEADERS, rows), report.model_dump(mode="json")
+        return msg, table(GAP_HEADERS, rows), report.model_dump(mode="json"), report
 
-    def new_case_from_gap(self, token: str, topic: float | None) -> dict[gr.components.Component, Any]:
-        report = self._gap_report()
+    def new_case_from_gap(self, token: str, topic: float | None,
+                          shown: GapReport | None = None) -> dict[gr.components.Component, Any]:
+        """A case form pre-filled from topic ``topic`` of the report on screen (kept server-side in the session, so
+        the ids the admin read are the ones used even if new gaps were logged since); grouped afresh only when no
+        report was shown yet."""
+        from knowledge_base.gaps import GapReport
+
+        report = shown if isinstance(shown, GapReport) else self._gap_report()
         tid = int(topic) if topic is not None else -1
         match = [t for t in report.topics if t.id == tid]
         if not match:
             raise gr.Error(tr("ui.admin.gaps.no_topic", topic=tid))
         draft = match[0].draft
         files = []
+        kept = (self.s.data_dir / GAP_MEDIA).resolve()
         for rel in draft.media:  # copies in the upload folder: the form's file box may only serve files from there
             src = self.s.data_dir / rel
-            if src.is_file():
+            if src.resolve().is_relative_to(kept) and src.is_file():
                 dest = self.s.upload_dir / f"gap-{src.name}"
                 if not dest.exists():
                     shutil.copyfile(src, dest)
@@ -201,6 +209,7 @@ class AdminClusters:
             self.gap_table = gr.Dataframe(headers=headers(GAP_HEADERS), interactive=False, wrap=True,
                                           elem_id="gaps-table", max_height=400)
             self.gap_json = gr.JSON(label=L("ui.admin.gaps.topics"), elem_id="gaps-json", visible=False)
+            self.gap_state = gr.State(None)  # the report on screen, server-side (never read back from the page)
             with gr.Row():
                 self.gap_id = gr.Number(label=L("ui.admin.gaps.topic"), precision=0, elem_id="gap-id")
                 self.gap_new = gr.Button(L("ui.admin.gaps.new_case"), elem_id="gap-new-case")
@@ -209,7 +218,7 @@ class AdminClusters:
         t = self.tab
         t.on(self.cl_btn.click, self.clusters, [self.min_size, self.colour],
              [self.cl_msg, self.cl_map, self.cl_table, self.cl_gallery])
-        t.on(self.gap_btn.click, self.gaps, [], [self.gap_msg, self.gap_table, self.gap_json])
+        t.on(self.gap_btn.click, self.gaps, [], [self.gap_msg, self.gap_table, self.gap_json, self.gap_state])
         form = [t.f_id, t.f_title, t.f_line, t.f_model, t.f_symptom, t.f_cause, t.f_solution, t.f_codes, t.f_tags,
                 t.f_sev, t.f_source, t.f_files, t.save_msg]
-        t.on(self.gap_new.click, self.new_case_from_gap, [self.gap_id], form)
+        t.on(self.gap_new.click, self.new_case_from_gap, [self.gap_id, self.gap_state], form)
