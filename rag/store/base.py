@@ -94,8 +94,8 @@ def fill_vectors(records: Sequence[Any], dim: int, with_vectors: bool) -> np.nda
     straight into the array's buffer (``struct``, native float32): about half the cost of numpy's sequence conversion,
     and converting each list while it is the only one alive keeps the float objects' memory reused and in cache.
     """
-    if not with_vectors:
-        return np.zeros((len(records), 0), dtype=np.float32)
+    if not with_vectors or not records:
+        return np.zeros((len(records), dim if with_vectors else 0), dtype=np.float32)
     out = np.empty((len(records), dim), dtype=np.float32)
     row = struct.Struct(f"={dim}f")  # "=": native byte order, standard 4-byte IEEE floats, as numpy's float32
     buf = out.data.cast("B")
