@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -164,37 +165,49 @@ class _CaseSums:
             setattr(self, name, grown)
 
     def add(self, vectors: np.ndarray, rows: np.ndarray, is_text: np.ndarray) -> None:
-        """Add one page: ``rows[i]`` is the case row of ``vectors[i]`` (-1: skipped point)."""
+        """Add one page: ``rows[i]`` is the case row of ``vectors[i]`` (-1: skipped point). ``vectors`` is
+        normalised in place (it is the page just read, used once)."""
         keep = rows >= 0
         if not keep.any():
             return
         self.used = max(self.used, int(rows[keep].max()) + 1)
         self._ensure(self.used)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        units = np.divide(vectors, norms, out=vectors.copy(), where=norms > 0)  # _unit() row-wise
-        t = keep & is_text
-        self.text[rows[t]] = units[t]
+        norms = _row_norms(vectors)
+        np.divide(vectors, norms, out=vectors, where=norms > 0)  # _unit() row by row
+        t = np.flatnonzero(keep & is_text)
+        self.text[rows[t]] = vectors[t]
         m = np.flatnonzero(keep & ~is_text)
-        if len(m):
-            order = m[np.argsort(rows[m], kind="stable")]  # media points grouped by case, in page order
-            r = rows[order]
-            starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
-            self.media[r[starts]] += np.add.reduceat(units[order], starts, axis=0)
+        if not len(m):
+            return
+        r = rows[m]
+        if len(np.unique(r)) == len(r):  # one media point per case in this page: a plain scatter-add is exact
+            self.media[r] += vectors[m]
+            return
+        order = m[np.argsort(r, kind="stable")]  # media points grouped by case, in page order
+        r = rows[order]
+        starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        self.media[r[starts]] += np.add.reduceat(vectors[order], starts, axis=0)
 
     def case_vectors(self, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
         """:func:`case_vector` of the given case rows, as ``(len(rows), dim)``; frees the sums as it goes."""
         for s in range(0, self.used, chunk):  # in place into self.text: no third (cases, dim) array
             t = self.text[s:min(s + chunk, self.used)]
             m = self.media[s:min(s + chunk, self.used)]
-            mn = np.linalg.norm(m, axis=1, keepdims=True)
+            mn = _row_norms(m)
             np.divide(m, mn, out=m, where=mn > 0)  # unit(mean) == unit(sum); no media (a zero sum) adds nothing
             t += m
-            tn = np.linalg.norm(t, axis=1, keepdims=True)
+            tn = _row_norms(t)
             np.divide(t, tn, out=t, where=tn > 0)
         self.media = np.zeros((0, self.text.shape[1]), dtype=np.float32)
         out: np.ndarray = self.text[rows]
         self.text = self.media
         return out
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row as a column, without a temporary of ``x``'s size."""
+    norms: np.ndarray = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    return norms
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -211,18 +224,29 @@ def case_vector(text: np.ndarray, media: Sequence[np.ndarray]) -> np.ndarray:
     return _unit(t + m).astype(np.float32)
 
 
-def _load_cache(cache_dir: Path | None, meta: StoreMeta) -> dict[str, tuple[str, np.ndarray]]:
+@dataclass
+class _Cache:
+    """The saved case vectors: case id -> (key of its points, row of ``vectors``)."""
+
+    rows: dict[str, tuple[str, int]]
+    vectors: np.ndarray
+
+
+def _load_cache(cache_dir: Path | None, meta: StoreMeta) -> _Cache | None:
     if cache_dir is None or not (cache_dir / CACHE_FILE).is_file():
-        return {}
+        return None
     try:
         with np.load(cache_dir / CACHE_FILE) as z:
             if str(z["embedder_id"]) != meta.embedder_id or int(z["dim"]) != meta.dim:
-                return {}
+                return None
             vecs = z["vectors"]
-            return {str(c): (str(k), vecs[i]) for i, (c, k) in enumerate(zip(z["case_ids"], z["keys"], strict=True))}
-    except (OSError, ValueError, KeyError) as e:
+            ids, keys = z["case_ids"].tolist(), z["keys"].tolist()
+        if vecs.shape != (len(ids), meta.dim) or len(keys) != len(ids):
+            raise ValueError(f"vectors of shape {vecs.shape} for {len(ids)} cases of dim {meta.dim}")
+        return _Cache(rows={str(c): (str(k), i) for i, (c, k) in enumerate(zip(ids, keys, strict=True))}, vectors=vecs)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         log.warning("case-vector cache unreadable (%s); reading every vector from the store", e)
-        return {}
+        return None
 
 
 def _save_cache(cache_dir: Path, meta: StoreMeta, ids: list[str], keys: list[str | None], vecs: np.ndarray) -> None:
@@ -279,17 +303,22 @@ def _read_points(store: VectorStore, *, with_vectors: bool, batch_size: int) -> 
 
 
 def _from_cache(store: VectorStore, accs: dict[str, _Acc], ids: list[str], case_keys: list[str | None],
-                cache: dict[str, tuple[str, np.ndarray]], batch_size: int) -> tuple[np.ndarray, list[int]]:
+                cache: _Cache, batch_size: int) -> tuple[np.ndarray, list[int]]:
     """Case vectors from the cache where a case's points are unchanged; the others' points are read by id."""
     dim = store.meta.dim
     vecs = np.zeros((len(ids), dim), dtype=np.float32)
     need: list[int] = []
+    hit_rows: list[int] = []
+    cache_rows: list[int] = []
     for i, (c, k) in enumerate(zip(ids, case_keys, strict=True)):
-        hit = cache.get(c)
-        if k is not None and hit is not None and hit[0] == k and hit[1].shape == (dim,):
-            vecs[i] = hit[1]
+        hit = cache.rows.get(c)
+        if k is not None and hit is not None and hit[0] == k:
+            hit_rows.append(i)
+            cache_rows.append(hit[1])
         else:
             need.append(i)
+    if hit_rows:
+        vecs[hit_rows] = cache.vectors[cache_rows]
     step = max(1, batch_size // 2)
     for s in range(0, len(need), step):
         part = need[s:s + step]
@@ -318,19 +347,21 @@ def case_vectors(store: VectorStore, batch_size: int = 1024, cache_dir: str | Pa
     meta = store.meta
     folder = Path(cache_dir) if cache_dir is not None else None
     cache = _load_cache(folder, meta)
-    cold = not cache  # nothing cached: one pass with the vectors (a second pass by id reads them twice as slowly)
+    # nothing cached: one pass with the vectors (a second pass by id reads them twice as slowly)
+    cold = cache is None or not cache.rows
     accs, sums = _read_points(store, with_vectors=cold, batch_size=batch_size)
     ids = sorted(cid for cid, a in accs.items() if a.text_id is not None)
     orphans = len(accs) - len(ids)
     if orphans:
         log.warning("%d case(s) have media points but no text point (an interrupted write?); left out", orphans)
     case_keys = [accs[c].key() for c in ids]
-    cached_ids = set(cache)
+    cached_ids = set(cache.rows) if cache is not None else set()
     if sums is not None:  # cold: every case from the vectors just read
         vecs = sums.case_vectors(np.fromiter((accs[c].row for c in ids), dtype=np.int64, count=len(ids)))
         del sums
         need = list(range(len(ids)))
     else:
+        assert cache is not None
         vecs, need = _from_cache(store, accs, ids, case_keys, cache, batch_size)
     del cache
     if folder is not None and (need or cached_ids != set(ids)):

@@ -74,3 +74,28 @@ def test_warm_read_equals_cold_read(tmp_path: Path) -> None:
             np.testing.assert_allclose(cold.vectors[i], _ref(next(c for c in cases if c.id == cid)), atol=1e-5)
     finally:
         store.close()
+
+
+def test_unreadable_cache_means_a_cold_read(tmp_path: Path) -> None:
+    """A damaged cache file (cut short, or rows that do not match) is ignored with a warning: every vector is read
+    from the store again, never a traceback and never a wrong vector."""
+    rng = np.random.default_rng(8)
+    cases = grouped_cases(rng, groups=2, per_group=4, dim=DIM)
+    store = open_planted(tmp_path / "q", cases, DIM)
+    cache = tmp_path / "c"
+    try:
+        case_vectors(store, cache_dir=cache)
+        good = (cache / "case_vectors.npz").read_bytes()
+        (cache / "case_vectors.npz").write_bytes(good[: len(good) // 2])
+        cut = case_vectors(store, cache_dir=cache)
+        assert cut.read_from_store == len(cases)
+        with np.load(cache / "case_vectors.npz") as z:  # rewritten whole by that run; now break its rows
+            parts = {k: z[k] for k in z.files}
+        np.savez(cache / "case_vectors.npz", **{**parts, "vectors": parts["vectors"][:-1]})
+        short = case_vectors(store, cache_dir=cache)
+        assert short.read_from_store == len(cases)
+        for cv in (cut, short):
+            for i, cid in enumerate(cv.ids):
+                np.testing.assert_allclose(cv.vectors[i], _ref(next(c for c in cases if c.id == cid)), atol=1e-5)
+    finally:
+        store.close()
