@@ -99,3 +99,28 @@ def test_unreadable_cache_means_a_cold_read(tmp_path: Path) -> None:
                 np.testing.assert_allclose(cv.vectors[i], _ref(next(c for c in cases if c.id == cid)), atol=1e-5)
     finally:
         store.close()
+
+
+def test_the_read_leaves_garbage_collection_as_it_found_it(tmp_path: Path) -> None:
+    """The bulk read pauses the cyclic collector; it is back on afterwards, also when the read fails, and stays off
+    for a caller that had turned it off."""
+    import gc
+
+    from rag.store import StoreError
+
+    store = open_planted(tmp_path / "q", grouped_cases(np.random.default_rng(1), groups=1, per_group=3, dim=DIM), DIM)
+    assert gc.isenabled()
+    case_vectors(store, cache_dir=tmp_path / "c")
+    assert gc.isenabled()
+    store.close()
+    with pytest.raises(StoreError, match="closed"):  # fails inside the paused read (the cache makes it payload-only)
+        case_vectors(store, cache_dir=tmp_path / "c")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        store = open_planted(tmp_path / "q2", [], DIM)
+        case_vectors(store)
+        assert not gc.isenabled()
+        store.close()
+    finally:
+        gc.enable()
