@@ -112,6 +112,12 @@ def fill_vectors(records: Sequence[Any], dim: int, with_vectors: bool) -> np.nda
     return out
 
 
+def point_arrays(records: Sequence[Any], dim: int, with_vectors: bool, with_payload: bool) -> PointArrays:
+    """One page of engine records (Edge or qdrant-client, same shape) as :class:`PointArrays`."""
+    return PointArrays(ids=[str(r.id) for r in records], vectors=fill_vectors(records, dim, with_vectors),
+                       payloads=[(r.payload or {}) if with_payload else {} for r in records])
+
+
 def point_id(case_id: str, media_id: str | None = None) -> str:
     """Deterministic point id (uuid5) for a case's text vector (``media_id=None``) or one of its media.
 

@@ -38,7 +38,7 @@ from rag.store.base import (
     StoreMeta,
     VectorPoint,
     VectorStore,
-    fill_vectors,
+    point_arrays,
     stored_points,
 )
 
@@ -382,9 +382,7 @@ class EdgeStore(VectorStore):
         )
         with _engine("scroll"):
             recs, nxt = self._shard.scroll(req)
-            vectors = fill_vectors(recs, self.dim, with_vectors)
-        page = PointArrays(ids=[str(r.id) for r in recs], vectors=vectors,
-                           payloads=[r.payload or {} for r in recs] if payload_keys else [{} for _ in recs])
+            page = point_arrays(recs, self.dim, with_vectors, bool(payload_keys))
         return page, (None if nxt is None else str(nxt))
 
     def _count(self, filters: dict[str, list[str]]) -> int:

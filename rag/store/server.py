@@ -35,7 +35,7 @@ from rag.store.base import (
     StoreMeta,
     VectorPoint,
     VectorStore,
-    fill_vectors,
+    point_arrays,
     stored_points,
 )
 
@@ -420,9 +420,7 @@ class ServerStore(VectorStore):
                 with_payload=payload_keys if payload_keys else False,
                 with_vectors=[VECTOR_NAME] if with_vectors else False,
             )
-            vectors = fill_vectors(recs, self.dim, with_vectors)
-        page = PointArrays(ids=[str(r.id) for r in recs], vectors=vectors,
-                           payloads=[r.payload or {} for r in recs] if payload_keys else [{} for _ in recs])
+            page = point_arrays(recs, self.dim, with_vectors, bool(payload_keys))
         return page, nxt
 
     def _count(self, filters: dict[str, list[str]]) -> int:
