@@ -163,7 +163,7 @@ def bench_size(n_cases: int, *, dim: int, n_queries: int, work_dir: Path, optimi
     try:
         rng = np.random.default_rng(seed + 5)
         ids = [f"case-{int(i):07d}" for i in rng.integers(0, n_cases, size=n_queries + 10)]
-        for _ in store.scroll_arrays([], batch_size=1024):  # page cache warm, as in a running server
+        for _ in store.scroll(batch_size=1024, with_vectors=True):  # page cache warm, as in a running server
             pass
         related_ms, labels_ms, assign_ms, assign_case_ms = [], [], [], []
         for k, cid in enumerate(ids):

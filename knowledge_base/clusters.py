@@ -1,7 +1,7 @@
 """Fault clusters: the knowledge base grouped into recurring fault families, from the vectors already stored.
 
-Read-only on the vector store: cases and vectors are read page by page with ``scroll_arrays``; nothing is ever written there. The only
-thing written is the saved cluster model and report under ``data_dir/clusters/`` (:func:`save_model`).
+Read-only on the vector store: cases and vectors are read page by page with ``scroll_arrays``; nothing is ever written
+there. The only thing written is the saved cluster model and report under ``data_dir/clusters/`` (:func:`save_model`).
 
 How it works (scikit-learn throughout, no hand-written algorithm):
 
@@ -192,7 +192,8 @@ class _CaseSums:
         self.media[r[starts]] += np.add.reduceat(vectors[order], starts, axis=0)
 
     def case_vectors(self, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """:func:`case_vector` of the given case rows, as ``(len(rows), dim)``; frees the sums as it goes."""
+        """:func:`case_vector` of the given case rows, as ``(len(rows), dim)``. Computed in place, so the sums are
+        spent afterwards (and released)."""
         for s in range(0, self.used, chunk):  # in place into self.text: no third (cases, dim) array
             t = self.text[s:min(s + chunk, self.used)]
             m = self.media[s:min(s + chunk, self.used)]
@@ -201,9 +202,10 @@ class _CaseSums:
             t += m
             tn = _row_norms(t)
             np.divide(t, tn, out=t, where=tn > 0)
-        self.media = np.zeros((0, self.text.shape[1]), dtype=np.float32)
+        dim = self.text.shape[1]
+        self.media = np.zeros((0, dim), dtype=np.float32)  # released before the copy below: peak is two arrays
         out: np.ndarray = self.text[rows]
-        self.text = self.media
+        self.text = np.zeros((0, dim), dtype=np.float32)
         return out
 
 
