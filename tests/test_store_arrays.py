@@ -13,16 +13,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from kb_planted import unit
 from test_store import DIM, Backend, backend  # noqa: F401 - the backend fixture (edge, local, server)
 
 from rag.store import StoreError, VectorPoint, VectorStore, point_id
 from rag.store.base import PointArrays
 
 KEYS = ["case_id", "kind", "title"]
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / np.linalg.norm(v)).astype(np.float32)
 
 
 def _written(seed: int = 0, n_cases: int = 9) -> list[VectorPoint]:
@@ -32,13 +29,13 @@ def _written(seed: int = 0, n_cases: int = 9) -> list[VectorPoint]:
     for c in range(n_cases):
         cid = f"case-{c}"
         line = ("printer", "pump", "hvac")[c % 3]
-        pts.append(VectorPoint(id=point_id(cid), vector=_unit(rng.normal(size=DIM)), payload={
+        pts.append(VectorPoint(id=point_id(cid), vector=unit(rng.normal(size=DIM)), payload={
             "case_id": cid, "kind": "text", "product_line": line, "title": f"Title {c}", "document": "d" * 50}))
         for m in range(c % 4):
             p = {"case_id": cid, "kind": "image", "product_line": line, "media_id": f"m{m}", "thumbnail": "t.jpg"}
             if m % 2 == 0:
                 p["title"] = f"Title {c}"
-            pts.append(VectorPoint(id=point_id(cid, f"m{m}"), vector=_unit(rng.normal(size=DIM)), payload=p))
+            pts.append(VectorPoint(id=point_id(cid, f"m{m}"), vector=unit(rng.normal(size=DIM)), payload=p))
     return pts
 
 
