@@ -110,6 +110,7 @@ def _cluster_child(store_dir: str, cache_dir: str, queue: Any) -> None:
 
     shutil.rmtree(cache_dir, ignore_errors=True)
     store = EdgeStore.open(Path(store_dir))
+    load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         t0 = time.perf_counter()
         cv = case_vectors(store, cache_dir=cache_dir)
@@ -132,6 +133,7 @@ def _cluster_child(store_dir: str, cache_dir: str, queue: Any) -> None:
                "peak_rss_mb_after_warm": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "n_clusters": report.n_clusters, "n_unclustered": report.n_unclustered,
                "fitted_on": report.fitted_on, "merge_candidates": len(report.merge_candidates),
+               "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
                "model": {"cluster_ids": model.cluster_ids.tolist(), "centroids": model.centroids.tolist(),
                          "thresholds": model.thresholds.tolist()}})
 
@@ -243,8 +245,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     for r in result["runs"]:
         b = r["build"]
         how = "reused" if b.get("reused") else f"upsert {b.get('upsert_s')} s + optimize {b.get('optimize_s')} s"
+        la = r["clusters"].get("load_average")
+        load = f"; load average {la['before']} → {la['after']} around the clustering" if la else ""
         lines.append(f"- {r['n_cases']:,} cases = {r['points']:,} points × {r['dim']}: store {how}; HDBSCAN fitted on "
-                     f"{r['clusters']['fitted_on']:,} cases")
+                     f"{r['clusters']['fitted_on']:,} cases{load}")
     g = result.get("goal")
     if g:
         lines += ["", "**Goals at 100k cases:** " + "; ".join(
@@ -254,7 +258,7 @@ def render_markdown(result: dict[str, Any]) -> str:
               "one case vector; assign_case = the same after reading the case's points from the store; clustering = "
               "compute_clusters on the whole store in a child process: cold = every vector read from the store, warm = "
               "a rerun with the case-vector cache under data_dir/clusters (only payloads read); peak RSS is that "
-              "process's."]
+              "process's (it counts the store's memory-mapped files it touched, so it moves with the page cache)."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """Fault clusters: the knowledge base grouped into recurring fault families, from the vectors already stored.
 
-Read-only on the vector store: cases and vectors are read with ``scroll``; nothing is ever written there. The only
-thing written is the saved cluster model and report under ``data_dir/clusters/`` (:func:`save_model`).
+Read-only on the vector store: cases and vectors are read page by page with ``scroll_arrays``; nothing is ever written
+there. The only thing written is the saved cluster model and report under ``data_dir/clusters/`` (:func:`save_model`).
 
 How it works (scikit-learn throughout, no hand-written algorithm):
 
@@ -34,12 +34,15 @@ How it works (scikit-learn throughout, no hand-written algorithm):
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
 import time
+import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rag.fileio import atomic_writer, write_atomic
 from rag.store import StoreMeta, VectorStore
+from rag.store.base import PointArrays
 
 __all__ = [
     "MODEL_DIR",
@@ -125,11 +129,11 @@ class CaseVectors:
         return len(self.ids)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Acc:
+    row: int  # this case's row in the _CaseSums arrays
     text_id: str | None = None
     points: list[tuple[str, str]] = field(default_factory=list)  # (point id, content key or "")
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # point id -> vector, when read in the first pass
     product_line: str = ""
     title: str = ""
     document: str = ""
@@ -140,6 +144,75 @@ class _Acc:
         if any(not k for _, k in self.points):
             return None
         return hashlib.sha1("|".join(sorted(f"{i}:{k}" for i, k in self.points)).encode()).hexdigest()
+
+
+class _CaseSums:
+    """Per case row: its unit text vector and the sum of its unit media vectors, filled page by page (numpy, no
+    per-point Python) so a cold read never holds every point vector at once. Rows grow by doubling."""
+
+    def __init__(self, dim: int, capacity: int) -> None:
+        cap = max(capacity, 16)
+        self.text = np.zeros((cap, dim), dtype=np.float32)
+        self.media = np.zeros((cap, dim), dtype=np.float32)
+        self.used = 0  # rows filled so far
+
+    def _ensure(self, rows: int) -> None:
+        cap = len(self.text)
+        if rows <= cap:
+            return
+        new = max(rows, 2 * cap)
+        for name in ("text", "media"):
+            old = getattr(self, name)
+            grown = np.zeros((new, *old.shape[1:]), dtype=old.dtype)
+            grown[:cap] = old
+            setattr(self, name, grown)
+
+    def add(self, vectors: np.ndarray, rows: np.ndarray, is_text: np.ndarray) -> None:
+        """Add one page: ``rows[i]`` is the case row of ``vectors[i]`` (-1: skipped point). ``vectors`` is
+        normalised in place (it is the page just read, used once)."""
+        keep = rows >= 0
+        if not keep.any():
+            return
+        self.used = max(self.used, int(rows[keep].max()) + 1)
+        self._ensure(self.used)
+        norms = _row_norms(vectors)
+        np.divide(vectors, norms, out=vectors, where=norms > 0)  # _unit() row by row
+        t = np.flatnonzero(keep & is_text)
+        self.text[rows[t]] = vectors[t]
+        m = np.flatnonzero(keep & ~is_text)
+        if not len(m):
+            return
+        r = rows[m]
+        if len(np.unique(r)) == len(r):  # one media point per case in this page: a plain scatter-add is exact
+            self.media[r] += vectors[m]
+            return
+        order = m[np.argsort(r, kind="stable")]  # media points grouped by case, in page order
+        r = rows[order]
+        starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        self.media[r[starts]] += np.add.reduceat(vectors[order], starts, axis=0)
+
+    def case_vectors(self, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """:func:`case_vector` of the given case rows, as ``(len(rows), dim)``. Computed in place, so the sums are
+        spent afterwards (and released)."""
+        for s in range(0, self.used, chunk):  # in place into self.text: no third (cases, dim) array
+            t = self.text[s:min(s + chunk, self.used)]
+            m = self.media[s:min(s + chunk, self.used)]
+            mn = _row_norms(m)
+            np.divide(m, mn, out=m, where=mn > 0)  # unit(mean) == unit(sum); no media (a zero sum) adds nothing
+            t += m
+            tn = _row_norms(t)
+            np.divide(t, tn, out=t, where=tn > 0)
+        dim = self.text.shape[1]
+        self.media = np.zeros((0, dim), dtype=np.float32)  # released before the copy below: peak is two arrays
+        out: np.ndarray = self.text[rows]
+        self.text = np.zeros((0, dim), dtype=np.float32)
+        return out
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row as a column, without a temporary of ``x``'s size."""
+    norms: np.ndarray = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    return norms
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -156,18 +229,29 @@ def case_vector(text: np.ndarray, media: Sequence[np.ndarray]) -> np.ndarray:
     return _unit(t + m).astype(np.float32)
 
 
-def _load_cache(cache_dir: Path | None, meta: StoreMeta) -> dict[str, tuple[str, np.ndarray]]:
+@dataclass
+class _Cache:
+    """The saved case vectors: case id -> (key of its points, row of ``vectors``)."""
+
+    rows: dict[str, tuple[str, int]]
+    vectors: np.ndarray
+
+
+def _load_cache(cache_dir: Path | None, meta: StoreMeta) -> _Cache | None:
     if cache_dir is None or not (cache_dir / CACHE_FILE).is_file():
-        return {}
+        return None
     try:
         with np.load(cache_dir / CACHE_FILE) as z:
             if str(z["embedder_id"]) != meta.embedder_id or int(z["dim"]) != meta.dim:
-                return {}
+                return None
             vecs = z["vectors"]
-            return {str(c): (str(k), vecs[i]) for i, (c, k) in enumerate(zip(z["case_ids"], z["keys"], strict=True))}
-    except (OSError, ValueError, KeyError) as e:
+            ids, keys = z["case_ids"].tolist(), z["keys"].tolist()
+        if vecs.shape != (len(ids), meta.dim) or len(keys) != len(ids):
+            raise ValueError(f"vectors of shape {vecs.shape} for {len(ids)} cases of dim {meta.dim}")
+        return _Cache(rows={str(c): (str(k), i) for i, (c, k) in enumerate(zip(ids, keys, strict=True))}, vectors=vecs)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         log.warning("case-vector cache unreadable (%s); reading every vector from the store", e)
-        return {}
+        return None
 
 
 def _save_cache(cache_dir: Path, meta: StoreMeta, ids: list[str], keys: list[str | None], vecs: np.ndarray) -> None:
@@ -175,41 +259,104 @@ def _save_cache(cache_dir: Path, meta: StoreMeta, ids: list[str], keys: list[str
     with atomic_writer(cache_dir / CACHE_FILE) as f:
         np.savez(f, embedder_id=np.array(meta.embedder_id), dim=np.array(meta.dim),
                  case_ids=np.array([ids[i] for i in rows]), keys=np.array([keys[i] for i in rows]),
-                 vectors=vecs[rows] if rows else np.zeros((0, meta.dim), dtype=np.float32))
+                 vectors=vecs if len(rows) == len(ids) else vecs[rows])
 
 
-def _read_points(store: VectorStore, *, with_vectors: bool, batch_size: int) -> dict[str, _Acc]:
-    """Every point's payload (and vector, when asked), gathered per case; refuses points of another embedder."""
-    meta = store.meta
-    accs: dict[str, _Acc] = {}
-    foreign: Counter[str] = Counter()
-    keys = ["case_id", "kind", "product_line", "title", "document", "thumbnail", "embedder", "content_hash", "sha256"]
-    for p in store.scroll(with_vectors=with_vectors, batch_size=batch_size, payload_keys=keys):
-        pl = p.payload
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a bulk read: each collection would walk every per-case record built so far
+    again (about 15 % of a 100k-case payload read). Reference counting still frees everything meanwhile."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+#: Payload fields the clustering reads (the report's title, document, thumbnail, product line; the cache keys).
+_READ_KEYS = ["case_id", "kind", "product_line", "title", "document", "thumbnail", "embedder", "content_hash", "sha256"]
+
+
+def _add_page(page: PointArrays, embedder_id: str, accs: dict[str, _Acc], foreign: Counter[str],
+              sums: _CaseSums | None) -> None:
+    """One page of points into the per-case records (payload fields, point ids and content keys) and sums."""
+    rows = np.full(len(page), -1, dtype=np.int64)
+    is_text = np.zeros(len(page), dtype=bool)
+    for i, (pid, pl) in enumerate(zip(page.ids, page.payloads, strict=True)):
         cid = pl.get("case_id")
         if not isinstance(cid, str):
             continue
         emb = pl.get("embedder")
-        if isinstance(emb, str) and emb and emb != meta.embedder_id:
+        if isinstance(emb, str) and emb and emb != embedder_id:
             foreign[emb] += 1
             continue
-        acc = accs.setdefault(cid, _Acc())
-        content = pl.get("content_hash") if pl.get("kind") == "text" else pl.get("sha256")
-        acc.points.append((p.id, content if isinstance(content, str) else ""))
-        if p.vector is not None:
-            acc.vectors[p.id] = p.vector
-        if pl.get("kind") == "text":
-            acc.text_id = p.id
+        acc = accs.get(cid)
+        if acc is None:
+            acc = accs[cid] = _Acc(row=len(accs))
+        text = pl.get("kind") == "text"
+        content = pl.get("content_hash") if text else pl.get("sha256")
+        acc.points.append((pid, content if isinstance(content, str) else ""))
+        rows[i], is_text[i] = acc.row, text
+        if text:
+            acc.text_id = pid
             acc.product_line = str(pl.get("product_line") or "")
             acc.title = str(pl.get("title") or "")
             acc.document = str(pl.get("document") or "")
         elif acc.thumbnail is None and isinstance(pl.get("thumbnail"), str):
             acc.thumbnail = pl["thumbnail"]
+    if sums is not None:
+        sums.add(page.vectors, rows, is_text)
+
+
+def _read_points(store: VectorStore, *, with_vectors: bool, batch_size: int) -> tuple[dict[str, _Acc], _CaseSums | None]:
+    """Every point's payload gathered per case, and (``with_vectors``) the per-case vector sums; refuses points of
+    another embedder."""
+    meta = store.meta
+    accs: dict[str, _Acc] = {}
+    foreign: Counter[str] = Counter()
+    sums = _CaseSums(meta.dim, store.count({"kind": "text"})) if with_vectors else None
+    with _gc_paused():
+        for page in store.scroll_arrays(_READ_KEYS, batch_size=batch_size, with_vectors=with_vectors):
+            _add_page(page, meta.embedder_id, accs, foreign, sums)
     if foreign:
         names = ", ".join(f"{k!r} ({v} points)" for k, v in foreign.most_common(3))
         raise ClusterError(f"the store holds vectors of {meta.embedder_id!r} but also points written by {names}; "
                            "their vectors are not comparable. Run `ragvqa kb check --fix` or `ragvqa kb reindex` first.")
-    return accs
+    return accs, sums
+
+
+def _from_cache(store: VectorStore, accs: dict[str, _Acc], ids: list[str], case_keys: list[str | None],
+                cache: _Cache, batch_size: int) -> tuple[np.ndarray, list[int]]:
+    """Case vectors from the cache where a case's points are unchanged; the others' points are read by id."""
+    dim = store.meta.dim
+    vecs = np.zeros((len(ids), dim), dtype=np.float32)
+    need: list[int] = []
+    hit_rows: list[int] = []
+    cache_rows: list[int] = []
+    for i, (c, k) in enumerate(zip(ids, case_keys, strict=True)):
+        hit = cache.rows.get(c)
+        if k is not None and hit is not None and hit[0] == k:
+            hit_rows.append(i)
+            cache_rows.append(hit[1])
+        else:
+            need.append(i)
+    if hit_rows:
+        vecs[hit_rows] = cache.vectors[cache_rows]
+    step = max(1, batch_size // 2)
+    for s in range(0, len(need), step):
+        part = need[s:s + step]
+        pids = [pid for i in part for pid, _ in accs[ids[i]].points]
+        got = {p.id: p.vector for p in store.retrieve(pids, with_vectors=True) if p.vector is not None}
+        for i in part:
+            acc = accs[ids[i]]
+            text = got.get(acc.text_id or "")
+            if text is None:  # deleted between the two reads
+                raise ClusterError(f"case {ids[i]!r} changed while it was read; run again")
+            media = [got[pid] for pid, _ in acc.points if pid != acc.text_id and pid in got]
+            vecs[i] = case_vector(text, media)
+    return vecs, need
 
 
 def case_vectors(store: VectorStore, batch_size: int = 1024, cache_dir: str | Path | None = None) -> CaseVectors:
@@ -225,37 +372,23 @@ def case_vectors(store: VectorStore, batch_size: int = 1024, cache_dir: str | Pa
     meta = store.meta
     folder = Path(cache_dir) if cache_dir is not None else None
     cache = _load_cache(folder, meta)
-    cold = not cache  # nothing cached: one pass with the vectors (a second pass by id reads them twice as slowly)
-    accs = _read_points(store, with_vectors=cold, batch_size=batch_size)
+    # nothing cached: one pass with the vectors (a second pass by id reads them twice as slowly)
+    cold = cache is None or not cache.rows
+    accs, sums = _read_points(store, with_vectors=cold, batch_size=batch_size)
     ids = sorted(cid for cid, a in accs.items() if a.text_id is not None)
     orphans = len(accs) - len(ids)
     if orphans:
         log.warning("%d case(s) have media points but no text point (an interrupted write?); left out", orphans)
     case_keys = [accs[c].key() for c in ids]
-    vecs = np.zeros((len(ids), meta.dim), dtype=np.float32)
-    need: list[int] = []
-    for i, (c, k) in enumerate(zip(ids, case_keys, strict=True)):
-        hit = cache.get(c)
-        if k is not None and hit is not None and hit[0] == k and hit[1].shape == (meta.dim,):
-            vecs[i] = hit[1]
-        else:
-            need.append(i)
-    cached_ids = set(cache)
+    cached_ids = set(cache.rows) if cache is not None else set()
+    if sums is not None:  # cold: every case from the vectors just read
+        vecs = sums.case_vectors(np.fromiter((accs[c].row for c in ids), dtype=np.int64, count=len(ids)))
+        del sums
+        need = list(range(len(ids)))
+    else:
+        assert cache is not None
+        vecs, need = _from_cache(store, accs, ids, case_keys, cache, batch_size)
     del cache
-    for s in range(0, len(need), max(1, batch_size // 2)):
-        part = need[s:s + max(1, batch_size // 2)]
-        pids = [pid for i in part for pid, _ in accs[ids[i]].points if pid not in accs[ids[i]].vectors]
-        got = {p.id: p.vector for p in store.retrieve(pids, with_vectors=True) if p.vector is not None} if pids else {}
-        for i in part:
-            got.update(accs[ids[i]].vectors)
-        for i in part:
-            acc = accs[ids[i]]
-            text = got.get(acc.text_id or "")
-            if text is None:  # deleted between the two reads
-                raise ClusterError(f"case {ids[i]!r} changed while it was read; run again")
-            media = [got[pid] for pid, _ in acc.points if pid != acc.text_id and pid in got]
-            vecs[i] = case_vector(text, media)
-            acc.vectors.clear()  # the point vectors are not needed any more: keep the peak memory down
     if folder is not None and (need or cached_ids != set(ids)):
         _save_cache(folder, meta, ids, case_keys, vecs)
     log.info("case vectors: %d case(s), %d read from the store, %d from the cache", len(ids), len(need),

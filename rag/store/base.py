@@ -11,8 +11,10 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import struct
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,12 +58,64 @@ def stored_points(records: Iterable[Any], with_vectors: bool) -> list["StoredPoi
             for r in records]
 
 
+@dataclass(frozen=True)
+class PointArrays:
+    """One page of points as arrays (:meth:`VectorStore.scroll_arrays`): row ``i`` of ``vectors`` is point ``ids[i]``
+    with payload ``payloads[i]`` (only the fields asked for). No per-point model objects: reading every vector of a
+    large store is dominated by per-point Python work otherwise."""
+
+    ids: list[str]
+    #: ``(n, dim)`` float32 as stored (unit length for cosine stores); ``(n, 0)`` when read without vectors
+    vectors: np.ndarray
+    payloads: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        if not (len(self.ids) == len(self.payloads) == self.vectors.shape[0]) or self.vectors.ndim != 2:
+            raise ValueError(f"PointArrays rows disagree: {len(self.ids)} ids, {len(self.payloads)} payloads, "
+                             f"vectors of shape {self.vectors.shape}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class StoreError(RuntimeError):
     """A store operation failed in the engine (I/O, lock held by another process, closed store...)."""
 
 
 class StoreMismatchError(ValueError):
     """The store on disk/server was built with another embedder, dimension or schema: vectors are not comparable."""
+
+
+def fill_vectors(records: Sequence[Any], dim: int, with_vectors: bool) -> np.ndarray:
+    """The named dense vectors of one page of engine records as one ``(n, dim)`` float32 array (``(n, 0)`` when
+    ``with_vectors`` is false).
+
+    Each record's vector arrives from the engine binding as a Python list of floats. They are packed row by row
+    straight into the array's buffer (``struct``, native float32): about half the cost of numpy's sequence conversion,
+    and converting each list while it is the only one alive keeps the float objects' memory reused and in cache.
+    """
+    if not with_vectors or not records:
+        return np.zeros((len(records), dim if with_vectors else 0), dtype=np.float32)
+    out = np.empty((len(records), dim), dtype=np.float32)
+    row = struct.Struct(f"={dim}f")  # "=": native byte order, standard 4-byte IEEE floats, as numpy's float32
+    buf = out.data.cast("B")
+    for i, r in enumerate(records):
+        vec = r.vector
+        if isinstance(vec, dict):
+            vec = vec.get(VECTOR_NAME)
+        if vec is None:
+            raise StoreError(f"point {r.id} has no {VECTOR_NAME!r} vector")
+        try:
+            row.pack_into(buf, i * row.size, *vec)
+        except (struct.error, TypeError, OverflowError) as e:  # another length than dim, or not numbers
+            raise StoreError(f"point {r.id}: its vector does not fit the store's dim={dim} float32 layout ({e})") from None
+    return out
+
+
+def point_arrays(records: Sequence[Any], dim: int, with_vectors: bool, with_payload: bool) -> PointArrays:
+    """One page of engine records (Edge or qdrant-client, same shape) as :class:`PointArrays`."""
+    return PointArrays(ids=[str(r.id) for r in records], vectors=fill_vectors(records, dim, with_vectors),
+                       payloads=[(r.payload or {}) if with_payload else {} for r in records])
 
 
 def point_id(case_id: str, media_id: str | None = None) -> str:
@@ -359,6 +413,16 @@ class VectorStore(abc.ABC):
     ) -> tuple[list[StoredPoint], Any]: ...
 
     @abc.abstractmethod
+    def _scroll_arrays_page(
+        self,
+        filters: dict[str, list[str]],
+        offset: Any,
+        limit: int,
+        with_vectors: bool,
+        payload_keys: list[str],
+    ) -> tuple[PointArrays, Any]: ...
+
+    @abc.abstractmethod
     def _count(self, filters: dict[str, list[str]]) -> int: ...
 
     @abc.abstractmethod
@@ -534,6 +598,32 @@ class VectorStore(abc.ABC):
             if offset is None:
                 return
 
+    def scroll_arrays(
+        self,
+        payload_keys: Sequence[str],
+        filters: Filters | None = None,
+        batch_size: int = 1024,
+        with_vectors: bool = True,
+    ) -> Iterator[PointArrays]:
+        """All (matching) points, in id order, as one :class:`PointArrays` per page of up to ``batch_size`` points:
+        the vectors of a page as one float32 array and only the ``payload_keys`` fields of each payload (a point
+        without such a field has no key for it). For readers of the whole store (clustering); same filters and
+        order as :meth:`scroll`, without a model object per point."""
+        self._check_open()
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if payload_keys is None:
+            raise ValueError("payload_keys must be a list of field names (an empty list for none)")
+        keys = _keys(payload_keys) or []
+        flt = validate_filters(filters)
+        offset: Any = None
+        while True:
+            page, offset = self._scroll_arrays_page(flt, offset, batch_size, with_vectors, keys)
+            if len(page):
+                yield page
+            if offset is None:
+                return
+
     def count(self, filters: Filters | None = None) -> int:
         """Exact number of (matching) points."""
         self._check_open()
@@ -566,6 +656,7 @@ __all__ = [
     "CaseHit",
     "Filters",
     "Hit",
+    "PointArrays",
     "StoreError",
     "StoreMeta",
     "StoreMismatchError",

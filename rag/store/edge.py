@@ -32,11 +32,13 @@ from rag.store.base import (
     FILTER_KEYS,
     VECTOR_NAME,
     Hit,
+    PointArrays,
     StoredPoint,
     StoreError,
     StoreMeta,
     VectorPoint,
     VectorStore,
+    point_arrays,
     stored_points,
 )
 
@@ -361,6 +363,26 @@ class EdgeStore(VectorStore):
         with _engine("scroll"):
             recs, nxt = self._shard.scroll(req)
         page = stored_points(recs, with_vectors)
+        return page, (None if nxt is None else str(nxt))
+
+    def _scroll_arrays_page(
+        self,
+        filters: dict[str, list[str]],
+        offset: Any,
+        limit: int,
+        with_vectors: bool,
+        payload_keys: list[str],
+    ) -> tuple[PointArrays, Any]:
+        req = qe.ScrollRequest(
+            offset=uuid.UUID(str(offset)) if offset is not None else None,
+            limit=limit,
+            filter=to_filter(filters),
+            with_payload=payload_keys if payload_keys else False,
+            with_vector=[VECTOR_NAME] if with_vectors else False,
+        )
+        with _engine("scroll"):
+            recs, nxt = self._shard.scroll(req)
+            page = point_arrays(recs, self.dim, with_vectors, bool(payload_keys))
         return page, (None if nxt is None else str(nxt))
 
     def _count(self, filters: dict[str, list[str]]) -> int:

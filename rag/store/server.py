@@ -29,11 +29,13 @@ from rag.store.base import (
     FILTER_KEYS,
     VECTOR_NAME,
     Hit,
+    PointArrays,
     StoredPoint,
     StoreError,
     StoreMeta,
     VectorPoint,
     VectorStore,
+    point_arrays,
     stored_points,
 )
 
@@ -399,6 +401,26 @@ class ServerStore(VectorStore):
                 with_vectors=[VECTOR_NAME] if with_vectors else False,
             )
         page = stored_points(recs, with_vectors)
+        return page, nxt
+
+    def _scroll_arrays_page(
+        self,
+        filters: dict[str, list[str]],
+        offset: Any,
+        limit: int,
+        with_vectors: bool,
+        payload_keys: list[str],
+    ) -> tuple[PointArrays, Any]:
+        with _engine("scroll"):
+            recs, nxt = self.client.scroll(
+                self._name,
+                scroll_filter=_to_filter(filters),
+                limit=limit,
+                offset=offset,
+                with_payload=payload_keys if payload_keys else False,
+                with_vectors=[VECTOR_NAME] if with_vectors else False,
+            )
+            page = point_arrays(recs, self.dim, with_vectors, bool(payload_keys))
         return page, nxt
 
     def _count(self, filters: dict[str, list[str]]) -> int:
