@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from eval.bench_report import write_bench_report
+from rag.models.budgets import QueryBudget
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,13 @@ class QueryBenchConfig(BaseModel):
     photo: tuple[int, int] = (1280, 960)
     query_max_pixels: int | Literal["auto", "official"] = Field(
         "auto", description="query-time image cap as the app sets it (RAGVQA_QUERY_MAX_PIXELS): auto, official or pixels")
+
+    @field_validator("query_max_pixels")
+    @classmethod
+    def _check_pixels(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 4 * 1024:
+            raise ValueError(f"query_max_pixels must be at least 4096 (4 vision tokens), or auto / official; got {v}")
+        return v
     quantize: Literal["none", "int8"] = "none"
     stages: tuple[str, ...] = STAGES
     compare: bool = Field(False, description="also run float32 at the full budget and report the levers' quality cost")
@@ -169,7 +177,7 @@ def ensure_checkpoint(cfg: QueryBenchConfig) -> Path:
 
 
 # -- stages ---------------------------------------------------------------------------------------------------------
-def query_budget(cfg: QueryBenchConfig) -> Any:
+def query_budget(cfg: QueryBenchConfig) -> QueryBudget:
     """The query-time cap the app would choose for this run (:func:`rag.models.budgets.choose_query_budget`)."""
     from rag.models.budgets import choose_query_budget
 

@@ -200,41 +200,46 @@ class AuditLog:
         self.end(ch, "done", {} if ch.changed else {"changed": False})
 
     # -- reading ----------------------------------------------------------------------------------------------------
-    def _records(self, start: int = 0) -> Iterator[tuple[int, dict[str, JsonValue]]]:
-        """(byte offset, record) of each whole line from ``start`` on."""
+    def _records(self, start: int = 0) -> tuple[list[tuple[int, dict[str, JsonValue]]], int]:
+        """(byte offset, record) of each whole line from ``start`` on, and the offset just past the last whole line
+        (a line still being appended by another process is neither read nor counted)."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(start)
                 data = f.read()
         except FileNotFoundError:
-            return
+            return [], start
         lines = data.split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
-        elif lines:  # no newline at the end: a torn last line, never trusted
+        elif lines:  # no newline at the end: a torn (or still growing) last line, never trusted
             logger.warning("audit log %s: ignoring a torn last line", self.path)
             lines.pop()
+        out: list[tuple[int, dict[str, JsonValue]]] = []
         pos = start
-        for n, raw in enumerate(lines, 1):
+        for raw in lines:
             at, pos = pos, pos + len(raw) + 1
             try:
                 rec = json.loads(raw)
             except ValueError:
-                logger.warning("audit log %s: line %d is not JSON; skipped", self.path, n)
+                logger.warning("audit log %s: the line at byte %d is not JSON; skipped", self.path, at)
                 continue
             if isinstance(rec, dict):
-                yield at, rec
+                out.append((at, rec))
+        return out, pos
 
     def entries(self) -> list[AuditEntry]:
         """Every change, oldest first (begin/end merged; a begin alone is ``pending``: running or interrupted)."""
-        return [e for _, e in self._entries_from(0)]
+        return [e for _, e in self._entries_from(0)[0]]
 
-    def _entries_from(self, start: int) -> list[tuple[int, AuditEntry]]:
-        """The changes whose ``begin`` lies at or after ``start``, with that line's offset."""
+    def _entries_from(self, start: int) -> tuple[list[tuple[int, AuditEntry]], int]:
+        """The changes whose ``begin`` lies at or after ``start``, with that line's offset; and the offset just past
+        the last whole line read."""
         by_id: dict[str, AuditEntry] = {}
         at_of: dict[str, int] = {}
         order: list[str] = []
-        for at, rec in self._records(start):
+        records, end = self._records(start)
+        for at, rec in records:
             kind, eid = rec.get("rec"), str(rec.get("id"))
             try:
                 if kind in ("begin", "op"):
@@ -257,7 +262,7 @@ class AuditLog:
                         e.detail = {**e.detail, **extra}
             except (ValueError, KeyError, TypeError):
                 logger.warning("audit log %s: unreadable record %s; skipped", self.path, eid)
-        return [(at_of[i], by_id[i]) for i in order]
+        return [(at_of[i], by_id[i]) for i in order], end
 
     def query(self, *, since: datetime | None = None, case_id: str | None = None, actor: str | None = None,
               action: str | None = None) -> list[AuditEntry]:
@@ -283,10 +288,10 @@ class AuditLog:
         """
         self._append(None)  # a torn last line goes now, not at the next change
         start, ino = self._checked()
-        size = self.path.stat().st_size if self.path.exists() else 0
         closed = []
         still_open: list[int] = []  # offsets of changes another live process is making
-        for at, e in self._entries_from(start):
+        entries, end = self._entries_from(start)
+        for at, e in entries:
             if e.status != "pending":
                 continue
             if e.pid is not None and e.pid != os.getpid() and pid_alive(e.pid):
@@ -304,7 +309,7 @@ class AuditLog:
             closed.append(e)
         if closed:
             logger.warning("audit log: %d change(s) interrupted by a crash were closed", len(closed))
-        checked = min(still_open, default=size)
+        checked = min(still_open, default=end)  # never past a line another process is still appending
         if ino is not None and checked != start:
             self._check_up_to(checked, ino)
         return closed

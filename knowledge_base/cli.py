@@ -674,7 +674,8 @@ def gaps(
     as_json: AsJson = False,
 ) -> None:
     """Knowledge gaps: abstained and thumbs-down questions from the feedback log, grouped into topics by their text
-    and, where a knowledge base exists, by the stored vectors of the cases shown for them (reads only)."""
+    and, where a knowledge base exists, by the stored vectors of the cases shown for them (writes nothing but the
+    crash recovery every knowledge-base open does)."""
     from contextlib import nullcontext
 
     from knowledge_base.channel import SERVED_KB
@@ -685,10 +686,13 @@ def gaps(
     settings = cli_settings(data_dir)
     opened: AbstractContextManager[KnowledgeBase | None] = nullcontext(None)
     if SERVED_KB.get() is not None or settings.qdrant_url or read_active_meta(Path(settings.data_dir) / "qdrant"):
-        try:  # read-only, no model: the shown cases' stored vectors place photo-only questions
+        try:  # no model: the shown cases' stored vectors place photo-only questions
             opened = _open(data_dir, "real", strict=False, model=False)
         except typer.Exit:  # the reason is printed; the text grouping still works
             err.print("knowledge gaps grouped by question text only", highlight=False)
+        except OSError as e:  # e.g. a data dir this user may not write (opening finishes crash recovery first)
+            err.print(f"cannot open the knowledge base ({e}); knowledge gaps grouped by question text only",
+                      highlight=False)
     with opened as kb:
         try:
             report = find_gaps(settings.data_dir, kb.store if kb is not None else None, distance_threshold=threshold)

@@ -39,6 +39,7 @@ import gc
 import hashlib
 import json
 import logging
+import threading
 import time
 import zipfile
 from collections import Counter
@@ -262,17 +263,29 @@ def _save_cache(cache_dir: Path, meta: StoreMeta, ids: list[str], keys: list[str
                  vectors=vecs if len(rows) == len(ids) else vecs[rows])
 
 
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """No cyclic garbage collection during a bulk read: each collection would walk every per-case record built so far
-    again (about 15 % of a 100k-case payload read). Reference counting still frees everything meanwhile."""
-    was = gc.isenabled()
-    gc.disable()
+    again (about 15 % of a 100k-case payload read). Reference counting still frees everything meanwhile. The switch
+    is process-wide, so overlapping reads (two admin threads) count: the last one out restores what the first found."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 #: Payload fields the clustering reads (the report's title, document, thumbnail, product line; the cache keys).

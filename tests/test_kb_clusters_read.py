@@ -124,3 +124,21 @@ def test_the_read_leaves_garbage_collection_as_it_found_it(tmp_path: Path) -> No
         store.close()
     finally:
         gc.enable()
+
+
+def test_overlapping_reads_restore_garbage_collection_once() -> None:
+    """Two reads overlapping in two threads: the collector stays off until the last one ends, then is back on,
+    whichever ends first."""
+    import gc
+
+    from knowledge_base.clusters import _gc_paused
+
+    assert gc.isenabled()
+    for first_out in (0, 1):
+        a, b = _gc_paused(), _gc_paused()
+        a.__enter__()
+        b.__enter__()
+        (a, b)[first_out].__exit__(None, None, None)
+        assert not gc.isenabled()
+        (a, b)[1 - first_out].__exit__(None, None, None)
+        assert gc.isenabled()

@@ -509,6 +509,39 @@ def test_pipeline_runs_unchanged_on_remote_models(fresh: ModelServer, tmp_path: 
         store.close()
 
 
+def test_a_model_server_gets_the_query_photo_as_uploaded(fresh: ModelServer, tmp_path: Path, embedder,
+                                                         reranker) -> None:
+    """Local CPU embedder and reranker, generator on a server: the pipeline does not shrink the query photo (the
+    server applies its own, official budget); the local roles still cap what they read themselves."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from rag.pipeline import Query, RagPipeline
+    from rag.store import open_store
+
+    store = open_store(embedder_id="tiny", dim=embedder.dim, data_dir=tmp_path)
+    try:
+        populate_store(store, embedder, tmp_path / "media")
+        settings = Settings(data_dir=tmp_path, max_new_tokens=4, abstain_rerank_threshold=0.0, rerank_top_n=1,
+                            context_case_images=0)
+        pipe = RagPipeline.from_components(embedder=embedder, reranker=reranker, store=store, settings=settings,
+                                           generator=RemoteGenerator(endpoint(fresh.url, "generator"), "g"))
+        assert pipe.fit_stage is None
+        assert pipe.retrieve_stage.embedder.budget.max_pixels == 256 * 1024  # the local query embedder is capped
+        photo = Image.fromarray((np.random.RandomState(0).rand(960, 1280, 3) * 255).astype("uint8"))
+        pipe.answer(Query(text="What is wrong?", images=[photo]))
+        (body,) = [b for p, b in fresh.requests if p == "/v1/chat/completions"]
+        urls = [part["image_url"]["url"] for m in body["messages"] if isinstance(m["content"], list)
+                for part in m["content"] if part["type"] == "image_url"]
+        assert len(urls) == 1
+        sent = Image.open(io.BytesIO(base64.b64decode(urls[0].split(",", 1)[1])))
+        assert sent.size == (1280, 960)
+    finally:
+        store.close()
+
+
 # -- wire format: requests checked against the documented schemas, answers written by hand -------------------------
 # The ModelServer above computes its answers with the app's own code, so equality there holds by construction. Here
 # a server that knows nothing of the app records each request and replies with bodies written below, in the shapes

@@ -92,6 +92,22 @@ def test_recovery_reads_only_what_it_has_not_checked(tmp_path: Path, caplog: pyt
     assert [e.id for e in log.recover(lambda cid: 1)] == [again]
 
 
+def test_recovery_never_checks_past_a_line_still_being_appended(tmp_path: Path) -> None:
+    """Recovery reads the log without the writers' lock, so another process's append may be seen half-written: the
+    offset recovery may mark as checked is the end of the last whole line, never the file size."""
+    from knowledge_base.audit import AuditLog
+
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.record("add", "c1", None, 1)
+    whole = log.path.stat().st_size
+    line = (json.dumps({"rec": "begin", "id": "f" * 32, "ts": "2026-11-29T00:00:00+00:00", "actor": "a",
+                        "action": "update", "case_id": "c1", "before_version": 1, "pid": 1}) + "\n")
+    with open(log.path, "ab") as f:
+        f.write(line[:30].encode())  # the other writer is mid-append
+    entries, end = log._entries_from(0)
+    assert [e.action for _, e in entries] == ["add"] and end == whole < log.path.stat().st_size
+
+
 def test_kb_changes_are_audited_with_versions_and_cli_export(tmp_path: Path, embedder) -> None:
     from knowledge_base.audit import acting_as
 

@@ -22,7 +22,7 @@ def _refusal(path: Path, budget: VisionBudget):
     return e.value
 
 
-@pytest.mark.parametrize("case", ["elongated", "too_small", "too_many_pixels", "unreadable"])
+@pytest.mark.parametrize("case", ["elongated", "too_small", "too_many_pixels", "unreadable", "video_small"])
 def test_image_refusals_keep_code_and_params_and_translate(case: str, tmp_path: Path) -> None:
     from rag.i18n import error_text
 
@@ -39,6 +39,11 @@ def test_image_refusals_keep_code_and_params_and_translate(case: str, tmp_path: 
         budget = VisionBudget(max_image_pixels=100_000)
         code, params = "image_too_many_pixels", {"name": "photo.png", "width": 400, "height": 300, "pixels": 120_000,
                                                  "limit": 100_000}
+    elif case == "video_small":
+        from conftest import write_video
+
+        path = write_video(tmp_path / "clip.mp4", n_frames=8, fps=4, size=16)
+        code, params = "video_frames_too_small", {"name": "clip.mp4", "width": 16, "height": 16, "min_side": 32}
     else:
         path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # a PNG signature, then nothing readable
         code, params = "unreadable_image", {"name": "photo.png"}

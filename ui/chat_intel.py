@@ -28,8 +28,7 @@ logger = logging.getLogger(__name__)
 
 RELATED_LIMIT = 5
 #: A matched point by kind (``{n}``: its number among the case's photos or videos; ``{page}``: the PDF page).
-POINT_NAMES = {"text": "ui.intel.point.text", "image": "ui.intel.point.image", "video": "ui.intel.point.video",
-               "pdf_page": "ui.intel.point.pdf_page"}
+POINT_NAMES = {"image": "ui.intel.point.image", "video": "ui.intel.point.video", "pdf_page": "ui.intel.point.pdf_page"}
 #: The same when the case record gives no number or page (its record was unreadable).
 POINT_NAMES_BARE = {"text": "ui.intel.point.text", "image": "ui.admin.intel.kind.image",
                     "video": "ui.admin.intel.kind.video", "pdf_page": "ui.intel.point.pdf_page_bare"}

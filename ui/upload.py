@@ -86,15 +86,11 @@ def check_video(path: Path, budget: VisionBudget) -> None:
                           "Trim it to the moment that shows the fault.", code="video_too_long",
                           params={"name": display_name(path), "seconds": round(dur), "limit": round(budget.max_video_seconds)})
     if w and h:
-        _check_min_side(w, h, budget, f"each frame of '{display_name(path)}'")
-
-
-def _check_min_side(w: int, h: int, budget: VisionBudget, what: str) -> None:
-    """The shared minimum-size rule, as a message for the chat."""
-    try:
-        check_image_size(w, h, budget.min_image_side, what=what)
-    except InputRejected as e:
-        raise UploadError(e.problem + ".") from None
+        name = display_name(path)
+        try:
+            check_image_size(w, h, budget.min_image_side, what=f"each frame of '{name}'")
+        except InputRejected as e:  # the rule's values kept: the chat shows it in the user's language
+            raise UploadError(e.problem + ".", code="video_frames_too_small", params={"name": name, **e.values}) from None
 
 
 def render_pdf_page(path: Path, page: int, out_dir: Path, *, dpi: int = 150, max_pixels: int = 12_000_000) -> tuple[str, int]:

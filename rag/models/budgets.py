@@ -11,15 +11,12 @@ knowledge base does not depend on where it was built. The resize is the official
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from rag.config import PIXELS_PER_TOKEN, VisionBudget
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["CPU_QUERY_MAX_PIXELS", "QueryBudget", "RunsOn", "choose_query_budget", "fit_image", "query_time_budget"]
 
@@ -38,10 +35,6 @@ class QueryBudget(BaseModel):
     #: Most pixels per image at query time; None keeps the role's official budget.
     max_pixels: int | None
     reason: str
-
-    @property
-    def tokens(self) -> int | None:
-        return None if self.max_pixels is None else self.max_pixels // PIXELS_PER_TOKEN
 
 
 def choose_query_budget(setting: QueryPixelsSetting, runs_on: RunsOn) -> QueryBudget:

@@ -35,13 +35,24 @@ class QueryError(UserInputError, ValueError):
     code = "bad_query"
 
 
-def runs_on(model: EmbeddingModel) -> RunsOn:
+def runs_on(model: EmbeddingModel | RerankingModel | GenerationModel) -> RunsOn:
     """Where ``model`` computes: its torch device when it is a local wrapper, else a model server."""
     from rag.models.encoding import TokenizedModel
+    from rag.models.generator import Generator
 
-    if isinstance(model, TokenizedModel):
+    if isinstance(model, TokenizedModel | Generator):
         return "cuda" if model.device.type == "cuda" else "cpu"
     return "remote"
+
+
+def fit_choice(s: Settings, embedder: EmbeddingModel, reranker: RerankingModel | None,
+               generator: GenerationModel) -> QueryBudget:
+    """The cap the pipeline resizes query photos to: the embedder's, but only when no model server reads the query
+    (a server applies its own, official budget to the photo as sent; the local roles cap themselves anyway)."""
+    choice = choose_query_budget(s.query_max_pixels, runs_on(embedder))
+    if any(m is not None and runs_on(m) == "remote" for m in (reranker, generator)):
+        return QueryBudget(max_pixels=None, reason="a model server reads the query: photos sent as uploaded")
+    return choice
 
 
 def query_view(embedder: EmbeddingModel, choice: QueryBudget) -> EmbeddingModel:
@@ -78,9 +89,9 @@ class RagPipeline:
         s = settings or Settings()
         media_root = media_root or (Path(s.data_dir) / "media")
         instruction = retrieve_instruction or RETRIEVAL_INSTRUCTION
-        fit = FitQuery(choose_query_budget(s.query_max_pixels, runs_on(embedder)), s.vision)
+        fit = FitQuery(fit_choice(s, embedder, reranker, generator), s.vision)
         return cls(
-            Retrieve(query_view(embedder, fit.choice), store, media_root=media_root, top_k=s.retrieve_top_k, dim=store.dim,
+            Retrieve(query_view(embedder, choose_query_budget(s.query_max_pixels, runs_on(embedder))), store, media_root=media_root, top_k=s.retrieve_top_k, dim=store.dim,
                      instruction=instruction),
             Rerank(reranker, top_n=s.rerank_top_n, batch_size=s.rerank_batch_size,
                    adaptive_margin=s.rerank_adaptive_margin) if reranker is not None else None,
