@@ -403,24 +403,26 @@ class VectorStore(abc.ABC):
     def _retrieve(self, ids: list[str], with_vectors: bool) -> list[StoredPoint]: ...
 
     @abc.abstractmethod
-    def _scroll_page(
+    def _scroll_records(
         self,
         filters: dict[str, list[str]],
         offset: Any,
         limit: int,
         with_vectors: bool,
-        payload_keys: list[str] | None,
-    ) -> tuple[list[StoredPoint], Any]: ...
+        with_payload: list[str] | bool,
+    ) -> tuple[Sequence[Any], Any]:
+        """One page of the backend's own records (``.id``, ``.payload``, ``.vector``) and the next offset."""
 
-    @abc.abstractmethod
-    def _scroll_arrays_page(
-        self,
-        filters: dict[str, list[str]],
-        offset: Any,
-        limit: int,
-        with_vectors: bool,
-        payload_keys: list[str],
-    ) -> tuple[PointArrays, Any]: ...
+    def _scroll_page(self, filters: dict[str, list[str]], offset: Any, limit: int, with_vectors: bool,
+                     payload_keys: list[str] | None) -> tuple[list[StoredPoint], Any]:
+        recs, nxt = self._scroll_records(filters, offset, limit, with_vectors,
+                                         payload_keys if payload_keys is not None else True)
+        return stored_points(recs, with_vectors), nxt
+
+    def _scroll_arrays_page(self, filters: dict[str, list[str]], offset: Any, limit: int, with_vectors: bool,
+                            payload_keys: list[str]) -> tuple[PointArrays, Any]:
+        recs, nxt = self._scroll_records(filters, offset, limit, with_vectors, payload_keys if payload_keys else False)
+        return point_arrays(recs, self.dim, with_vectors, bool(payload_keys)), nxt
 
     @abc.abstractmethod
     def _count(self, filters: dict[str, list[str]]) -> int: ...

@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,11 @@ from rag.store.base import (
     FILTER_KEYS,
     VECTOR_NAME,
     Hit,
-    PointArrays,
     StoredPoint,
     StoreError,
     StoreMeta,
     VectorPoint,
     VectorStore,
-    point_arrays,
     stored_points,
 )
 
@@ -345,45 +343,24 @@ class EdgeStore(VectorStore):
             recs = self._shard.retrieve(list[int | uuid.UUID | str](ids), with_payload=True, with_vector=[VECTOR_NAME] if with_vectors else False)
         return stored_points(recs, with_vectors)
 
-    def _scroll_page(
+    def _scroll_records(
         self,
         filters: dict[str, list[str]],
         offset: Any,
         limit: int,
         with_vectors: bool,
-        payload_keys: list[str] | None,
-    ) -> tuple[list[StoredPoint], Any]:
+        with_payload: list[str] | bool,
+    ) -> tuple[Sequence[Any], Any]:
         req = qe.ScrollRequest(
             offset=uuid.UUID(str(offset)) if offset is not None else None,
             limit=limit,
             filter=to_filter(filters),
-            with_payload=payload_keys if payload_keys is not None else True,
+            with_payload=with_payload,
             with_vector=[VECTOR_NAME] if with_vectors else False,
         )
         with _engine("scroll"):
             recs, nxt = self._shard.scroll(req)
-        page = stored_points(recs, with_vectors)
-        return page, (None if nxt is None else str(nxt))
-
-    def _scroll_arrays_page(
-        self,
-        filters: dict[str, list[str]],
-        offset: Any,
-        limit: int,
-        with_vectors: bool,
-        payload_keys: list[str],
-    ) -> tuple[PointArrays, Any]:
-        req = qe.ScrollRequest(
-            offset=uuid.UUID(str(offset)) if offset is not None else None,
-            limit=limit,
-            filter=to_filter(filters),
-            with_payload=payload_keys if payload_keys else False,
-            with_vector=[VECTOR_NAME] if with_vectors else False,
-        )
-        with _engine("scroll"):
-            recs, nxt = self._shard.scroll(req)
-            page = point_arrays(recs, self.dim, with_vectors, bool(payload_keys))
-        return page, (None if nxt is None else str(nxt))
+        return recs, (None if nxt is None else str(nxt))
 
     def _count(self, filters: dict[str, list[str]]) -> int:
         with _engine("count"):

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from qdrant_client import QdrantClient
@@ -29,13 +29,11 @@ from rag.store.base import (
     FILTER_KEYS,
     VECTOR_NAME,
     Hit,
-    PointArrays,
     StoredPoint,
     StoreError,
     StoreMeta,
     VectorPoint,
     VectorStore,
-    point_arrays,
     stored_points,
 )
 
@@ -383,45 +381,24 @@ class ServerStore(VectorStore):
             )
         return stored_points(recs, with_vectors)
 
-    def _scroll_page(
+    def _scroll_records(
         self,
         filters: dict[str, list[str]],
         offset: Any,
         limit: int,
         with_vectors: bool,
-        payload_keys: list[str] | None,
-    ) -> tuple[list[StoredPoint], Any]:
+        with_payload: list[str] | bool,
+    ) -> tuple[Sequence[Any], Any]:
         with _engine("scroll"):
             recs, nxt = self.client.scroll(
                 self._name,
                 scroll_filter=_to_filter(filters),
                 limit=limit,
                 offset=offset,
-                with_payload=payload_keys if payload_keys is not None else True,
+                with_payload=with_payload,
                 with_vectors=[VECTOR_NAME] if with_vectors else False,
             )
-        page = stored_points(recs, with_vectors)
-        return page, nxt
-
-    def _scroll_arrays_page(
-        self,
-        filters: dict[str, list[str]],
-        offset: Any,
-        limit: int,
-        with_vectors: bool,
-        payload_keys: list[str],
-    ) -> tuple[PointArrays, Any]:
-        with _engine("scroll"):
-            recs, nxt = self.client.scroll(
-                self._name,
-                scroll_filter=_to_filter(filters),
-                limit=limit,
-                offset=offset,
-                with_payload=payload_keys if payload_keys else False,
-                with_vectors=[VECTOR_NAME] if with_vectors else False,
-            )
-            page = point_arrays(recs, self.dim, with_vectors, bool(payload_keys))
-        return page, nxt
+        return recs, nxt
 
     def _count(self, filters: dict[str, list[str]]) -> int:
         with _engine("count"):
