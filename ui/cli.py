@@ -403,71 +403,6 @@ def bench_rerank_depth(
     console.print(f"wrote {out / 'bench-rerank-depth.json'} and {out / 'bench-rerank-depth.md'}")
 
 
-#: Above this model time for one query, ``ragvqa doctor`` warns that answers take minutes here.
-SLOW_QUERY_S = 60.0
-
-
-def doctor_report(settings: Any, bench: Optional[Path]) -> dict[str, Any]:
-    """What ``ragvqa doctor`` prints: hardware, the dtype and budgets the app would use, a measured query time."""
-    from rag.models.budgets import choose_query_budget
-    from rag.models.factory import ROLES, plan_role_dtypes
-    from rag.models.loading import detect_hardware, resolve_attn, resolve_device
-
-    dev = resolve_device(settings.device)
-    hw = detect_hardware(dev)
-    from rag.models.remote.settings import RemoteSettings
-
-    remote = RemoteSettings()
-    local = {r: settings.role(r).model for r in ROLES if remote.role(r).is_local}
-    plan = plan_role_dtypes(settings, local)
-    query = choose_query_budget(settings.query_max_pixels, ("cuda" if dev.type == "cuda" else "cpu") if local else "remote")
-    measured = None
-    if bench is not None and bench.is_file():
-        try:
-            data = json.loads(bench.read_text())
-            measured = {"path": str(bench), "model_s_total": float(data["model_s_total"]),
-                        "stages": {k: float(v["model_s"]) for k, v in data.get("stages", {}).items()},
-                        "created_at": data.get("created_at"), "config": data.get("config", {})}
-            rr = data.get("stages", {}).get("rerank")
-            if rr and settings.rerank_enabled and int(rr.get("documents", 0)) > 0:
-                # the app reranks every retrieved case unless an adaptive margin is set: scale the measured per-document time
-                per_doc = float(rr["model_s"]) / int(rr["documents"])
-                depth = settings.retrieve_top_k
-                measured["rerank_at_app_depth"] = {"documents": depth, "s_per_document": per_doc,
-                                                   "s": per_doc * depth, "adaptive": settings.rerank_adaptive_margin is not None}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            measured = {"path": str(bench), "error": f"unreadable bench result: {e}"}
-    warnings: list[str] = []
-    if dev.type == "cpu" and local:
-        at_depth = (measured or {}).get("rerank_at_app_depth") or {}
-        slow = measured is not None and (measured.get("model_s_total", 0.0) > SLOW_QUERY_S
-                                         or at_depth.get("s", 0.0) > SLOW_QUERY_S)
-        if slow or measured is None or "error" in measured:
-            if slow and measured is not None and measured.get("model_s_total", 0.0) > SLOW_QUERY_S:
-                what = f"one query took {measured['model_s_total']:.0f} s of model time here"
-            elif slow:
-                what = f"reranking {at_depth['documents']} cases takes ≈{at_depth['s']:.0f} s here"
-            else:
-                what = "a 2B Qwen3-VL model on CPU takes tens of seconds to minutes per stage"
-            warnings.append(
-                f"CPU-only: {what}, so an answer will take minutes. Use a GPU (RAGVQA_DEVICE=cuda) or move the "
-                f"models to servers (RAGVQA_<ROLE>_BACKEND=vllm/openai, see 'Models on servers' in the README); "
-                f"measure with `ragvqa bench query`.")
-    return {
-        "hardware": json.loads(hw.model_dump_json()),
-        "device": str(dev),
-        "attention": resolve_attn(settings.attn_implementation, dev),
-        "dtypes": {r: {"dtype": c.dtype, "reason": c.reason} for r, c in plan.items()},
-        "remote_roles": [r for r in ROLES if r not in local],
-        "budgets": {"max_pixels": settings.vision.max_pixels, "min_pixels": settings.vision.min_pixels,
-                    "video_max_frames": settings.vision.video_max_frames,
-                    "video_frame_max_pixels": settings.vision.video_frame_max_pixels,
-                    "query_time": {"max_pixels": query.max_pixels, "reason": query.reason}},
-        "measured": measured,
-        "warnings": warnings,
-    }
-
-
 @app.command()
 def doctor(
     bench: Path = typer.Option(Path("bench-results") / "bench-query.json", help="A `ragvqa bench query` result to report."),
@@ -475,43 +410,16 @@ def doctor(
 ) -> None:
     """Hardware, the dtype and budgets the app would use here, the measured one-query time, and warnings."""
     from rag.cli_settings import cli_settings
+    from ui.doctor import doctor_report, report_lines
 
     rep = doctor_report(cli_settings(), bench)
     if as_json:
-        sys.stdout.write(json.dumps(rep) + "\n")
+        sys.stdout.write(rep.model_dump_json() + "\n")
         return
-    hw, gb = rep["hardware"], 1024**3
     out = Console(highlight=False, soft_wrap=True)
-    native = " (native bf16: " + ("AMX" if hw["cpu_amx"] else "AVX512-BF16") + ")" if hw["cpu_amx"] or hw["cpu_avx512_bf16"] else " (no native bf16)"
-    mem = (f"{hw['mem_available_bytes'] / gb:.1f} GB available of {hw['mem_total_bytes'] / gb:.1f} GB"
-           if hw["mem_available_bytes"] is not None and hw["mem_total_bytes"] is not None else "unknown")
-    out.print(f"CPU: {hw['cpu_capability']}{native}, {hw['cores']} cores; memory: {mem}", markup=False)
-    out.print("GPU: " + (f"{hw['gpu_name']} ({hw['gpu_mem_bytes'] / gb:.0f} GB)" if hw["gpu_name"] else "none"), markup=False)
-    out.print(f"device: {rep['device']}; attention: {rep['attention']}", markup=False)
-    for role, c in rep["dtypes"].items():
-        out.print(f"{role}: {c['dtype']} ({c['reason']})", markup=False)
-    for role in rep["remote_roles"]:
-        out.print(f"{role}: model server", markup=False)
-    b = rep["budgets"]
-    out.print(f"image budget: {b['min_pixels']}-{b['max_pixels']} pixels ({b['max_pixels'] // 1024} vision tokens max); "
-              f"video: {b['video_max_frames']} frames of at most {b['video_frame_max_pixels']} pixels", markup=False)
-    q = b["query_time"]
-    out.print("query-time images: " + (f"at most {q['max_pixels']} pixels ({q['max_pixels'] // 1024} vision tokens)"
-                                       if q["max_pixels"] else "official budget") + f" ({q['reason']})", markup=False)
-    m = rep["measured"]
-    if m is None:
-        out.print(f"one-query time: not measured (no {bench}; run `ragvqa bench query`)", markup=False)
-    elif "error" in m:
-        out.print(f"one-query time: {m['error']} ({m['path']})", markup=False)
-    else:
-        stages = ", ".join(f"{k} {v:.1f} s" for k, v in m["stages"].items())
-        out.print(f"one-query model time (measured {m['created_at']}): {m['model_s_total']:.1f} s ({stages})", markup=False)
-        d = m.get("rerank_at_app_depth")
-        if d:
-            out.print(f"rerank at this app's depth: {'up to ' if d['adaptive'] else ''}{d['documents']} cases × "
-                      f"{d['s_per_document']:.1f} s = {d['s']:.0f} s (fewer: RAGVQA_RETRIEVE_TOP_K or "
-                      f"RAGVQA_RERANK_ADAPTIVE_MARGIN)", markup=False)
-    for w in rep["warnings"]:
+    for line in report_lines(rep, bench):
+        out.print(line, markup=False)
+    for w in rep.warnings:
         out.print(f"[bold yellow]warning:[/] {w}")
 
 
