@@ -413,16 +413,15 @@ class VectorStore(abc.ABC):
     ) -> tuple[Sequence[Any], Any]:
         """One page of the backend's own records (``.id``, ``.payload``, ``.vector``) and the next offset."""
 
-    def _scroll_page(self, filters: dict[str, list[str]], offset: Any, limit: int, with_vectors: bool,
-                     payload_keys: list[str] | None) -> tuple[list[StoredPoint], Any]:
-        recs, nxt = self._scroll_records(filters, offset, limit, with_vectors,
-                                         payload_keys if payload_keys is not None else True)
-        return stored_points(recs, with_vectors), nxt
-
-    def _scroll_arrays_page(self, filters: dict[str, list[str]], offset: Any, limit: int, with_vectors: bool,
-                            payload_keys: list[str]) -> tuple[PointArrays, Any]:
-        recs, nxt = self._scroll_records(filters, offset, limit, with_vectors, payload_keys if payload_keys else False)
-        return point_arrays(recs, self.dim, with_vectors, bool(payload_keys)), nxt
+    def _record_pages(self, filters: dict[str, list[str]], limit: int, with_vectors: bool,
+                      with_payload: list[str] | bool) -> Iterator[Sequence[Any]]:
+        """Every page of :meth:`_scroll_records`, following the offsets (``scroll`` and ``scroll_arrays`` convert)."""
+        offset: Any = None
+        while True:
+            recs, offset = self._scroll_records(filters, offset, limit, with_vectors, with_payload)
+            yield recs
+            if offset is None:
+                return
 
     @abc.abstractmethod
     def _count(self, filters: dict[str, list[str]]) -> int: ...
@@ -593,12 +592,8 @@ class VectorStore(abc.ABC):
         self._check_open()
         flt = validate_filters(filters)
         keys = _keys(payload_keys)
-        offset: Any = None
-        while True:
-            page, offset = self._scroll_page(flt, offset, batch_size, with_vectors, keys)
-            yield from page
-            if offset is None:
-                return
+        for recs in self._record_pages(flt, batch_size, with_vectors, keys if keys is not None else True):
+            yield from stored_points(recs, with_vectors)
 
     def scroll_arrays(
         self,
@@ -618,13 +613,9 @@ class VectorStore(abc.ABC):
             raise ValueError("payload_keys must be a list of field names (an empty list for none)")
         keys = _keys(payload_keys) or []
         flt = validate_filters(filters)
-        offset: Any = None
-        while True:
-            page, offset = self._scroll_arrays_page(flt, offset, batch_size, with_vectors, keys)
-            if len(page):
-                yield page
-            if offset is None:
-                return
+        for recs in self._record_pages(flt, batch_size, with_vectors, keys if keys else False):
+            if len(recs):
+                yield point_arrays(recs, self.dim, with_vectors, bool(keys))
 
     def count(self, filters: Filters | None = None) -> int:
         """Exact number of (matching) points."""
