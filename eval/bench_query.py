@@ -179,9 +179,10 @@ def ensure_checkpoint(cfg: QueryBenchConfig) -> Path:
 # -- stages ---------------------------------------------------------------------------------------------------------
 def query_budget(cfg: QueryBenchConfig) -> QueryBudget:
     """The query-time cap the app would choose for this run (:func:`rag.models.budgets.choose_query_budget`)."""
-    from rag.models.budgets import choose_query_budget
+    from rag.models.budgets import choose_query_budget, runs_on_device
+    from rag.models.loading import resolve_device
 
-    return choose_query_budget(cfg.query_max_pixels, "cuda" if cfg.device.startswith("cuda") else "cpu")
+    return choose_query_budget(cfg.query_max_pixels, runs_on_device(resolve_device(cfg.device).type))
 
 
 def _budget(cfg: QueryBenchConfig, query: bool) -> Any:

@@ -107,7 +107,7 @@ def cpu_warning(measured: Measured | None) -> str | None:
 def doctor_report(settings: Settings, bench: Path | None) -> DoctorReport:
     """What ``ragvqa doctor`` prints."""
     from rag.config import ROLES
-    from rag.models.budgets import choose_query_budget
+    from rag.models.budgets import choose_query_budget, runs_on_device
     from rag.models.factory import plan_role_dtypes
     from rag.models.loading import detect_hardware, resolve_attn, resolve_device
     from rag.models.remote.settings import RemoteSettings
@@ -116,7 +116,7 @@ def doctor_report(settings: Settings, bench: Path | None) -> DoctorReport:
     remote = RemoteSettings()
     local = {r: settings.role(r).model for r in ROLES if remote.role(r).is_local}
     plan = plan_role_dtypes(settings, local)
-    query = choose_query_budget(settings.query_max_pixels, ("cuda" if dev.type == "cuda" else "cpu") if local else "remote")
+    query = choose_query_budget(settings.query_max_pixels, runs_on_device(dev.type) if local else "remote")
     measured = read_measured(bench, settings)
     warning = cpu_warning(measured) if dev.type == "cpu" and local else None
     v = settings.vision

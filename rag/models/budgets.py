@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict
 
 from rag.config import PIXELS_PER_TOKEN, VisionBudget
 
-__all__ = ["CPU_QUERY_MAX_PIXELS", "QueryBudget", "RunsOn", "choose_query_budget", "fit_image", "query_time_budget"]
+__all__ = ["CPU_QUERY_MAX_PIXELS", "QueryBudget", "RunsOn", "choose_query_budget", "fit_image", "query_time_budget",
+           "runs_on_device"]
 
 #: 256 vision tokens at most per image on a CPU (a 1280×960 photo: 1200 → 234 tokens, ≈5× less vision work).
 CPU_QUERY_MAX_PIXELS = 256 * PIXELS_PER_TOKEN
@@ -35,6 +36,11 @@ class QueryBudget(BaseModel):
     #: Most pixels per image at query time; None keeps the role's official budget.
     max_pixels: int | None
     reason: str
+
+
+def runs_on_device(device: str) -> RunsOn:
+    """A local torch device (``cpu``, ``cuda``, ``cuda:1``; resolved, not ``auto``) as a :data:`RunsOn`."""
+    return "cuda" if str(device).startswith("cuda") else "cpu"
 
 
 def choose_query_budget(setting: QueryPixelsSetting, runs_on: RunsOn) -> QueryBudget:
@@ -75,5 +81,4 @@ def fit_image(img: Image.Image, budget: VisionBudget) -> Image.Image:
 
     if img.width * img.height <= budget.max_pixels:
         return img
-    out = resize_image(img, budget.min_pixels, budget.max_pixels)
-    return img if out.size == img.size else out
+    return resize_image(img, budget.min_pixels, budget.max_pixels)

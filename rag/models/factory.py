@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
 from rag.config import ROLES, Role, Settings, VisionBudget, check_role
-from rag.models.budgets import RunsOn, choose_query_budget, query_time_budget
+from rag.models.budgets import RunsOn, choose_query_budget, query_time_budget, runs_on_device
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def load_models(settings: Settings, which: ModelChoice = "real",
     from rag.models.remote import load_remote_or_none
 
     kw = {"device": settings.device, "attn_implementation": settings.attn_implementation}
-    runs_on: RunsOn = "cuda" if resolve_device(settings.device).type == "cuda" else "cpu"
+    runs_on = runs_on_device(resolve_device(settings.device).type)
     local: dict[Role, str] = {}
     for role in roles:
         remote = load_remote_or_none(role, settings)  # RAGVQA_<ROLE>_BACKEND selects a model server

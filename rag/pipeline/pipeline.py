@@ -15,7 +15,7 @@ from typing import Iterator
 
 from rag.config import Settings
 from rag.errors import UserInputError
-from rag.models.budgets import QueryBudget, RunsOn, choose_query_budget, query_time_budget
+from rag.models.budgets import QueryBudget, RunsOn, choose_query_budget, query_time_budget, runs_on_device
 from rag.models.protocols import EmbeddingModel, GenerationModel, RerankingModel
 from rag.pipeline.abstain import Abstain, abstention_text
 from rag.pipeline.answer import finish
@@ -41,15 +41,13 @@ def runs_on(model: EmbeddingModel | RerankingModel | GenerationModel) -> RunsOn:
     from rag.models.generator import Generator
 
     if isinstance(model, TokenizedModel | Generator):
-        return "cuda" if model.device.type == "cuda" else "cpu"
+        return runs_on_device(model.device.type)
     return "remote"
 
 
-def fit_choice(s: Settings, embedder: EmbeddingModel, reranker: RerankingModel | None,
-               generator: GenerationModel) -> QueryBudget:
-    """The cap the pipeline resizes query photos to: the embedder's, but only when no model server reads the query
-    (a server applies its own, official budget to the photo as sent; the local roles cap themselves anyway)."""
-    choice = choose_query_budget(s.query_max_pixels, runs_on(embedder))
+def fit_choice(choice: QueryBudget, reranker: RerankingModel | None, generator: GenerationModel) -> QueryBudget:
+    """The cap the pipeline resizes query photos to: the embedder's ``choice``, but only when no model server reads
+    the query (a server applies its own, official budget to the photo as sent; the local roles cap themselves)."""
     if any(m is not None and runs_on(m) == "remote" for m in (reranker, generator)):
         return QueryBudget(max_pixels=None, reason="a model server reads the query: photos sent as uploaded")
     return choice
@@ -89,10 +87,11 @@ class RagPipeline:
         s = settings or Settings()
         media_root = media_root or (Path(s.data_dir) / "media")
         instruction = retrieve_instruction or RETRIEVAL_INSTRUCTION
-        fit = FitQuery(fit_choice(s, embedder, reranker, generator), s.vision)
+        embed_choice = choose_query_budget(s.query_max_pixels, runs_on(embedder))
+        fit = FitQuery(fit_choice(embed_choice, reranker, generator), s.vision)
         return cls(
-            Retrieve(query_view(embedder, choose_query_budget(s.query_max_pixels, runs_on(embedder))), store, media_root=media_root, top_k=s.retrieve_top_k, dim=store.dim,
-                     instruction=instruction),
+            Retrieve(query_view(embedder, embed_choice), store, media_root=media_root, top_k=s.retrieve_top_k,
+                     dim=store.dim, instruction=instruction),
             Rerank(reranker, top_n=s.rerank_top_n, batch_size=s.rerank_batch_size,
                    adaptive_margin=s.rerank_adaptive_margin) if reranker is not None else None,
             Abstain(s.abstain_rerank_threshold, s.abstain_retrieval_threshold),
@@ -111,10 +110,14 @@ class RagPipeline:
                   top_n: int | None = None, rerank: bool | None = None) -> Retrieval:
         """Retrieve ``top_k`` cases, rerank them (``rerank``, else ``query.rerank``, else as configured) and keep
         ``top_n``; the overrides default to the stages' settings."""
+        trace = trace if trace is not None else Trace()
+        return self._retrieval(self._prepared(query, trace), trace, top_k=top_k, top_n=top_n, rerank=rerank)
+
+    def _prepared(self, query: Query, trace: Trace) -> Query:
+        """The query checked (not empty) and fitted: what every stage reads."""
         if query.is_empty():
             raise QueryError("empty query: attach an image, video or PDF page, or type a question", code="empty_query")
-        trace = trace if trace is not None else Trace()
-        return self._retrieval(self.fit(query, trace), trace, top_k=top_k, top_n=top_n, rerank=rerank)
+        return self.fit(query, trace)
 
     def _retrieval(self, query: Query, trace: Trace, *, top_k: int | None, top_n: int | None,
                    rerank: bool | None) -> Retrieval:
@@ -146,9 +149,7 @@ class RagPipeline:
         """``sources`` (with the full :class:`Retrieval`), then ``token`` chunks, then ``done`` with the answer."""
         trace = Trace()
         t0 = time.perf_counter()
-        if query.is_empty():
-            raise QueryError("empty query: attach an image, video or PDF page, or type a question", code="empty_query")
-        query = self.fit(query, trace)
+        query = self._prepared(query, trace)
         retrieval = self._retrieval(query, trace, top_k=top_k, top_n=top_n, rerank=rerank)
         cases, reranked = retrieval.kept, retrieval.reranked
         decision = self.abstain_stage.run(cases, reranked, trace)
